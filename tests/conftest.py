@@ -1,0 +1,90 @@
+"""Shared fixtures: small seeded files built in tmp_path, the way a user would write them."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+TASKS = ("pick", "place", "stack")
+
+
+@lru_cache(maxsize=16)
+def jpeg_bytes(seed: int, size: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+@lru_cache(maxsize=16)
+def gif_bytes(seed: int, size: int = 16, frames: int = 4) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    imgs = [
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+        for _ in range(frames)
+    ]
+    buf = io.BytesIO()
+    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=125, loop=0)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def write_episode_file(
+    path: Path,
+    *,
+    n: int = 300,
+    dim: int = 16,
+    seed: int = 0,
+    embeddings: bool = True,
+    previews: bool = True,
+    edit: Callable[[h5py.File], None] | None = None,
+) -> Path:
+    """A 300-episode file with every optional part; ``edit`` may break it afterwards."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        if embeddings:
+            centers = rng.normal(size=(len(TASKS), dim)) * 4
+            labels = rng.integers(0, len(TASKS), n)
+            emb = (centers[labels] + rng.normal(size=(n, dim))).astype(np.float32)
+            f.create_dataset("embeddings", data=emb)
+        else:
+            labels = rng.integers(0, len(TASKS), n)
+        f.create_dataset("episode_ids", data=[f"ep_{i:05d}" for i in range(n)])
+        meta = f.create_group("metadata")
+        meta.create_dataset("success", data=rng.random(n) < 0.7)
+        meta.create_dataset("episode_length", data=rng.integers(50, 200, n))
+        meta.create_dataset(
+            "task", data=np.array(TASKS, dtype=object)[labels], dtype=h5py.string_dtype()
+        )
+        meta.create_dataset("dataset", data=np.array([b"droid", b"bridge"])[rng.integers(0, 2, n)])
+        meta.create_dataset("gripper_force", data=rng.normal(size=n))
+        if previews:
+            vlen = h5py.vlen_dtype(np.uint8)
+            thumbs = np.empty(n, dtype=object)
+            thumbs[:] = [jpeg_bytes(i % 8) for i in range(n)]
+            gifs = np.empty(n, dtype=object)
+            gifs[:] = [gif_bytes(i % 8) for i in range(n)]
+            f.create_dataset("thumbnails", data=thumbs, dtype=vlen)
+            f.create_dataset("gifs", data=gifs, dtype=vlen)
+        if edit is not None:
+            edit(f)
+    return path
+
+
+@pytest.fixture(scope="session")
+def episode_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_episode_file(tmp_path_factory.mktemp("data") / "episodes.h5")
+
+
+@pytest.fixture(scope="session")
+def metadata_only_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_episode_file(
+        tmp_path_factory.mktemp("data") / "meta_only.h5", embeddings=False, previews=False
+    )
