@@ -46,7 +46,7 @@ def test_full_file_loads_with_every_part(episode_file: Path) -> None:
     }
     assert ds.thumbnail(3)[:3] == b"\xff\xd8\xff"
     assert ds.gif(3)[:6] == b"GIF89a"
-    assert len(ds.embeddings_hash) == 40
+    assert len(ds.embeddings_hash) == 32
 
 
 def test_metadata_only_file_loads(metadata_only_file: Path) -> None:
