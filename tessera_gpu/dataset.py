@@ -24,6 +24,7 @@ from .safety import (
     check_dataset_object,
     check_file_on_disk,
     check_link_count,
+    check_storage,
     open_hdf5,
     resolve_member,
 )
@@ -166,6 +167,8 @@ def load_dataset(
     with _reading(path), open_hdf5(path) as f:
         members = _schema_members(f, limits)
         n, dim = _check_shapes(members, limits)
+        for key, dset in _all_arrays(members):
+            check_storage(dset, key, limits)
         episode_ids = _read_episode_ids(members["episode_ids"])
         fields = {k: _read_field(k, d, n) for k, d in members["metadata"].items()}
         for preview in ("thumbnails", "gifs"):
@@ -225,6 +228,11 @@ def _schema_members(f: h5py.File, limits: Limits) -> dict[str, Any]:
     if "episode_ids" not in out:
         raise InvalidDataset("episode_ids dataset is missing", code="missing_episode_ids")
     return out
+
+
+def _all_arrays(members: dict[str, Any]) -> list[tuple[str, h5py.Dataset]]:
+    top = [(f"/{k}", d) for k, d in members.items() if k != "metadata"]
+    return top + [(f"/metadata/{k}", d) for k, d in members["metadata"].items()]
 
 
 def _check_shapes(members: dict[str, Any], limits: Limits) -> tuple[int, int | None]:

@@ -24,6 +24,7 @@ __all__ = [
     "check_dataset_object",
     "check_file_on_disk",
     "check_link_count",
+    "check_storage",
     "disable_filter_plugins",
     "open_hdf5",
     "resolve_member",
@@ -188,7 +189,7 @@ def check_dataset_object(obj: h5py.HLObject, path: str, limits: Limits) -> h5py.
                 f"Compression filter not allowed: {path} uses filter {code}; allowed: {allowed}",
                 code="filter_not_allowed",
             )
-    _check_chunks(obj, path, limits, has_filters=dcpl.get_nfilters() > 0)
+    _check_chunks(obj, path, limits)
     return obj
 
 
@@ -206,7 +207,7 @@ def _check_dtype(dtype: np.dtype, path: str) -> None:
         )
 
 
-def _check_chunks(dset: h5py.Dataset, path: str, limits: Limits, *, has_filters: bool) -> None:
+def _check_chunks(dset: h5py.Dataset, path: str, limits: Limits) -> None:
     if dset.chunks is not None:
         chunk_bytes = int(np.prod(dset.chunks, dtype=np.int64)) * dset.dtype.itemsize
         if chunk_bytes > limits.max_chunk_bytes:
@@ -215,12 +216,25 @@ def _check_chunks(dset: h5py.Dataset, path: str, limits: Limits, *, has_filters:
                 f"(limit {_mb(limits.max_chunk_bytes)})",
                 code="chunk_too_large",
             )
-    if not has_filters or h5py.check_vlen_dtype(dset.dtype) is not None:
+
+
+def check_storage(dset: h5py.Dataset, path: str, limits: Limits) -> None:
+    """Refuse arrays that would expand far beyond their bytes on disk (decompression bombs).
+
+    Tiny arrays (a constant bool column) compress enormously and harmlessly; bombs are big.
+    An array that declares megabytes but stores nothing at all is refused the same way.
+    """
+    if h5py.check_vlen_dtype(dset.dtype) is not None:
         return
     logical = dset.size * dset.dtype.itemsize
+    if logical <= 2**20:
+        return
     stored = dset.id.get_storage_size()
-    # Tiny arrays (a constant bool column) compress enormously and harmlessly; bombs are big.
-    if logical > 2**20 and stored > 0 and logical / stored > limits.max_compression_ratio:
+    if stored == 0:
+        raise InvalidDataset(
+            f"{path} declares {_mb(logical)} but stores no data", code="no_data"
+        )
+    if logical / stored > limits.max_compression_ratio:
         raise InvalidDataset(
             f"Compression ratio too high: {path} expands {logical / stored:.0f}x "
             f"(limit {limits.max_compression_ratio:.0f}x)",

@@ -367,3 +367,8 @@ def test_nested_group_in_metadata(tmp_path: Path) -> None:
 def test_bad_preview_dtype(tmp_path: Path) -> None:
     path = bad(tmp_path, lambda f: f.create_dataset("thumbnails", data=np.zeros(40, np.int32)))
     expect(path, "bad_previews", "thumbnails must be a 1D array of variable-length bytes (h5py.vlen_dtype(np.uint8))")
+
+
+def test_declared_but_unwritten_array_is_refused(tmp_path: Path) -> None:
+    path = bad(tmp_path, lambda f: f["metadata"].create_dataset("blob", shape=(40, 10_000), dtype=np.float32))
+    expect(path, "no_data", "/metadata/blob declares 1.6 MB but stores no data")
