@@ -1,0 +1,380 @@
+"""Training subsets: random, stratified and K-means diversity samples, their manifests and exports.
+
+Every method draws from the episodes that match the request's filter, is seeded, and returns
+ascending row indices, so the same request and seed always give the same episode ids.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import numpy as np
+
+from .dataset import Dataset, Field
+from .errors import Conflict, InvalidRequest
+from .filters import filter_rows, parse_filter
+
+__all__ = [
+    "COVERAGE_QUERY_ROWS",
+    "MAX_SAMPLE",
+    "Sample",
+    "SampleRequest",
+    "allocate",
+    "build_manifest",
+    "draw_sample",
+    "export_filename",
+    "export_sample",
+    "random_rows",
+]
+
+Method = Literal["kmeans", "stratified", "random"]
+Allocation = Literal["proportional", "equal"]
+MAX_SAMPLE = 200_000
+#: Coverage stats are measured from at most this many (seeded) filtered episodes.
+COVERAGE_QUERY_ROWS = 5_000
+_METHODS = ("kmeans", "stratified", "random")
+_ALLOCATIONS = ("proportional", "equal")
+_FORMATS = {"txt": "text/plain; charset=utf-8", "csv": "text/csv; charset=utf-8",
+            "json": "application/json"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What to sample. ``filter`` holds raw condition dicts (checked by ``parse_filter``)."""
+
+    method: Method
+    n: int
+    seed: int = 0
+    filter: tuple[dict[str, Any], ...] = ()
+    stratify_by: str | None = None
+    allocation: Allocation = "proportional"
+
+    def __post_init__(self) -> None:
+        if self.method not in _METHODS:
+            raise InvalidRequest(
+                f"method must be kmeans, stratified or random, got {self.method!r}"
+            )
+        if not _is_int(self.n) or not 0 < self.n <= MAX_SAMPLE:
+            raise InvalidRequest(f"n must be an integer from 1 to {MAX_SAMPLE:,}, got {self.n!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
+            raise InvalidRequest(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.filter, list | tuple):
+            raise InvalidRequest("filter must be a list of conditions")
+        object.__setattr__(self, "filter", tuple(self.filter))
+        if self.stratify_by is not None and not isinstance(self.stratify_by, str):
+            raise InvalidRequest(f"stratify_by must be a field name, got {self.stratify_by!r}")
+        if self.method == "stratified" and self.stratify_by is None:
+            raise InvalidRequest("stratified sampling needs stratify_by (a category or bool field)")
+        if self.allocation not in _ALLOCATIONS:
+            raise InvalidRequest(
+                f"allocation must be proportional or equal, got {self.allocation!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SampleRequest:
+        """Build from a JSON object; unknown keys and bad types raise :class:`InvalidRequest`."""
+        if not isinstance(d, dict):
+            raise InvalidRequest("a sample request must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in d if k not in known)
+        if unknown:
+            raise InvalidRequest(
+                f"unknown key {unknown[0]!r} in sample request; keys: {', '.join(sorted(known))}"
+            )
+        for key in ("method", "n"):
+            if key not in d:
+                raise InvalidRequest(f"sample request is missing {key!r}")
+        return cls(**{k: ([] if k == "filter" and v is None else v) for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, the inverse of :meth:`from_dict`."""
+        out = asdict(self)
+        out["filter"] = [_plain(c) for c in self.filter]
+        return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class Sample:
+    """A drawn sample: ascending global row indices, their ids, how many matched, and stats."""
+
+    indices: np.ndarray
+    episode_ids: list[str]
+    matched: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def draw_sample(
+    dataset: Dataset,
+    request: SampleRequest,
+    *,
+    backend: Any = None,
+    device_embeddings: Any = None,
+    coords: np.ndarray | None = None,
+) -> Sample:
+    """Draw ``request`` from ``dataset``; the same request and seed give the same ids.
+
+    ``backend``/``device_embeddings`` are used by ``kmeans`` only (made on the CPU backend when
+    absent); ``coords`` is the finished projection, needed by a ``map`` filter condition.
+    """
+    if request.method == "kmeans" and dataset.embeddings is None:
+        raise Conflict("K-means sampling needs embeddings: this dataset is metadata-only")
+    strata = _strata_field(dataset, request.stratify_by)
+    rows = filter_rows(dataset, parse_filter(list(request.filter), dataset, coords=coords),
+                       coords=coords)  # fmt: skip
+    matched = int(rows.size)
+    if matched == 0:
+        raise InvalidRequest("no episodes match the filter")
+    if request.n > matched:
+        raise InvalidRequest(
+            f"n = {request.n:,} is larger than the {matched:,} episodes that match the filter"
+        )
+    stats: dict[str, Any] = {}
+    if request.method == "random":
+        indices = random_rows(rows, request.n, seed=request.seed)
+    elif request.method == "stratified":
+        assert strata is not None  # SampleRequest requires stratify_by for this method
+        indices = _stratified_rows(rows, strata, request)
+    else:
+        backend, x = _embeddings_on(dataset, backend, device_embeddings)
+        indices = _kmeans_rows(x, rows, request, backend)
+        stats["coverage"] = _coverage(x, rows, indices, request, backend)
+    stats_field = strata or _default_strata(dataset)
+    stats["per_stratum_field"] = stats_field.name if stats_field else None
+    stats["per_stratum"] = _stratum_counts(stats_field, rows, indices) if stats_field else None
+    ids = dataset.episode_ids[indices].tolist()
+    return Sample(indices=indices, episode_ids=ids, matched=matched, stats=stats)
+
+
+def random_rows(rows: np.ndarray, n: int, *, seed: int) -> np.ndarray:
+    """``n`` distinct rows drawn uniformly from ``rows``, ascending."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(rows, size=n, replace=False)).astype(np.int64)
+
+
+def _strata_field(dataset: Dataset, name: str | None) -> Field | None:
+    if name is None:
+        return None
+    fld = dataset.fields.get(name)
+    if fld is None:
+        names = ", ".join(f.name for f in dataset.fields.values() if f.kind in ("category", "bool"))
+        raise InvalidRequest(f"unknown field {name!r} for stratify_by; fields: {names or '(none)'}")
+    if fld.kind not in ("category", "bool"):
+        raise InvalidRequest(
+            f"cannot stratify by {name!r} ({fld.kind}): stratify_by needs a category or bool field"
+        )
+    return fld
+
+
+def _default_strata(dataset: Dataset) -> Field | None:
+    fld = dataset.fields.get("task")
+    return fld if fld is not None and fld.kind == "category" else None
+
+
+def _strata_codes(fld: Field) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer stratum codes per episode and their labels (bool: false, true)."""
+    if fld.kind == "bool":
+        return fld.values.astype(np.int32), ("false", "true")
+    return fld.values, fld.categories
+
+
+def _stratum_counts(fld: Field, rows: np.ndarray, indices: np.ndarray) -> dict[str, int]:
+    """Sample counts per stratum present among the matching rows, in label order."""
+    codes, labels = _strata_codes(fld)
+    present = np.bincount(codes[rows], minlength=len(labels))
+    counts = np.bincount(codes[indices], minlength=len(labels))
+    return {labels[i]: int(counts[i]) for i in np.flatnonzero(present)}
+
+
+def allocate(sizes: np.ndarray, n: int, *, allocation: Allocation) -> np.ndarray:
+    """How many to draw from each stratum of ``sizes`` (all > 0, sum >= n); sums to ``n``.
+
+    proportional: largest remainder (Hamilton); equal: ``n / k`` each, capped by a stratum's
+    size, the shortfall shared again among the others until nothing is capped. Ties for a
+    leftover unit go to the earlier stratum in label order.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if allocation == "proportional":
+        total = int(sizes.sum())
+        quota, remainder = np.divmod(n * sizes, total)
+        short = n - int(quota.sum())
+        order = np.argsort(-remainder, kind="stable")
+        quota[order[:short]] += 1
+        return quota
+    out = np.zeros_like(sizes)
+    active = np.ones(sizes.size, dtype=bool)
+    left = n
+    share = 0
+    while active.any():
+        share = left // int(active.sum())
+        capped = active & (sizes <= share)
+        if not capped.any():
+            break
+        out[capped] = sizes[capped]
+        left -= int(sizes[capped].sum())
+        active &= ~capped
+    open_ = np.flatnonzero(active)
+    out[open_] = share
+    out[open_[: left - share * open_.size]] += 1
+    return out
+
+
+def _stratified_rows(rows: np.ndarray, strata: Field, request: SampleRequest) -> np.ndarray:
+    codes, _ = _strata_codes(strata)
+    row_codes = codes[rows]
+    order = np.argsort(row_codes, kind="stable")
+    _, starts = np.unique(row_codes[order], return_index=True)
+    groups = np.split(rows[order], starts[1:])
+    sizes = np.array([g.size for g in groups])
+    counts = allocate(sizes, request.n, allocation=request.allocation)
+    rng = np.random.default_rng(request.seed)
+    picked = [
+        rng.choice(g, size=int(k), replace=False) for g, k in zip(groups, counts, strict=True)
+    ]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def _embeddings_on(dataset: Dataset, backend: Any, device_embeddings: Any) -> tuple[Any, Any]:
+    if backend is None:
+        from .backends import get_backend
+
+        backend = get_backend("cpu")
+    if device_embeddings is None:
+        device_embeddings = backend.to_device(dataset.embeddings)
+    return backend, device_embeddings
+
+
+def _kmeans_rows(x: Any, rows: np.ndarray, request: SampleRequest, backend: Any) -> np.ndarray:
+    from .clustering import diversity_sample
+
+    picked = diversity_sample(x, request.n, backend=backend, rows=rows, seed=request.seed)
+    return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+def _coverage(
+    x: Any, rows: np.ndarray, indices: np.ndarray, request: SampleRequest, backend: Any
+) -> dict[str, Any]:
+    """Distances from filtered episodes to their nearest sampled one, vs a random sample."""
+    from .clustering import nearest_sample_distances
+
+    query = rows
+    if rows.size > COVERAGE_QUERY_ROWS:
+        query = random_rows(rows, COVERAGE_QUERY_ROWS, seed=request.seed)
+    baseline = random_rows(rows, request.n, seed=request.seed)
+    ours = np.asarray(nearest_sample_distances(x, query, indices, backend=backend), float)
+    theirs = np.asarray(nearest_sample_distances(x, query, baseline, backend=backend), float)
+    mean, random_mean = float(ours.mean()), float(theirs.mean())
+    gain = 100.0 * (random_mean - mean) / random_mean if random_mean > 0 else 0.0
+    return {
+        "mean": mean,
+        "max": float(ours.max()),
+        "random_mean": random_mean,
+        "random_max": float(theirs.max()),
+        "improvement_mean_pct": round(gain, 2),
+        "evaluated_on": int(query.size),
+    }
+
+
+def build_manifest(
+    dataset: Dataset,
+    request: SampleRequest,
+    sample: Sample,
+    *,
+    dataset_id: str,
+    dataset_hash: str,
+    sample_id: str,
+    created_at: str,
+    version: str,
+) -> dict[str, Any]:
+    """Everything needed to reproduce and audit a sample, as plain JSON types."""
+    return _plain({
+        "sample_id": sample_id,
+        "created_at": created_at,
+        "tessera_version": version,
+        "dataset_id": dataset_id,
+        "dataset_name": dataset.name,
+        "dataset_hash": dataset_hash,
+        "n_episodes": dataset.n_episodes,
+        "filter": list(request.filter),
+        "method": request.method,
+        "params": {"n": request.n, "stratify_by": request.stratify_by,
+                   "allocation": request.allocation},
+        "seed": request.seed,
+        "matched": sample.matched,
+        "n": len(sample.episode_ids),
+        "episode_ids": list(sample.episode_ids),
+        "stats": sample.stats,
+    })  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays and tuples -> plain JSON types, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def export_sample(dataset: Dataset, manifest: dict[str, Any], fmt: str) -> tuple[bytes, str]:
+    """The sample as ``txt`` (one id a line), ``csv`` (id + metadata) or ``json`` (manifest)."""
+    if fmt not in _FORMATS:
+        raise InvalidRequest(f"format must be txt, csv or json, got {fmt!r}")
+    ids: list[str] = manifest["episode_ids"]
+    if fmt == "txt":
+        body = "".join(f"{i}\n" for i in ids)
+    elif fmt == "json":
+        body = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    else:
+        body = _csv_text(dataset, ids)
+    return body.encode("utf-8"), _FORMATS[fmt]
+
+
+def _csv_text(dataset: Dataset, ids: list[str]) -> str:
+    rows = []
+    for eid in ids:
+        index = dataset.index_of(eid)
+        if index is None:
+            raise InvalidRequest(f"episode {eid!r} of this sample is not in {dataset.name}")
+        rows.append(index)
+    index_array = np.asarray(rows, dtype=np.int64)
+    columns = [f for f in dataset.fields.values() if f.filterable]
+    cells = [_csv_column(f, index_array) for f in columns]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["episode_id", *(f.name for f in columns)])
+    writer.writerows(zip(ids, *cells, strict=True))
+    return buf.getvalue()
+
+
+def _csv_column(fld: Field, rows: np.ndarray) -> list[str]:
+    values = fld.values[rows]
+    if fld.kind == "category":
+        return np.asarray(fld.categories, dtype=object)[values].tolist() if rows.size else []
+    if fld.kind == "bool":
+        return ["true" if v else "false" for v in values.tolist()]
+    if fld.kind == "float":
+        return [repr(v) if np.isfinite(v) else "" for v in values.tolist()]
+    return [str(v) for v in values.tolist()]
+
+
+def export_filename(manifest: dict[str, Any], fmt: str) -> str:
+    """E.g. ``droid_v2-kmeans-5000-seed0.txt``: the dataset's name (else its id), the method
+    (stratified adds the field), n and the seed."""
+    label = manifest.get("dataset_name") or manifest["dataset_id"]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(label)).strip("._") or "sample"
+    method = manifest["method"]
+    if method == "stratified":
+        method += f"-{manifest['params']['stratify_by']}"
+    method = re.sub(r"[^A-Za-z0-9._-]+", "_", method)
+    return f"{name}-{method}-{manifest['n']}-seed{manifest['seed']}.{fmt}"

@@ -1,0 +1,319 @@
+"""Samples: exact set semantics, hand-computed allocations, seed reproducibility, manifests,
+exports and ``tessera sample``."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tessera_gpu.dataset import Dataset, Field, load_dataset
+from tessera_gpu.errors import Conflict, InvalidRequest
+from tessera_gpu.filters import filter_rows, parse_filter
+from tessera_gpu.sampling import (
+    Sample,
+    SampleRequest,
+    allocate,
+    build_manifest,
+    draw_sample,
+    export_filename,
+    export_sample,
+)
+
+SUCCESS = {"field": "success", "op": "eq", "value": True}
+
+
+@pytest.fixture(scope="module")
+def ds(episode_file: Path) -> Dataset:
+    return load_dataset(episode_file)
+
+
+def strata_dataset(sizes: dict[str, int]) -> Dataset:
+    """A metadata-only dataset whose ``task`` strata have the given sizes (labels sorted)."""
+    labels = tuple(sorted(sizes))
+    codes = np.concatenate([np.full(sizes[k], i, np.int32) for i, k in enumerate(labels)])
+    n = codes.size
+    return Dataset(
+        path=Path("strata.h5"),
+        name="strata",
+        episode_ids=np.array([f"e{i}" for i in range(n)], dtype=object),
+        embeddings=None,
+        embeddings_hash=None,
+        fields={
+            "task": Field("task", "category", codes, labels),
+            "success": Field("success", "bool", np.arange(n) % 4 != 0),
+            "length": Field("length", "int", np.arange(n, dtype=np.int64)),
+        },
+        has_thumbnails=False,
+        has_gifs=False,
+        file_size=0,
+    )
+
+
+def matching(ds: Dataset, raw: list[dict[str, Any]]) -> set[int]:
+    return set(filter_rows(ds, parse_filter(raw, ds)).tolist())
+
+
+def check_set(ds: Dataset, sample: Sample, n: int, raw: list[dict[str, Any]]) -> None:
+    idx = sample.indices
+    assert idx.dtype == np.int64 and idx.size == n and np.unique(idx).size == n
+    assert set(idx.tolist()) <= matching(ds, raw) and np.all(np.diff(idx) > 0)
+    assert sample.episode_ids == ds.episode_ids[idx].tolist()
+    assert sample.matched == len(matching(ds, raw))
+
+
+@pytest.mark.parametrize("method", ["random", "stratified", "kmeans"])
+def test_sample_is_a_distinct_subset_of_the_filter(ds: Dataset, method: str) -> None:
+    raw = [SUCCESS]
+    request = SampleRequest(method, 40, seed=3, filter=raw, stratify_by="task")
+    check_set(ds, draw_sample(ds, request), 40, raw)
+
+
+@pytest.mark.parametrize("method", ["random", "stratified", "kmeans"])
+def test_same_request_and_seed_give_the_same_ids(ds: Dataset, method: str) -> None:
+    def ids(seed: int) -> list[str]:
+        request = SampleRequest(method, 30, seed=seed, filter=(SUCCESS,), stratify_by="task")
+        return draw_sample(ds, request).episode_ids
+
+    assert ids(7) == ids(7)
+    if method != "kmeans":  # K-means may legitimately converge to the same centres
+        assert ids(7) != ids(8)
+
+
+def test_random_takes_everything_when_n_equals_matches(ds: Dataset) -> None:
+    s = draw_sample(ds, SampleRequest("random", ds.n_episodes))
+    assert s.indices.tolist() == list(range(ds.n_episodes))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "n", "allocation", "expected"),
+    [
+        # 60 * (5, 50, 50) / 105 = 2.857, 28.571, 28.571 -> floors 2, 28, 28 (58); the two
+        # leftover units go to the largest remainders, 90/105 then a tie 60/105 won by "b".
+        ([5, 50, 50], 60, "proportional", [3, 29, 28]),
+        ([10, 20, 30], 6, "proportional", [1, 2, 3]),
+        ([1, 1, 1], 2, "proportional", [1, 1, 0]),
+        ([5, 5], 10, "proportional", [5, 5]),
+        # equal: 20 each; "a" is capped at 5, so 55 is shared by two: 28 + 27, the odd unit
+        # going to the earlier label.
+        ([5, 50, 50], 60, "equal", [5, 28, 27]),
+        ([2, 15, 100], 42, "equal", [2, 15, 25]),  # two rounds of capping
+        ([5, 5], 10, "equal", [5, 5]),
+        ([40, 40, 40], 7, "equal", [3, 2, 2]),
+    ],
+)
+def test_allocate(sizes: list[int], n: int, allocation: Any, expected: list[int]) -> None:
+    assert allocate(np.array(sizes), n, allocation=allocation).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("allocation", "expected"),
+    [("proportional", {"a": 3, "b": 29, "c": 28}), ("equal", {"a": 5, "b": 28, "c": 27})],
+)
+def test_stratified_counts_per_stratum(allocation: Any, expected: dict[str, int]) -> None:
+    ds = strata_dataset({"a": 5, "b": 50, "c": 50})
+    request = SampleRequest("stratified", 60, stratify_by="task", allocation=allocation)
+    s = draw_sample(ds, request)
+    codes = ds.fields["task"].values[s.indices]
+    assert {k: int((codes == i).sum()) for i, k in enumerate("abc")} == expected
+    assert s.stats["per_stratum"] == expected and s.stats["per_stratum_field"] == "task"
+    assert s.indices.size == 60 and np.unique(s.indices).size == 60
+
+
+def test_stratified_within_a_filter_and_by_bool() -> None:
+    ds = strata_dataset({"a": 5, "b": 50, "c": 50})
+    raw = [{"field": "length", "op": "ge", "value": 30}]  # leaves b: 25 rows, c: 50 rows
+    s = draw_sample(ds, SampleRequest("stratified", 9, filter=raw, stratify_by="task"))
+    assert s.stats["per_stratum"] == {"b": 3, "c": 6} and s.matched == 75
+    assert set(s.indices.tolist()) <= matching(ds, raw)
+    s = draw_sample(ds, SampleRequest("stratified", 20, stratify_by="success", allocation="equal"))
+    assert s.stats["per_stratum"] == {"false": 10, "true": 10}
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (SampleRequest("stratified", 5, stratify_by="length"),
+         "cannot stratify by 'length' (int): stratify_by needs a category or bool field"),
+        (SampleRequest("stratified", 5, stratify_by="robot"),
+         "unknown field 'robot' for stratify_by; fields: task, success"),
+        (SampleRequest("random", 5_000),
+         "n = 5,000 is larger than the 1,234 episodes that match the filter"),
+        (SampleRequest("random", 5, filter=({"field": "length", "op": "lt", "value": 0},)),
+         "no episodes match the filter"),
+        (SampleRequest("random", 5, filter=({"field": "task", "op": "lt", "value": "a"},)),
+         "filter on 'task' (category): op 'lt' is not allowed; use eq, ne, in or not_in"),
+    ],
+)  # fmt: skip
+def test_bad_sample_requests(request_: SampleRequest, message: str) -> None:
+    ds = strata_dataset({"a": 234, "b": 1000})
+    with pytest.raises(InvalidRequest) as info:
+        draw_sample(ds, request_)
+    assert info.value.message == message
+
+
+def test_kmeans_needs_embeddings(metadata_only_file: Path) -> None:
+    ds = load_dataset(metadata_only_file)
+    with pytest.raises(Conflict) as info:
+        draw_sample(ds, SampleRequest("kmeans", 10))
+    assert info.value.message == "K-means sampling needs embeddings: this dataset is metadata-only"
+    assert info.value.status == 409
+
+
+def test_kmeans_reports_coverage_against_random(ds: Dataset) -> None:
+    s = draw_sample(ds, SampleRequest("kmeans", 30, seed=1))
+    cov = s.stats["coverage"]
+    assert set(cov) == {"mean", "max", "random_mean", "random_max", "improvement_mean_pct",
+                        "evaluated_on"}  # fmt: skip
+    assert cov["evaluated_on"] == ds.n_episodes and 0 < cov["mean"] <= cov["max"]
+    assert cov["mean"] < cov["random_mean"]  # diversity covers the data better than chance
+    assert sum(s.stats["per_stratum"].values()) == 30 and s.stats["per_stratum_field"] == "task"
+
+
+@pytest.mark.parametrize(
+    ("d", "message"),
+    [
+        ([], "a sample request must be a JSON object"),
+        ({"n": 5}, "sample request is missing 'method'"),
+        ({"method": "kmeans"}, "sample request is missing 'n'"),
+        ({"method": "umap", "n": 5}, "method must be kmeans, stratified or random, got 'umap'"),
+        ({"method": "random", "n": 0}, "n must be an integer from 1 to 200,000, got 0"),
+        ({"method": "random", "n": 200_001}, "n must be an integer from 1 to 200,000, got 200001"),
+        ({"method": "random", "n": 5.0}, "n must be an integer from 1 to 200,000, got 5.0"),
+        ({"method": "random", "n": True}, "n must be an integer from 1 to 200,000, got True"),
+        ({"method": "random", "n": 5, "seed": -1}, "seed must be a non-negative integer, got -1"),
+        ({"method": "random", "n": 5, "seed": "1"}, "seed must be a non-negative integer, got '1'"),
+        ({"method": "random", "n": 5, "filter": {}}, "filter must be a list of conditions"),
+        ({"method": "random", "n": 5, "stratify_by": 3}, "stratify_by must be a field name, got 3"),
+        ({"method": "stratified", "n": 5},
+         "stratified sampling needs stratify_by (a category or bool field)"),
+        ({"method": "random", "n": 5, "allocation": "even"},
+         "allocation must be proportional or equal, got 'even'"),
+        ({"method": "random", "n": 5, "k": 5},
+         "unknown key 'k' in sample request; "
+         "keys: allocation, filter, method, n, seed, stratify_by"),
+    ],
+)  # fmt: skip
+def test_sample_request_from_dict_rejects(d: Any, message: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        SampleRequest.from_dict(d)
+    assert info.value.message == message
+
+
+def test_sample_request_round_trip() -> None:
+    d = {"method": "stratified", "n": 5, "seed": 2, "filter": [SUCCESS], "stratify_by": "task",
+         "allocation": "equal"}  # fmt: skip
+    request = SampleRequest.from_dict(d)
+    assert request.filter == (SUCCESS,) and request.to_dict() == d
+    assert SampleRequest.from_dict({"method": "random", "n": 1, "filter": None}).filter == ()
+
+
+def manifest_for(ds: Dataset, request: SampleRequest) -> dict[str, Any]:
+    sample = draw_sample(ds, request)
+    return build_manifest(ds, request, sample, dataset_id="droid_v2", dataset_hash="abc123",
+                          sample_id="s1", created_at="2026-01-01T00:00:00+00:00",
+                          version="0.1.0")  # fmt: skip
+
+
+def test_manifest_is_plain_json(ds: Dataset) -> None:
+    request = SampleRequest("kmeans", 12, seed=4, filter=(SUCCESS,))
+    m = manifest_for(ds, request)
+    assert json.loads(json.dumps(m, allow_nan=False)) == m
+    assert m["dataset_id"] == "droid_v2" and m["dataset_hash"] == "abc123"
+    assert m["method"] == "kmeans" and m["seed"] == 4 and m["filter"] == [SUCCESS]
+    assert m["params"] == {"n": 12, "stratify_by": None, "allocation": "proportional"}
+    assert m["n"] == 12 and len(m["episode_ids"]) == 12
+    assert m["matched"] == len(matching(ds, [SUCCESS]))
+    assert m["tessera_version"] == "0.1.0" and m["created_at"].startswith("2026-01-01")
+    assert "coverage" in m["stats"]
+
+
+def test_exports(ds: Dataset) -> None:
+    m = manifest_for(ds, SampleRequest("random", 5, seed=0))
+    txt, media = export_sample(ds, m, "txt")
+    assert media == "text/plain; charset=utf-8" and txt.decode().splitlines() == m["episode_ids"]
+    body, media = export_sample(ds, m, "json")
+    assert media == "application/json" and json.loads(body) == m
+    body, media = export_sample(ds, m, "csv")
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert media == "text/csv; charset=utf-8"
+    assert [r["episode_id"] for r in rows] == m["episode_ids"]
+    first = ds.metadata_at(ds.index_of(m["episode_ids"][0]) or 0)
+    assert rows[0]["task"] == first["task"] and rows[0]["success"] == str(first["success"]).lower()
+    assert float(rows[0]["gripper_force"]) == first["gripper_force"]
+    assert export_filename(m, "txt") == "episodes-random-5-seed0.txt"  # the dataset's name
+    with pytest.raises(InvalidRequest, match="^format must be txt, csv or json, got 'xml'$"):
+        export_sample(ds, m, "xml")
+
+
+def test_csv_quotes_awkward_values() -> None:
+    ds = strata_dataset({'say "hi", then pick': 2, "plain": 1})
+    m = manifest_for(ds, SampleRequest("random", 3))
+    body, _ = export_sample(ds, m, "csv")
+    assert body.decode().splitlines()[0] == "episode_id,task,success,length"
+    assert '"say ""hi"", then pick"' in body.decode()
+    assert [r[1] for r in csv.reader(io.StringIO(body.decode()))][1:] == [
+        "plain", 'say "hi", then pick', 'say "hi", then pick'
+    ]  # fmt: skip
+
+
+def test_export_filename_is_safe() -> None:
+    m = {"dataset_id": "../my data", "method": "stratified", "params": {"stratify_by": "task"},
+         "n": 50, "seed": 2}  # fmt: skip
+    assert export_filename(m, "csv") == "my_data-stratified-task-50-seed2.csv"
+
+
+def run_cli(*args: str) -> Any:
+    from tessera_gpu.cli import cli
+
+    return CliRunner().invoke(cli, ["sample", *args])
+
+
+@pytest.mark.parametrize("method", ["random", "stratified", "kmeans"])
+def test_cli_sample_matches_draw_sample(ds: Dataset, episode_file: Path, method: str) -> None:
+    result = run_cli(str(episode_file), "--method", method, "-n", "25", "--seed", "5",
+                     "--where", "success == true", "--where", "task in pick,place",
+                     "--stratify-by", "task", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    raw = [SUCCESS, {"field": "task", "op": "in", "value": ["pick", "place"]}]
+    request = SampleRequest(method, 25, seed=5, filter=raw, stratify_by="task")
+    assert result.stdout.splitlines() == draw_sample(ds, request).episode_ids
+    matched = len(matching(ds, raw))
+    summary = f"sampled 25 of {matched} matching episodes ({method}, seed 5) -> stdout\n"
+    assert result.stderr == summary
+
+
+def test_cli_writes_the_manifest_atomically(episode_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sample.json"
+    result = run_cli(str(episode_file), "--method", "random", "-n", "10", "-o", str(out),
+                     "--format", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    m = json.loads(out.read_text())
+    assert m["n"] == 10 and m["dataset_id"] == "episodes"
+    assert m["dataset_hash"] == hashlib.sha256(episode_file.read_bytes()).hexdigest()
+    assert result.stderr.endswith(f"-> {out}\n") and result.stdout == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["sample.json"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "random", "-n", "301"],
+         "n = 301 is larger than the 300 episodes that match the filter"),
+        (["--method", "random", "-n", "5", "--where", "task < pick"],
+         "filter on 'task' (category): op 'lt' is not allowed; use eq, ne, in or not_in"),
+        (["--method", "random", "-n", "5", "--where", "task ~ pick"], "cannot parse --where"),
+        (["--method", "random", "-n", "5", "-o", "/nonexistent/dir/out.txt"], "cannot write"),
+    ],
+)  # fmt: skip
+def test_cli_errors_are_one_line(episode_file: Path, args: list[str], message: str) -> None:
+    result = run_cli(str(episode_file), *args)
+    assert result.exit_code == 1 and result.stderr.startswith(f"error: {message}")
+    assert result.stderr.count("\n") == 1
