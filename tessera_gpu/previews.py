@@ -52,6 +52,10 @@ def check_preview(data: bytes, *, max_pixels: int = MAX_PREVIEW_PIXELS) -> str:
                 _check_pixels(img.width * img.height * _frames(img), max_pixels)
     except UnsupportedMediaType:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnsupportedMediaType(
+            "preview is too large to decode safely (Pillow's decompression bomb limit)"
+        ) from None
     except Exception:  # any decoder failure (or bomb warning) means "not a valid image"
         raise UnsupportedMediaType(
             f"preview starts like a {kind.upper()} image but Pillow cannot open it"

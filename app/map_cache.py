@@ -1,0 +1,160 @@
+"""What the map routes keep between requests, per finished projection.
+
+For each dataset whose projection is done: a :class:`~tessera_gpu.tiles.TileIndex` (points
+sorted for tiles), a :class:`~tessera_gpu.nearest.NearestIndex` (k-d tree for hover), the
+checked filter masks (keyed by the filter's canonical JSON) and an LRU of rendered tiles. A new
+projection (a different coords array) replaces all of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tessera_gpu.colors import ColorBy, color_by
+from tessera_gpu.dataset import Dataset
+from tessera_gpu.errors import Conflict, InvalidRequest, Unavailable
+from tessera_gpu.filters import filter_mask, parse_filter
+from tessera_gpu.nearest import NearestIndex
+from tessera_gpu.tiles import TileIndex, compile_kernels
+
+__all__ = ["MapCache", "ProjectionMaps", "filter_key", "parse_filter_param"]
+
+TILE_CACHE = 4_096  # rendered PNGs kept per projection (~2-40 KB each)
+MASK_CACHE = 32
+MAX_FILTER_CHARS = 200_000
+
+
+def parse_filter_param(raw: str | None) -> Any:
+    """The ``filter`` query parameter: URL-decoded JSON (a list of conditions) or absent."""
+    if raw in (None, ""):
+        return None
+    if len(raw) > MAX_FILTER_CHARS:
+        raise InvalidRequest(f"filter is too long: {len(raw):,} characters > {MAX_FILTER_CHARS:,}")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"filter must be JSON (a list of conditions): {exc}") from None
+
+
+def filter_key(raw: Any) -> str:
+    """One string per distinct filter, so equal filters share cached masks and tiles."""
+    return "" if not raw else json.dumps(raw, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(eq=False)
+class ProjectionMaps:
+    """The indexes and caches of one finished projection of one dataset."""
+
+    dataset: Dataset
+    coords: np.ndarray
+    tiles: TileIndex
+    nearest: NearestIndex
+    _masks: OrderedDict[str, np.ndarray | None] = field(default_factory=OrderedDict)
+    _rendered: OrderedDict[tuple[Any, ...], bytes] = field(default_factory=OrderedDict)
+    _specs: dict[str, ColorBy] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _token: str = ""
+
+    @property
+    def token(self) -> str:
+        """Names this projection in tile URLs (``v=``), so browsers never reuse old tiles."""
+        if not self._token:
+            digest = hashlib.blake2b(np.ascontiguousarray(self.coords).data, digest_size=6)
+            self._token = digest.hexdigest()
+        return self._token
+
+    def mask(self, raw_filter: Any) -> tuple[str, np.ndarray | None]:
+        """``(key, mask)`` of a raw filter (``mask`` None when the filter is empty)."""
+        key = filter_key(raw_filter)
+        with self._lock:
+            if key in self._masks:
+                self._masks.move_to_end(key)
+                return key, self._masks[key]
+        conditions = parse_filter(raw_filter, self.dataset, coords=self.coords)
+        mask = filter_mask(self.dataset, conditions, coords=self.coords) if conditions else None
+        with self._lock:
+            self._masks[key] = mask
+            while len(self._masks) > MASK_CACHE:
+                self._masks.popitem(last=False)
+        return key, mask
+
+    def color_by(self, name: str | None) -> ColorBy:
+        key = name or "density"
+        with self._lock:
+            spec = self._specs.get(key)
+        if spec is None:
+            spec = color_by(self.dataset, name)
+            with self._lock:
+                self._specs[key] = spec
+        return spec
+
+    def cached_tile(self, key: tuple[Any, ...]) -> bytes | None:
+        with self._lock:
+            png = self._rendered.get(key)
+            if png is not None:
+                self._rendered.move_to_end(key)
+            return png
+
+    def keep_tile(self, key: tuple[Any, ...], png: bytes) -> None:
+        with self._lock:
+            self._rendered[key] = png
+            while len(self._rendered) > TILE_CACHE:
+                self._rendered.popitem(last=False)
+
+
+class MapCache:
+    """:class:`ProjectionMaps` per dataset id, rebuilt when the projection changes."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, ProjectionMaps] = {}
+        self._lock = threading.Lock()
+        self._building: dict[str, threading.Lock] = {}
+        self._warming: threading.Thread | None = None
+
+    def warm_up(self) -> None:
+        """Compile the tile kernels in the background (once), e.g. while a page loads and
+        the projection runs, so the first tiles come at once."""
+        with self._lock:
+            if self._warming is None:
+                self._warming = threading.Thread(target=compile_kernels, daemon=True,
+                                                 name="tessera-tile-warm-up")  # fmt: skip
+                self._warming.start()
+
+    def get(self, dataset_id: str, dataset: Dataset, coords: np.ndarray | None) -> ProjectionMaps:
+        """The maps of ``dataset``'s finished projection ``coords``; 503 while there is none."""
+        if coords is None:
+            if dataset.embeddings is None:
+                raise Conflict(
+                    "This dataset is metadata-only: there is no map without embeddings",
+                    code="metadata_only",
+                )
+            raise Unavailable(
+                "The map is not ready: the projection is still running (or failed)",
+                code="projection_not_ready",
+            )
+        with self._lock:
+            current = self._maps.get(dataset_id)
+            if current is not None and current.coords is coords:
+                return current
+            build_lock = self._building.setdefault(dataset_id, threading.Lock())
+        with build_lock:  # one build per projection, however many tiles ask at once
+            with self._lock:
+                current = self._maps.get(dataset_id)
+            if current is not None and current.coords is coords:
+                return current
+            maps = ProjectionMaps(dataset, coords, TileIndex(coords), NearestIndex(coords))
+            maps.tiles.warm()
+            with self._lock:
+                self._maps[dataset_id] = maps
+            return maps
+
+    def forget(self, dataset_id: str) -> None:
+        with self._lock:
+            self._maps.pop(dataset_id, None)

@@ -1,0 +1,319 @@
+"""The map's HTTP routes: tiles, legend, nearest episode, point overlays, and previews.
+
+Handlers parse, call :mod:`tessera_gpu.tiles` / :mod:`~tessera_gpu.nearest` /
+:mod:`~tessera_gpu.previews` through the per-projection caches of :mod:`.map_cache`, and
+serialize. Everything CPU-bound runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any
+
+import numpy as np
+from litestar import Controller, Request, Response, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import PathParameter, QueryParameter
+
+from tessera_gpu.colors import legend
+from tessera_gpu.dataset import Dataset, Field
+from tessera_gpu.errors import InvalidRequest, NotFound
+from tessera_gpu.previews import check_preview
+from tessera_gpu.tiles import render_tile
+
+from .catalog import Catalog
+from .map_cache import MapCache, ProjectionMaps, parse_filter_param
+
+__all__ = ["MAX_POINTS", "MapController", "PreviewController", "provide_maps"]
+
+#: Most points ``GET .../points`` returns; more matches are thinned evenly (``truncated``).
+MAX_POINTS = 20_000
+PREVIEW_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    # A dataset id is its file's content hash, so a preview URL's bytes never change.
+    "Cache-Control": "public, max-age=31536000, immutable",
+}
+_maps_lock = threading.Lock()
+CatalogDep = NamedDependency[Catalog]
+MapsDep = NamedDependency[MapCache]
+
+DatasetId = Annotated[str, PathParameter(description="The dataset's id.", max_length=64)]
+EpisodeIndex = Annotated[int, PathParameter(ge=0, description="Row of the episode, from 0.")]
+FilterParam = Annotated[
+    str | None,
+    QueryParameter(
+        name="filter",
+        description='URL-encoded JSON list of conditions, e.g. [{"field":"task","op":"eq",'
+        '"value":"pick"}]; the same filters as POST .../count, including map "within".',
+        max_length=200_000,
+    ),
+]
+ColorByParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="density (default), a category or bool field (one glasbey colour per "
+        "value), or a number field (its mean per pixel on viridis).",
+        max_length=256,
+    ),
+]
+
+
+def provide_maps(state: State) -> MapCache:
+    """The app's one :class:`MapCache`, made on first use."""
+    with _maps_lock:
+        if "map_cache" not in state:
+            state["map_cache"] = MapCache()
+        cache: MapCache = state["map_cache"]
+    return cache
+
+
+def projection_maps(catalog: Catalog, maps: MapCache, dataset_id: str) -> ProjectionMaps:
+    """The map indexes of a dataset's finished projection (409 metadata-only, 503 not yet)."""
+    live = catalog.get(dataset_id)
+    return maps.get(dataset_id, live.dataset, catalog.jobs.coords(dataset_id))
+
+
+class MapController(Controller):
+    """The density map of a dataset's projection and what sits on it."""
+
+    path = "/api/datasets/{dataset_id:str}"
+    tags = ["map"]
+    dependencies = {"maps": Provide(provide_maps, sync_to_thread=False)}
+
+    @get("/tiles/{z:int}/{x:int}/{tile:str}", operation_id="getTile", summary="One map tile",
+         sync_to_thread=True, media_type="image/png")  # fmt: skip
+    def tile(
+        self,
+        catalog: CatalogDep,
+        maps: MapsDep,
+        dataset_id: DatasetId,
+        z: Annotated[int, PathParameter(description="Zoom level, 0 (whole map) to 12.")],
+        x: Annotated[int, PathParameter(description="Column, 0 to 2**z - 1, from the left.")],
+        tile: Annotated[
+            str,
+            PathParameter(
+                description="Row and extension: '{y}.png', y from "
+                "0 (bottom) to 2**z - 1 (TMS order).",
+                max_length=16,
+            ),
+        ],
+        color_by: ColorByParam = None,
+        filter_: FilterParam = None,
+    ) -> Response[bytes]:
+        """A 256x256 PNG drawn by datashader: density (eq_hist) or ``color_by`` a field;
+        episodes outside the filter are hidden; transparent where there are none. The
+        pyramid is a square around the projection (``GET .../map`` gives its numbers).
+        400 for a tile outside the pyramid; 503 while the projection runs."""
+        y = _tile_row(tile)
+        pm = projection_maps(catalog, maps, dataset_id)
+        pm.tiles.pyramid.check(z, x, y)
+        spec = pm.color_by(color_by)
+        key, mask = pm.mask(parse_filter_param(filter_))
+        cache_key = (z, x, y, spec.key, key)
+        png = pm.cached_tile(cache_key)
+        if png is None:
+            png = render_tile(pm.tiles.view(key, mask), spec, z, x, y)
+            pm.keep_tile(cache_key, png)
+        return Response(png, media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=3600"})  # fmt: skip
+
+    @get("/legend", operation_id="getLegend", summary="The map's legend", sync_to_thread=True)
+    def map_legend(
+        self,
+        catalog: CatalogDep,
+        maps: MapsDep,
+        dataset_id: DatasetId,
+        color_by: ColorByParam = None,
+        filter_: FilterParam = None,
+    ) -> dict[str, Any]:
+        """The colours the tiles use: per value with its count under the filter (category),
+        or the colormap and span (number, density)."""
+        pm = projection_maps(catalog, maps, dataset_id)
+        _, mask = pm.mask(parse_filter_param(filter_))
+        return legend(pm.color_by(color_by), mask)
+
+    @get("/points/nearest", operation_id="getNearestEpisode", summary="Episode under the cursor",
+         sync_to_thread=True)  # fmt: skip
+    def nearest(
+        self,
+        catalog: CatalogDep,
+        maps: MapsDep,
+        dataset_id: DatasetId,
+        x: Annotated[float, QueryParameter(description="Map x, in data units.")],
+        y: Annotated[float, QueryParameter(description="Map y, in data units.")],
+        radius: Annotated[
+            float | None,
+            QueryParameter(
+                ge=0, description="Search radius in data units; any distance when absent."
+            ),
+        ] = None,
+        filter_: FilterParam = None,
+    ) -> dict[str, Any]:
+        """The nearest episode (among the filter's matches) to ``(x, y)``: index, id,
+        position, metadata and preview URLs (null when the dataset has none). 404 when no
+        episode is within ``radius``."""
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise InvalidRequest("x and y must be finite numbers")
+        pm = projection_maps(catalog, maps, dataset_id)
+        key, mask = pm.mask(parse_filter_param(filter_))
+        row = pm.nearest.nearest(x, y, radius=radius, mask=mask, key=key)
+        if row is None:
+            raise NotFound("No episode within the radius", code="no_episode_near")
+        return episode_point(pm.dataset, dataset_id, row, pm.coords)
+
+    @get("/points", operation_id="getPoints", summary="Points for an overlay",
+         sync_to_thread=True)  # fmt: skip
+    def points(
+        self,
+        catalog: CatalogDep,
+        maps: MapsDep,
+        dataset_id: DatasetId,
+        fields: Annotated[
+            str | None,
+            QueryParameter(
+                description="Comma-separated metadata fields to include.", max_length=4_096
+            ),
+        ] = None,
+        sample_id: Annotated[
+            str | None, QueryParameter(description="A sample's id: its episodes.", max_length=64)
+        ] = None,
+        filter_: FilterParam = None,
+        limit: Annotated[
+            int,
+            QueryParameter(
+                ge=1, le=MAX_POINTS, description=f"At most this many points (max {MAX_POINTS:,})."
+            ),
+        ] = MAX_POINTS,
+    ) -> dict[str, Any]:
+        """Map positions of a sample's episodes (``sample_id``) or of a filter's matches,
+        with the chosen fields. Over ``limit``, an evenly spaced subset is returned and
+        ``truncated`` is true; ``count`` is always the full number."""
+        if sample_id is not None and filter_ is not None:
+            raise InvalidRequest("give sample_id or filter, not both")
+        pm = projection_maps(catalog, maps, dataset_id)
+        names = _field_names(pm.dataset, fields)
+        if sample_id is not None:
+            rows = _sample_rows(pm.dataset, catalog.sample(dataset_id, sample_id))
+        else:
+            _, mask = pm.mask(parse_filter_param(filter_))
+            rows = np.arange(pm.dataset.n_episodes) if mask is None else np.flatnonzero(mask)
+        return points_payload(pm, rows, names, limit)
+
+
+def _tile_row(tile: str) -> int:
+    stem, dot, ext = tile.partition(".")
+    if ext != "png" or not dot or not stem.isdigit():
+        raise InvalidRequest(
+            f"tile must be '{{y}}.png' with a non-negative integer y, got {tile!r}",
+            code="tile_out_of_range",
+        )
+    return int(stem)
+
+
+def _field_names(dataset: Dataset, fields: str | None) -> list[str]:
+    names = [n.strip() for n in (fields or "").split(",") if n.strip()]
+    for name in names:
+        if name not in dataset.fields:
+            raise InvalidRequest(
+                f"unknown field {name!r}; fields: {', '.join(dataset.fields) or '(none)'}"
+            )
+    return names
+
+
+def _sample_rows(dataset: Dataset, manifest: dict[str, Any]) -> np.ndarray:
+    rows = [dataset.index_of(eid) for eid in manifest.get("episode_ids", [])]
+    return np.array(sorted(r for r in rows if r is not None), dtype=np.int64)
+
+
+def episode_point(
+    dataset: Dataset, dataset_id: str, row: int, coords: np.ndarray
+) -> dict[str, Any]:
+    """One episode as the hover card shows it."""
+    base = f"/api/datasets/{dataset_id}/episodes/{row}"
+    return {
+        "index": row,
+        "episode_id": str(dataset.episode_ids[row]),
+        "x": float(coords[row, 0]),
+        "y": float(coords[row, 1]),
+        "metadata": dataset.metadata_at(row),
+        "thumbnail_url": f"{base}/thumbnail" if dataset.has_thumbnails else None,
+        "gif_url": f"{base}/gif" if dataset.has_gifs else None,
+    }
+
+
+def points_payload(
+    pm: ProjectionMaps, rows: np.ndarray, names: list[str], limit: int
+) -> dict[str, Any]:
+    """Columns (index, episode_id, x, y, fields) of ``rows``, thinned evenly to ``limit``."""
+    count = int(rows.size)
+    if count > limit:
+        rows = rows[np.linspace(0, count - 1, limit).round().astype(np.int64)]
+    return {
+        "count": count,
+        "returned": int(rows.size),
+        "truncated": count > rows.size,
+        "index": rows.tolist(),
+        "episode_id": pm.dataset.episode_ids[rows].tolist(),
+        "x": pm.coords[rows, 0].astype(float).tolist(),
+        "y": pm.coords[rows, 1].astype(float).tolist(),
+        "fields": {name: field_column(pm.dataset.fields[name], rows) for name in names},
+    }
+
+
+def field_column(fld: Field, rows: np.ndarray) -> list[Any]:
+    """JSON values of one field at ``rows`` (NaN as null, categories as their labels)."""
+    values = fld.values[rows]
+    if fld.kind == "category":
+        return np.asarray(fld.categories, dtype=object)[values].tolist()
+    if fld.kind == "float":
+        return [v if np.isfinite(v) else None for v in values.tolist()]
+    if fld.kind == "array":
+        return [np.asarray(v).tolist() for v in values]
+    return values.tolist()
+
+
+class PreviewController(Controller):
+    """An episode's stored preview images, served only when they really are images."""
+
+    path = "/api/datasets/{dataset_id:str}/episodes/{index:int}"
+    tags = ["episodes"]
+
+    @get("/thumbnail", operation_id="getThumbnail", summary="Episode thumbnail",
+         sync_to_thread=True, media_type="image/jpeg")  # fmt: skip
+    def thumbnail(
+        self, request: Request[Any, Any, Any], catalog: CatalogDep, dataset_id: DatasetId,
+        index: EpisodeIndex,
+    ) -> Response[bytes]:  # fmt: skip
+        """The stored thumbnail. Its type comes from its magic bytes (JPEG, GIF, PNG, WebP);
+        anything else is 415. 404 when the episode has none."""
+        return _preview(request, catalog, dataset_id, index, "thumbnail")
+
+    @get("/gif", operation_id="getGif", summary="Episode GIF", sync_to_thread=True,
+         media_type="image/gif")  # fmt: skip
+    def gif(
+        self, request: Request[Any, Any, Any], catalog: CatalogDep, dataset_id: DatasetId,
+        index: EpisodeIndex,
+    ) -> Response[bytes]:  # fmt: skip
+        """The stored animated GIF, checked like the thumbnail. 404 when there is none."""
+        return _preview(request, catalog, dataset_id, index, "gif")
+
+
+def _preview(
+    request: Request[Any, Any, Any], catalog: CatalogDep, dataset_id: str, index: int, kind: str
+) -> Response[bytes]:
+    dataset = catalog.get(dataset_id).dataset
+    if index >= dataset.n_episodes:
+        raise NotFound(
+            f"Episode {index} not found: {dataset.name} has {dataset.n_episodes:,} episodes",
+            code="episode_not_found",
+        )
+    etag = f'"{dataset_id}-{index}-{kind}"'
+    headers = {**PREVIEW_HEADERS, "ETag": etag}
+    if request.headers.get("if-none-match") == etag:  # only ever sent for bytes we served
+        return Response(b"", status_code=304, headers=headers)
+    data = dataset.thumbnail(index) if kind == "thumbnail" else dataset.gif(index)
+    if data is None:
+        raise NotFound(f"Episode {index} has no {kind}", code="preview_not_found")
+    return Response(data, media_type=check_preview(data), headers=headers)

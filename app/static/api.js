@@ -1,0 +1,102 @@
+// Talking to Tessera's HTTP API: JSON in, JSON out, errors as the server words them.
+
+/** An error answered by the API: `message` is the server's own `error` text. */
+export class ApiError extends Error {
+  constructor(message, status, code) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function answer(response) {
+  const text = await response.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch { body = null; }
+  if (!response.ok) {
+    const message = body && body.error ? body.error : `${response.status} ${response.statusText}`;
+    throw new ApiError(message, response.status, body && body.code);
+  }
+  return body;
+}
+
+export async function getJSON(url, { signal } = {}) {
+  return answer(await fetch(url, { signal, headers: { Accept: "application/json" } }));
+}
+
+export async function postJSON(url, body, { signal } = {}) {
+  return answer(await fetch(url, {
+    method: "POST", signal, body: JSON.stringify(body),
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+  }));
+}
+
+/** `/api/datasets/{id}{path}` with an optional query object (empty values left out). */
+export function apiUrl(datasetId, path = "", query = {}) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(query)) {
+    if (v !== undefined && v !== null && v !== "") q.set(k, v);
+  }
+  const qs = q.toString();
+  return `/api/datasets/${encodeURIComponent(datasetId)}${path}${qs ? "?" + qs : ""}`;
+}
+
+/** The filter as the `filter` query parameter: JSON, or "" when there is none. */
+export function filterParam(conditions) {
+  return conditions.length ? JSON.stringify(conditions) : "";
+}
+
+/** Upload a file with XHR so its progress can be shown; resolves to the dataset summary. */
+export function uploadFile(file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/datasets");
+    xhr.responseType = "text";
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
+    xhr.upload.onload = () => onProgress(1, true);
+    xhr.onerror = () => reject(new ApiError("The upload failed: the server could not be reached", 0));
+    xhr.onload = () => {
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch { body = null; }
+      if (xhr.status >= 200 && xhr.status < 300 && body) resolve(body);
+      else reject(new ApiError(body && body.error ? body.error : `Upload failed (${xhr.status})`,
+                               xhr.status, body && body.code));
+    };
+    const form = new FormData();
+    form.append("file", file, file.name);
+    xhr.send(form);
+  });
+}
+
+/** Call `fn` once calls stop for `ms` milliseconds. */
+export function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
+}
+
+const compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 1 });
+const full = new Intl.NumberFormat("en");
+
+/** 35,000 */
+export const fmt = (n) => full.format(n);
+/** 35k (counts beside filter values) */
+export const fmtShort = (n) => (n >= 10000 ? compact.format(n) : full.format(n));
+
+/** A new element: el("div", {class: "x"}, child, "text"). */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "style") node.style.cssText = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c !== null && c !== undefined && c !== false) node.append(c instanceof Node ? c : String(c));
+  }
+  return node;
+}

@@ -1,0 +1,111 @@
+// Boot: read the URL, load the dataset list, open one dataset, and wire the keyboard.
+
+import { apiUrl, el, fmt, getJSON } from "./api.js";
+import { state, update, readUrl } from "./state.js";
+import { buildFilters, initFilters } from "./filters.js";
+import { buildColorPicker, clearSelection, deviceName, initMap, openMap, zoom } from "./map.js";
+import { clearEpisode } from "./preview.js";
+import { buildSampling, initSampling } from "./sampling.js";
+import { initUpload } from "./upload.js";
+
+const $ = (id) => document.getElementById(id);
+
+async function boot() {
+  initFilters();
+  initMap();
+  initSampling();
+  initUpload();
+  initKeyboard();
+  initPanels();
+  $("dataset-picker").addEventListener("change", (e) => {
+    if (e.target.value) location.assign(`/datasets/${encodeURIComponent(e.target.value)}`);
+  });
+  const [health, datasets] = await Promise.all([getJSON("/api/health"), getJSON("/api/datasets")]);
+  update({ health, datasets });
+  const wanted = document.body.dataset.datasetId || (datasets.length ? datasets[datasets.length - 1].id : "");
+  fillPicker(datasets, wanted);
+  if (!wanted) return showNoDataset();
+  let summary;
+  try {
+    summary = await getJSON(apiUrl(wanted));
+  } catch (err) {
+    return showNoDataset(err.message);
+  }
+  if (!document.body.dataset.datasetId) {
+    history.replaceState(null, "", `/datasets/${encodeURIComponent(summary.id)}${location.search}`);
+  }
+  openDataset(summary);
+}
+
+function fillPicker(datasets, selected) {
+  const picker = $("dataset-picker");
+  picker.replaceChildren(...datasets.map((d) => el("option", { value: d.id }, d.name)));
+  if (!datasets.length) picker.append(el("option", { value: "" }, "no datasets yet"));
+  picker.value = selected;
+}
+
+function showNoDataset(problem) {
+  $("filter-fields").replaceChildren(el("p", { class: "note" }, "Open or upload a dataset to filter it."));
+  $("map-status").hidden = false;
+  $("map-status-text").innerHTML = "";
+  $("map-status-text").append(problem ? problem : "No dataset yet.",
+    el("small", {}, "Upload an HDF5 episode file (or start the server with tessera serve --demo)."));
+  $("map-retry").hidden = true;
+  $("sample-generate").disabled = true;
+}
+
+function openDataset(summary) {
+  const fromUrl = readUrl();
+  update({ dataset: summary, ...fromUrl, sample: null });
+  const dim = summary.dim ? `${summary.dim}-d` : "metadata-only";
+  $("dataset-facts").textContent = `${fmt(summary.n_episodes)} episodes · ${dim} · ${deviceName(state.health.backend)}`;
+  document.title = `${summary.name} · Tessera`;
+  buildFilters();
+  buildColorPicker();
+  buildSampling();
+  clearEpisode();
+  openMap();
+}
+
+const NOT_TYPING = new Set(["checkbox", "radio", "button", "submit", "reset", "file", "range"]);
+
+/** Is the user typing into this element (so keys are text, not shortcuts)? */
+function typing(target) {
+  if (target instanceof HTMLInputElement) return !NOT_TYPING.has(target.type);
+  return target instanceof HTMLSelectElement || target instanceof HTMLTextAreaElement ||
+    Boolean(target && target.isContentEditable);
+}
+
+function initKeyboard() {
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.key === "Escape") {
+      if (typing(e.target)) e.target.blur();
+      clearSelection();
+      return;
+    }
+    if (typing(e.target)) return;
+    if (e.key === "/") { e.preventDefault(); $("field-search").focus(); }
+    else if (e.key === "+" || e.key === "=") { e.preventDefault(); zoom(1 / 1.5); }
+    else if (e.key === "-" || e.key === "_") { e.preventDefault(); zoom(1.5); }
+  });
+}
+
+function initPanels() {
+  const layout = $("layout");
+  for (const button of document.querySelectorAll("[data-collapse]")) {
+    const side = button.dataset.collapse;
+    const tab = el("button", { type: "button", class: "expand-tab", hidden: true,
+      style: side === "left" ? "left:10px" : "right:10px", title: "Show panel",
+      onclick: () => toggle(false) }, side === "left" ? "›" : "‹");
+    $("map-area").append(tab);
+    const toggle = (hide) => {
+      layout.classList.toggle(`hide-${side}`, hide);
+      tab.hidden = !hide;
+      window.dispatchEvent(new Event("resize")); // Bokeh re-lays out the map
+    };
+    button.addEventListener("click", () => toggle(true));
+  }
+}
+
+boot().catch((err) => showNoDataset(`Could not load the page: ${err.message}`));

@@ -1,0 +1,177 @@
+// The filter panel: one section per field (checkboxes with counts, a number range, or a
+// text match), the map selection chip, and the live "N of M episodes match" line.
+
+import { apiUrl, debounce, el, fmt, fmtShort, postJSON } from "./api.js";
+import { filterConditions, on, state, update } from "./state.js";
+
+const SHOWN_VALUES = 8;   // values listed before "show all"
+const OPEN_FIELDS = 6;    // fields shown open; the rest start folded (the search finds them)
+const fieldsBox = () => document.getElementById("filter-fields");
+const controls = new Map(); // field name -> {read(): condition|null, reset(), section}
+
+/** Build the panel for the open dataset, restoring `state.conditions`. */
+export function buildFilters() {
+  const box = fieldsBox();
+  box.replaceChildren();
+  controls.clear();
+  for (const field of state.dataset.fields) {
+    if (field.kind === "array") continue;
+    const given = state.conditions.find((c) => c.field === field.name) || null;
+    const control = makeControl(field, given);
+    control.section.open = controls.size < OPEN_FIELDS || given !== null;
+    controls.set(field.name, control);
+    box.append(control.section);
+  }
+  if (!controls.size) box.append(el("p", { class: "note" }, "This dataset has no metadata fields."));
+  markActive();
+}
+
+function makeControl(field, given) {
+  const section = el("details", { class: "field", "data-field": field.name, open: true },
+    el("summary", {}, el("span", { class: "field-name", title: field.name }, field.name),
+       el("span", { class: "field-kind" }, field.kind)));
+  const maker = field.values ? valuesControl : (field.kind === "int" || field.kind === "float")
+    ? rangeControl : textControl;
+  return { section, ...maker(field, given, section) };
+}
+
+function valuesControl(field, given, section) {
+  const entries = Object.entries(field.values);
+  const chosen = given ? chosenValues(given, entries.map(([v]) => v)) : null;
+  const list = el("div", { class: "values" });
+  const boxes = entries.map(([value, n], i) => {
+    const input = el("input", { type: "checkbox", value, onchange: changed });
+    input.checked = chosen ? chosen.has(value) : true;
+    const row = el("label", { class: "value", hidden: i >= SHOWN_VALUES && !input.checked ? true : null },
+      input, el("span", { class: "label", title: value }, value),
+      el("span", { class: "count" }, fmtShort(n)));
+    list.append(row);
+    return input;
+  });
+  section.append(list);
+  const actions = el("div", { class: "field-actions" },
+    el("button", { type: "button", class: "link", onclick: () => setAll(true) }, "all"),
+    el("button", { type: "button", class: "link", onclick: () => setAll(false) }, "none"));
+  if (entries.length > SHOWN_VALUES) {
+    actions.append(el("button", { type: "button", class: "link", onclick: (e) => {
+      list.querySelectorAll(".value[hidden]").forEach((r) => { r.hidden = false; });
+      e.target.remove();
+    } }, `show all ${fmt(entries.length)}`));
+  }
+  section.append(actions);
+  function setAll(on) { boxes.forEach((b) => { b.checked = on; }); changed(); }
+  return {
+    read() {
+      const picked = boxes.filter((b) => b.checked).map((b) => b.value);
+      if (picked.length === boxes.length) return null;
+      return { field: field.name, op: "in", value: picked };
+    },
+    reset() { boxes.forEach((b) => { b.checked = true; }); },
+  };
+}
+
+function chosenValues(cond, all) {
+  const values = [].concat(cond.value).map(String);
+  if (cond.op === "in" || cond.op === "eq") return new Set(values);
+  if (cond.op === "not_in" || cond.op === "ne") return new Set(all.filter((v) => !values.includes(v)));
+  return null;
+}
+
+function rangeControl(field, given, section) {
+  const step = field.kind === "int" ? "1" : "any";
+  const lo = el("input", { type: "number", step, placeholder: fmtNum(field.min), "aria-label": `${field.name} from` });
+  const hi = el("input", { type: "number", step, placeholder: fmtNum(field.max), "aria-label": `${field.name} to` });
+  if (given && given.op === "between") { lo.value = given.value[0]; hi.value = given.value[1]; }
+  if (given && (given.op === "ge" || given.op === "gt")) lo.value = given.value;
+  if (given && (given.op === "le" || given.op === "lt")) hi.value = given.value;
+  const slow = debounce(changed, 250);
+  lo.addEventListener("input", slow);
+  hi.addEventListener("input", slow);
+  section.append(el("div", { class: "range" }, lo, el("span", { class: "dash" }, "–"), hi));
+  return {
+    read() {
+      const a = lo.value === "" ? null : Number(lo.value);
+      const b = hi.value === "" ? null : Number(hi.value);
+      const bad = a !== null && b !== null && a > b;
+      lo.classList.toggle("invalid", bad);
+      hi.classList.toggle("invalid", bad);
+      if (bad || (a === null && b === null)) return null;
+      if (a === null) return { field: field.name, op: "le", value: b };
+      if (b === null) return { field: field.name, op: "ge", value: a };
+      return { field: field.name, op: "between", value: [a, b] };
+    },
+    reset() { lo.value = ""; hi.value = ""; },
+  };
+}
+
+function textControl(field, given, section) {
+  const input = el("input", { class: "text-filter", type: "text", placeholder: "equals…",
+                              "aria-label": `${field.name} equals` });
+  if (given && given.op === "eq") input.value = given.value;
+  input.addEventListener("input", debounce(changed, 300));
+  section.append(input);
+  return {
+    read() { return input.value.trim() ? { field: field.name, op: "eq", value: input.value.trim() } : null; },
+    reset() { input.value = ""; },
+  };
+}
+
+const fmtNum = (v) => (v === null || v === undefined ? "" : String(+Number(v).toPrecision(6)));
+
+function changed() {
+  const conditions = [];
+  for (const c of controls.values()) {
+    const cond = c.read();
+    if (cond) conditions.push(cond);
+  }
+  update({ conditions });
+  markActive();
+}
+
+function markActive() {
+  const active = new Set(state.conditions.map((c) => c.field));
+  for (const [name, c] of controls) c.section.classList.toggle("active", active.has(name));
+}
+
+/** Clear every field condition and the map selection. */
+export function resetFilters() {
+  for (const c of controls.values()) c.reset();
+  update({ conditions: [], polygon: null });
+  markActive();
+}
+
+/** Show only the fields whose name contains the search text. */
+function searchFields(text) {
+  const needle = text.trim().toLowerCase();
+  for (const [name, c] of controls) {
+    const match = needle === "" || name.toLowerCase().includes(needle);
+    c.section.hidden = !match;
+    if (match && needle !== "") c.section.open = true;
+  }
+}
+
+let countSeq = 0;
+const refreshCount = debounce(async () => {
+  if (!state.dataset) return;
+  const seq = ++countSeq;
+  const box = document.getElementById("match-count");
+  try {
+    const res = await postJSON(apiUrl(state.dataset.id, "/count"), { filter: filterConditions() });
+    if (seq !== countSeq) return; // a newer filter is on its way
+    update({ count: res });
+    box.replaceChildren(el("b", { class: res.count ? null : "zero" }, fmt(res.count)),
+      ` of ${fmt(res.total)} episodes match`);
+  } catch (err) {
+    if (seq === countSeq) box.replaceChildren(el("span", { class: "zero" }, err.message));
+  }
+}, 120);
+
+/** Wire the panel's own controls once. */
+export function initFilters() {
+  document.getElementById("field-search").addEventListener("input", (e) => searchFields(e.target.value));
+  document.getElementById("filters-reset").addEventListener("click", resetFilters);
+  document.getElementById("no-match-reset").addEventListener("click", resetFilters);
+  document.getElementById("selection-clear").addEventListener("click", () => update({ polygon: null }));
+  on(["conditions", "polygon", "dataset"], refreshCount);
+  on("polygon", (s) => { document.getElementById("selection-chip").hidden = !s.polygon; });
+}

@@ -1,0 +1,96 @@
+// The episode card: the nearest episode to the cursor, its GIF (or thumbnail) and metadata.
+// Requests are debounced and aborted when the cursor moves on; answers that arrive late are
+// dropped by sequence number, so a fast sweep never ends on an old episode.
+
+import { apiUrl, el, filterParam, getJSON } from "./api.js";
+import { filterConditions, state } from "./state.js";
+
+const HOVER_PX = 16;     // an episode farther than this from the cursor is not "under" it
+const DELAY_MS = 35;
+let seq = 0;
+let controller = null;
+let timer = null;
+let shownIndex = null;
+
+/** The cursor is at data point (x, y); one pixel spans `pixel` data units. */
+export function hoverAt(x, y, pixel) {
+  clearTimeout(timer);
+  timer = setTimeout(() => lookUp(x, y, pixel), DELAY_MS);
+}
+
+export function hoverEnd() {
+  clearTimeout(timer);
+  if (controller) controller.abort();
+}
+
+async function lookUp(x, y, pixel) {
+  if (!state.dataset || (state.count && state.count.count === 0)) return;
+  const mine = ++seq;
+  if (controller) controller.abort();
+  controller = new AbortController();
+  let ep;
+  try {
+    const query = { x, y, filter: filterParam(filterConditions()) };
+    ep = await getJSON(apiUrl(state.dataset.id, "/points/nearest", query), { signal: controller.signal });
+  } catch (err) {
+    return; // aborted by a newer look-up, or the map is changing under us
+  }
+  if (mine !== seq) return;
+  if (Math.hypot(ep.x - x, ep.y - y) > HOVER_PX * pixel) return;
+  showEpisode(ep);
+}
+
+/** Put one episode (an answer of /points/nearest) in the card. */
+export function showEpisode(ep) {
+  if (ep.index === shownIndex) return;
+  shownIndex = ep.index;
+  const img = document.getElementById("preview-img");
+  const empty = document.getElementById("preview-empty");
+  const sources = [ep.gif_url, ep.thumbnail_url].filter(Boolean);
+  const token = String(ep.index);
+  img.dataset.episode = token;
+  const next = () => {
+    if (img.dataset.episode !== token) return;
+    const src = sources.shift();
+    if (!src) {
+      img.hidden = true;
+      img.removeAttribute("src");
+      empty.hidden = false;
+      empty.textContent = "No preview stored for this episode.";
+      return;
+    }
+    img.src = src;
+  };
+  img.onerror = next;
+  img.onload = () => { if (img.dataset.episode === token) { img.hidden = false; empty.hidden = true; } };
+  img.alt = `Preview of episode ${ep.episode_id}`;
+  next();
+  document.getElementById("episode-id").textContent = ep.episode_id;
+  const meta = document.getElementById("episode-meta");
+  meta.replaceChildren(...Object.entries(ep.metadata).flatMap(([k, v]) => [
+    el("dt", {}, k), el("dd", { title: formatValue(v) }, formatValue(v))]));
+}
+
+function formatValue(v) {
+  if (v === null || v === undefined) return "–";
+  if (typeof v === "number" && !Number.isInteger(v)) return String(+v.toPrecision(5));
+  if (Array.isArray(v)) return `[${v.length} values]`;
+  return String(v);
+}
+
+/** Forget the card (a new dataset was opened). */
+export function clearEpisode() {
+  seq += 1;
+  shownIndex = null;
+  const img = document.getElementById("preview-img");
+  img.hidden = true;
+  img.removeAttribute("src");
+  img.dataset.episode = "";
+  const empty = document.getElementById("preview-empty");
+  empty.hidden = false;
+  empty.textContent = state.dataset && state.dataset.mode === "metadata-only"
+    ? "Previews appear when hovering the map; this dataset has no map."
+    : "Hover over the map to preview an episode.";
+  document.getElementById("episode-id").textContent = "";
+  document.getElementById("episode-meta").replaceChildren();
+}

@@ -1,0 +1,114 @@
+// The sample panel: method, n, seed, stratify-by and allocation; "Generate sample" posts the
+// current filter with them; the result shows coverage, per-stratum counts and exports, and
+// the sample is drawn on the map.
+
+import { apiUrl, el, fmt, postJSON } from "./api.js";
+import { filterConditions, on, state, update } from "./state.js";
+import { showSamplePoints } from "./map.js";
+
+const $ = (id) => document.getElementById(id);
+
+/** Set up the form for the open dataset. */
+export function buildSampling() {
+  const strata = state.dataset.fields.filter((f) => f.kind === "category" || f.kind === "bool");
+  $("sample-stratify").replaceChildren(...strata.map((f) => el("option", { value: f.name }, f.name)));
+  const metadataOnly = state.dataset.mode === "metadata-only";
+  const kmeans = $("sample-method").querySelector('option[value="kmeans"]');
+  kmeans.disabled = metadataOnly;
+  if (metadataOnly && $("sample-method").value === "kmeans") $("sample-method").value = strata.length ? "stratified" : "random";
+  const stratified = $("sample-method").querySelector('option[value="stratified"]');
+  stratified.disabled = !strata.length;
+  if (!strata.length && $("sample-method").value === "stratified") $("sample-method").value = "random";
+  showNote(metadataOnly ? "K-means needs embeddings; this dataset is metadata-only." : "");
+  methodChanged();
+  showResult(null);
+}
+
+function methodChanged() {
+  const stratified = $("sample-method").value === "stratified";
+  $("stratify-row").hidden = !stratified;
+  $("allocation-row").hidden = !stratified;
+}
+
+function showNote(text) {
+  $("sample-note").hidden = !text;
+  $("sample-note").textContent = text;
+}
+
+function showError(message) {
+  $("sample-error").hidden = !message;
+  $("sample-error").textContent = message || "";
+}
+
+async function generate(event) {
+  event.preventDefault();
+  const method = $("sample-method").value;
+  const body = {
+    method,
+    n: Number($("sample-n").value),
+    seed: Number($("sample-seed").value),
+    filter: filterConditions(),
+  };
+  if (method === "stratified") {
+    body.stratify_by = $("sample-stratify").value;
+    body.allocation = $("sample-allocation").value;
+  }
+  const button = $("sample-generate");
+  button.disabled = true;
+  button.textContent = method === "kmeans" ? "Clustering…" : "Sampling…";
+  showError("");
+  try {
+    const manifest = await postJSON(apiUrl(state.dataset.id, "/samples"), body);
+    update({ sample: manifest });
+  } catch (err) {
+    showError(err.message);
+  } finally {
+    button.disabled = false;
+    button.textContent = "Generate sample";
+  }
+}
+
+function showResult(manifest) {
+  $("sample-result").hidden = !manifest;
+  if (!manifest) return;
+  const id = manifest.sample_id || manifest.id;
+  const names = { kmeans: "K-means diversity", stratified: "stratified", random: "random" };
+  $("sample-summary").replaceChildren(el("b", {}, fmt(manifest.n)), ` episodes · ${names[manifest.method]}`,
+    el("br"), el("span", { class: "note" }, `from ${fmt(manifest.matched)} matching · seed ${manifest.seed} · id ${id}`));
+  showCoverage(manifest.stats && manifest.stats.coverage);
+  showStrata(manifest.stats);
+  for (const fmtName of ["txt", "csv", "json"]) {
+    $(`export-${fmtName}`).href = apiUrl(state.dataset.id, `/samples/${encodeURIComponent(id)}/export`, { format: fmtName });
+  }
+}
+
+function showCoverage(coverage) {
+  const box = $("sample-coverage");
+  box.hidden = !coverage;
+  if (!coverage) return;
+  const gain = coverage.improvement_mean_pct;
+  box.classList.toggle("worse", gain < 0);
+  box.textContent = `coverage ${gain >= 0 ? "+" : ""}${gain.toFixed(0)}% vs random ` +
+    `(mean distance to the sample ${coverage.mean.toPrecision(3)} vs ${coverage.random_mean.toPrecision(3)})`;
+}
+
+function showStrata(stats) {
+  const table = $("sample-strata");
+  const counts = stats && stats.per_stratum;
+  if (!counts) { table.replaceChildren(); return; }
+  const entries = Object.entries(counts).sort((a, b) => b[1] - a[1]);
+  const top = Math.max(1, ...entries.map(([, n]) => n));
+  table.replaceChildren(
+    el("caption", { class: "note", style: "text-align:left" }, `per ${stats.per_stratum_field}`),
+    ...entries.slice(0, 12).map(([label, n]) => el("tr", {},
+      el("td", {}, label), el("td", { class: "n" }, fmt(n)),
+      el("td", { class: "barcell" }, el("div", { class: "bar", style: `width:${(100 * n) / top}%` })))));
+}
+
+export function initSampling() {
+  $("sample-form").addEventListener("submit", generate);
+  $("sample-method").addEventListener("change", methodChanged);
+  $("sample-clear").addEventListener("click", () => update({ sample: null }));
+  on("sample", (s) => { showResult(s.sample); showSamplePoints(s.sample).catch(() => {}); });
+  on("mapReady", (s) => { if (s.mapReady && s.sample) showSamplePoints(s.sample).catch(() => {}); });
+}

@@ -1,0 +1,80 @@
+// The page's state and the URL that holds it: dataset, filter, colour and view.
+// Anything that changes the state calls `update(...)`; listeners redraw what depends on it.
+
+import { debounce } from "./api.js";
+
+export const state = {
+  health: null,         // GET /api/health
+  datasets: [],         // summaries
+  dataset: null,        // the open dataset's summary
+  conditions: [],       // field conditions from the filter panel
+  polygon: null,        // [[x, y], ...] map selection, or null
+  colorBy: "density",
+  view: null,           // [x0, y0, x1, y1] of the map, or null
+  count: null,          // {count, total} of the current filter
+  sample: null,         // the last sample manifest
+  mapReady: false,
+};
+
+const listeners = new Map();
+
+/** Run `fn(state)` whenever one of `keys` changes. */
+export function on(keys, fn) {
+  for (const k of [].concat(keys)) {
+    if (!listeners.has(k)) listeners.set(k, []);
+    listeners.get(k).push(fn);
+  }
+}
+
+/** Set some keys and notify each listener once. */
+export function update(changes) {
+  const called = new Set();
+  Object.assign(state, changes);
+  for (const k of Object.keys(changes)) {
+    for (const fn of listeners.get(k) || []) {
+      if (!called.has(fn)) { called.add(fn); fn(state); }
+    }
+  }
+  if (["conditions", "polygon", "colorBy", "view"].some((k) => k in changes)) writeUrl();
+}
+
+/** Every condition the server should apply: fields, then the map selection. */
+export function filterConditions() {
+  const out = [...state.conditions];
+  if (state.polygon) out.push({ field: "map", op: "within", value: state.polygon });
+  return out;
+}
+
+/** The URL's share of the state (read once at start). */
+export function readUrl() {
+  const q = new URLSearchParams(location.search);
+  let conditions = [];
+  let polygon = null;
+  try {
+    const raw = JSON.parse(q.get("filter") || "[]");
+    if (Array.isArray(raw)) {
+      conditions = raw.filter((c) => c && c.field !== "map");
+      const map = raw.find((c) => c && c.field === "map" && c.op === "within");
+      polygon = map ? map.value : null;
+    }
+  } catch { /* a hand-edited URL: start without a filter */ }
+  const view = (q.get("view") || "").split(",").map(Number);
+  return {
+    conditions,
+    polygon,
+    colorBy: q.get("color") || "density",
+    view: view.length === 4 && view.every(Number.isFinite) ? view : null,
+  };
+}
+
+const writeUrl = debounce(() => {
+  if (!state.dataset) return;
+  const q = new URLSearchParams();
+  const conditions = filterConditions();
+  if (conditions.length) q.set("filter", JSON.stringify(conditions));
+  if (state.colorBy && state.colorBy !== "density") q.set("color", state.colorBy);
+  if (state.view) q.set("view", state.view.map((v) => +v.toPrecision(6)).join(","));
+  const qs = q.toString();
+  const url = `/datasets/${encodeURIComponent(state.dataset.id)}${qs ? "?" + qs : ""}`;
+  if (url !== location.pathname + location.search) history.replaceState(null, "", url);
+}, 250);

@@ -1,0 +1,314 @@
+"""The page in real headless Chromium (Debian's), against a real uvicorn server.
+
+One server per module serves a small rendered demo dataset (with previews) and a
+metadata-only file. Every test saves a screenshot to ``test-artifacts/`` (so a failure leaves
+one of the moment it failed) and fails on any console error or uncaught exception, except the
+network errors it provokes on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tessera_gpu import load_dataset
+from tessera_gpu.errors import TesseraError
+
+from .conftest import write_episode_file
+
+pytestmark = pytest.mark.browser
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+SERVER = """
+import sys, uvicorn
+from pathlib import Path
+from app.main import create_app
+from tessera_gpu.settings import Settings
+port, data_dir, *files = sys.argv[1:]
+app = create_app(Settings(device="cpu", data_dir=Path(data_dir)), files=[Path(f) for f in files])
+uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning")
+"""
+# data point -> page pixel, through the map's own Bokeh scales
+TO_SCREEN = """([x, y]) => {
+  const doc = Bokeh.documents[Bokeh.documents.length - 1];
+  const view = Bokeh.index.get(doc.get_model_by_name("map"));
+  const box = document.getElementById("map-root").getBoundingClientRect();
+  return [box.left + view.frame.x_scale.compute(x), box.top + view.frame.y_scale.compute(y)];
+}"""
+MAP_READY = """() => window.Bokeh && Bokeh.documents.length > 0 &&
+  Bokeh.documents[Bokeh.documents.length - 1].get_model_by_name("map") !== null"""
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def api(base: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - our own local server
+        return json.loads(r.read())
+
+
+def demo_file(folder: Path) -> Path:
+    """The rendered demo (real GIFs and thumbnails), or the conftest file if it is absent."""
+    try:
+        from tessera_gpu.demo import build_demo
+    except ImportError:
+        return write_episode_file(folder / "demo.h5", dim=32)
+    return Path(build_demo(folder / "demo.h5", episodes=300, dim=64))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, metadata_only_file: Path) -> Iterator[dict]:
+    folder = tmp_path_factory.mktemp("browser")
+    demo = demo_file(folder)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = folder / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own server, fixed arguments
+            [sys.executable, "-c", SERVER, str(port), str(folder / "data"), str(demo),
+             str(metadata_only_file)], cwd=ROOT, env=env, stdout=out, stderr=out,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        datasets = wait_for_datasets(base, proc, log)
+        ids = {d["name"]: d["id"] for d in datasets}
+        wait_for_projection(base, ids["demo"])
+        yield {"base": base, "demo": ids["demo"], "meta": ids[metadata_only_file.stem]}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def wait_for_datasets(base: str, proc: subprocess.Popen[bytes], log: Path) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            datasets = api(base, "/api/datasets")
+            if len(datasets) == 2:
+                return datasets  # type: ignore[no-any-return]
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("server did not start")
+
+
+def wait_for_projection(base: str, dataset_id: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = api(base, f"/api/datasets/{dataset_id}/projection")
+        if status["status"] == "done":
+            return
+        assert status["status"] != "failed", status
+        time.sleep(0.2)
+    raise TimeoutError("projection did not finish")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def allowed_errors() -> list[str]:
+    """Console errors a test provokes on purpose (regexes); every other one fails it."""
+    return []
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest, allowed_errors: list[str]) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    yield pg
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"))
+    context.close()
+    unexpected = [e for e in errors if not any(re.search(a, e) for a in allowed_errors)]
+    assert unexpected == [], f"console errors: {unexpected}"
+
+
+def open_map(page: Any, server: dict, query: str = "") -> None:
+    with page.expect_response(lambda r: "/tiles/" in r.url and r.status == 200) as tile:
+        page.goto(f"{server['base']}/datasets/{server['demo']}{query}")
+        page.wait_for_function(MAP_READY, timeout=30_000)
+    assert tile.value.header_value("content-type") == "image/png"
+
+
+# ---- the tests ---------------------------------------------------------------------------------
+
+
+def test_map_tiles_arrive_and_legend_matches(page: Any, server: dict) -> None:
+    open_map(page, server)
+    page.wait_for_selector("text=300 of 300 episodes match")
+    assert page.locator("#map-status").is_hidden()
+    with page.expect_response(lambda r: "/tiles/" in r.url and "color_by=task" in r.url):
+        page.select_option("#color-by", "task")
+    legend = api(server["base"], f"/api/datasets/{server['demo']}/legend?color_by=task")
+    first = legend["entries"][0]
+    item = page.locator(f'.legend .item[data-value="{first["value"]}"]')
+    item.wait_for()
+    assert str(first["count"]) in item.inner_text()
+    page.wait_for_function("() => location.search.includes('color=task')")  # the link holds it
+
+
+def loneliest_point(base: str, dataset_id: str) -> tuple[str, float, float]:
+    """The episode farthest from any other on the map: the cursor on it finds only it."""
+    pts = api(base, f"/api/datasets/{dataset_id}/points")
+    xy = np.column_stack([pts["x"], pts["y"]])
+    gaps = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(gaps, np.inf)
+    i = int(np.argmax(gaps.min(axis=1)))
+    return pts["episode_id"][i], float(xy[i, 0]), float(xy[i, 1])
+
+
+def test_hover_plays_the_episode_preview(page: Any, server: dict) -> None:
+    open_map(page, server)
+    episode_id, x, y = loneliest_point(server["base"], server["demo"])
+    sx, sy = page.evaluate(TO_SCREEN, [x, y])
+    page.mouse.move(sx - 60, sy - 60)
+    page.mouse.move(sx, sy, steps=4)
+    page.wait_for_function(
+        "(id) => document.getElementById('episode-id').innerText === id", arg=episode_id
+    )
+    page.wait_for_function(
+        "() => { const i = document.getElementById('preview-img');"
+        " return !i.hidden && i.complete && i.naturalWidth > 0; }"
+    )
+    assert page.get_attribute("#preview-img", "src").endswith("/gif")
+    assert "task" in page.inner_text("#episode-meta")
+
+
+def test_filter_changes_the_count_and_the_tiles(page: Any, server: dict) -> None:
+    open_map(page, server)
+    page.wait_for_selector("text=300 of 300 episodes match")
+    field = page.locator('.field[data-field="task"]')
+    first_value = field.locator(".value input").first.get_attribute("value")
+    with page.expect_response(lambda r: "/tiles/" in r.url and "filter=" in r.url):
+        field.locator(".value input").first.uncheck()
+    cond = [{"field": "task", "op": "not_in", "value": [first_value]}]
+    expected = api(server["base"], f"/api/datasets/{server['demo']}/count", {"filter": cond})
+    page.wait_for_selector(f"text={expected['count']} of 300 episodes match")
+    page.wait_for_function("() => location.search.includes('filter=')")
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.id") == "field-search"
+
+
+X_SPAN = """() => { const r = Bokeh.documents[Bokeh.documents.length - 1]
+  .get_model_by_name("x_range"); return r.end - r.start; }"""
+
+
+def test_keyboard_zoom_box_selection_and_escape(page: Any, server: dict) -> None:
+    open_map(page, server)
+    page.wait_for_selector("text=300 of 300 episodes match")
+    span = page.evaluate(X_SPAN)
+    page.keyboard.press("+")
+    assert page.evaluate(X_SPAN) == pytest.approx(span / 1.5)
+    page.wait_for_function("() => location.search.includes('view=')")  # the link holds it
+    page.keyboard.press("-")
+    page.locator(".bk-tool-icon-box-select").first.click()
+    box = page.locator("#map-root").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 150, cy - 150)
+    page.mouse.down()
+    page.mouse.move(cx + 10, cy + 10, steps=5)
+    page.mouse.up()
+    page.wait_for_selector("#selection-chip:not([hidden])")
+    page.wait_for_function(
+        "() => !/^300 of/.test(document.getElementById('match-count').innerText)"
+    )
+    page.keyboard.press("Escape")
+    page.wait_for_selector("text=300 of 300 episodes match")
+    assert page.locator("#selection-chip").is_hidden()
+
+
+def test_stratified_sample_is_drawn_and_exported(page: Any, server: dict) -> None:
+    open_map(page, server)
+    page.select_option("#sample-method", "stratified")
+    page.select_option("#sample-stratify", "task")
+    page.fill("#sample-n", "30")
+    page.click("#sample-generate")
+    page.wait_for_selector("#sample-result:not([hidden])")
+    assert page.locator("#sample-strata tr").count() >= 2
+    drawn = page.evaluate("() => Bokeh.documents[Bokeh.documents.length - 1]"
+                          ".get_model_by_name('sample').data.x.length")  # fmt: skip
+    assert drawn == 30
+    with page.expect_download() as download:
+        page.click("#export-txt")
+    ids = Path(download.value.path()).read_text().split()
+    sample_id = page.get_attribute("#export-txt", "href").split("/samples/")[1].split("/")[0]
+    manifest = api(server["base"], f"/api/datasets/{server['demo']}/samples/{sample_id}")
+    assert ids == manifest["episode_ids"] and len(ids) == 30
+    assert manifest["method"] == "stratified" and manifest["params"]["stratify_by"] == "task"
+
+
+def bad_file(folder: Path) -> tuple[Path, str]:
+    """A file breaking the format (a duplicate id), and the message the server gives."""
+
+    def duplicate(f: Any) -> None:
+        ids = f["episode_ids"][()]
+        ids[1] = ids[0]
+        del f["episode_ids"]
+        f.create_dataset("episode_ids", data=ids)
+
+    path = write_episode_file(folder / "broken.h5", n=20, previews=False, edit=duplicate)
+    with pytest.raises(TesseraError) as err:
+        load_dataset(path)
+    return path, err.value.message
+
+
+@pytest.mark.parametrize("allowed_errors", [[r"status of 422"]])
+def test_upload_of_an_invalid_file_shows_the_error(page: Any, server: dict, tmp_path: Path) -> None:
+    path, message = bad_file(tmp_path)
+    page.goto(f"{server['base']}/datasets/{server['demo']}")
+    page.click("#upload-button")
+    page.set_input_files("#upload-input", str(path))
+    page.wait_for_selector("#upload-error:not([hidden])", timeout=20_000)
+    assert page.inner_text("#upload-error") == message
+
+
+def test_metadata_only_dataset_explains_and_samples(page: Any, server: dict) -> None:
+    page.goto(f"{server['base']}/datasets/{server['meta']}")
+    page.wait_for_selector("text=metadata-only")
+    assert "no embeddings" in page.inner_text("#map-status")
+    assert page.locator('#sample-method option[value="kmeans"]').is_disabled()
+    page.select_option("#sample-method", "random")
+    page.fill("#sample-n", "10")
+    page.click("#sample-generate")
+    page.wait_for_selector("#sample-result:not([hidden])")
+    with page.expect_download() as download:
+        page.click("#export-json")
+    manifest = json.loads(Path(download.value.path()).read_text())
+    assert manifest["n"] == 10 and len(set(manifest["episode_ids"])) == 10
