@@ -113,6 +113,15 @@ def demo_data(out: Path, episodes: int, dim: int, seed: int, no_previews: bool) 
     click.echo(f"wrote {out} ({episodes:,} episodes, {dim}-d, {out.stat().st_size / 1e6:.1f} MB)")
 
 
+from .cli_sample import sample  # noqa: E402
+
+cli.add_command(sample)
+
+from .cli_serve import serve  # noqa: E402
+
+cli.add_command(serve)
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="tessera")
 

@@ -1,0 +1,316 @@
+"""The HTTP API, one controller per resource. Handlers parse, call the catalog, and serialize.
+
+Slow calls (loading, hashing, filtering, sampling) run in a worker thread
+(``sync_to_thread=True``), so the event loop keeps answering while they work.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import anyio.to_thread
+import h5py
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, PathParameter, QueryParameter
+
+from tessera_gpu import __version__
+from tessera_gpu.errors import InvalidRequest, UnsupportedMediaType
+
+from .catalog import Catalog
+from .openapi_docs import DatasetRegistration
+from .uploads import MULTIPART_OVERHEAD, receive_upload, too_large
+
+__all__ = [
+    "MAX_JSON_BYTES",
+    "DatasetController",
+    "EpisodeController",
+    "HealthController",
+    "ProjectionController",
+    "SampleController",
+]
+
+#: Largest JSON body (filters, sample requests); uploads have their own limit.
+MAX_JSON_BYTES = 8_000_000
+MAX_PATH_BODY = 64 * 1024
+CatalogDep = NamedDependency[Catalog]
+DatasetId = Annotated[
+    str,
+    PathParameter(description="The dataset's id (from its file's content hash).", max_length=64),
+]
+SampleId = Annotated[str, PathParameter(description="The sample's id.", max_length=64)]
+FILTER_DOC = (
+    'A filter: {"filter": [{"field": "task", "op": "eq", "value": "pick"}, ...]}; all '
+    "conditions must hold. Ops: eq ne in not_in (every field), lt le gt ge between (numbers), "
+    "within (the map pseudo-field, a polygon on the finished projection)."
+)
+SAMPLE_DOC = (
+    '{"method": "kmeans"|"stratified"|"random", "n": int, "seed": int, "filter": [...], '
+    '"stratify_by": a category or bool field (stratified), "allocation": '
+    '"proportional"|"equal"}'
+)
+
+
+class HealthController(Controller):
+    """Is the server up, and what is it running on."""
+
+    path = "/api/health"
+    tags = ["health"]
+
+    @get("/", operation_id="getHealth", summary="Server health", sync_to_thread=False)
+    def health(self, catalog: CatalogDep) -> dict[str, Any]:
+        """The server's version, compute backend (name and device) and HDF5 library version."""
+        backend = catalog.backend
+        return {
+            "status": "ok",
+            "version": __version__,
+            "backend": {"name": backend.name, "device": backend.device},
+            "hdf5_version": h5py.version.hdf5_version,
+            "datasets": len(catalog.all()),
+        }
+
+
+class DatasetController(Controller):
+    """Registered datasets: list, add (upload or path), read, remove."""
+
+    path = "/api/datasets"
+    tags = ["datasets"]
+
+    @get("/", operation_id="listDatasets", summary="List datasets", sync_to_thread=True)
+    def list_datasets(self, catalog: CatalogDep) -> list[dict[str, Any]]:
+        """A summary of every registered dataset, oldest first."""
+        return [catalog.summary(live.entry.id) for live in catalog.all()]
+
+    @post(
+        "/",
+        operation_id="addDataset",
+        summary="Add a dataset (upload, or a path on the server)",
+        status_code=201,
+        operation_class=DatasetRegistration,
+        request_max_body_size=None,  # the upload limit is enforced while streaming
+    )
+    async def add_dataset(self, request: Request[Any, Any, Any], catalog: CatalogDep) -> Any:
+        """Upload an HDF5 file as the multipart field ``file``, or register a file on the
+        server's disk with JSON ``{"path": ...}`` (only under an ``--allow-path`` directory).
+
+        The file is validated before it is kept; the same bytes always give the same dataset.
+        Answers 413 (over the upload limit), 415 (not HDF5), 422 (breaks the format; the code
+        names the rule) or 403 (a path outside the allowed directories).
+        """
+        content_type, options = request.content_type
+        if content_type == RequestEncodingType.MULTI_PART:
+            live = await _receive(request, catalog, options.get("boundary"))
+        elif content_type == "application/json":
+            path = _path_from(await _small_body(request))
+            live = await anyio.to_thread.run_sync(catalog.register_path, path)
+        else:
+            raise UnsupportedMediaType(
+                "Send the file as multipart/form-data (field 'file'), or JSON {\"path\": ...}; "
+                f"got Content-Type {content_type or '(none)'!r}",
+                code="unsupported_media_type",
+            )
+        return catalog.summary(live.entry.id)
+
+    @get("/{dataset_id:str}", operation_id="getDataset", summary="One dataset", sync_to_thread=True)
+    def get_dataset(self, catalog: CatalogDep, dataset_id: DatasetId) -> dict[str, Any]:
+        """The dataset's size, mode, previews, fields (with values or ranges) and projection."""
+        return catalog.summary(dataset_id)
+
+    @delete(
+        "/{dataset_id:str}",
+        operation_id="deleteDataset",
+        summary="Remove a dataset",
+        sync_to_thread=True,
+    )
+    def delete_dataset(self, catalog: CatalogDep, dataset_id: DatasetId) -> None:
+        """Forget the dataset and remove its uploaded file, samples and projection cache.
+
+        A file registered by path is never deleted from the disk.
+        """
+        catalog.delete(dataset_id)
+
+
+async def _receive(request: Request[Any, Any, Any], catalog: Catalog, boundary: str | None) -> Any:
+    if not boundary:
+        raise InvalidRequest("multipart/form-data without a boundary", code="bad_multipart")
+    limit = catalog.settings.max_upload_bytes
+    announced = request.headers.get("content-length")
+    if (
+        announced is not None
+        and announced.isdigit()
+        and int(announced) > limit + MULTIPART_OVERHEAD
+    ):
+        raise too_large(limit)
+    upload = await receive_upload(request.stream(), boundary, catalog.store, limit=limit)
+    return await anyio.to_thread.run_sync(catalog.register_upload, upload)
+
+
+async def _small_body(request: Request[Any, Any, Any]) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_PATH_BODY:
+            raise InvalidRequest(f"The JSON body is too long: more than {MAX_PATH_BODY:,} bytes")
+    return bytes(body)
+
+
+def _path_from(body: bytes) -> str:
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("path"), str) or not data["path"]:
+        raise InvalidRequest('The JSON body must be {"path": "/path/to/file.h5"}')
+    path: str = data["path"]
+    return path
+
+
+class ProjectionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """UMAP parameters; each is optional (the default is used)."""
+
+    n_neighbors: Annotated[int, msgspec.Meta(ge=2, le=200)] | None = None
+    min_dist: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k in self.__struct_fields__ if (v := getattr(self, k)) is not None}
+
+
+class ProjectionController(Controller):
+    """A dataset's 2-D map: its status, and (re)starting it."""
+
+    path = "/api/datasets/{dataset_id:str}/projection"
+    tags = ["projection"]
+
+    @get("/", operation_id="getProjection", summary="Projection status", sync_to_thread=False)
+    def status(self, catalog: CatalogDep, dataset_id: DatasetId) -> dict[str, Any]:
+        """absent, queued, running (with stage and progress 0..1), done (with bounds
+        [x0, y0, x1, y1]) or failed (with the error)."""
+        catalog.get(dataset_id)
+        return catalog.jobs.status(dataset_id)
+
+    @post(
+        "/",
+        operation_id="startProjection",
+        summary="(Re)start the projection",
+        status_code=202,
+        sync_to_thread=True,
+    )
+    def start(
+        self,
+        catalog: CatalogDep,
+        dataset_id: DatasetId,
+        data: Annotated[
+            ProjectionRequest | None,
+            Body(description="Optional UMAP parameters: n_neighbors, min_dist, seed."),
+        ] = None,
+    ) -> dict[str, Any]:
+        """Queue a new projection with these parameters (remembered across restarts); a
+        running one for this dataset is dropped. 409 for a metadata-only dataset."""
+        return catalog.project(dataset_id, data.given() if data is not None else {})
+
+
+class EpisodeController(Controller):
+    """Episodes of a dataset: one episode's details, and how many match a filter."""
+
+    path = "/api/datasets/{dataset_id:str}"
+    tags = ["episodes"]
+
+    @get(
+        "/episodes/{index:int}",
+        operation_id="getEpisode",
+        summary="One episode",
+        sync_to_thread=True,
+    )
+    def episode(
+        self,
+        catalog: CatalogDep,
+        dataset_id: DatasetId,
+        index: Annotated[int, PathParameter(ge=0, description="Row of the episode, from 0.")],
+    ) -> dict[str, Any]:
+        """The episode's id, its metadata, and whether it has a thumbnail and a GIF."""
+        return catalog.episode(dataset_id, index)
+
+    @post(
+        "/count",
+        operation_id="countEpisodes",
+        summary="Count matching episodes",
+        status_code=200,
+        sync_to_thread=True,
+    )
+    def count(
+        self,
+        catalog: CatalogDep,
+        dataset_id: DatasetId,
+        data: Annotated[dict[str, Any] | None, Body(description=FILTER_DOC)] = None,
+    ) -> dict[str, int]:
+        """How many episodes match the filter (``count``) out of all (``total``); no body or
+        no filter counts every episode."""
+        data = data or {}
+        _only_keys(data, {"filter"}, "count request")
+        return catalog.count(dataset_id, data.get("filter"))
+
+
+def _only_keys(data: dict[str, Any], allowed: set[str], what: str) -> None:
+    unknown = sorted(k for k in data if k not in allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown key {unknown[0]!r} in {what}; keys: {', '.join(allowed)}")
+
+
+class SampleController(Controller):
+    """Training subsets of a dataset: draw, list, read, export."""
+
+    path = "/api/datasets/{dataset_id:str}/samples"
+    tags = ["samples"]
+
+    @post("/", operation_id="createSample", summary="Draw a sample", sync_to_thread=True)
+    def create(
+        self,
+        catalog: CatalogDep,
+        dataset_id: DatasetId,
+        data: Annotated[dict[str, Any] | None, Body(description=SAMPLE_DOC)] = None,
+    ) -> dict[str, Any]:
+        """Draw n episodes among those matching the filter and save the manifest. K-means
+        needs embeddings (409 in metadata-only mode), not the projection."""
+        return catalog.create_sample(dataset_id, data)
+
+    @get("/", operation_id="listSamples", summary="List samples", sync_to_thread=True)
+    def list_samples(self, catalog: CatalogDep, dataset_id: DatasetId) -> list[dict[str, Any]]:
+        """Every sample manifest of the dataset, oldest first."""
+        return catalog.samples(dataset_id)
+
+    @get("/{sample_id:str}", operation_id="getSample", summary="One sample", sync_to_thread=True)
+    def get_sample(
+        self, catalog: CatalogDep, dataset_id: DatasetId, sample_id: SampleId
+    ) -> dict[str, Any]:
+        """The sample's manifest: request, seed, dataset hash, episode ids and stats."""
+        return catalog.sample(dataset_id, sample_id)
+
+    @get(
+        "/{sample_id:str}/export",
+        operation_id="exportSample",
+        summary="Download a sample",
+        sync_to_thread=True,
+    )
+    def export(
+        self,
+        catalog: CatalogDep,
+        dataset_id: DatasetId,
+        sample_id: SampleId,
+        format: Annotated[
+            Literal["txt", "csv", "json"],
+            QueryParameter(
+                name="format",
+                description="txt: one episode id a line; csv: ids and metadata; json: manifest.",
+            ),
+        ] = "txt",
+    ) -> Response[bytes]:
+        """The sample as a file download (Content-Disposition: attachment)."""
+        content, media_type, filename = catalog.export(dataset_id, sample_id, format)
+        return Response(
+            content,
+            media_type=media_type.split(";")[0],  # Litestar adds the charset to text/* itself
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )

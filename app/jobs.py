@@ -1,0 +1,221 @@
+"""Projection jobs: one worker thread per device projects datasets one at a time.
+
+A job moves a dataset's embeddings to the device once (kept for K-means sampling), then runs
+``project_cached``, reporting stage, progress and elapsed time. Requests never wait for it;
+they read :meth:`ProjectionJobs.status`. Restarting a dataset's projection bumps its
+generation: the old run stops at its next progress report and its result is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tessera_gpu.cache import ProjectionCache
+from tessera_gpu.dataset import Dataset
+from tessera_gpu.errors import TesseraError
+from tessera_gpu.projection import ProjectionParams, project_cached
+
+__all__ = ["JobState", "ProjectionJobs"]
+
+log = logging.getLogger("tessera.jobs")
+
+
+class _Superseded(Exception):
+    """Raised from the progress callback to stop a run that is no longer wanted."""
+
+
+@dataclass
+class JobState:
+    """What a dataset's projection is doing; ``to_dict`` is the API's projection status."""
+
+    generation: int
+    status: str = "queued"
+    stage: str = "queued"
+    progress: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    coords: np.ndarray | None = field(default=None, repr=False)
+    bounds: list[float] | None = None  # computed once: a (N, 2) min/max is not free
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": self.status,
+            "progress": round(self.progress, 4),
+            "stage": self.stage,
+            "elapsed_s": self.elapsed_s(),
+            "error": self.error,
+        }
+        if self.status == "done" and self.bounds is not None:
+            out["bounds"] = self.bounds
+        return out
+
+    def elapsed_s(self) -> float:
+        if self.started is None:
+            return 0.0
+        end = self.finished if self.finished is not None else time.monotonic()
+        return round(end - self.started, 3)
+
+
+ABSENT = {"status": "absent", "progress": 0.0, "stage": None, "elapsed_s": 0.0, "error": None}
+
+
+class ProjectionJobs:
+    """A queue of projection jobs served by one thread, and the results kept per dataset."""
+
+    def __init__(self, backend: Any, cache: ProjectionCache) -> None:
+        self.backend = backend
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._states: dict[str, JobState] = {}
+        self._work: dict[str, tuple[Dataset, ProjectionParams]] = {}
+        self._device: dict[str, Any] = {}
+        self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ---- control ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="tessera-projection")
+            self._thread.daemon = True  # a UMAP run cannot be interrupted; never block exit
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to stop (a running job ends at its next progress report)."""
+        self._stopping = True
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def submit(self, dataset_id: str, dataset: Dataset, params: ProjectionParams) -> None:
+        """(Re)start the projection of ``dataset``; a run in progress for it is superseded."""
+        with self._lock:
+            old = self._states.get(dataset_id)
+            generation = old.generation + 1 if old else 1
+            self._states[dataset_id] = JobState(generation=generation)
+            self._work[dataset_id] = (dataset, params)
+        self._queue.put((dataset_id, generation))
+
+    def forget(self, dataset_id: str) -> None:
+        """Drop a dataset: its queued or running job, its result and its device array."""
+        with self._lock:
+            self._states.pop(dataset_id, None)
+            self._work.pop(dataset_id, None)
+            self._device.pop(dataset_id, None)
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def status(self, dataset_id: str) -> dict[str, Any]:
+        with self._lock:
+            state = self._states.get(dataset_id)
+            return dict(ABSENT) if state is None else state.to_dict()
+
+    def coords(self, dataset_id: str) -> np.ndarray | None:
+        """The finished ``(N, 2)`` projection, or None."""
+        with self._lock:
+            state = self._states.get(dataset_id)
+            return state.coords if state is not None and state.status == "done" else None
+
+    def device_embeddings(self, dataset_id: str) -> Any:
+        """The dataset's embeddings on the device, once a job has put them there; else None."""
+        with self._lock:
+            return self._device.get(dataset_id)
+
+    # ---- the worker -------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while not self._stopping:
+            item = self._queue.get()
+            if item is None:
+                return
+            self._run(*item)
+
+    def _current(self, dataset_id: str, generation: int) -> JobState | None:
+        state = self._states.get(dataset_id)
+        return state if state is not None and state.generation == generation else None
+
+    def _run(self, dataset_id: str, generation: int) -> None:
+        with self._lock:
+            state = self._current(dataset_id, generation)
+            if state is None:
+                return
+            dataset, params = self._work[dataset_id]
+            state.status, state.stage, state.started = "running", "to_device", time.monotonic()
+        try:
+            coords, info = self._project(dataset_id, generation, dataset, params)
+        except _Superseded:
+            return
+        except TesseraError as exc:
+            self._finish(dataset_id, generation, error=exc.message)
+        except Exception as exc:  # a job failure is kept and shown, never raised
+            log.exception("projection of %s failed", dataset_id)
+            self._finish(dataset_id, generation, error=f"{type(exc).__name__}: {exc}")
+        else:
+            self._finish(dataset_id, generation, coords=coords, info=info)
+
+    def _project(
+        self, dataset_id: str, generation: int, dataset: Dataset, params: ProjectionParams
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        def progress(stage: str, fraction: float) -> None:
+            with self._lock:
+                state = self._current(dataset_id, generation)
+                if state is None or self._stopping:
+                    raise _Superseded
+                state.stage, state.progress = stage, min(max(float(fraction), 0.0), 1.0)
+
+        x = self.device_embeddings(dataset_id)
+        if x is None:
+            x = self.backend.to_device(dataset.embeddings)
+            with self._lock:
+                if self._current(dataset_id, generation) is None:
+                    raise _Superseded
+                self._device[dataset_id] = x
+        progress("projecting", 0.0)
+        result = project_cached(
+            x,
+            backend=self.backend,
+            params=params,
+            cache=self.cache,
+            content_hash=dataset.embeddings_hash,
+            progress=progress,
+        )
+        return np.asarray(result.coords, dtype=np.float32), dict(result.info)
+
+    def _finish(
+        self,
+        dataset_id: str,
+        generation: int,
+        *,
+        coords: np.ndarray | None = None,
+        info: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        with self._lock:
+            state = self._current(dataset_id, generation)
+            if state is None:
+                return
+            state.finished = time.monotonic()
+            state.status = "failed" if error is not None else "done"
+            state.stage = state.status
+            state.error, state.coords, state.info = error, coords, info or {}
+            if coords is not None:
+                state.bounds = _bounds(coords)
+            if error is None:
+                state.progress = 1.0
+
+
+def _bounds(coords: np.ndarray) -> list[float]:
+    """``[x0, y0, x1, y1]`` of a ``(N, 2)`` map."""
+    x, y = coords[:, 0], coords[:, 1]
+    return [float(x.min()), float(y.min()), float(x.max()), float(y.max())]

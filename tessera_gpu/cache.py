@@ -1,0 +1,132 @@
+"""The projection cache on disk: one file per (embeddings content, params, algorithm version).
+
+File layout (little-endian)::
+
+    b"TSRPROJ1"                      8-byte magic
+    u64 header length H              8 bytes
+    header                           H bytes of JSON: shape, dtype, sha256 of the payload, info
+    payload                          the float32 (N, 2) coordinates, C order
+
+A file is served only if the magic, the header, the payload length and the payload's SHA-256
+all check out; a truncated or corrupt file is deleted and reported as a miss, so the map is
+recomputed.  Writes go to a temporary file in the same directory, are fsynced, then
+``os.replace``d over the final name: readers see the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .projection import Projection, ProjectionParams
+
+__all__ = ["ALGORITHM_VERSION", "ProjectionCache"]
+
+log = logging.getLogger(__name__)
+
+# Bump whenever the same inputs would give a different map (kNN, graph, init or layout).
+ALGORITHM_VERSION = "tessera-umap-1"
+MAGIC = b"TSRPROJ1"
+SUFFIX = ".proj"
+_MAX_HEADER = 1 << 20
+
+
+class ProjectionCache:
+    """Finished projections kept under ``directory`` (created if missing)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(content_hash: str, params: ProjectionParams) -> str:
+        """Hex key from the embeddings' content hash, every param and ALGORITHM_VERSION."""
+        blob = json.dumps(
+            {"content": content_hash, "params": asdict(params), "version": ALGORITHM_VERSION},
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}{SUFFIX}"
+
+    def load(self, key: str) -> Projection | None:
+        """The cached projection, or None when absent, truncated or corrupt (then removed)."""
+        path = self.path(key)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("projection cache: cannot read %s: %s", path, exc)
+            return None
+        projection = _decode(raw)
+        if projection is None:
+            log.warning("projection cache: %s is truncated or corrupt; recomputing", path)
+            path.unlink(missing_ok=True)
+        return projection
+
+    def store(self, key: str, projection: Projection) -> bool:
+        """Write atomically; return False (and log) if the disk refuses, never raise."""
+        data = _encode(projection)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=SUFFIX)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path(key))
+            return True
+        except OSError as exc:
+            log.warning("projection cache: cannot write %s: %s", self.path(key), exc)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            return False
+
+
+def _encode(projection: Projection) -> bytes:
+    payload = np.ascontiguousarray(projection.coords, dtype="<f4").tobytes()
+    header = json.dumps(
+        {
+            "shape": list(projection.coords.shape),
+            "dtype": "<f4",
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "info": projection.info,
+            "version": ALGORITHM_VERSION,
+        },
+        default=str,
+    ).encode()
+    return MAGIC + struct.pack("<Q", len(header)) + header + payload
+
+
+def _decode(raw: bytes) -> Projection | None:
+    """Parse and verify a cache file's bytes; None on any inconsistency."""
+    if len(raw) < 16 or raw[:8] != MAGIC:
+        return None
+    (size,) = struct.unpack("<Q", raw[8:16])
+    if size > _MAX_HEADER or len(raw) < 16 + size:
+        return None
+    try:
+        header: dict[str, Any] = json.loads(raw[16 : 16 + size])
+        shape = tuple(int(v) for v in header["shape"])
+        digest = str(header["sha256"])
+        info = dict(header.get("info") or {})
+    except (ValueError, KeyError, TypeError):
+        return None
+    payload = raw[16 + size :]
+    if len(shape) != 2 or shape[1] != 2 or len(payload) != shape[0] * 8:
+        return None
+    if hashlib.sha256(payload).hexdigest() != digest:
+        return None
+    coords = np.frombuffer(payload, dtype="<f4").reshape(shape).astype(np.float32)
+    return Projection(coords, info)

@@ -1,0 +1,97 @@
+"""``tessera project``: the 2-D map of a file's embeddings, written as an ``(N, 2)`` .npy.
+
+The same ``project_cached`` the server's projection job calls, with a rich progress bar.
+Errors are :class:`~.errors.TesseraError`s; the ``tessera`` group prints them as one line.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .errors import Conflict
+from .settings import DEVICES, Settings, env_var
+
+__all__ = ["project"]
+
+
+def _default_output(file: Path) -> Path:
+    return Path.cwd() / f"{file.stem}.coords.npy"
+
+
+def _cache(no_cache: bool, cache_dir: Path | None):  # type: ignore[no-untyped-def]
+    from .cache import ProjectionCache
+
+    if no_cache:
+        return None
+    return ProjectionCache(cache_dir or Settings.load().data_dir / "cache")
+
+
+def _npy_bytes(coords: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(coords, dtype=np.float32))
+    return buf.getvalue()
+
+
+@click.command("project")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    envvar=env_var("device"),
+    type=click.Choice(DEVICES),
+    help="auto (the GPU if one works), gpu (fail without one) or cpu.",
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Where to write the coordinates [default: ./<FILE stem>.coords.npy].")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same map.")
+@click.option("--no-cache", is_flag=True, help="Recompute, and do not store the result.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Projection cache [default: <TESSERA_DATA_DIR>/cache].")  # fmt: skip
+def project(
+    file: Path,
+    device: str,
+    output: Path | None,
+    seed: int,
+    no_cache: bool,
+    cache_dir: Path | None,
+) -> None:
+    """Project FILE's embeddings to 2-D with UMAP and save the (N, 2) float32 map."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from .backends import get_backend
+    from .cli_sample import write_atomically
+    from .dataset import load_dataset
+    from .projection import ProjectionParams, project_cached
+
+    ds = load_dataset(file)
+    if ds.embeddings is None:
+        raise Conflict(f"{file.name} has no embeddings (metadata-only): nothing to project")
+    backend = get_backend(device)
+    params = ProjectionParams(seed=seed)
+    cache = _cache(no_cache, cache_dir)
+    columns = (TextColumn("{task.description:<10}"), BarColumn(), TaskProgressColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    start = time.perf_counter()
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("to_device", total=1.0)
+        x = backend.to_device(ds.embeddings)
+        result = project_cached(
+            x, backend=backend, params=params, cache=cache, content_hash=ds.embeddings_hash,
+            progress=lambda stage, fraction: bar.update(task, description=stage,
+                                                        completed=fraction),
+        )  # fmt: skip
+    out = output or _default_output(file)
+    write_atomically(out, _npy_bytes(result.coords))
+    click.echo(
+        f"projected {ds.n_episodes:,} episodes on {backend.device} ({backend.name}, "
+        f"kNN {result.info.get('knn', '-')}, cache {result.info.get('cache', 'off')}) "
+        f"in {time.perf_counter() - start:.1f} s -> {out}",
+        err=True,
+    )

@@ -1,0 +1,91 @@
+"""``tessera serve``: register files, start the web app, print its URL.
+
+Its flags are generated from the settings table (:mod:`.settings`), so a setting, its flag,
+its ``TESSERA_*`` variable and its help line never drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .safety import Limits, check_file_on_disk
+from .settings import DEVICES, SETTINGS, Setting, Settings
+
+__all__ = ["DEMO_FILE", "serve", "setting_options"]
+
+DEMO_FILE = "demo.h5"
+
+
+def _click_type(setting: Setting) -> Any:
+    if setting.name == "device":
+        return click.Choice(DEVICES)
+    if setting.name in ("data_dir", "allow_path"):
+        return click.Path(path_type=Path, file_okay=False)
+    if setting.parse is int:
+        return click.INT
+    if setting.parse is float:
+        return click.FloatRange(min=0, min_open=True)
+    return click.STRING
+
+
+def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one ``--flag`` per setting; an absent flag is None, so the env var can apply."""
+    for setting in reversed(SETTINGS):
+        default = ", ".join(setting.default) if setting.multiple else setting.default
+        command = click.option(
+            setting.flag,
+            setting.name,
+            type=_click_type(setting),
+            multiple=setting.multiple,
+            default=None,
+            help=f"{setting.help} [env: {setting.env}; default: {default or 'none'}]",
+        )(command)
+    return command
+
+
+@click.command()
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--demo", is_flag=True, help="Also serve the built-in demo dataset (built once).")
+@setting_options
+def serve(files: tuple[Path, ...], demo: bool, **flags: Any) -> None:
+    """Serve FILES (HDF5 episode files, registered by path) and the data directory's datasets."""
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = Settings.load(flags)
+    for path in files:
+        check_file_on_disk(path, Limits())  # a typo or a wrong file: one clear line, no server
+    paths = list(files)
+    if demo:
+        paths.append(ensure_demo(settings.data_dir))
+    app = create_app(settings, files=paths)
+    backend = app.state.catalog.backend
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    click.echo(
+        f"Tessera {__version__} on {backend.name} ({backend.device}), data in {settings.data_dir}"
+    )
+    click.echo(f"Serving at http://{host}:{settings.port}/  (API docs: /api/schema)")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+
+
+def ensure_demo(data_dir: Path) -> Path:
+    """The demo dataset in the data directory, built the first time (about a minute)."""
+    path = Path(data_dir).expanduser() / DEMO_FILE
+    if path.exists():
+        return path
+    from rich.progress import Progress
+
+    from .demo import build_demo
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("Building the demo dataset", total=None)
+        build_demo(path, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    click.echo(f"built the demo dataset: {path}")
+    return path

@@ -1,0 +1,213 @@
+"""UMAP projection of the embeddings to 2-D, on any backend, with a progress callback.
+
+Pipeline (CPU and CuPy backends)::
+
+    backend.neighbors(x, k)      kNN table (CPU: 64-d PCA + exact / cell-probe search;
+                                 CuPy: exact on the GPU)
+    fuzzy_graph(...)             UMAP's fuzzy union graph             (graph.py)
+    spectral init                whole graph, or a coarse cell graph when the backend
+                                 found cells (above 25k points)       (spectral.py)
+    optimize_layout(...)         UMAP's SGD, parallel and deterministic (layout.py)
+
+The cuML backend runs ``cuml.UMAP`` instead (``backend.umap``).  Same data, params and seed
+give the same map on the CPU backend, on any thread count.
+
+``progress(stage, fraction)`` receives a stage name (``knn``, ``graph``, ``init``,
+``layout``, ``done``) and the *overall* fraction done, rising from 0 to 1.  An exception
+raised by the callback aborts the projection (a job runner uses that to cancel).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend
+from .errors import InvalidRequest
+
+__all__ = ["Progress", "Projection", "ProjectionParams", "project", "project_cached"]
+
+Progress = Callable[[str, float], None]
+_SHARES = {"knn": (0.0, 0.35), "graph": (0.35, 0.4), "init": (0.4, 0.45), "layout": (0.45, 1.0)}
+
+
+@dataclass(frozen=True)
+class ProjectionParams:
+    """UMAP parameters; every field is part of the cache key.
+
+    * ``n_neighbors`` (15): neighbourhood size of the fuzzy graph.
+    * ``min_dist`` (0.1) / ``spread`` (1.0): how tightly points pack in the map.
+    * ``metric`` ("euclidean"): the only metric; normalise embeddings for cosine.
+    * ``seed`` (0): same seed, same map (CPU backend).
+    * ``n_epochs`` (None = auto): layout epochs; auto is umap-learn's 500 up to 10,000
+      points and 200 up to 50,000, then 100 (from a spectral init that is enough; see
+      benchmarks/README.md for the trustworthiness it keeps).
+    * ``negative_sample_rate`` (5): repulsive samples per attractive one.
+    """
+
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    spread: float = 1.0
+    metric: str = "euclidean"
+    seed: int = 0
+    n_epochs: int | None = None
+    negative_sample_rate: int = 5
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.n_neighbors <= 200:
+            raise InvalidRequest(f"n_neighbors must be in 2..200: got {self.n_neighbors}")
+        if not 0.0 <= self.min_dist <= self.spread:
+            raise InvalidRequest(
+                f"min_dist must be in 0..spread ({self.spread}): got {self.min_dist}"
+            )
+        if self.metric != "euclidean":
+            raise InvalidRequest(f"unsupported metric {self.metric!r}: only 'euclidean'")
+        if self.n_epochs is not None and not 1 <= self.n_epochs <= 5000:
+            raise InvalidRequest(f"n_epochs must be in 1..5000: got {self.n_epochs}")
+        if not 1 <= self.negative_sample_rate <= 50:
+            raise InvalidRequest(
+                f"negative_sample_rate must be in 1..50: got {self.negative_sample_rate}"
+            )
+
+    def epochs_for(self, n: int) -> int:
+        """The layout epochs used for ``n`` points."""
+        if self.n_epochs is not None:
+            return self.n_epochs
+        return 500 if n <= 10_000 else (200 if n <= 50_000 else 100)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """``coords``: ``(N, 2)`` float32 map; ``info``: backend, algorithm, kNN method, timings."""
+
+    coords: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _Reporter:
+    """Maps per-stage fractions onto the overall 0..1 and times the stages."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self._start = time.perf_counter()
+        self._stage_start = self._start
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self.progress is not None:
+            lo, hi = _SHARES.get(stage, (1.0, 1.0))
+            self.progress(stage, lo + (hi - lo) * min(max(fraction, 0.0), 1.0))
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(now - self._stage_start, 3)
+        self._stage_start = now
+        self(stage, 1.0)
+
+
+def _tiny(n: int, backend: Backend) -> Projection:
+    """Maps of 1-3 points: a UMAP of them is meaningless, so place them on a line."""
+    coords = np.zeros((n, 2), dtype=np.float32)
+    coords[:, 0] = np.arange(n, dtype=np.float32)
+    return Projection(coords, {"backend": backend.name, "device": backend.device,
+                               "algorithm": "trivial", "n": n})  # fmt: skip
+
+
+def _initial(graph: Any, cells: np.ndarray | None, seed: int) -> tuple[np.ndarray, str]:
+    from .spectral import coarse_spectral_init, spectral_init
+
+    if cells is not None:
+        return coarse_spectral_init(graph, cells, seed=seed), "coarse-spectral"
+    return spectral_init(graph, seed=seed), "spectral"
+
+
+def _layout(graph: Any, init: np.ndarray, cells: np.ndarray | None, params: ProjectionParams,
+            report: _Reporter) -> np.ndarray:  # fmt: skip
+    """Run the SGD, on rows sorted by cell when cells are known (neighbours near in memory)."""
+    from .graph import ab_params
+    from .layout import optimize_layout
+
+    a, b = ab_params(params.spread, params.min_dist)
+    order = None if cells is None else np.argsort(cells, kind="stable")
+    if order is not None:
+        graph = graph[order][:, order].tocsr()
+        init = init[order]
+    coords = optimize_layout(
+        init, graph, a=a, b=b, n_epochs=params.epochs_for(graph.shape[0]), seed=params.seed,
+        negative_sample_rate=params.negative_sample_rate,
+        progress=lambda f: report("layout", f),
+    )  # fmt: skip
+    if order is not None:
+        restored = np.empty_like(coords)
+        restored[order] = coords
+        coords = restored
+    return coords
+
+
+def project(
+    x: Any,
+    *,
+    backend: Backend,
+    params: ProjectionParams = ProjectionParams(),  # noqa: B008 - frozen, immutable
+    progress: Progress | None = None,
+) -> Projection:
+    """Project the backend array ``x`` (``backend.to_device(embeddings)``) to 2-D."""
+    n = backend.n_rows(x)
+    if n <= 3:
+        return _tiny(n, backend)
+    umap = getattr(backend, "umap", None)
+    if umap is not None:
+        coords, info = umap(x, params=params, progress=progress)
+        return Projection(np.ascontiguousarray(coords, dtype=np.float32), info)
+    from .graph import fuzzy_graph
+
+    report = _Reporter(progress)
+    report("knn", 0.0)
+    nb = backend.neighbors(x, min(params.n_neighbors, n), seed=params.seed)
+    report.done("knn")
+    graph = fuzzy_graph(nb.indices, nb.distances)
+    report.done("graph")
+    init, init_name = _initial(graph, nb.cells, params.seed)
+    report.done("init")
+    coords = _layout(graph, init, nb.cells, params, report)
+    report.done("layout")
+    report.timings["total"] = round(sum(report.timings.values()), 3)
+    info = {
+        "backend": backend.name, "device": backend.device, "algorithm": "umap",
+        "knn": nb.method, "init": init_name, "n": n,
+        "n_epochs": params.epochs_for(n), "params": asdict(params), "timings": report.timings,
+    }  # fmt: skip
+    report("done", 1.0)
+    return Projection(coords, info)
+
+
+def project_cached(
+    x: Any,
+    *,
+    backend: Backend,
+    params: ProjectionParams = ProjectionParams(),  # noqa: B008 - frozen, immutable
+    cache: Any = None,
+    content_hash: str | None = None,
+    progress: Progress | None = None,
+) -> Projection:
+    """:func:`project`, served from / stored to ``cache`` (a ProjectionCache) when both
+    ``cache`` and ``content_hash`` (the Dataset's ``embeddings_hash``) are given.
+
+    ``info["cache"]`` says ``"hit"``, ``"stored"`` or ``"off"``.
+    """
+    if cache is None or not content_hash:
+        result = project(x, backend=backend, params=params, progress=progress)
+        return Projection(result.coords, {**result.info, "cache": "off"})
+    key = cache.key(content_hash, params)
+    hit = cache.load(key)
+    if hit is not None:
+        if progress is not None:
+            progress("done", 1.0)
+        return Projection(hit.coords, {**hit.info, "cache": "hit"})
+    result = project(x, backend=backend, params=params, progress=progress)
+    stored = cache.store(key, result)
+    return Projection(result.coords, {**result.info, "cache": "stored" if stored else "off"})

@@ -1,0 +1,67 @@
+"""Small functions shared by the API tests: requests, expected bodies, polling."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import anyio
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from tessera_gpu import load_dataset
+
+JSON = "application/json"
+Client = AsyncTestClient[Litestar]
+
+
+def dataset_id_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def error(message: str, code: str, status: int) -> dict[str, Any]:
+    return {"error": message, "code": code, "status": status}
+
+
+async def upload(client: Client, path: Path, name: str | None = None) -> Any:
+    files = {"file": (name or path.name, path.read_bytes(), "application/x-hdf5")}
+    return await client.post("/api/datasets", files=files)
+
+
+async def add(client: Client, path: Path) -> str:
+    """Register a file as ``tessera serve FILE`` does (no HTTP, no validating child): fast."""
+    catalog = client.app.state.catalog
+    live = await anyio.to_thread.run_sync(lambda: catalog.register_path(path, check_allowed=False))
+    return str(live.entry.id)
+
+
+async def register(client: Client, path: Path) -> str:
+    """Register a file over HTTP, by path."""
+    r = await client.post("/api/datasets", json={"path": str(path)})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def expected_summary(path: Path, body: dict[str, Any], source: str) -> dict[str, Any]:
+    ds = load_dataset(path, name=body["name"])
+    return {
+        "id": dataset_id_of(path),
+        **ds.summary(),
+        "source": source,
+        "added_at": body["added_at"],
+        "projection": body["projection"],
+    }
+
+
+async def wait_for_projection(client: Client, dataset_id: str, timeout: float = 60) -> Any:
+    with anyio.fail_after(timeout):
+        while True:
+            r = await client.get(f"/api/datasets/{dataset_id}/projection")
+            if r.json()["status"] in ("done", "failed"):
+                return r
+            await anyio.sleep(0.05)
+
+
+def uploads_dir(client: Client) -> list[str]:
+    return sorted(p.name for p in client.app.state.catalog.store.uploads_dir.iterdir())

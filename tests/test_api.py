@@ -1,0 +1,308 @@
+"""The HTTP API through Litestar's AsyncTestClient: status, content type and exact JSON.
+
+Health, schema, datasets (upload, path, delete), episodes, counts and error shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.main import create_app
+from tessera_gpu import __version__, load_dataset
+from tessera_gpu.settings import Settings
+
+from .api_calls import (
+    JSON,
+    Client,
+    add,
+    dataset_id_of,
+    error,
+    expected_summary,
+    upload,
+    uploads_dir,
+    wait_for_projection,
+)
+from .conftest import write_episode_file
+
+pytestmark = pytest.mark.anyio
+pytest_plugins = ("tests.api_fixtures",)  # its fixtures: client, settings, allowed, ...
+
+
+# ---- health and schema ------------------------------------------------------------------------
+
+
+async def test_health(client: Client) -> None:
+    r = await client.get("/api/health")
+    assert r.status_code == 200 and r.headers["content-type"] == JSON
+    backend = client.app.state.catalog.backend
+    assert r.json() == {
+        "status": "ok",
+        "version": __version__,
+        "backend": {"name": backend.name, "device": backend.device},
+        "hdf5_version": h5py.version.hdf5_version,
+        "datasets": 0,
+    }
+
+
+async def test_every_route_is_documented(client: Client) -> None:
+    r = await client.get("/api/schema/openapi.json")
+    assert r.status_code == 200
+    operations = [op for item in r.json()["paths"].values() for op in item.values()]
+    for op in operations:
+        assert op["operationId"] and op["summary"] and op["description"], op
+    api = {
+        "getHealth", "listDatasets", "addDataset", "getDataset", "deleteDataset",
+        "getProjection", "startProjection", "getEpisode", "countEpisodes",
+        "createSample", "listSamples", "getSample", "exportSample",
+    }  # fmt: skip
+    assert api <= {op["operationId"] for op in operations}
+    add = r.json()["paths"]["/api/datasets"]["post"]["requestBody"]["content"]
+    assert sorted(add) == ["application/json", "multipart/form-data"]
+
+
+# ---- uploads ----------------------------------------------------------------------------------
+
+
+async def test_upload_creates_a_dataset(client: Client, episode_file: Path) -> None:
+    r = await upload(client, episode_file, "droid_v2.h5")
+    assert r.status_code == 201 and r.headers["content-type"] == JSON
+    body = r.json()
+    assert body["name"] == "droid_v2"
+    assert body == expected_summary(episode_file, body, "upload")
+    assert body["projection"]["status"] in ("queued", "running", "done")
+    stored = client.app.state.catalog.store.upload_path(body["id"])
+    assert stored.read_bytes() == episode_file.read_bytes()
+
+
+async def test_same_bytes_give_the_same_dataset(client: Client, episode_file: Path) -> None:
+    first = await upload(client, episode_file, "a.h5")
+    second = await upload(client, episode_file, "b.h5")
+    assert second.status_code == 201
+    assert first.json()["id"] == second.json()["id"] == dataset_id_of(episode_file)
+    listing = (await client.get("/api/datasets")).json()
+    assert [d["id"] for d in listing] == [dataset_id_of(episode_file)]
+
+
+async def test_not_hdf5_is_415(client: Client, tmp_path: Path) -> None:
+    junk = tmp_path / "notes.h5"
+    junk.write_bytes(b"<html>not an hdf5 file</html>")
+    r = await upload(client, junk)
+    assert r.status_code == 415 and r.headers["content-type"] == JSON
+    assert r.json()["code"] == "not_hdf5" and r.json()["status"] == 415
+    assert uploads_dir(client) == []
+
+
+async def test_invalid_file_is_422_with_the_rule(client: Client, tmp_path: Path) -> None:
+    def nan_row(f: h5py.File) -> None:
+        emb = f["embeddings"][()]
+        emb[7, 3] = np.nan
+        del f["embeddings"]
+        f.create_dataset("embeddings", data=emb)
+
+    bad = write_episode_file(tmp_path / "bad.h5", edit=nan_row)
+    r = await upload(client, bad)
+    assert r.status_code == 422
+    assert r.json() == error("Embeddings contain NaN values (first at row 7)", "non_finite", 422)
+    assert uploads_dir(client) == []
+
+
+async def test_too_large_is_413_and_leaves_nothing(tmp_path: Path, episode_file: Path) -> None:
+    settings = Settings(device="cpu", data_dir=tmp_path / "small", max_upload_mb=0.2)
+    async with AsyncTestClient(create_app(settings)) as client:
+        assert episode_file.stat().st_size > 0.3e6  # over the limit and its multipart slack
+        r = await upload(client, episode_file)
+        assert r.status_code == 413 and r.headers["content-type"] == JSON
+        message = (
+            "File too large: more than 0.2 MB, the upload limit "
+            "(start the server with --max-upload-mb to raise it)"
+        )
+        assert r.json() == error(message, "file_too_large", 413)
+        assert uploads_dir(client) == []
+        assert (await client.get("/api/datasets")).json() == []
+
+
+async def test_upload_without_the_file_field_is_400(client: Client) -> None:
+    r = await client.post("/api/datasets", files={"other": ("x.h5", b"abc", "text/plain")})
+    assert r.status_code == 400
+    assert r.json()["code"] == "missing_file"
+    assert uploads_dir(client) == []
+
+
+async def test_other_content_types_are_415(client: Client) -> None:
+    r = await client.post("/api/datasets", content=b"x", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
+
+
+# ---- registration by path ---------------------------------------------------------------------
+
+
+async def test_path_inside_an_allowed_root(client: Client, allowed: Path) -> None:
+    path = write_episode_file(allowed / "inside.h5", n=120, previews=False)
+    r = await client.post("/api/datasets", json={"path": str(path)})
+    assert r.status_code == 201
+    body = r.json()
+    assert body == expected_summary(path, body, "path")
+    assert body["name"] == "inside"
+
+
+async def test_paths_outside_the_roots_are_403(
+    client: Client, allowed: Path, tmp_path: Path, episode_file: Path
+) -> None:
+    (allowed / "escape.h5").symlink_to(episode_file)
+    for path in (episode_file, allowed / "escape.h5", allowed / ".." / episode_file.name):
+        r = await client.post("/api/datasets", json={"path": str(path)})
+        assert r.status_code == 403, path
+        message = f"Path not allowed: {path} is outside the --allow-path directories"
+        assert r.json() == error(message, "forbidden", 403)
+
+
+async def test_path_registration_needs_allow_path(tmp_path: Path, episode_file: Path) -> None:
+    settings = Settings(device="cpu", data_dir=tmp_path / "d")
+    async with AsyncTestClient(create_app(settings)) as client:
+        r = await client.post("/api/datasets", json={"path": str(episode_file)})
+    assert r.status_code == 403 and r.json()["code"] == "forbidden"
+
+
+async def test_missing_path_and_bad_body(client: Client, allowed: Path) -> None:
+    r = await client.post("/api/datasets", json={"path": str(allowed / "nope.h5")})
+    assert r.status_code == 404 and r.json()["code"] == "file_not_found"
+    r = await client.post("/api/datasets", json={"file": "x"})
+    assert r.json() == error(
+        'The JSON body must be {"path": "/path/to/file.h5"}', "invalid_request", 400
+    )
+
+
+# ---- unknown things ---------------------------------------------------------------------------
+
+
+async def test_unknown_dataset_is_404_everywhere(client: Client) -> None:
+    body = error("Dataset not found: 'nope'", "dataset_not_found", 404)
+    calls = [
+        client.get("/api/datasets/nope"),
+        client.delete("/api/datasets/nope"),
+        client.get("/api/datasets/nope/projection"),
+        client.post("/api/datasets/nope/projection"),
+        client.get("/api/datasets/nope/episodes/0"),
+        client.post("/api/datasets/nope/count", json={"filter": []}),
+        client.post("/api/datasets/nope/samples", json={"method": "random", "n": 1}),
+        client.get("/api/datasets/nope/samples"),
+        client.get("/api/datasets/nope/samples/abc"),
+        client.get("/api/datasets/nope/samples/abc/export"),
+    ]
+    for call in calls:
+        r = await call
+        assert (r.status_code, r.headers["content-type"], r.json()) == (404, JSON, body)
+
+
+async def test_unknown_route_and_wrong_method(client: Client) -> None:
+    r = await client.get("/api/nothing-here")
+    assert r.json() == error("Not found: GET /api/nothing-here", "not_found", 404)
+    r = await client.put("/api/health")
+    assert r.status_code == 405
+    assert r.json() == error("Method not allowed: PUT /api/health", "method_not_allowed", 405)
+
+
+# ---- episodes and counts ----------------------------------------------------------------------
+
+
+async def test_episode(client: Client, allowed: Path) -> None:
+    def empty_thumbnail(f: h5py.File) -> None:
+        thumbs = f["thumbnails"][()]
+        thumbs[1] = np.zeros(0, dtype=np.uint8)
+        del f["thumbnails"]
+        f.create_dataset("thumbnails", data=thumbs, dtype=h5py.vlen_dtype(np.uint8))
+
+    path = write_episode_file(allowed / "e.h5", n=40, edit=empty_thumbnail)
+    dataset_id = await add(client, path)
+    ds = load_dataset(path)
+    r = await client.get(f"/api/datasets/{dataset_id}/episodes/0")
+    assert r.status_code == 200
+    assert r.json() == {
+        "index": 0,
+        "episode_id": "ep_00000",
+        "metadata": ds.metadata_at(0),
+        "has_thumbnail": True,
+        "has_gif": True,
+    }
+    r = await client.get(f"/api/datasets/{dataset_id}/episodes/1")
+    assert r.json()["has_thumbnail"] is False and r.json()["has_gif"] is True
+    r = await client.get(f"/api/datasets/{dataset_id}/episodes/40")
+    message = "Episode 40 not found: e has 40 episodes (0 to 39)"
+    assert r.json() == error(message, "episode_not_found", 404)
+    r = await client.get(f"/api/datasets/{dataset_id}/episodes/-1")
+    assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+    assert "index" in r.json()["error"]
+
+
+async def test_count(client: Client, allowed: Path) -> None:
+    path = write_episode_file(allowed / "c.h5", previews=False)
+    dataset_id = await add(client, path)
+    conditions = [
+        {"field": "success", "op": "eq", "value": True},
+        {"field": "task", "op": "in", "value": ["pick", "place"]},
+        {"field": "episode_length", "op": "between", "value": [60, 150]},
+    ]
+    r = await client.post(f"/api/datasets/{dataset_id}/count", json={"filter": conditions})
+    ds = load_dataset(path)
+    f = ds.fields
+    task = np.asarray(f["task"].categories)[f["task"].values]
+    expected = (
+        f["success"].values
+        & np.isin(task, ["pick", "place"])
+        & (f["episode_length"].values >= 60)
+        & (f["episode_length"].values <= 150)
+    )
+    assert r.status_code == 200
+    assert r.json() == {"count": int(expected.sum()), "total": 300}
+    r = await client.post(f"/api/datasets/{dataset_id}/count", json={})
+    assert r.json() == {"count": 300, "total": 300}
+
+
+async def test_bad_filters_are_400_naming_field_and_op(client: Client, allowed: Path) -> None:
+    dataset_id = await add(client, write_episode_file(allowed / "f.h5", previews=False))
+    url = f"/api/datasets/{dataset_id}/count"
+    r = await client.post(url, json={"filter": [{"field": "task", "op": "lt", "value": "a"}]})
+    message = "filter on 'task' (category): op 'lt' is not allowed; use eq, ne, in or not_in"
+    assert r.json() == error(message, "invalid_request", 400)
+    r = await client.post(url, json={"filter": [{"field": "nope", "op": "eq", "value": 1}]})
+    assert r.status_code == 400 and "'nope'" in r.json()["error"]
+    r = await client.post(url, json={"where": []})
+    assert r.json() == error(
+        "unknown key 'where' in count request; keys: filter", "invalid_request", 400
+    )
+    r = await client.post(url, content=b"{not json", headers={"content-type": JSON})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+    r = await client.post(url, json=[1, 2])
+    assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+
+
+# ---- deletion and restart ---------------------------------------------------------------------
+
+
+async def test_delete_removes_everything(client: Client, episode_file: Path) -> None:
+    dataset_id = (await upload(client, episode_file)).json()["id"]
+    url = f"/api/datasets/{dataset_id}"
+    await client.post(f"{url}/samples", json={"method": "random", "n": 3})
+    assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
+    store = client.app.state.catalog.store
+    assert store.upload_path(dataset_id).exists() and (store.samples_dir / dataset_id).exists()
+    assert len(list(store.cache_dir.glob("*.proj"))) == 1
+    r = await client.delete(url)
+    assert r.status_code == 204 and r.content == b""
+    assert (await client.get(url)).status_code == 404
+    assert not store.upload_path(dataset_id).exists()
+    assert not (store.samples_dir / dataset_id).exists()
+    assert list(store.cache_dir.iterdir()) == []
+    assert (await client.get("/api/datasets")).json() == []
+
+
+async def test_delete_keeps_a_registered_file(client: Client, allowed: Path) -> None:
+    path = write_episode_file(allowed / "keep.h5", n=50, previews=False)
+    dataset_id = await add(client, path)
+    assert (await client.delete(f"/api/datasets/{dataset_id}")).status_code == 204
+    assert path.exists()
