@@ -121,6 +121,14 @@ from .cli_serve import serve  # noqa: E402
 
 cli.add_command(serve)
 
+from .cli_project import project  # noqa: E402
+
+cli.add_command(project)
+
+from .doctor import doctor  # noqa: E402
+
+cli.add_command(doctor)
+
 
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="tessera")
