@@ -1,0 +1,52 @@
+"""The README's CLI and API references are checked against the code, so they stay true."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from tessera_gpu.cli import cli
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    assert "tessera serve --demo" in blocks[0]
+    assert blocks[1].strip() == "./scripts/test"
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_every_command_and_option_is_documented(name: str) -> None:
+    command = cli.commands[name]
+    row = next((line for line in README.splitlines() if line.startswith(f"| `tessera {name}")), None)
+    assert row is not None, f"README's CLI reference has no row for `tessera {name}`"
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert any(flag in row for flag in param.opts), f"{name}: {param.opts} missing"
+
+
+def _routes() -> list[tuple[str, str]]:
+    import tempfile
+
+    from app.main import create_app
+    from tessera_gpu.settings import Settings
+
+    app = create_app(Settings(data_dir=Path(tempfile.mkdtemp())))
+    out = []
+    for route in app.routes:
+        path = re.sub(r"\{(\w+):[^}]+\}", r"{\1}", route.path).replace("{tile}", "{y}.png")
+        if not path.startswith("/api/") or path.startswith("/api/schema"):
+            continue
+        for method in sorted(getattr(route, "methods", ())):
+            if method not in ("HEAD", "OPTIONS"):
+                out.append((method, path))
+    return out
+
+
+def test_every_api_route_is_documented() -> None:
+    missing = [f"{m} {p}" for m, p in _routes() if f"`{m} {p}`" not in README]
+    assert not missing, f"README's API reference lacks: {missing}"
