@@ -127,6 +127,12 @@ class ProjectionJobs:
             state = self._states.get(dataset_id)
             return state.coords if state is not None and state.status == "done" else None
 
+    def info(self, dataset_id: str) -> dict[str, Any]:
+        """What the finished projection reports (backend, kNN method, timings, cache hit)."""
+        with self._lock:
+            state = self._states.get(dataset_id)
+            return dict(state.info) if state is not None else {}
+
     def device_embeddings(self, dataset_id: str) -> Any:
         """The dataset's embeddings on the device, once a job has put them there; else None."""
         with self._lock:
