@@ -6,6 +6,7 @@ Slow calls (loading, hashing, filtering, sampling) run in a worker thread
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
@@ -61,15 +62,44 @@ class HealthController(Controller):
 
     @get("/", operation_id="getHealth", summary="Server health", sync_to_thread=False)
     def health(self, catalog: CatalogDep) -> dict[str, Any]:
-        """The server's version, compute backend (name and device) and HDF5 library version."""
+        """Version, compute backend (name, device, GPU memory), host memory in use, HDF5 version."""
         backend = catalog.backend
         return {
             "status": "ok",
             "version": __version__,
-            "backend": {"name": backend.name, "device": backend.device},
+            "backend": {"name": backend.name, "device": backend.device, **_gpu_memory(backend)},
             "hdf5_version": h5py.version.hdf5_version,
             "datasets": len(catalog.all()),
+            "memory": _host_memory(),
         }
+
+
+def _gpu_memory(backend: Any) -> dict[str, Any]:
+    if backend.name == "cpu":
+        return {}
+    info = backend.describe()
+    return {k: v for k, v in info.items() if k.startswith("gpu_memory")}
+
+
+def _host_memory() -> dict[str, float | None]:
+    """This process's resident memory and the host's total and available memory, in GiB."""
+    out: dict[str, float | None] = {
+        "process_rss_gib": None,
+        "host_total_gib": None,
+        "host_available_gib": None,
+    }
+    try:
+        with open("/proc/self/statm") as f:
+            out["process_rss_gib"] = round(
+                int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30, 3
+            )
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) for line in f}
+        out["host_total_gib"] = round(info["MemTotal"] / 2**20, 2)
+        out["host_available_gib"] = round(info["MemAvailable"] / 2**20, 2)
+    except (OSError, KeyError, ValueError, IndexError):
+        pass  # not Linux: leave them null
+    return out
 
 
 class DatasetController(Controller):

@@ -219,6 +219,16 @@ class ProjectionJobs:
                 state.bounds = _bounds(coords)
             if error is None:
                 state.progress = 1.0
+            fields = {
+                "dataset_id": dataset_id,
+                "status": state.status,
+                "duration_ms": round(
+                    (state.finished - (state.started or state.finished)) * 1000, 1
+                ),
+                "error": error,
+                "cache": (info or {}).get("cache"),
+            }
+        log.info("projection job", extra={"fields": fields})
 
 
 def _bounds(coords: np.ndarray) -> list[float]:

@@ -6,6 +6,7 @@ directory, registers the files it was given, and starts the projection worker.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tessera_gpu import __version__
 from tessera_gpu.backends import get_backend
 from tessera_gpu.settings import Settings
 
+from .access_log import access_log_middleware
 from .catalog import Catalog
 from .controllers import (
     MAX_JSON_BYTES,
@@ -34,6 +36,8 @@ from .maps import MapController, PreviewController
 from .page import PAGE_HANDLERS
 
 __all__ = ["CONTROLLERS", "create_app"]
+
+log = logging.getLogger("tessera.app")
 
 CONTROLLERS: Sequence[type] = (
     HealthController,
@@ -63,6 +67,7 @@ def create_app(
 
     async def stop() -> None:
         await anyio.to_thread.run_sync(catalog.close)
+        log.info("shutdown", extra={"fields": {"datasets": len(catalog.all())}})
 
     def provide_catalog() -> Catalog:
         return catalog
@@ -77,6 +82,7 @@ def create_app(
         ],
         dependencies={"catalog": Provide(provide_catalog, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[access_log_middleware],
         on_startup=[start],
         on_shutdown=[stop],
         openapi_config=OpenAPIConfig(

@@ -56,8 +56,10 @@ def serve(files: tuple[Path, ...], demo: bool, **flags: Any) -> None:
     """Serve FILES (HDF5 episode files, registered by path) and the data directory's datasets."""
     import uvicorn
 
+    from app.access_log import configure_logging
     from app.main import create_app
 
+    configure_logging()
     settings = Settings.load(flags)
     for path in files:
         check_file_on_disk(path, Limits())  # a typo or a wrong file: one clear line, no server
