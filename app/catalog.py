@@ -244,6 +244,7 @@ class Catalog:
         if live.dataset.embeddings is None:
             raise Conflict("This dataset is metadata-only: there are no embeddings to project")
         projection = ProjectionParams(**params)  # checks them before anything is saved
+        self.jobs.check_room()
         entry = dataclasses.replace(live.entry, projection=dict(params))
         with self._lock:
             self._live[dataset_id] = dataclasses.replace(live, entry=entry)

@@ -7,6 +7,7 @@ Slow calls (loading, hashing, filtering, sampling) run in a worker thread
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
@@ -18,7 +19,12 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, PathParameter, QueryParameter
 
 from tessera_gpu import __version__
-from tessera_gpu.errors import InvalidRequest, UnsupportedMediaType
+from tessera_gpu.errors import (
+    InsufficientStorage,
+    InvalidRequest,
+    Unavailable,
+    UnsupportedMediaType,
+)
 
 from .catalog import Catalog
 from .openapi_docs import DatasetRegistration
@@ -36,6 +42,10 @@ __all__ = [
 #: Largest JSON body (filters, sample requests); uploads have their own limit.
 MAX_JSON_BYTES = 8_000_000
 MAX_PATH_BODY = 64 * 1024
+#: Uploads received at once; one more is a 503 with Retry-After.
+MAX_CONCURRENT_UPLOADS = 4
+#: Free disk kept beyond an upload's size (the registry, caches and samples need room too).
+DISK_MARGIN = 64 * 1024 * 1024
 CatalogDep = NamedDependency[Catalog]
 DatasetId = Annotated[
     str,
@@ -167,14 +177,34 @@ async def _receive(request: Request[Any, Any, Any], catalog: Catalog, boundary: 
         raise InvalidRequest("multipart/form-data without a boundary", code="bad_multipart")
     limit = catalog.settings.max_upload_bytes
     announced = request.headers.get("content-length")
-    if (
-        announced is not None
-        and announced.isdigit()
-        and int(announced) > limit + MULTIPART_OVERHEAD
-    ):
+    size = int(announced) if announced is not None and announced.isdigit() else None
+    if size is not None and size > limit + MULTIPART_OVERHEAD:
         raise too_large(limit)
-    upload = await receive_upload(request.stream(), boundary, catalog.store, limit=limit)
-    return await anyio.to_thread.run_sync(catalog.register_upload, upload)
+    active: list[int] = request.app.state.setdefault("uploads_active", [0])
+    if active[0] >= MAX_CONCURRENT_UPLOADS:
+        raise Unavailable(
+            f"Too many uploads at once ({MAX_CONCURRENT_UPLOADS}); try again shortly",
+            code="too_many_uploads",
+            retry_after=10,
+        )
+    _check_free_space(catalog, size if size is not None else limit)
+    active[0] += 1
+    try:
+        upload = await receive_upload(request.stream(), boundary, catalog.store, limit=limit)
+        return await anyio.to_thread.run_sync(catalog.register_upload, upload)
+    finally:
+        active[0] -= 1
+
+
+def _check_free_space(catalog: Catalog, size: int) -> None:
+    """507 unless the data directory has room for the upload (its declared size, or the
+    upload limit when it declares none) and :data:`DISK_MARGIN` to spare."""
+    free = shutil.disk_usage(catalog.store.uploads_dir).free
+    if free < size + DISK_MARGIN:
+        raise InsufficientStorage(
+            f"Not enough free disk for this upload: {free / 1e6:.0f} MB free in the data "
+            f"directory, {(size + DISK_MARGIN) / 1e6:.0f} MB needed",
+        )
 
 
 async def _small_body(request: Request[Any, Any, Any]) -> bytes:
@@ -194,6 +224,8 @@ def _path_from(body: bytes) -> str:
     if not isinstance(data, dict) or not isinstance(data.get("path"), str) or not data["path"]:
         raise InvalidRequest('The JSON body must be {"path": "/path/to/file.h5"}')
     path: str = data["path"]
+    if "\x00" in path:
+        raise InvalidRequest("The path contains a NUL byte")
     return path
 
 

@@ -41,7 +41,8 @@ def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Respon
 
 
 def tessera_error(_: Request[Any, Any, Any], exc: TesseraError) -> Response[Any]:
-    return _json(exc.to_dict())
+    retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return _json(exc.to_dict(), retry)
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -76,8 +77,16 @@ def server_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     return _json(error_body("Internal server error (see the server log)", "internal_error", 500))
 
 
+def recursion_error(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    """msgspec refuses JSON nested past its depth limit with a RecursionError: a bad request."""
+    if "deserializing" in str(exc):
+        return _json(error_body("Invalid JSON body: nested too deeply", "invalid_request", 400))
+    return server_error(request, exc)
+
+
 EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
     TesseraError: tessera_error,
     HTTPException: http_error,
+    RecursionError: recursion_error,
     Exception: server_error,
 }

@@ -19,7 +19,7 @@ import numpy as np
 
 from tessera_gpu.cache import ProjectionCache
 from tessera_gpu.dataset import Dataset
-from tessera_gpu.errors import TesseraError
+from tessera_gpu.errors import TesseraError, Unavailable
 from tessera_gpu.projection import ProjectionParams, project_cached
 
 __all__ = ["JobState", "ProjectionJobs"]
@@ -68,6 +68,10 @@ class JobState:
 ABSENT = {"status": "absent", "progress": 0.0, "stage": None, "elapsed_s": 0.0, "error": None}
 
 
+#: Projection jobs that may wait at once for an HTTP request to add one more.
+MAX_QUEUED = 32
+
+
 class ProjectionJobs:
     """A queue of projection jobs served by one thread, and the results kept per dataset."""
 
@@ -97,6 +101,15 @@ class ProjectionJobs:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def check_room(self) -> None:
+        """503 (``queue_full``, with Retry-After) when :data:`MAX_QUEUED` jobs already wait."""
+        if self._queue.qsize() >= MAX_QUEUED:
+            raise Unavailable(
+                f"The projection queue is full ({MAX_QUEUED} jobs waiting); try again later",
+                code="queue_full",
+                retry_after=30,
+            )
 
     def submit(self, dataset_id: str, dataset: Dataset, params: ProjectionParams) -> None:
         """(Re)start the projection of ``dataset``; a run in progress for it is superseded."""

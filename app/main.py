@@ -22,6 +22,7 @@ from tessera_gpu.backends import get_backend
 from tessera_gpu.settings import Settings
 
 from .access_log import access_log_middleware
+from .auth import auth_middleware_factory, login
 from .catalog import Catalog
 from .controllers import (
     MAX_JSON_BYTES,
@@ -78,11 +79,12 @@ def create_app(
             MapController,
             PreviewController,
             *PAGE_HANDLERS,
+            login,
             *route_handlers,
         ],
         dependencies={"catalog": Provide(provide_catalog, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[access_log_middleware],
+        middleware=[access_log_middleware, auth_middleware_factory(settings)],
         on_startup=[start],
         on_shutdown=[stop],
         openapi_config=OpenAPIConfig(

@@ -47,12 +47,21 @@ def _npy_bytes(coords: np.ndarray) -> bytes:
     type=click.Choice(DEVICES),
     help="auto (the GPU if one works), gpu (fail without one) or cpu.",
 )
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Where to write the coordinates [default: ./<FILE stem>.coords.npy].")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Where to write the coordinates [default: ./<FILE stem>.coords.npy].",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same map.")
 @click.option("--no-cache", is_flag=True, help="Recompute, and do not store the result.")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Projection cache [default: <TESSERA_DATA_DIR>/cache].")  # fmt: skip
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Projection cache [default: <TESSERA_DATA_DIR>/cache].",
+)
 def project(
     file: Path,
     device: str,
@@ -76,17 +85,26 @@ def project(
     backend = get_backend(device)
     params = ProjectionParams(seed=seed)
     cache = _cache(no_cache, cache_dir)
-    columns = (TextColumn("{task.description:<10}"), BarColumn(), TaskProgressColumn(),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
     start = time.perf_counter()
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("to_device", total=1.0)
         x = backend.to_device(ds.embeddings)
         result = project_cached(
-            x, backend=backend, params=params, cache=cache, content_hash=ds.embeddings_hash,
-            progress=lambda stage, fraction: bar.update(task, description=stage,
-                                                        completed=fraction),
-        )  # fmt: skip
+            x,
+            backend=backend,
+            params=params,
+            cache=cache,
+            content_hash=ds.embeddings_hash,
+            progress=lambda stage, fraction: bar.update(
+                task, description=stage, completed=fraction
+            ),
+        )
     out = output or _default_output(file)
     write_atomically(out, _npy_bytes(result.coords))
     click.echo(

@@ -6,6 +6,7 @@ its ``TESSERA_*`` variable and its help line never drift apart.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .errors import InvalidRequest
 from .safety import Limits, check_file_on_disk
 from .settings import DEVICES, SETTINGS, Setting, Settings
 
@@ -37,6 +39,16 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one ``--flag`` per setting; an absent flag is None, so the env var can apply."""
     for setting in reversed(SETTINGS):
         default = ", ".join(setting.default) if setting.multiple else setting.default
+        if setting.default is False:  # a boolean setting: a flag with no value
+            command = click.option(
+                setting.flag,
+                setting.name,
+                is_flag=True,
+                flag_value=True,
+                default=None,
+                help=f"{setting.help} [env: {setting.env}; default: off]",
+            )(command)
+            continue
         command = click.option(
             setting.flag,
             setting.name,
@@ -61,6 +73,7 @@ def serve(files: tuple[Path, ...], demo: bool, **flags: Any) -> None:
 
     configure_logging()
     settings = Settings.load(flags)
+    check_exposure(settings)
     for path in files:
         check_file_on_disk(path, Limits())  # a typo or a wrong file: one clear line, no server
     paths = list(files)
@@ -74,6 +87,26 @@ def serve(files: tuple[Path, ...], demo: bool, **flags: Any) -> None:
     )
     click.echo(f"Serving at http://{host}:{settings.port}/  (API docs: /api/schema)")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to listen beyond this machine without a token, unless told ``--insecure``."""
+    if settings.token or settings.insecure or is_loopback(settings.host):
+        return
+    raise InvalidRequest(
+        f"refusing to listen on {settings.host} without --token (or TESSERA_TOKEN); "
+        "pass --insecure to do it anyway",
+        code="insecure_bind",
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def ensure_demo(data_dir: Path) -> Path:

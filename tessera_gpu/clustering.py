@@ -72,8 +72,9 @@ def kmeans(
     )
 
 
-def _greedy_pick(cand: np.ndarray, dist: np.ndarray, todo: np.ndarray, taken: set[int],
-                 picked: np.ndarray) -> np.ndarray:  # fmt: skip
+def _greedy_pick(
+    cand: np.ndarray, dist: np.ndarray, todo: np.ndarray, taken: set[int], picked: np.ndarray
+) -> np.ndarray:
     """Give centroid ``todo[i]`` its nearest untaken row among ``cand[i]``, nearest centroids
     first; return the centroids whose candidates were all taken."""
     left = []
@@ -102,8 +103,7 @@ def diversity_sample(
     subset = _rows(x, rows, backend)
     if n < 1 or n > len(subset):
         raise InvalidRequest(
-            f"a K-means sample needs 1 <= n <= {len(subset):,} (the matching episodes): "
-            f"got n={n:,}"
+            f"a K-means sample needs 1 <= n <= {len(subset):,} (the matching episodes): got n={n:,}"
         )
     result = kmeans(x, n, backend=backend, rows=subset, seed=seed)
     sub = None if rows is None else subset

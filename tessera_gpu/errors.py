@@ -28,6 +28,7 @@ __all__ = [
     "TesseraError",
     "Unavailable",
     "UnsupportedMediaType",
+    "InsufficientStorage",
 ]
 
 
@@ -36,12 +37,18 @@ class TesseraError(Exception):
 
     status: int = 500
     code: str = "error"
+    #: Seconds for a ``Retry-After`` header (a busy server's 503), or None.
+    retry_after: int | None = None
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     def to_dict(self) -> dict[str, object]:
         return {"error": self.message, "code": self.code, "status": self.status}
@@ -88,3 +95,8 @@ class UnsupportedMediaType(TesseraError):
 class Unavailable(TesseraError):
     status = 503
     code = "unavailable"
+
+
+class InsufficientStorage(TesseraError):
+    status = 507
+    code = "insufficient_storage"

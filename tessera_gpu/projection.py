@@ -113,8 +113,9 @@ def _tiny(n: int, backend: Backend) -> Projection:
     """Maps of 1-3 points: a UMAP of them is meaningless, so place them on a line."""
     coords = np.zeros((n, 2), dtype=np.float32)
     coords[:, 0] = np.arange(n, dtype=np.float32)
-    return Projection(coords, {"backend": backend.name, "device": backend.device,
-                               "algorithm": "trivial", "n": n})  # fmt: skip
+    return Projection(
+        coords, {"backend": backend.name, "device": backend.device, "algorithm": "trivial", "n": n}
+    )
 
 
 def _initial(graph: Any, cells: np.ndarray | None, seed: int) -> tuple[np.ndarray, str]:
@@ -125,8 +126,13 @@ def _initial(graph: Any, cells: np.ndarray | None, seed: int) -> tuple[np.ndarra
     return spectral_init(graph, seed=seed), "spectral"
 
 
-def _layout(graph: Any, init: np.ndarray, cells: np.ndarray | None, params: ProjectionParams,
-            report: _Reporter) -> np.ndarray:  # fmt: skip
+def _layout(
+    graph: Any,
+    init: np.ndarray,
+    cells: np.ndarray | None,
+    params: ProjectionParams,
+    report: _Reporter,
+) -> np.ndarray:
     """Run the SGD, on rows sorted by cell when cells are known (neighbours near in memory)."""
     from .graph import ab_params
     from .layout import optimize_layout
@@ -137,10 +143,15 @@ def _layout(graph: Any, init: np.ndarray, cells: np.ndarray | None, params: Proj
         graph = graph[order][:, order].tocsr()
         init = init[order]
     coords = optimize_layout(
-        init, graph, a=a, b=b, n_epochs=params.epochs_for(graph.shape[0]), seed=params.seed,
+        init,
+        graph,
+        a=a,
+        b=b,
+        n_epochs=params.epochs_for(graph.shape[0]),
+        seed=params.seed,
         negative_sample_rate=params.negative_sample_rate,
         progress=lambda f: report("layout", f),
-    )  # fmt: skip
+    )
     if order is not None:
         restored = np.empty_like(coords)
         restored[order] = coords
@@ -177,10 +188,16 @@ def project(
     report.done("layout")
     report.timings["total"] = round(sum(report.timings.values()), 3)
     info = {
-        "backend": backend.name, "device": backend.device, "algorithm": "umap",
-        "knn": nb.method, "init": init_name, "n": n,
-        "n_epochs": params.epochs_for(n), "params": asdict(params), "timings": report.timings,
-    }  # fmt: skip
+        "backend": backend.name,
+        "device": backend.device,
+        "algorithm": "umap",
+        "knn": nb.method,
+        "init": init_name,
+        "n": n,
+        "n_epochs": params.epochs_for(n),
+        "params": asdict(params),
+        "timings": report.timings,
+    }
     report("done", 1.0)
     return Projection(coords, info)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,35 @@ SETTINGS: tuple[Setting, ...] = (
         multiple=True,
     ),
     Setting("max_upload_mb", 100.0, "Largest file accepted by upload, in MB.", parse=float),
+    Setting(
+        "token",
+        None,
+        "Require this secret for the API and the page: an 'Authorization: Bearer' header, or "
+        "a browser session started at /login?token=... (never printed or logged).",
+    ),
+    Setting(
+        "insecure",
+        False,
+        "Allow listening on a non-loopback interface without a token.",
+        parse=lambda raw: _flag(raw),
+    ),
+    Setting(
+        "allowed_host",
+        (),
+        "A Host name the server also answers to (repeatable); besides it only the bound host, "
+        "localhost, 127.0.0.1 and [::1] are accepted (a wildcard bind accepts any).",
+        multiple=True,
+    ),
 )
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 @dataclass(frozen=True)
@@ -80,8 +108,14 @@ class Settings:
     port: int = 8000
     allow_path: tuple[Path, ...] = ()
     max_upload_mb: float = 100.0
+    token: str | None = field(default=None, repr=False)
+    insecure: bool = False
+    allowed_host: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "token", self.token or None)
+        object.__setattr__(self, "insecure", bool(self.insecure))
+        object.__setattr__(self, "allowed_host", tuple(str(h) for h in self.allowed_host))
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
         object.__setattr__(self, "allow_path", tuple(Path(p).expanduser() for p in self.allow_path))
         object.__setattr__(self, "port", int(self.port))
@@ -115,8 +149,12 @@ def _resolve(setting: Setting, flag: Any, environ: Mapping[str, str]) -> Any:
         return setting.parse(raw)
     except ValueError:
         raise InvalidRequest(
-            f"{setting.env} must be a {setting.parse.__name__}: got {raw!r}", code="bad_setting"
+            f"{setting.env} must be a {_type_name(setting)}: got {raw!r}", code="bad_setting"
         ) from None
+
+
+def _type_name(setting: Setting) -> str:
+    return "boolean (1/0, true/false)" if setting.name == "insecure" else setting.parse.__name__
 
 
 def _check(s: Settings) -> None:
@@ -137,6 +175,7 @@ def markdown_table() -> str:
     rows = ["| flag | environment variable | default | what it does |", "| --- | --- | --- | --- |"]
     for s in SETTINGS:
         default = ", ".join(s.default) if s.multiple else s.default
+        default = "false" if default is False else default
         rows.append(f"| `{s.flag}` | `{s.env}` | `{default or '(none)'}` | {s.help} |")
     return "\n".join(rows)
 

@@ -69,9 +69,7 @@ def coarse_spectral_init(
     """Spectral layout of the cell graph, then each point at its neighbours' mean cell spot."""
     n = graph.shape[0]
     n_cells = int(labels.max()) + 1
-    member = scipy.sparse.csr_matrix(
-        (np.ones(n), (np.arange(n), labels)), shape=(n, n_cells)
-    )
+    member = scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), labels)), shape=(n, n_cells))
     cell_graph = (member.T @ graph @ member).toarray()
     cell_graph += np.diag(np.asarray(member.sum(axis=0)).ravel() * 1e-6)
     cell_xy = _leading_pair_dense(cell_graph)

@@ -13,6 +13,8 @@ from litestar.testing import AsyncTestClient
 from tessera_gpu import load_dataset
 
 JSON = "application/json"
+#: The Host that Litestar's test client sends; the app answers only to hosts it is told of.
+TEST_HOSTS = ("testserver.local",)
 Client = AsyncTestClient[Litestar]
 
 

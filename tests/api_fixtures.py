@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 from app.main import create_app
 from tessera_gpu.settings import Settings
 
-from .api_calls import Client
+from .api_calls import TEST_HOSTS, Client
 
 
 @pytest.fixture
@@ -28,7 +28,9 @@ def allowed(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path, allowed: Path) -> Settings:
-    return Settings(device="cpu", data_dir=tmp_path / "data", allow_path=(allowed,))
+    return Settings(
+        device="cpu", data_dir=tmp_path / "data", allow_path=(allowed,), allowed_host=TEST_HOSTS
+    )
 
 
 @pytest.fixture

@@ -29,8 +29,15 @@ def backend_for(name: str) -> Backend:
     return make_backend(name)
 
 
-def clustered(n: int, dim: int, *, centres: int = 8, spread: float = 0.3, seed: int = 0,
-              latent: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def clustered(
+    n: int,
+    dim: int,
+    *,
+    centres: int = 8,
+    spread: float = 0.3,
+    seed: int = 0,
+    latent: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded ``(n, dim)`` float32 blobs around ``centres`` random centres, and their labels.
 
     With ``latent``, the blobs live in ``latent`` dimensions, are mapped to ``dim`` by a random

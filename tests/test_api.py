@@ -18,6 +18,7 @@ from tessera_gpu.settings import Settings
 
 from .api_calls import (
     JSON,
+    TEST_HOSTS,
     Client,
     add,
     dataset_id_of,
@@ -114,7 +115,9 @@ async def test_invalid_file_is_422_with_the_rule(client: Client, tmp_path: Path)
 
 
 async def test_too_large_is_413_and_leaves_nothing(tmp_path: Path, episode_file: Path) -> None:
-    settings = Settings(device="cpu", data_dir=tmp_path / "small", max_upload_mb=0.2)
+    settings = Settings(
+        device="cpu", data_dir=tmp_path / "small", max_upload_mb=0.2, allowed_host=TEST_HOSTS
+    )
     async with AsyncTestClient(create_app(settings)) as client:
         assert episode_file.stat().st_size > 0.3e6  # over the limit and its multipart slack
         r = await upload(client, episode_file)
@@ -164,7 +167,7 @@ async def test_paths_outside_the_roots_are_403(
 
 
 async def test_path_registration_needs_allow_path(tmp_path: Path, episode_file: Path) -> None:
-    settings = Settings(device="cpu", data_dir=tmp_path / "d")
+    settings = Settings(device="cpu", data_dir=tmp_path / "d", allowed_host=TEST_HOSTS)
     async with AsyncTestClient(create_app(settings)) as client:
         r = await client.post("/api/datasets", json={"path": str(episode_file)})
     assert r.status_code == 403 and r.json()["code"] == "forbidden"

@@ -24,6 +24,7 @@ from tessera_gpu import load_dataset
 from tessera_gpu.settings import Settings
 from tessera_gpu.tiles import empty_tile
 
+from .api_calls import TEST_HOSTS
 from .conftest import write_episode_file
 
 pytestmark = pytest.mark.anyio
@@ -60,7 +61,7 @@ def coords_of(path: Path) -> np.ndarray:
 async def client(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, episode_file: Path
 ) -> AsyncIterator[Client]:
-    app = create_app(Settings(device="cpu", data_dir=tmp_path / "data"))
+    app = create_app(Settings(device="cpu", data_dir=tmp_path / "data", allowed_host=TEST_HOSTS))
     jobs = app.state.catalog.jobs
     projections: dict[str, np.ndarray] = {}
     monkeypatch.setattr(jobs, "submit", lambda *a, **k: None)

@@ -197,3 +197,37 @@ def test_no_hash_means_no_cache(tmp_path: Path, blobs: np.ndarray) -> None:
     b = get_backend("cpu")
     result = project_cached(blobs, backend=b, params=FAST, cache=cache, content_hash=None)
     assert result.info["cache"] == "off" and list(tmp_path.iterdir()) == []
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+
+def test_project_command_writes_the_map_and_uses_the_cache(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tessera_gpu.cli import cli
+    from tessera_gpu.writer import write_dataset
+
+    x = clustered(300, 16, seed=13)[0]
+    data = write_dataset(tmp_path / "d.h5", embeddings=x, episode_ids=[f"e{i}" for i in range(300)])
+    args = ["project", str(data), "--device", "cpu", "--cache-dir", str(tmp_path / "c")]
+    first = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "a.npy")])
+    assert first.exit_code == 0, first.output
+    assert "projected 300 episodes" in first.output and "cache stored" in first.output
+    second = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "b.npy"), "--seed", "0"])
+    assert "cache hit" in second.output
+    coords = np.load(tmp_path / "a.npy")
+    assert coords.shape == (300, 2) and coords.dtype == np.float32
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), coords)
+
+
+def test_project_command_refuses_metadata_only_files(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tessera_gpu.cli import cli
+    from tessera_gpu.writer import write_dataset
+
+    data = write_dataset(tmp_path / "m.h5", episode_ids=["a", "b", "c"])
+    result = CliRunner().invoke(cli, ["project", str(data), "--no-cache"])
+    assert result.exit_code == 1
+    assert "error: m.h5 has no embeddings (metadata-only): nothing to project" in result.output

@@ -20,6 +20,12 @@ async function answer(response) {
   return body;
 }
 
+/** The CSRF header a logged-in browser session sends with state-changing calls (none without). */
+export function csrfHeaders() {
+  const m = document.cookie.match(/(?:^|;\s*)tessera_csrf=([^;]+)/);
+  return m ? { "X-Tessera-CSRF": decodeURIComponent(m[1]) } : {};
+}
+
 export async function getJSON(url, { signal } = {}) {
   return answer(await fetch(url, { signal, headers: { Accept: "application/json" } }));
 }
@@ -27,7 +33,7 @@ export async function getJSON(url, { signal } = {}) {
 export async function postJSON(url, body, { signal } = {}) {
   return answer(await fetch(url, {
     method: "POST", signal, body: JSON.stringify(body),
-    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    headers: { "Content-Type": "application/json", Accept: "application/json", ...csrfHeaders() },
   }));
 }
 
@@ -52,6 +58,7 @@ export function uploadFile(file, onProgress) {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/api/datasets");
     xhr.responseType = "text";
+    for (const [k, v] of Object.entries(csrfHeaders())) xhr.setRequestHeader(k, v);
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
     xhr.upload.onload = () => onProgress(1, true);
     xhr.onerror = () => reject(new ApiError("The upload failed: the server could not be reached", 0));

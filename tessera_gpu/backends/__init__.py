@@ -128,8 +128,10 @@ def make_backend(name: str) -> Backend:
         if gpu is None:
             raise Unavailable(f"the {name} backend needs a GPU: {reason}", code="gpu_unavailable")
         if name == "cuml" and gpu != "cuml":
-            raise Unavailable("the cuml backend needs RAPIDS cuML, which does not import here",
-                              code="gpu_unavailable")  # fmt: skip
+            raise Unavailable(
+                "the cuml backend needs RAPIDS cuML, which does not import here",
+                code="gpu_unavailable",
+            )
     return _make(name)
 
 

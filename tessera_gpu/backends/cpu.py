@@ -1,7 +1,7 @@
 """The CPU backend: numpy arrays in host memory, BLAS for distances, numba for the rest.
 
 kNN for the projection (:meth:`CpuBackend.neighbors`) is where the CPU path wins its speed:
-wide embeddings go through a 64-dimensional PCA (fitted on 20k rows), then an exact search
+wide embeddings go through a 64-dimensional PCA (fitted on 10k rows), then an exact search
 for up to ``COARSE_ABOVE`` (25k) rows, or a cell-probe search
 (:func:`.cpu_knn.cell_probe_knn`) above that.
 """

@@ -125,8 +125,9 @@ def _update(data: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, n
     return sums, counts
 
 
-def _reseed_empty(centroids: np.ndarray, counts: np.ndarray, data: np.ndarray,
-                  mind: np.ndarray) -> None:  # fmt: skip
+def _reseed_empty(
+    centroids: np.ndarray, counts: np.ndarray, data: np.ndarray, mind: np.ndarray
+) -> None:
     empty = np.flatnonzero(counts == 0)
     if len(empty):
         far = np.argsort(-mind, kind="stable")[: len(empty)]

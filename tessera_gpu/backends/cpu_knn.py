@@ -76,9 +76,7 @@ def _sq_norms(a: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, a, dtype=np.float32)
 
 
-def _blocked_search(
-    data: np.ndarray, queries: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _blocked_search(data: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of every query over every data row; returns (squared-ish dists, indices)."""
     best_d, best_i = _empty(len(queries), k)
     d_norms, q_norms = _sq_norms(data), _sq_norms(queries)

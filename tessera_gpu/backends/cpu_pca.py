@@ -51,8 +51,8 @@ def fit_pca(
     n_components: int,
     *,
     seed: int = 0,
-    sample_size: int = 20_000,
-    n_power: int = 3,
+    sample_size: int = 10_000,
+    n_power: int = 2,
 ) -> Pca:
     """Fit the top ``n_components`` principal axes on at most ``sample_size`` seeded rows."""
     n, d = data.shape

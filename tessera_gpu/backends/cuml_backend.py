@@ -72,10 +72,14 @@ class CumlBackend(CupyBackend):
         if progress is not None:
             progress("done", 1.0)
         info = {
-            "backend": self.name, "device": self.device, "algorithm": "cuml.UMAP",
-            "knn": build_algo, "n": n, "cuml": cuml.__version__,
+            "backend": self.name,
+            "device": self.device,
+            "algorithm": "cuml.UMAP",
+            "knn": build_algo,
+            "n": n,
+            "cuml": cuml.__version__,
             "timings": {"umap": elapsed, "total": elapsed},
-        }  # fmt: skip
+        }
         return coords, info
 
     def kmeans(

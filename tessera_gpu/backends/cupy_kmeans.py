@@ -18,8 +18,9 @@ __all__ = ["assign", "lloyd", "pca_reduce", "seed_rows"]
 GRAM_BYTES = 1 << 29
 
 
-def pca_reduce(data: cp.ndarray, n_components: int, *, seed: int,
-               sample_size: int = 20_000) -> cp.ndarray:  # fmt: skip
+def pca_reduce(
+    data: cp.ndarray, n_components: int, *, seed: int, sample_size: int = 20_000
+) -> cp.ndarray:
     """Rows projected on the top principal axes of a seeded row sample (float32)."""
     n, d = data.shape
     if d <= n_components:
@@ -68,21 +69,22 @@ def assign(data: cp.ndarray, centroids: cp.ndarray) -> tuple[cp.ndarray, cp.ndar
     return labels, mind
 
 
-def _update(data: cp.ndarray, labels: cp.ndarray, mind: cp.ndarray,
-            centroids: cp.ndarray) -> None:  # fmt: skip
+def _update(data: cp.ndarray, labels: cp.ndarray, mind: cp.ndarray, centroids: cp.ndarray) -> None:
     k = len(centroids)
     sums = cp.zeros_like(centroids)
     cupyx.scatter_add(sums, labels, data)
     counts = cp.bincount(labels, minlength=k)
     filled = counts > 0
-    centroids[filled] = sums[filled] / counts[filled, None].astype(cp.float32)
+    centroids[filled] = sums[filled] / counts[filled].astype(cp.float32)[:, None]
     n_empty = int((~filled).sum())
     if n_empty:
         far = cp.argsort(-mind)[:n_empty]
         centroids[cp.flatnonzero(~filled)] = data[far]
 
 
-def lloyd(data: cp.ndarray, k: int, *, n_iter: int, seed: int) -> tuple[cp.ndarray, cp.ndarray, float]:
+def lloyd(
+    data: cp.ndarray, k: int, *, n_iter: int, seed: int
+) -> tuple[cp.ndarray, cp.ndarray, float]:
     """``(centroids, labels, inertia)`` on device; stops early once labels are stable."""
     start = seed_rows(pca_reduce(data, 64, seed=seed), k, seed=seed)
     centroids = data[start].astype(cp.float32, copy=True)

@@ -84,8 +84,11 @@ def _block_topk(gram: cp.ndarray, qn: cp.ndarray, dn: cp.ndarray, kk: int):  # t
         out_i = cp.empty((rows, kk), dtype=cp.int64)
         warps = 4
         grid = ((rows + warps - 1) // warps,)
-        _kernel()(grid, (32 * warps,),
-                  (gram, qn, dn, np.int32(rows), np.int32(cols), np.int32(kk), out_d, out_i))  # fmt: skip
+        _kernel()(
+            grid,
+            (32 * warps,),
+            (gram, qn, dn, np.int32(rows), np.int32(cols), np.int32(kk), out_d, out_i),
+        )
         return out_d, out_i
     d2 = qn[:, None] + dn[None, :] - 2.0 * gram  # rare path (kk > KMAX): sort the block
     idx = cp.argsort(d2, axis=1)[:, :kk]

@@ -1,0 +1,286 @@
+"""Tessera's compute benchmarks, all in one run: ``python -m benchmarks.run [--quick]``.
+
+1. file load + validation (``load_dataset``) of a written HDF5 file;
+2. projection: Tessera vs umap-learn's defaults, on synthetic clustered data and real MiniLM
+   embeddings -- medians, speed-up, trustworthiness (k=15, a fixed 5,000-row subsample) and
+   Tessera's peak RSS relative to the embeddings;
+3. K-means diversity sample (n clusters, one episode each) vs scikit-learn
+   ``KMeans(n_clusters=n, n_init=1)`` -- time and inertia.
+
+Every timed job runs in its own process (benchmarks/worker.py), after a 2,000-row warm-up
+that takes JIT compilation out of both sides' timings.  Writes ``<out>/compute.json`` and
+``<out>/compute.md`` and prints the table.  Benchmark-only packages: see benchmarks/minilm.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.data import CACHE_DIR, cached_clustered, real_embeddings, tile_to_dim  # noqa: E402
+
+TRUST_ROWS = 5000
+REAL_ROWS = 20_000
+FULL_SIZES = ("20000x512", "20000x2048", "200000x512", "200000x2048")
+QUICK_SIZES = ("5000x512", "10000x2048")
+
+
+def _environment(device: str) -> dict[str, Any]:
+    import sklearn
+    import umap
+
+    from tessera_gpu.backends import get_backend
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    blas = np.__config__.CONFIG.get("Build Dependencies", {}).get("blas", {}).get("name", "?")
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas,
+        "umap_learn": umap.__version__,
+        "scikit_learn": sklearn.__version__,
+        "backend": get_backend(device).describe(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def _worker(
+    job: str,
+    data: Path,
+    *,
+    repeat: int = 1,
+    device: str = "cpu",
+    k: int = 0,
+    coords: Path | None = None,
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.worker",
+        job,
+        str(data),
+        "--repeat",
+        str(repeat),
+        "--device",
+        device,
+        "-k",
+        str(k),
+    ]
+    if coords is not None:
+        cmd += ["--coords", str(coords)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{job} on {data.name} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["median_s"] = statistics.median(r["seconds"] for r in result["runs"])
+    return result
+
+
+def _trust(x: np.ndarray, coords: np.ndarray) -> float:
+    from sklearn.manifold import trustworthiness
+
+    rows = np.arange(len(x))
+    if len(x) > TRUST_ROWS:
+        rows = np.sort(np.random.default_rng(0).choice(len(x), TRUST_ROWS, replace=False))
+    return float(trustworthiness(x[rows], coords[rows], n_neighbors=15))
+
+
+def bench_load(n: int, d: int) -> dict[str, Any]:
+    """Write a clustered HDF5 file once, then time ``load_dataset`` (validation included)."""
+    from tessera_gpu.dataset import load_dataset
+    from tessera_gpu.writer import write_dataset
+
+    path = CACHE_DIR / f"clustered-{n}x{d}.h5"
+    if not path.exists():
+        x = np.load(cached_clustered(n, d))
+        write_dataset(path, embeddings=x, episode_ids=[f"ep_{i:07d}" for i in range(n)])
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        ds = load_dataset(path)
+        seconds.append(time.perf_counter() - start)
+        del ds
+    med = statistics.median(seconds)
+    size = path.stat().st_size
+    return {
+        "n": n,
+        "d": d,
+        "file_mb": round(size / 1e6, 1),
+        "median_s": round(med, 3),
+        "gb_per_s": round(size / 1e9 / med, 2),
+        "runs": seconds,
+    }
+
+
+def bench_projection(label: str, path: Path, *, device: str) -> dict[str, Any]:
+    """Tessera and umap-learn on one ``.npy``; trustworthiness on the same 5k rows."""
+    x = np.load(path, mmap_mode="r")
+    n, d = x.shape
+    small = n <= 20_000
+    print(f"projection {label} {n:,}x{d} ...", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = _worker(
+            "tessera", path, repeat=3 if small else 1, device=device, coords=Path(tmp) / "t.npy"
+        )
+        base = _worker("umap", path, repeat=2 if n <= 10_000 else 1, coords=Path(tmp) / "u.npy")
+        xs = np.asarray(x, dtype=np.float32)
+        t_ours, t_base = (
+            _trust(xs, np.load(Path(tmp) / "t.npy")),
+            _trust(xs, np.load(Path(tmp) / "u.npy")),
+        )
+    last = ours["runs"][-1]
+    return {
+        "data": label,
+        "n": n,
+        "d": d,
+        "tessera_s": round(ours["median_s"], 2),
+        "umap_s": round(base["median_s"], 2),
+        "speedup": round(base["median_s"] / ours["median_s"], 2),
+        "trust_tessera": round(t_ours, 4),
+        "trust_umap": round(t_base, 4),
+        "trust_delta": round(t_ours - t_base, 4),
+        "rss_over_data": round(ours["peak_rss_bytes"] / ours["data_bytes"], 2),
+        "umap_rss_over_data": round(base["peak_rss_bytes"] / base["data_bytes"], 2),
+        "knn": last.get("knn"),
+        "stages": last.get("timings"),
+        "tessera_runs": [r["seconds"] for r in ours["runs"]],
+        "umap_runs": [r["seconds"] for r in base["runs"]],
+    }
+
+
+def bench_kmeans(label: str, path: Path, k: int, *, device: str) -> dict[str, Any]:
+    x = np.load(path, mmap_mode="r")
+    print(f"k-means {label} {x.shape[0]:,}x{x.shape[1]} n={k:,} ...", flush=True)
+    ours = _worker("tessera-sample", path, device=device, k=k)
+    base = _worker("sklearn-kmeans", path, k=k)
+    sample_s = statistics.median(r["sample_seconds"] for r in ours["runs"])
+    return {
+        "data": label,
+        "n": x.shape[0],
+        "d": x.shape[1],
+        "k": k,
+        "tessera_sample_s": round(sample_s, 2),
+        "sklearn_s": round(base["median_s"], 2),
+        "speedup": round(base["median_s"] / sample_s, 2),
+        "inertia_tessera": ours["runs"][-1]["inertia"],
+        "inertia_sklearn": base["runs"][-1]["inertia"],
+        "inertia_ratio": round(ours["runs"][-1]["inertia"] / base["runs"][-1]["inertia"], 4),
+        "sklearn_iterations": base["runs"][-1]["n_iter"],
+    }
+
+
+def _real_inputs(n: int) -> list[tuple[str, Path]]:
+    """The first ``n`` of 20,000 embedded docstring paragraphs: native 384-d and tiled 2048-d."""
+    native = real_embeddings(REAL_ROWS)[:n]
+    paths = [CACHE_DIR / f"minilm-{n}x384.npy", CACHE_DIR / f"minilm-{n}x2048-tiled.npy"]
+    for path, make in zip(paths, (lambda: native, lambda: tile_to_dim(native, 2048)), strict=True):
+        if not path.exists():
+            np.save(path, make())
+    return [("minilm-384", paths[0]), ("minilm-tiled-2048", paths[1])]
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    env = results["environment"]
+    lines = [
+        f"# Compute benchmarks ({'quick' if results['quick'] else 'full'})",
+        "",
+        f"{env['cpu']}, {env['cores']} cores, {env['memory_gib']} GiB; backend "
+        f"{env['backend']['name']} ({env['backend']['device']}); numpy {env['numpy']} "
+        f"({env['blas']}), umap-learn {env['umap_learn']}, scikit-learn {env['scikit_learn']}.",
+        "",
+        "## File load + validation",
+        "",
+        "| N x D | file MB | median s | GB/s |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['n']:,} x {r['d']} | {r['file_mb']} | {r['median_s']} | {r['gb_per_s']} |"
+        for r in results["load"]
+    ]
+    lines += [
+        "",
+        "## Projection: Tessera vs umap-learn defaults",
+        "",
+        "| data | N x D | Tessera s | umap s | speed-up | trust T | trust U | peak RSS / data "
+        "| Tessera kNN |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {r['data']} | {r['n']:,} x {r['d']} | {r['tessera_s']} | {r['umap_s']} | "
+        f"{r['speedup']}x | {r['trust_tessera']} | {r['trust_umap']} | "
+        f"{r['rss_over_data']} | {r['knn']} |"
+        for r in results["projection"]
+    ]
+    lines += [
+        "",
+        "## K-means diversity sample vs scikit-learn KMeans(n_init=1)",
+        "",
+        "| data | N x D | n | Tessera s | sklearn s | speed-up | inertia ratio |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['data']} | {r['n']:,} x {r['d']} | {r['k']:,} | {r['tessera_sample_s']} | "
+        f"{r['sklearn_s']} | {r['speedup']}x | {r['inertia_ratio']} |"
+        for r in results["kmeans"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="Small sizes, for iterating.")
+    p.add_argument("--sizes", default=None, help="NxD,... for the synthetic projections.")
+    p.add_argument("--device", default="cpu", help="Tessera's backend (umap/sklearn: CPU).")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--no-real", action="store_true", help="Skip the MiniLM embeddings.")
+    args = p.parse_args(argv)
+    sizes = args.sizes.split(",") if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
+    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in sizes]
+    results: dict[str, Any] = {"quick": args.quick, "environment": _environment(args.device)}
+    print(json.dumps(results["environment"], indent=1), flush=True)
+    results["load"] = [bench_load(*shape) for shape in shapes[-1:]]
+    results["projection"] = [
+        bench_projection("clustered", cached_clustered(n, d), device=args.device) for n, d in shapes
+    ]
+    if not args.no_real:
+        results["projection"] += [
+            bench_projection(label, path, device=args.device)
+            for label, path in _real_inputs(5000 if args.quick else 20_000)
+        ]
+    km_n, km_d, km_k = (10_000, 512, 1000) if args.quick else (35_000, 512, 5000)
+    results["kmeans"] = [
+        bench_kmeans("clustered", cached_clustered(km_n, km_d), km_k, device=args.device)
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "compute-quick" if args.quick else "compute"
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(_markdown(results))
+    print(_markdown(results))
+
+
+if __name__ == "__main__":
+    main()

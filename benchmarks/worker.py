@@ -1,0 +1,98 @@
+"""One timed job in a fresh process, so its peak RSS is its own: ``python -m benchmarks.worker``.
+
+Jobs: ``tessera`` / ``umap`` projection of a ``.npy`` (coords written to ``--coords``), and
+``tessera-sample`` / ``sklearn-kmeans`` K-means.  Each job first runs once on 2,000 rows, so
+JIT compilation (numba, for both Tessera and umap-learn) is excluded from the timing; then it
+runs ``--repeat`` times and prints one JSON line: the runs (seconds + extras) and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+WARMUP_ROWS = 2000
+
+
+def _tessera_projection(x: np.ndarray, args: argparse.Namespace) -> tuple[np.ndarray, dict]:
+    from tessera_gpu.backends import get_backend
+    from tessera_gpu.projection import ProjectionParams, project
+
+    backend = get_backend(args.device)
+    result = project(backend.to_device(x), backend=backend, params=ProjectionParams(seed=0))
+    return result.coords, {k: result.info.get(k) for k in ("knn", "init", "n_epochs", "timings")}
+
+
+def _umap_projection(x: np.ndarray, args: argparse.Namespace) -> tuple[np.ndarray, dict]:
+    import umap
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coords = umap.UMAP().fit_transform(x)  # the defaults: unseeded, parallel
+    return np.asarray(coords, dtype=np.float32), {}
+
+
+def _tessera_sample(x: np.ndarray, args: argparse.Namespace) -> tuple[None, dict]:
+    from tessera_gpu.backends import get_backend
+    from tessera_gpu.clustering import diversity_sample, kmeans
+
+    backend = get_backend(args.device)
+    dev = backend.to_device(x)
+    start = time.perf_counter()
+    picked = diversity_sample(dev, args.k, backend=backend, seed=0)
+    sample_s = time.perf_counter() - start
+    assert len(set(picked.tolist())) == args.k
+    inertia = kmeans(dev, args.k, backend=backend, seed=0).inertia  # same seed: same fit
+    return None, {"inertia": inertia, "sample_seconds": sample_s}
+
+
+def _sklearn_kmeans(x: np.ndarray, args: argparse.Namespace) -> tuple[None, dict]:
+    from sklearn.cluster import KMeans
+
+    fit = KMeans(n_clusters=args.k, n_init=1, random_state=0).fit(x)
+    return None, {"inertia": float(fit.inertia_), "n_iter": int(fit.n_iter_)}
+
+
+JOBS: dict[str, Callable[[np.ndarray, argparse.Namespace], tuple[Any, dict]]] = {
+    "tessera": _tessera_projection,
+    "umap": _umap_projection,
+    "tessera-sample": _tessera_sample,
+    "sklearn-kmeans": _sklearn_kmeans,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("job", choices=sorted(JOBS))
+    p.add_argument("data")
+    p.add_argument("--coords", default=None)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-k", type=int, default=5000)
+    args = p.parse_args(argv)
+    job = JOBS[args.job]
+    x = np.load(args.data, mmap_mode="r")
+    warm = np.ascontiguousarray(x[:WARMUP_ROWS], dtype=np.float32)
+    job(warm, argparse.Namespace(**{**vars(args), "k": min(args.k, WARMUP_ROWS // 4)}))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    runs, coords = [], None
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        coords, extra = job(x, args)
+        runs.append({"seconds": time.perf_counter() - start, **extra})
+    if args.coords and coords is not None:
+        np.save(args.coords, coords)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"runs": runs, "peak_rss_bytes": rss, "data_bytes": x.nbytes}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
