@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -45,7 +45,7 @@ CSRF_COOKIE = "tessera_csrf"
 CSRF_HEADER = "x-tessera-csrf"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
-WILDCARD = frozenset({"", "0.0.0.0", "::"})
+WILDCARD = frozenset({"", "0.0.0.0", "::"})  # noqa: S104  (names, not a bind)
 LOGIN_HELP = (
     "Authentication required: open /login?token=YOUR_TOKEN (the server's --token or "
     "TESSERA_TOKEN) once in this browser, or send 'Authorization: Bearer YOUR_TOKEN'.\n"
@@ -102,15 +102,21 @@ def auth_middleware_factory(settings: Settings) -> Any:
                 await app(scope, receive, send)
                 return
             headers = _headers(scope["headers"])
-            method = scope["method"]
+            method = str(scope.get("method", ""))
             path = scope["path"]
             host = headers.get("host", "")
             if hosts is not None and _host_name(host) not in hosts:
-                await _error(send, "Host header not allowed: start the server with "
-                             "--allowed-host NAME to answer to another name", "bad_host", 400)
+                await _error(
+                    send,
+                    "Host header not allowed: start the server with "
+                    "--allowed-host NAME to answer to another name",
+                    "bad_host",
+                    400,
+                )
                 return  # fmt: skip
             origin = headers.get("origin")
-            if method in UNSAFE and origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+            cross = origin is not None and urlsplit(origin).netloc.lower() != host.lower()
+            if method in UNSAFE and cross:
                 await _error(send, "Cross-origin request refused (Origin does not match Host)",
                              "bad_origin", 403)  # fmt: skip
                 return
@@ -175,12 +181,12 @@ def _cookies(raw: str) -> dict[str, str]:
 
 async def _login(scope: Scope, send: Send, token: str) -> None:
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    given = (query.get("token") or [None])[0]
-    if scope["method"] not in ("GET", "HEAD") or not _same(given, token):
+    given = query.get("token", [""])[0]
+    if scope.get("method") not in ("GET", "HEAD") or not _same(given, token):
         await _plain(send, 401, "Wrong or missing token. " + LOGIN_HELP)
         return
     common = "Path=/; SameSite=Strict; Max-Age=2592000"
-    headers = [
+    headers: list[tuple[bytes, bytes]] = [
         (b"location", b"/"),
         (b"cache-control", b"no-store"),
         (b"referrer-policy", b"no-referrer"),
@@ -188,13 +194,19 @@ async def _login(scope: Scope, send: Send, token: str) -> None:
         (b"set-cookie", f"{CSRF_COOKIE}={csrf_value(token)}; {common}".encode()),
         (b"content-length", b"0"),
     ]
-    await send({"type": "http.response.start", "status": 303, "headers": headers})
-    await send({"type": "http.response.body", "body": b""})
+    start: Any = {"type": "http.response.start", "status": 303, "headers": headers}
+    await send(start)
+    end: Any = {"type": "http.response.body", "body": b""}
+    await send(end)
 
 
 async def _error(
-    send: Send, message: str, code: str, status: int, extra: list[tuple[bytes, bytes]] = ()
-) -> None:  # type: ignore[assignment]
+    send: Send,
+    message: str,
+    code: str,
+    status: int,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
     body = json.dumps({"error": message, "code": code, "status": status}).encode()
     await _send(send, status, body, b"application/json", list(extra))
 
@@ -206,12 +218,14 @@ async def _plain(send: Send, status: int, text: str) -> None:
 async def _send(
     send: Send, status: int, body: bytes, media: bytes, extra: list[tuple[bytes, bytes]]
 ) -> None:
-    headers = [
+    headers: list[tuple[bytes, bytes]] = [
         (b"content-type", media),
         (b"content-length", str(len(body)).encode()),
         (b"x-content-type-options", b"nosniff"),
         (b"cache-control", b"no-store"),
         *extra,
     ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    start: Any = {"type": "http.response.start", "status": status, "headers": headers}
+    await send(start)
+    end: Any = {"type": "http.response.body", "body": body}
+    await send(end)

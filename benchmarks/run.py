@@ -7,8 +7,9 @@
 3. K-means diversity sample (n clusters, one episode each) vs scikit-learn
    ``KMeans(n_clusters=n, n_init=1)`` -- time and inertia.
 
-Every timed job runs in its own process (benchmarks/worker.py), after a 2,000-row warm-up
-that takes JIT compilation out of both sides' timings.  Writes ``<out>/compute.json`` and
+Every timed job runs in its own process (benchmarks/worker.py), after a warm-up run on the
+first rows that takes JIT compilation out of both sides' timings; medians of 3 runs up to
+20,000 rows, single runs above.  Writes ``<out>/compute.json`` and
 ``<out>/compute.md`` and prints the table.  Benchmark-only packages: see benchmarks/minilm.py.
 """
 
@@ -146,7 +147,7 @@ def bench_projection(label: str, path: Path, *, device: str) -> dict[str, Any]:
         ours = _worker(
             "tessera", path, repeat=3 if small else 1, device=device, coords=Path(tmp) / "t.npy"
         )
-        base = _worker("umap", path, repeat=2 if n <= 10_000 else 1, coords=Path(tmp) / "u.npy")
+        base = _worker("umap", path, repeat=3 if small else 1, coords=Path(tmp) / "u.npy")
         xs = np.asarray(x, dtype=np.float32)
         t_ours, t_base = (
             _trust(xs, np.load(Path(tmp) / "t.npy")),

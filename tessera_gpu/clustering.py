@@ -105,7 +105,7 @@ def diversity_sample(
         raise InvalidRequest(
             f"a K-means sample needs 1 <= n <= {len(subset):,} (the matching episodes): got n={n:,}"
         )
-    result = kmeans(x, n, backend=backend, rows=subset, seed=seed)
+    result = kmeans(x, n, backend=backend, rows=rows, seed=seed)  # None: no subset copy
     sub = None if rows is None else subset
     picked = np.full(n, -1, dtype=np.int64)
     taken: set[int] = set()

@@ -5,6 +5,7 @@ Each case names the status and code it must get; after each one ``/api/health`` 
 registration by ``{"path": ...}`` under the allow root), which validate in a child process.
 """
 
+# ruff: noqa: E501  (the case tables read best one case a line)
 from __future__ import annotations
 
 import json
@@ -143,7 +144,9 @@ FILE_CASES = [
 
 
 @pytest.mark.parametrize("how", ["upload", "path"])
-@pytest.mark.parametrize(("build", "status", "code"), FILE_CASES, ids=[c[0].__name__ for c in FILE_CASES])
+@pytest.mark.parametrize(
+    ("build", "status", "code"), FILE_CASES, ids=[c[0].__name__ for c in FILE_CASES]
+)
 async def test_broken_files_are_refused(
     client: Client, allowed: Path, build: Callable[[Path], Path], status: int, code: str, how: str
 ) -> None:  # fmt: skip
@@ -214,7 +217,9 @@ PATH_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("where", "status", "code"), PATH_CASES, ids=[c[0].__name__ for c in PATH_CASES])
+@pytest.mark.parametrize(
+    ("where", "status", "code"), PATH_CASES, ids=[c[0].__name__ for c in PATH_CASES]
+)
 async def test_hostile_paths_are_refused(
     client: Client, allowed: Path, where: Callable[[Path], str], status: int, code: str
 ) -> None:  # fmt: skip
@@ -257,7 +262,9 @@ POLYGLOT = bytes(jpeg_bytes(0)) + HTML
     [(HTML, 415), (b"GIF89a" + HTML, 415), (png_bomb(), 415), (POLYGLOT, 200)],
     ids=["html", "gif_magic_then_html", "png_bomb", "jpeg_polyglot"],
 )
-async def test_hostile_thumbnails(client: Client, tmp_path: Path, thumb: bytes, status: int) -> None:
+async def test_hostile_thumbnails(
+    client: Client, tmp_path: Path, thumb: bytes, status: int
+) -> None:
     dataset_id = await add(client, with_thumbnails(tmp_path / "t.h5", thumb))
     r = await client.get(f"/api/datasets/{dataset_id}/episodes/3/thumbnail")
     assert r.status_code == status, r.text
@@ -281,19 +288,89 @@ GT = {"field": "episode_length", "op": "gt"}
 REQUEST_CASES: list[tuple[str, str, str, Any, int, str]] = [
     # (name, method, path under the dataset ("" = the dataset), body, status, code)
     ("filter_not_a_list", "POST", "/count", {"filter": "task=pick"}, 400, "invalid_request"),
-    ("filter_wrong_value_type", "POST", "/count", {"filter": [{**GT, "value": "big"}]}, 400, "invalid_request"),
-    ("filter_unknown_op", "POST", "/count", {"filter": [{**GT, "op": "regex", "value": ".*"}]}, 400, "invalid_request"),
-    ("filter_unknown_field", "POST", "/count", {"filter": [{**GT, "field": "nope", "value": 1}]}, 400, "invalid_request"),
-    ("filter_nan_value", "POST", "/count", '{"filter": [{"field": "episode_length", "op": "gt", "value": NaN}]}', 400, "invalid_request"),
+    (
+        "filter_wrong_value_type",
+        "POST",
+        "/count",
+        {"filter": [{**GT, "value": "big"}]},
+        400,
+        "invalid_request",
+    ),
+    (
+        "filter_unknown_op",
+        "POST",
+        "/count",
+        {"filter": [{**GT, "op": "regex", "value": ".*"}]},
+        400,
+        "invalid_request",
+    ),
+    (
+        "filter_unknown_field",
+        "POST",
+        "/count",
+        {"filter": [{**GT, "field": "nope", "value": 1}]},
+        400,
+        "invalid_request",
+    ),
+    (
+        "filter_nan_value",
+        "POST",
+        "/count",
+        '{"filter": [{"field": "episode_length", "op": "gt", "value": NaN}]}',
+        400,
+        "invalid_request",
+    ),
     ("filter_10k_conditions", "POST", "/count", {"filter": MANY}, 400, "invalid_request"),
-    ("filter_deeply_nested", "POST", "/count", '{"filter": ' + NESTED + "}", 400, "invalid_request"),
-    ("count_unknown_key", "POST", "/count", {"filter": [], "drop": "table"}, 400, "invalid_request"),
+    (
+        "filter_deeply_nested",
+        "POST",
+        "/count",
+        '{"filter": ' + NESTED + "}",
+        400,
+        "invalid_request",
+    ),
+    (
+        "count_unknown_key",
+        "POST",
+        "/count",
+        {"filter": [], "drop": "table"},
+        400,
+        "invalid_request",
+    ),
     ("count_not_json", "POST", "/count", "{not json", 400, "invalid_request"),
     ("count_array_body", "POST", "/count", [1, 2, 3], 400, "invalid_request"),
-    ("sample_n_huge", "POST", "/samples", {"method": "random", "n": 10**15}, 400, "invalid_request"),
-    ("sample_n_negative", "POST", "/samples", {"method": "random", "n": -5}, 400, "invalid_request"),
-    ("sample_n_string", "POST", "/samples", {"method": "random", "n": "ten"}, 400, "invalid_request"),
-    ("sample_unknown_method", "POST", "/samples", {"method": "rm -rf", "n": 5}, 400, "invalid_request"),
+    (
+        "sample_n_huge",
+        "POST",
+        "/samples",
+        {"method": "random", "n": 10**15},
+        400,
+        "invalid_request",
+    ),
+    (
+        "sample_n_negative",
+        "POST",
+        "/samples",
+        {"method": "random", "n": -5},
+        400,
+        "invalid_request",
+    ),
+    (
+        "sample_n_string",
+        "POST",
+        "/samples",
+        {"method": "random", "n": "ten"},
+        400,
+        "invalid_request",
+    ),
+    (
+        "sample_unknown_method",
+        "POST",
+        "/samples",
+        {"method": "rm -rf", "n": 5},
+        400,
+        "invalid_request",
+    ),
     ("unknown_sample", "GET", "/samples/ffffffffffff", None, 404, "sample_not_found"),
     ("sample_id_traversal", "GET", "/samples/..%2F..%2Fregistry", None, 404, "not_found"),
     ("export_bad_format", "GET", "/samples/x/export?format=exe", None, 400, "invalid_request"),
@@ -301,7 +378,14 @@ REQUEST_CASES: list[tuple[str, str, str, Any, int, str]] = [
     ("episode_huge", "GET", "/episodes/99999999999999999999", None, 404, "episode_not_found"),
     ("episode_past_end", "GET", f"/episodes/{N}", None, 404, "episode_not_found"),
     ("thumbnail_negative", "GET", "/episodes/-3/thumbnail", None, 400, "invalid_request"),
-    ("projection_n_neighbors_huge", "POST", "/projection", {"n_neighbors": 10**9}, 400, "invalid_request"),
+    (
+        "projection_n_neighbors_huge",
+        "POST",
+        "/projection",
+        {"n_neighbors": 10**9},
+        400,
+        "invalid_request",
+    ),
     ("projection_unknown_key", "POST", "/projection", {"evil": 1}, 400, "invalid_request"),
     ("points_bad_filter_json", "GET", "/points?filter=%5B%7B", None, 400, "invalid_request"),
     ("nearest_nan", "GET", "/points/nearest?x=nan&y=0", None, 400, "invalid_request"),
@@ -317,10 +401,38 @@ DATASET_CASES: list[tuple[str, str, str, Any, int, str]] = [
     # (name, method, absolute path, body, status, code)
     ("unknown_dataset", "GET", "/api/datasets/0123456789abcdef", None, 404, "dataset_not_found"),
     ("dataset_id_too_long", "GET", "/api/datasets/" + "a" * 65, None, 400, "invalid_request"),
-    ("delete_unknown_dataset", "DELETE", "/api/datasets/0123456789abcdef", None, 404, "dataset_not_found"),
-    ("register_text_plain", "POST", "/api/datasets", b"path=/etc/passwd", 415, "unsupported_media_type"),
-    ("register_path_not_string", "POST", "/api/datasets", {"path": ["/etc/passwd"]}, 400, "invalid_request"),
-    ("register_body_too_long", "POST", "/api/datasets", {"path": "a" * 70_000}, 400, "invalid_request"),
+    (
+        "delete_unknown_dataset",
+        "DELETE",
+        "/api/datasets/0123456789abcdef",
+        None,
+        404,
+        "dataset_not_found",
+    ),
+    (
+        "register_text_plain",
+        "POST",
+        "/api/datasets",
+        b"path=/etc/passwd",
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "register_path_not_string",
+        "POST",
+        "/api/datasets",
+        {"path": ["/etc/passwd"]},
+        400,
+        "invalid_request",
+    ),
+    (
+        "register_body_too_long",
+        "POST",
+        "/api/datasets",
+        {"path": "a" * 70_000},
+        400,
+        "invalid_request",
+    ),
     ("multipart_without_file", "POST", "/api/datasets", "multipart", 400, "missing_file"),
 ]
 

@@ -32,6 +32,11 @@ def blobs() -> np.ndarray:
     return clustered(1500, 64, centres=6, seed=11, latent=6)[0]
 
 
+@pytest.fixture(scope="module")
+def small() -> np.ndarray:
+    return clustered(400, 16, centres=4, seed=14, latent=4)[0]
+
+
 # ---- quality --------------------------------------------------------------------------------
 
 
@@ -96,23 +101,23 @@ def test_layout_does_not_depend_on_thread_count(blobs: np.ndarray) -> None:
 # ---- progress, params and edge cases ----------------------------------------------------------
 
 
-def test_progress_rises_to_one(blobs: np.ndarray) -> None:
+def test_progress_rises_to_one(small: np.ndarray) -> None:
     seen: list[tuple[str, float]] = []
     b = get_backend("cpu")
-    project(b.to_device(blobs), backend=b, params=FAST, progress=lambda s, f: seen.append((s, f)))
+    project(b.to_device(small), backend=b, params=FAST, progress=lambda s, f: seen.append((s, f)))
     fractions = [f for _, f in seen]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and seen[-1] == ("done", 1.0)
     assert {"knn", "graph", "init", "layout"} <= {s for s, _ in seen}
 
 
-def test_progress_callback_can_cancel(blobs: np.ndarray) -> None:
+def test_progress_callback_can_cancel(small: np.ndarray) -> None:
     def cancel(stage: str, fraction: float) -> None:
         if stage == "layout":
             raise KeyboardInterrupt
 
     b = get_backend("cpu")
     with pytest.raises(KeyboardInterrupt):
-        project(b.to_device(blobs), backend=b, params=FAST, progress=cancel)
+        project(b.to_device(small), backend=b, params=FAST, progress=cancel)
 
 
 @pytest.mark.parametrize(
@@ -153,12 +158,12 @@ def _cached(x: np.ndarray, cache: ProjectionCache, content: str = "abc123") -> P
     return project_cached(x, backend=b, params=FAST, cache=cache, content_hash=content)
 
 
-def test_second_load_comes_from_the_cache(tmp_path: Path, blobs: np.ndarray) -> None:
+def test_second_load_comes_from_the_cache(tmp_path: Path, small: np.ndarray) -> None:
     cache = ProjectionCache(tmp_path / "cache")
-    first = _cached(blobs, cache)
+    first = _cached(small, cache)
     assert first.info["cache"] == "stored"
     start = time.perf_counter()
-    second = _cached(blobs, cache)
+    second = _cached(small, cache)
     assert time.perf_counter() - start < 1.0
     assert second.info["cache"] == "hit"
     np.testing.assert_array_equal(second.coords, first.coords)
@@ -166,9 +171,9 @@ def test_second_load_comes_from_the_cache(tmp_path: Path, blobs: np.ndarray) -> 
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
-def test_damaged_cache_file_is_recomputed(tmp_path: Path, blobs: np.ndarray, damage: str) -> None:
+def test_damaged_cache_file_is_recomputed(tmp_path: Path, small: np.ndarray, damage: str) -> None:
     cache = ProjectionCache(tmp_path)
-    good = _cached(blobs, cache)
+    good = _cached(small, cache)
     path = cache.path(cache.key("abc123", FAST))
     raw = path.read_bytes()
     broken = {
@@ -179,7 +184,7 @@ def test_damaged_cache_file_is_recomputed(tmp_path: Path, blobs: np.ndarray, dam
     }[damage]
     path.write_bytes(broken)
     assert cache.load(cache.key("abc123", FAST)) is None
-    again = _cached(blobs, cache)
+    again = _cached(small, cache)
     assert again.info["cache"] == "stored"
     np.testing.assert_array_equal(again.coords, good.coords)
     assert cache.load(cache.key("abc123", FAST)) is not None
@@ -192,10 +197,10 @@ def test_cache_key_covers_content_params_and_version() -> None:
     assert len(key) == 64 and ALGORITHM_VERSION
 
 
-def test_no_hash_means_no_cache(tmp_path: Path, blobs: np.ndarray) -> None:
+def test_no_hash_means_no_cache(tmp_path: Path, small: np.ndarray) -> None:
     cache = ProjectionCache(tmp_path)
     b = get_backend("cpu")
-    result = project_cached(blobs, backend=b, params=FAST, cache=cache, content_hash=None)
+    result = project_cached(small, backend=b, params=FAST, cache=cache, content_hash=None)
     assert result.info["cache"] == "off" and list(tmp_path.iterdir()) == []
 
 

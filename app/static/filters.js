@@ -172,6 +172,7 @@ export function initFilters() {
   document.getElementById("filters-reset").addEventListener("click", resetFilters);
   document.getElementById("no-match-reset").addEventListener("click", resetFilters);
   document.getElementById("selection-clear").addEventListener("click", () => update({ polygon: null }));
-  on(["conditions", "polygon", "dataset"], refreshCount);
+  // Until the new count arrives, hover look-ups wait: the new filter may match nothing.
+  on(["conditions", "polygon", "dataset"], () => { state.count = null; refreshCount(); });
   on("polygon", (s) => { document.getElementById("selection-chip").hidden = !s.polygon; });
 }

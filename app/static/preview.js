@@ -24,7 +24,7 @@ export function hoverEnd() {
 }
 
 async function lookUp(x, y, pixel) {
-  if (!state.dataset || (state.count && state.count.count === 0)) return;
+  if (!state.dataset || !state.count || state.count.count === 0) return;
   const mine = ++seq;
   if (controller) controller.abort();
   controller = new AbortController();
