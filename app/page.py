@@ -150,8 +150,8 @@ def map_document(
     x0, y0, x1, y1 = view or (pyramid.x0, pyramid.y0,
                               pyramid.x0 + pyramid.size, pyramid.y0 + pyramid.size)  # fmt: skip
     plot = figure(
-        name="map", x_range=Range1d(x0, x1, name="x_range"),
-        y_range=Range1d(y0, y1, name="y_range"), sizing_mode="stretch_both", tools=[],
+        name="map", x_range=Range1d(start=x0, end=x1, name="x_range"),
+        y_range=Range1d(start=y0, end=y1, name="y_range"), sizing_mode="stretch_both", tools=[],
         toolbar_location="right", background_fill_color=MAP_BACKGROUND,
         border_fill_color=MAP_BACKGROUND, outline_line_color=None, min_border=0,
     )  # fmt: skip
@@ -174,7 +174,7 @@ def map_document(
                         line_color="#111318", line_width=1.2, name="sample_points",
                         nonselection_fill_alpha=0.25, nonselection_line_alpha=0.25)  # fmt: skip
     _add_tools(plot, dots)
-    return json_item(plot, target=None)
+    return dict(json_item(plot, target=None))
 
 
 def _add_tools(plot: Any, dots: Any) -> None:

@@ -39,7 +39,6 @@ def free_port() -> int:
 def make_file(path: Path, *, episodes: int, dim: int) -> None:
     sys.path.insert(0, str(ROOT))
     from benchmarks.data import clustered_embeddings  # seeded generator
-
     from tessera_gpu.writer import write_dataset
 
     emb = clustered_embeddings(episodes, dim, seed=0)

@@ -379,7 +379,7 @@ def _read_embeddings(dset: h5py.Dataset) -> tuple[np.ndarray, str]:
             dset.read_direct(staging, np.s_[start:stop], np.s_[0 : stop - start])
             out[start:stop] = staging[: stop - start]
         _check_finite(out[start:stop], start)
-        hasher.update(memoryview(out[start:stop]))
+        hasher.update(out[start:stop].data)  # the block's buffer, no copy
     return out, hasher.hexdigest()
 
 
