@@ -48,9 +48,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.h5"
         rng = np.random.default_rng(0)
-        write_dataset(path, embeddings=emb, episode_ids=[f"e{i}" for i in range(35_000)],
-                      metadata={"success": rng.random(35_000) < 0.7})
-        settings = Settings(device="cpu", data_dir=Path(tmp) / "data")
+        write_dataset(
+            path,
+            embeddings=emb,
+            episode_ids=[f"e{i}" for i in range(35_000)],
+            metadata={"success": rng.random(35_000) < 0.7},
+        )
+        settings = Settings(
+            device="cpu", data_dir=Path(tmp) / "data", allowed_host=("testserver.local",)
+        )
         with TestClient(create_app(settings, files=[path])) as client:
             dataset = client.get("/api/datasets").json()[0]["id"]
             while client.get(f"/api/datasets/{dataset}/projection").json()["status"] != "done":
@@ -58,14 +64,19 @@ def main() -> None:
             http = []
             for seed in range(args.repeats):
                 start = time.perf_counter()
-                r = client.post(f"/api/datasets/{dataset}/samples",
-                                json={"method": "kmeans", "n": 5000, "seed": seed})
+                r = client.post(
+                    f"/api/datasets/{dataset}/samples",
+                    json={"method": "kmeans", "n": 5000, "seed": seed},
+                )
                 http.append(time.perf_counter() - start)
                 assert r.status_code == 201, r.text
-    report = {"library_median_s": round(statistics.median(library), 2),
-              "http_median_s": round(statistics.median(http), 2),
-              "overhead_s": round(statistics.median(http) - statistics.median(library), 2),
-              "library_s": [round(v, 2) for v in library], "http_s": [round(v, 2) for v in http]}
+    report = {
+        "library_median_s": round(statistics.median(library), 2),
+        "http_median_s": round(statistics.median(http), 2),
+        "overhead_s": round(statistics.median(http) - statistics.median(library), 2),
+        "library_s": [round(v, 2) for v in library],
+        "http_s": [round(v, 2) for v in http],
+    }
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
