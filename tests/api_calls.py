@@ -56,7 +56,7 @@ def expected_summary(path: Path, body: dict[str, Any], source: str) -> dict[str,
     }
 
 
-async def wait_for_projection(client: Client, dataset_id: str, timeout: float = 60) -> Any:
+async def wait_for_projection(client: Client, dataset_id: str, timeout: float = 180) -> Any:
     with anyio.fail_after(timeout):
         while True:
             r = await client.get(f"/api/datasets/{dataset_id}/projection")
