@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import io
+import os
+
+# numba's default "workqueue" layer is not thread-safe: a projection job still running in an
+# app's worker thread while a later test launches a parallel kernel can hang. OpenMP is.
+os.environ.setdefault("NUMBA_THREADING_LAYER", "threadsafe")
+
+import io  # noqa: E402
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
