@@ -25,7 +25,11 @@ __all__ = ["ChildLimits", "validate_isolated"]
 
 @dataclass(frozen=True)
 class ChildLimits:
-    """Resource bounds for the validating child."""
+    """Resource bounds for the validating child.
+
+    ``memory_bytes`` is the address space the parser may add to what the started interpreter
+    already maps (so the bound is the same whatever numpy and h5py reserve at import).
+    """
 
     memory_bytes: int = 4 * 2**30
     cpu_seconds: int = 120
@@ -37,9 +41,14 @@ def validate_isolated(
 ) -> dict[str, Any]:
     """Validate ``path`` in a child; return its summary or raise the error it found."""
     child = child or ChildLimits()
-    request = json.dumps({"path": str(path), "limits": asdict(limits or Limits())})
+    request = json.dumps(
+        {"path": str(path), "limits": asdict(limits or Limits()), "child": asdict(child)}
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     try:
+        # No preexec_fn: the child bounds itself before it opens the file. A preexec_fn makes
+        # Python fork() and run the pthread_atfork handlers, and OpenBLAS's handler tears down
+        # its thread pool under a projection that is mid-matmul in another thread: a deadlock.
         proc = subprocess.run(  # noqa: S603 - fixed argv, no shell; the path travels on stdin
             [sys.executable, "-m", "tessera_gpu.isolation"],
             input=request,
@@ -47,7 +56,6 @@ def validate_isolated(
             text=True,
             timeout=child.timeout_seconds,
             env=env,
-            preexec_fn=lambda: _apply_limits(child),  # noqa: PLW1509 - no threads here yet
             check=False,
         )
     except subprocess.TimeoutExpired:
@@ -57,8 +65,20 @@ def validate_isolated(
     return _outcome(proc)
 
 
+def _mapped_bytes() -> int:
+    """This process's address space now (``VmSize``), or 0 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _apply_limits(child: ChildLimits) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (child.memory_bytes, child.memory_bytes))
+    address_space = _mapped_bytes() + child.memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
     resource.setrlimit(resource.RLIMIT_CPU, (child.cpu_seconds, child.cpu_seconds + 5))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
@@ -98,11 +118,16 @@ def _child_main() -> None:
     from .dataset import load_dataset
 
     request = json.loads(sys.stdin.read())
+    _apply_limits(ChildLimits(**request["child"]))  # before the untrusted file is opened
     try:
         ds = load_dataset(Path(request["path"]), limits=Limits(**request["limits"]))
         print(json.dumps({"ok": True, "summary": ds.summary()}))
     except TesseraError as exc:
         print(json.dumps({"ok": False, **exc.to_dict()}))
+    except MemoryError:
+        message = "Validation hit its memory limit; the file asks for too much memory"
+        print(json.dumps({"ok": False, "error": message, "code": "parser_memory_limit",
+                          "status": InvalidDataset.status}))  # fmt: skip
 
 
 if __name__ == "__main__":
