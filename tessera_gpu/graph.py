@@ -14,13 +14,15 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse
 
+from .parallel import kernel
+
 __all__ = ["ab_params", "fuzzy_graph"]
 
 _TOLERANCE = 1e-5
 _MIN_SCALE = 1e-3
 
 
-@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+@kernel
 def _sigmas_rhos(dists, n_iter):  # pragma: no cover - compiled
     """Per row: ``rho`` = nearest non-zero distance; ``sigma`` by bisection (umap-learn)."""
     n, k = dists.shape
@@ -54,7 +56,7 @@ def _sigmas_rhos(dists, n_iter):  # pragma: no cover - compiled
     return sigmas, rhos
 
 
-@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+@kernel
 def _memberships(indices, dists, sigmas, rhos):  # pragma: no cover - compiled
     n, k = indices.shape
     vals = np.zeros((n, k), dtype=np.float32)

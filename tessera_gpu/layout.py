@@ -34,6 +34,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from .parallel import kernel
+
 __all__ = ["optimize_layout"]
 
 _MIX1 = np.uint64(0x9E3779B97F4A7C15)
@@ -103,7 +105,7 @@ def _clip(v):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     return min(max(v, np.float32(-4.0)), np.float32(4.0))
 
 
-@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+@kernel
 def _epoch(  # pragma: no cover - compiled
     emb, snap, indptr, indices, eps, next_s, n_neg, n, alpha, a, b, gamma, seed
 ):

@@ -25,6 +25,7 @@ from PIL import Image
 
 from .colors import CATEGORY_PALETTE, ColorBy, shade
 from .errors import InvalidRequest
+from .parallel import serial_section
 
 __all__ = [
     "MAX_ZOOM",
@@ -220,8 +221,9 @@ def render_tile(view: PointView, spec: ColorBy, z: int, x: int, y: int) -> bytes
     sel = np.flatnonzero(inside) + lo
     rows = view.rows[sel]
     ranges = ((x0 - pad * res, x1 + pad * res), (y0 - pad * res, y1 + pad * res))
-    words = shade(spec, _aggregate(view.xs[sel], view.ys[sel], rows, spec, ranges,
-                                    TILE_SIZE + 2 * pad), view.transfer(z))  # fmt: skip
+    with serial_section():  # datashader's numba-parallel kernels (see tessera_gpu.parallel)
+        counts = _aggregate(view.xs[sel], view.ys[sel], rows, spec, ranges, TILE_SIZE + 2 * pad)
+    words = shade(spec, counts, view.transfer(z))
     words = _spread(words, pad)
     rgba = np.ascontiguousarray(words[::-1]).view(np.uint8).reshape(TILE_SIZE, TILE_SIZE, 4)
     return _png(rgba)  # rows flipped: datashader's row 0 is the bottom, a PNG's the top

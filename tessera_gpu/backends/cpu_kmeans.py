@@ -13,6 +13,7 @@ import numba
 import numpy as np
 import scipy.sparse
 
+from ..parallel import kernel
 from .cpu_pca import fit_pca
 
 __all__ = ["LloydFit", "assign", "kmeans", "kmeans_pp", "lloyd"]
@@ -29,7 +30,7 @@ class LloydFit:
     inertia: float
 
 
-@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+@kernel
 def _argmin_block(gram, x_norms, c_norms, labels, mind, offset):  # pragma: no cover
     """Per row: arg-min over centroids of ``|c|^2 - 2 x.c`` (a vectorised min, then a find)."""
     b, k = gram.shape
@@ -61,7 +62,7 @@ def assign(data: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndar
     return labels, mind
 
 
-@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+@kernel
 def _seed_rows(data, k, first, draws, n_chunks):  # pragma: no cover - compiled
     """k-means++ seeding: D^2 sampling with per-chunk sums (deterministic on any thread count)."""
     n, d = data.shape

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..parallel import kernel
 from .cpu_kmeans import lloyd
 from .cpu_pca import fit_pca
 
@@ -25,7 +26,7 @@ __all__ = ["cell_probe_knn", "exact_knn", "nearest_centroids", "reranked_search"
 _BLOCK_BYTES = 32 * 2**20  # GEMM output per block (smaller blocks starve BLAS)
 
 
-@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+@kernel
 def _merge_block(gram, q_rows, q_norms, c_rows, c_norms, best_d, best_i):  # pragma: no cover
     b, m = gram.shape
     k = best_d.shape[1]
@@ -45,7 +46,7 @@ def _merge_block(gram, q_rows, q_norms, c_rows, c_norms, best_d, best_i):  # pra
                 worst = best_d[q, k - 1]
 
 
-@numba.njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+@kernel
 def _exact_distances(data, queries, best_i):  # pragma: no cover - compiled
     n, k = best_i.shape
     out = np.empty((n, k), dtype=np.float32)
