@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
-# numba's default "workqueue" layer is not thread-safe: a projection job still running in an
-# app's worker thread while a later test launches a parallel kernel can hang. OpenMP is.
-os.environ.setdefault("NUMBA_THREADING_LAYER", "threadsafe")
-
-import io  # noqa: E402
-from collections.abc import Callable
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,6 +15,37 @@ import pytest
 from PIL import Image
 
 TASKS = ("pick", "place", "stack")
+
+
+# ---- suite hygiene ------------------------------------------------------------------------------
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Print a failure the moment it happens: if a later test hangs and the run is killed,
+    the log still says what failed first (``-q`` otherwise shows it only at the end)."""
+    if report.failed and _terminal is not None:
+        _terminal.write_line(f"\nFAILED {report.nodeid} ({report.when})", red=True)
+        _terminal.write_line(report.longreprtext[-6000:])
+
+
+_terminal = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _terminal
+    _terminal = config.pluginmanager.get_plugin("terminalreporter")
+
+
+@pytest.fixture(autouse=True)
+def _no_projection_outlives_its_test() -> Iterator[None]:
+    """An app's projection thread stops at its next progress report once the app closes;
+    wait for that, so no test's leftover work runs (and competes for the cores) in the next."""
+    yield
+    deadline = time.monotonic() + 120
+    while alive := [t.name for t in threading.enumerate() if t.name == "tessera-projection"]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"background work outlived its test: {alive}")
+        time.sleep(0.02)
 
 
 @lru_cache(maxsize=16)
