@@ -31,6 +31,16 @@ def _cache(no_cache: bool, cache_dir: Path | None):  # type: ignore[no-untyped-d
     return ProjectionCache(cache_dir or Settings.load().data_dir / "cache")
 
 
+def _progress_bar():  # type: ignore[no-untyped-def]
+    """A transient rich bar on stderr: stage name, bar, percentage, elapsed time."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description:<10}"), BarColumn(), TaskProgressColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    return Progress(*columns, console=Console(stderr=True), transient=True)
+
+
 def _npy_bytes(coords: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(coords, dtype=np.float32))
@@ -71,9 +81,6 @@ def project(
     cache_dir: Path | None,
 ) -> None:
     """Project FILE's embeddings to 2-D with UMAP and save the (N, 2) float32 map."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
     from .backends import get_backend
     from .cli_sample import write_atomically
     from .dataset import load_dataset
@@ -85,14 +92,8 @@ def project(
     backend = get_backend(device)
     params = ProjectionParams(seed=seed)
     cache = _cache(no_cache, cache_dir)
-    columns = (
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-    )
     start = time.perf_counter()
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task("to_device", total=1.0)
         x = backend.to_device(ds.embeddings)
         result = project_cached(

@@ -110,8 +110,12 @@ def _lines(report: dict[str, Any]) -> list[str]:
 
 
 @click.command()
-@click.option("--device", type=click.Choice(["auto", "gpu", "cpu"]), default=None,
-              help="Explain the choice for this mode (default: TESSERA_DEVICE, else auto).")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "gpu", "cpu"]),
+    default=None,
+    help="Explain the choice for this mode (default: TESSERA_DEVICE, else auto).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def doctor(device: str | None, as_json: bool) -> None:
     """Show what is installed and usable, and which backend Tessera will use and why."""

@@ -231,9 +231,7 @@ def check_storage(dset: h5py.Dataset, path: str, limits: Limits) -> None:
         return
     stored = dset.id.get_storage_size()
     if stored == 0:
-        raise InvalidDataset(
-            f"{path} declares {_mb(logical)} but stores no data", code="no_data"
-        )
+        raise InvalidDataset(f"{path} declares {_mb(logical)} but stores no data", code="no_data")
     if logical / stored > limits.max_compression_ratio:
         raise InvalidDataset(
             f"Compression ratio too high: {path} expands {logical / stored:.0f}x "
