@@ -262,24 +262,28 @@ def main(argv: list[str] | None = None) -> None:
     sizes = args.sizes.split(",") if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in sizes]
     results: dict[str, Any] = {"quick": args.quick, "environment": _environment(args.device)}
+    results.update(load=[], projection=[], kmeans=[])
     print(json.dumps(results["environment"], indent=1), flush=True)
-    results["load"] = [bench_load(*shape) for shape in shapes[-1:]]
-    results["projection"] = [
-        bench_projection("clustered", cached_clustered(n, d), device=args.device) for n, d in shapes
-    ]
-    if not args.no_real:
-        results["projection"] += [
-            bench_projection(label, path, device=args.device)
-            for label, path in _real_inputs(5000 if args.quick else 20_000)
-        ]
-    km_n, km_d, km_k = (10_000, 512, 1000) if args.quick else (35_000, 512, 5000)
-    results["kmeans"] = [
-        bench_kmeans("clustered", cached_clustered(km_n, km_d), km_k, device=args.device)
-    ]
+    stem = args.out / ("compute-quick" if args.quick else "compute")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "compute-quick" if args.quick else "compute"
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(_markdown(results))
+
+    def save() -> None:  # after every measurement: a killed run keeps what it measured
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+        stem.with_suffix(".md").write_text(_markdown(results))
+
+    results["load"].append(bench_load(*shapes[-1]))
+    save()
+    inputs = [("clustered", cached_clustered(n, d)) for n, d in shapes]
+    if not args.no_real:
+        inputs += _real_inputs(5000 if args.quick else REAL_ROWS)
+    for label, path in inputs:
+        results["projection"].append(bench_projection(label, path, device=args.device))
+        save()
+    km_n, km_d, km_k = (10_000, 512, 1000) if args.quick else (35_000, 512, 5000)
+    results["kmeans"].append(
+        bench_kmeans("clustered", cached_clustered(km_n, km_d), km_k, device=args.device)
+    )
+    save()
     print(_markdown(results))
 
 
