@@ -52,6 +52,16 @@ def _memory_gib() -> float | None:
         return None
 
 
+def _kernel_layer() -> str:
+    """How numba's parallel CPU kernels run when several threads launch them."""
+    from .parallel import THREAD_SAFE
+
+    if THREAD_SAFE:
+        return "thread-safe layer (TBB or OpenMP)"
+    return ("workqueue: concurrent kernels take turns (install libgomp / libomp, "
+            "or `pip install tbb`, to run them side by side)")  # fmt: skip
+
+
 def diagnose(device: str | None = None) -> dict[str, Any]:
     """Everything ``tessera doctor`` reports, as plain data."""
     gpu, reason = gpu_status()
@@ -62,6 +72,7 @@ def diagnose(device: str | None = None) -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "hdf5": h5py.version.hdf5_version,
+        "cpu_kernels": _kernel_layer(),
         "packages": {name: _package(*spec) for name, spec in PACKAGES.items()},
         "gpu": None,
         "gpu_reason": reason,
@@ -93,6 +104,7 @@ def _lines(report: dict[str, Any]) -> list[str]:
         ("python", f"{report['python']} on {report['platform']}"),
         ("cpu", f"{report['cpu_cores']} cores, {report['memory_gib']} GiB memory"),
         ("hdf5", report["hdf5"]),
+        ("kernels", report["cpu_kernels"]),
         (
             "gpu",
             f"{gpu['device']}: {gpu['gpu_memory_free_gib']} of {gpu['gpu_memory_total_gib']} GiB "

@@ -23,6 +23,7 @@ def test_reports_versions_without_importing() -> None:
     assert report["hdf5"] == h5py.version.hdf5_version
     assert report["packages"]["umap-learn"] == importlib.metadata.version("umap-learn")
     assert report["packages"]["faiss"] == importlib.metadata.version("faiss-cpu")
+    assert report["cpu_kernels"] == "thread-safe layer (TBB or OpenMP)"  # libgomp is here
 
 
 def test_choice_follows_the_machine() -> None:

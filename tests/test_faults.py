@@ -116,7 +116,7 @@ def test_kill_during_projection_then_restart(tmp_path: Path, servers: list[Serve
     first.wait_projection(ids["small"], lambda s: s["status"] == "done")
     cached_before = _cache_files(data_dir)
     samples = {}
-    for name, dataset_id in ids.items():
+    for dataset_id in ids.values():
         r = first.post(f"/api/datasets/{dataset_id}/samples", json={"method": "random", "n": 7})
         assert r.status_code == 201, r.text
         samples[dataset_id] = r.json()
