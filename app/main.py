@@ -34,6 +34,7 @@ from .controllers import (
 )
 from .error_handlers import EXCEPTION_HANDLERS
 from .maps import MapController, PreviewController
+from .openapi_docs import document_errors
 from .page import PAGE_HANDLERS
 
 __all__ = ["CONTROLLERS", "create_app"]
@@ -98,4 +99,5 @@ def create_app(
         request_max_body_size=MAX_JSON_BYTES,
     )
     app.state.catalog = catalog
+    document_errors(app)
     return app

@@ -1,16 +1,44 @@
-"""OpenAPI details Litestar cannot infer: the two bodies ``POST /api/datasets`` accepts.
+"""OpenAPI details Litestar cannot infer.
 
-That handler reads the raw request (to stream an upload to disk), so its request body is
-described here by hand: multipart with a binary ``file``, or JSON with a ``path``.
+* The two bodies ``POST /api/datasets`` accepts: that handler reads the raw request (to
+  stream an upload to disk), so its request body is described here by hand: multipart with a
+  binary ``file``, or JSON with a ``path``.
+* The error shape: every 4xx/5xx answer is ``{"error", "code", "status"}``
+  (:mod:`app.error_handlers`), not Litestar's default, so :func:`document_errors` points every
+  error response at one ``Error`` schema and adds ``4XX`` and ``5XX`` to each operation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar import Litestar
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Reference,
+    RequestBody,
+    Schema,
+)
 
-__all__ = ["DatasetRegistration"]
+__all__ = ["DatasetRegistration", "document_errors"]
+
+ERROR = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["error", "code", "status"],
+    properties={
+        "error": Schema(type=OpenAPIType.STRING, description="What went wrong, in words."),
+        "code": Schema(
+            type=OpenAPIType.STRING,
+            description="A stable code for programs, e.g. not_hdf5, bad_filter, n_too_large.",
+        ),
+        "status": Schema(type=OpenAPIType.INTEGER, description="The HTTP status, repeated."),
+    },
+    description="Every error Tessera answers. 503 and queue-full answers add Retry-After.",
+)
+_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 _UPLOAD = Schema(
     type=OpenAPIType.OBJECT,
@@ -49,3 +77,24 @@ class DatasetRegistration(Operation):
                 "application/json": OpenAPIMediaType(schema=_PATH),
             },
         )
+
+
+def document_errors(app: Litestar) -> None:
+    """Describe every error response of ``app``'s schema as :data:`ERROR` (call at start-up)."""
+    openapi = app.openapi_schema
+    if openapi.components.schemas is None:
+        openapi.components.schemas = {}
+    openapi.components.schemas["Error"] = ERROR
+    body = {"application/json": OpenAPIMediaType(schema=Reference("#/components/schemas/Error"))}
+    for item in (openapi.paths or {}).values():
+        for method in _METHODS:
+            operation = getattr(item, method, None)
+            if operation is None:
+                continue
+            responses = operation.responses or {}
+            for status, response in responses.items():
+                if status[:1] in "45" and isinstance(response, OpenAPIResponse):
+                    response.content = dict(body)
+            for status, words in (("4XX", "Client error"), ("5XX", "Busy or not ready (503)")):
+                responses.setdefault(status, OpenAPIResponse(description=words, content=body))
+            operation.responses = responses

@@ -66,6 +66,14 @@ async def test_every_route_is_documented(client: Client) -> None:
     assert api <= {op["operationId"] for op in operations}
     add = r.json()["paths"]["/api/datasets"]["post"]["requestBody"]["content"]
     assert sorted(add) == ["application/json", "multipart/form-data"]
+    # Every error answer is documented with the one shape the handlers produce.
+    error = {"$ref": "#/components/schemas/Error"}
+    assert r.json()["components"]["schemas"]["Error"]["required"] == ["error", "code", "status"]
+    for op in operations:
+        errors = {k: v for k, v in op["responses"].items() if k[0] in "45"}
+        assert {"4XX", "5XX"} <= set(errors), op["operationId"]
+        for response in errors.values():
+            assert response["content"]["application/json"]["schema"] == error, op["operationId"]
 
 
 # ---- uploads ----------------------------------------------------------------------------------
