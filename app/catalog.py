@@ -26,7 +26,7 @@ from tessera_gpu import __version__
 from tessera_gpu.cache import ProjectionCache
 from tessera_gpu.dataset import Dataset, load_dataset
 from tessera_gpu.errors import Conflict, Forbidden, NotFound, TesseraError
-from tessera_gpu.filters import filter_mask, parse_filter
+from tessera_gpu.filters import MAP_FIELD, filter_mask, parse_filter
 from tessera_gpu.isolation import validate_isolated
 from tessera_gpu.projection import ProjectionParams
 from tessera_gpu.safety import Limits, check_file_on_disk
@@ -280,18 +280,19 @@ class Catalog:
         """Draw a sample, save its manifest and return it."""
         live = self.get(dataset_id)
         request = SampleRequest.from_dict(body)
+        coords, info = self.jobs.result(dataset_id)
         drawn = draw_sample(
             live.dataset,
             request,
             backend=self.backend,
             device_embeddings=self.jobs.device_embeddings(dataset_id),
-            coords=self.jobs.coords(dataset_id),
+            coords=coords,
         )
         sample_id = secrets.token_hex(6)
         manifest = build_manifest(
             live.dataset, request, drawn, dataset_id=dataset_id,
             dataset_hash=live.entry.file_hash, sample_id=sample_id, created_at=_now(),
-            version=__version__,
+            version=__version__, projection=_map_used(request, live.dataset, info),
         )  # fmt: skip
         self.store.save_sample(dataset_id, sample_id, manifest)
         return manifest
@@ -332,6 +333,16 @@ def _stem(filename: str) -> str:
     stem = Path(name).stem if name.lower().endswith((".h5", ".hdf5")) else name
     clean = "".join(ch for ch in stem if ch.isprintable()).strip()
     return clean[:200] or "upload"
+
+
+def _map_used(
+    request: SampleRequest, dataset: Dataset, info: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The projection a ``map within`` condition refers to, for the manifest; else None."""
+    if not any(isinstance(c, dict) and c.get("field") == MAP_FIELD for c in request.filter):
+        return None
+    keys = ("algorithm", "params", "backend", "knn", "init", "n_epochs")
+    return {"embeddings_hash": dataset.embeddings_hash, **{k: info.get(k) for k in keys}}
 
 
 def _now() -> str:

@@ -140,6 +140,14 @@ class ProjectionJobs:
             state = self._states.get(dataset_id)
             return state.coords if state is not None and state.status == "done" else None
 
+    def result(self, dataset_id: str) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """The finished map and its info, read together (None and {} while there is none)."""
+        with self._lock:
+            state = self._states.get(dataset_id)
+            if state is None or state.status != "done":
+                return None, {}
+            return state.coords, dict(state.info)
+
     def info(self, dataset_id: str) -> dict[str, Any]:
         """What the finished projection reports (backend, kNN method, timings, cache hit)."""
         with self._lock:

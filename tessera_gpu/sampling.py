@@ -293,8 +293,13 @@ def build_manifest(
     sample_id: str,
     created_at: str,
     version: str,
+    projection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything needed to reproduce and audit a sample, as plain JSON types."""
+    """Everything needed to reproduce and audit a sample, as plain JSON types.
+
+    ``projection`` names the map a ``map within`` condition was drawn on (its parameters,
+    algorithm and embeddings hash); None when the filter does not use the map.
+    """
     return _plain({
         "sample_id": sample_id,
         "created_at": created_at,
@@ -304,6 +309,7 @@ def build_manifest(
         "dataset_hash": dataset_hash,
         "n_episodes": dataset.n_episodes,
         "filter": list(request.filter),
+        "projection": projection,
         "method": request.method,
         "params": {"n": request.n, "stratify_by": request.stratify_by,
                    "allocation": request.allocation},

@@ -63,6 +63,30 @@ async def test_sample_lifecycle(client: Client, allowed: Path) -> None:
     assert r.json() == error("Sample not found: 'no-such-sample'", "sample_not_found", 404)
 
 
+async def test_map_selection_sample_records_its_projection(client: Client, allowed: Path) -> None:
+    dataset_id = await add(client, write_episode_file(allowed / "m.h5", previews=False))
+    done = (await wait_for_projection(client, dataset_id)).json()
+    x0, y0, x1, y1 = done["bounds"]
+    box = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]  # the whole map
+    url = f"/api/datasets/{dataset_id}/samples"
+    body = {"method": "random", "n": 10, "filter": [{"field": "map", "op": "within", "value": box}]}
+    manifest = (await client.post(url, json=body)).json()
+    assert manifest["n"] == 10 and manifest["matched"] > 10
+    info = client.app.state.catalog.jobs.info(dataset_id)
+    dataset = client.app.state.catalog.get(dataset_id).dataset
+    assert manifest["projection"] == {
+        "embeddings_hash": dataset.embeddings_hash,
+        "algorithm": "umap",
+        "params": info["params"],
+        "backend": "cpu",
+        "knn": info["knn"],
+        "init": info["init"],
+        "n_epochs": info["n_epochs"],
+    }
+    plain = (await client.post(url, json={"method": "random", "n": 10})).json()
+    assert plain["projection"] is None  # no map condition, no map to name
+
+
 async def test_sample_exports(client: Client, allowed: Path) -> None:
     dataset_id = await add(client, write_episode_file(allowed / "x.h5", previews=False))
     url = f"/api/datasets/{dataset_id}/samples"
