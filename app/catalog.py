@@ -228,13 +228,7 @@ class Catalog:
         if live.entry.source == "upload":
             self.store.upload_path(dataset_id).unlink(missing_ok=True)
         if live.dataset.embeddings_hash is not None and not shared:
-            self._uncache(live.dataset.embeddings_hash, live.entry)
-
-    def _uncache(self, content_hash: str, entry: DatasetEntry) -> None:
-        """Remove the cached maps of the default and the last asked-for parameters (the cache
-        is keyed by a hash of content + parameters, so others cannot be found)."""
-        for params in {ProjectionParams(), ProjectionParams(**entry.projection)}:
-            self.cache.path(self.cache.key(content_hash, params)).unlink(missing_ok=True)
+            self.cache.forget(live.dataset.embeddings_hash)  # every map, whatever its params
 
     # ---- projection -------------------------------------------------------------------------
 

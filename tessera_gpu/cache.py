@@ -49,15 +49,22 @@ class ProjectionCache:
 
     @staticmethod
     def key(content_hash: str, params: ProjectionParams) -> str:
-        """Hex key from the embeddings' content hash, every param and ALGORITHM_VERSION."""
-        blob = json.dumps(
-            {"content": content_hash, "params": asdict(params), "version": ALGORITHM_VERSION},
-            sort_keys=True,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()
+        """``<content>-<params>``: hex digests of the embeddings' content hash, and of every
+        param with ALGORITHM_VERSION. The content part lets :meth:`forget` find every map of
+        one dataset, whatever parameters it was projected with."""
+        blob = json.dumps({"params": asdict(params), "version": ALGORITHM_VERSION}, sort_keys=True)
+        return f"{_content_part(content_hash)}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}{SUFFIX}"
+
+    def forget(self, content_hash: str) -> int:
+        """Remove every cached map of these embeddings; return how many were removed."""
+        removed = 0
+        for path in self.directory.glob(f"{_content_part(content_hash)}-*{SUFFIX}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def load(self, key: str) -> Projection | None:
         """The cached projection, or None when absent, truncated or corrupt (then removed)."""
@@ -92,6 +99,10 @@ class ProjectionCache:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
             return False
+
+
+def _content_part(content_hash: str) -> str:
+    return hashlib.sha256(content_hash.encode()).hexdigest()[:32]
 
 
 def _encode(projection: Projection) -> bytes:

@@ -305,6 +305,12 @@ async def test_delete_removes_everything(client: Client, episode_file: Path) -> 
     store = client.app.state.catalog.store
     assert store.upload_path(dataset_id).exists() and (store.samples_dir / dataset_id).exists()
     assert len(list(store.cache_dir.glob("*.proj"))) == 1
+    r = await client.post(f"{url}/projection", json={"n_neighbors": 10, "seed": 3})
+    assert r.status_code == 202, r.text
+    assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
+    r = await client.post(f"{url}/projection", json={"n_neighbors": 12, "seed": 4})
+    assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
+    assert len(list(store.cache_dir.glob("*.proj"))) == 3  # one map per parameter set
     r = await client.delete(url)
     assert r.status_code == 204 and r.content == b""
     assert (await client.get(url)).status_code == 404

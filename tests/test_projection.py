@@ -194,7 +194,18 @@ def test_cache_key_covers_content_params_and_version() -> None:
     key = ProjectionCache.key("abc", FAST)
     assert key != ProjectionCache.key("abd", FAST)
     assert key != ProjectionCache.key("abc", ProjectionParams(n_epochs=60, seed=1))
-    assert len(key) == 64 and ALGORITHM_VERSION
+    assert len(key) == 65 and key[32] == "-" and ALGORITHM_VERSION
+
+
+def test_forget_removes_every_map_of_one_content(tmp_path: Path) -> None:
+    cache = ProjectionCache(tmp_path)
+    coords = np.zeros((4, 2), dtype=np.float32)
+    other = ProjectionParams(n_epochs=60, seed=1)
+    for content, params in (("abc", FAST), ("abc", other), ("xyz", FAST)):
+        assert cache.store(cache.key(content, params), Projection(coords, {"n": 4}))
+    assert cache.forget("abc") == 2
+    assert [p.name for p in tmp_path.iterdir()] == [f"{cache.key('xyz', FAST)}.proj"]
+    assert cache.forget("abc") == 0
 
 
 def test_no_hash_means_no_cache(tmp_path: Path, small: np.ndarray) -> None:
