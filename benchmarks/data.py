@@ -66,15 +66,20 @@ def cached_clustered(n: int, dim: int, *, seed: int = 0) -> Path:
     return path
 
 
-def real_embeddings(n: int, *, seed: int = 0) -> np.ndarray:
-    """``(n, 384)`` MiniLM embeddings of installed packages' docstrings, cached as .npy."""
+def real_embeddings(
+    n: int, *, seed: int = 0, everywhere: bool = False, max_len: int = 64
+) -> np.ndarray:
+    """``(n, 384)`` MiniLM embeddings of docstring paragraphs (truncated to ``max_len``
+    tokens): of a few packages, or ``everywhere`` (stdlib + all packages); cached as .npy."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    path = CACHE_DIR / f"minilm-docstrings-{n}-s{seed}.npy"
+    tag = f"-all-t{max_len}" if everywhere or max_len != 64 else ""
+    path = CACHE_DIR / f"minilm-docstrings-{n}-s{seed}{tag}.npy"
     if not path.exists():
         from .minilm import MiniLM, docstring_corpus
 
         print(f"embedding {n:,} docstring paragraphs with all-MiniLM-L6-v2 (once) ...", flush=True)
-        vectors = MiniLM().encode(docstring_corpus(n, seed=seed), max_len=64)
+        texts = docstring_corpus(n, seed=seed, everywhere=everywhere)
+        vectors = MiniLM().encode(texts, max_len=max_len)
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, vectors)
         tmp.replace(path)

@@ -170,18 +170,30 @@ def _docstrings(path: Path) -> list[str]:
     return out
 
 
-def docstring_corpus(n: int, *, seed: int = 0, min_chars: int = 40) -> list[str]:
-    """``n`` distinct docstring paragraphs (>= ``min_chars``) of installed packages, seeded."""
+def _roots(everywhere: bool) -> list[Path]:
     import importlib.util
+    import sysconfig
 
-    texts: set[str] = set()
+    if everywhere:  # the standard library and every installed package (~200k paragraphs)
+        paths = sysconfig.get_paths()
+        return sorted({Path(paths["stdlib"]), Path(paths["purelib"]), Path(paths["platlib"])})
+    roots = []
     for package in PACKAGES:
         spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for root in spec.submodule_search_locations:
-            for path in sorted(Path(root).rglob("*.py")):
-                texts.update(t for t in _docstrings(path) if len(t) >= min_chars)
+        if spec is not None and spec.submodule_search_locations:
+            roots += [Path(r) for r in spec.submodule_search_locations]
+    return roots
+
+
+def docstring_corpus(
+    n: int, *, seed: int = 0, min_chars: int = 40, everywhere: bool = False
+) -> list[str]:
+    """``n`` distinct docstring paragraphs (>= ``min_chars``), seeded: of :data:`PACKAGES`, or
+    with ``everywhere`` of the standard library and all installed packages."""
+    texts: set[str] = set()
+    for root in _roots(everywhere):
+        for path in sorted(root.rglob("*.py")):
+            texts.update(t for t in _docstrings(path) if len(t) >= min_chars)
     ordered = sorted(texts)
     if len(ordered) < n:
         raise SystemExit(f"only {len(ordered):,} docstring paragraphs found; asked for {n:,}")

@@ -194,10 +194,16 @@ def bench_kmeans(label: str, path: Path, k: int, *, device: str) -> dict[str, An
     }
 
 
-def _real_inputs(n: int) -> list[tuple[str, Path]]:
-    """The first ``n`` of 20,000 embedded docstring paragraphs: native 384-d and tiled 2048-d."""
-    native = real_embeddings(REAL_ROWS)[:n]
-    paths = [CACHE_DIR / f"minilm-{n}x384.npy", CACHE_DIR / f"minilm-{n}x2048-tiled.npy"]
+def _real_inputs(n: int, *, large: bool = False) -> list[tuple[str, Path]]:
+    """Embedded docstring paragraphs, native 384-d and tiled 2048-d: the first ``n`` of the
+    20,000 from a few packages, or with ``large`` ``n`` from the standard library and every
+    installed package, truncated to 32 tokens (to embed 200k in about half an hour)."""
+    if large:
+        native = real_embeddings(n, everywhere=True, max_len=32)
+    else:
+        native = real_embeddings(REAL_ROWS)[:n]
+    tag = "-all-t32" if large else ""
+    paths = [CACHE_DIR / f"minilm-{n}x384{tag}.npy", CACHE_DIR / f"minilm-{n}x2048-tiled{tag}.npy"]
     for path, make in zip(paths, (lambda: native, lambda: tile_to_dim(native, 2048)), strict=True):
         if not path.exists():
             np.save(path, make())
@@ -258,6 +264,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="Tessera's backend (umap/sklearn: CPU).")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--no-real", action="store_true", help="Skip the MiniLM embeddings.")
+    p.add_argument(
+        "--real-rows",
+        type=int,
+        default=None,
+        help="MiniLM rows; above 20,000 they come from every installed package.",
+    )
+    p.add_argument(
+        "--only-real",
+        action="store_true",
+        help="Only the MiniLM projections (no load, synthetic or K-means runs).",
+    )
     args = p.parse_args(argv)
     sizes = args.sizes.split(",") if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in sizes]
@@ -271,14 +288,19 @@ def main(argv: list[str] | None = None) -> None:
         stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
         stem.with_suffix(".md").write_text(_markdown(results))
 
-    results["load"].append(bench_load(*shapes[-1]))
-    save()
-    inputs = [("clustered", cached_clustered(n, d)) for n, d in shapes]
+    if not args.only_real:
+        results["load"].append(bench_load(*shapes[-1]))
+        save()
+    inputs = [] if args.only_real else [("clustered", cached_clustered(n, d)) for n, d in shapes]
     if not args.no_real:
-        inputs += _real_inputs(5000 if args.quick else REAL_ROWS)
+        rows = args.real_rows or (5000 if args.quick else REAL_ROWS)
+        inputs += _real_inputs(rows, large=rows > REAL_ROWS)
     for label, path in inputs:
         results["projection"].append(bench_projection(label, path, device=args.device))
         save()
+    if args.only_real:
+        print(_markdown(results))
+        return
     km_n, km_d, km_k = (10_000, 512, 1000) if args.quick else (35_000, 512, 5000)
     results["kmeans"].append(
         bench_kmeans("clustered", cached_clustered(km_n, km_d), km_k, device=args.device)
