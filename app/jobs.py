@@ -136,9 +136,7 @@ class ProjectionJobs:
 
     def coords(self, dataset_id: str) -> np.ndarray | None:
         """The finished ``(N, 2)`` projection, or None."""
-        with self._lock:
-            state = self._states.get(dataset_id)
-            return state.coords if state is not None and state.status == "done" else None
+        return self.result(dataset_id)[0]
 
     def result(self, dataset_id: str) -> tuple[np.ndarray | None, dict[str, Any]]:
         """The finished map and its info, read together (None and {} while there is none)."""

@@ -94,7 +94,7 @@ def document_errors(app: Litestar) -> None:
             responses = operation.responses or {}
             for status, response in responses.items():
                 if status[:1] in "45" and isinstance(response, OpenAPIResponse):
-                    response.content = dict(body)
+                    response.content = body
             for status, words in (("4XX", "Client error"), ("5XX", "Busy or not ready (503)")):
                 responses.setdefault(status, OpenAPIResponse(description=words, content=body))
             operation.responses = responses

@@ -72,7 +72,8 @@ def real_embeddings(
     """``(n, 384)`` MiniLM embeddings of docstring paragraphs (truncated to ``max_len``
     tokens): of a few packages, or ``everywhere`` (stdlib + all packages); cached as .npy."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tag = f"-all-t{max_len}" if everywhere or max_len != 64 else ""
+    corpus = "all" if everywhere else "pkgs"
+    tag = f"-{corpus}-t{max_len}" if everywhere or max_len != 64 else ""
     path = CACHE_DIR / f"minilm-docstrings-{n}-s{seed}{tag}.npy"
     if not path.exists():
         from .minilm import MiniLM, docstring_corpus

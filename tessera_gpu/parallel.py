@@ -74,7 +74,7 @@ def kernel(fn: F) -> F:
 
     @functools.wraps(fn)
     def launch(*args: Any) -> Any:
-        with _LOCK:
+        with serial_section():
             return dispatcher(*args)
 
     launch.dispatcher = dispatcher  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,13 @@ import pytest
 from PIL import Image
 
 TASKS = ("pick", "place", "stack")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for a server the test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # ---- suite hygiene ------------------------------------------------------------------------------

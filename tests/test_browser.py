@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 from tessera_gpu import load_dataset
 from tessera_gpu.errors import TesseraError
 
-from .conftest import write_episode_file
+from .conftest import free_port, write_episode_file
 
 pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -58,11 +57,6 @@ MAP_READY = """() => window.Bokeh && Bokeh.documents.length > 0 &&
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def api(base: str, path: str, body: Any = None) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,22 +20,17 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import write_episode_file
+from .conftest import free_port, write_episode_file
 
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
     """``tessera serve`` on a free loopback port; ``kill()`` is SIGKILL."""
 
     def __init__(self, data_dir: Path, files: list[Path], log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "tessera_gpu.cli", "serve", *map(str, files),
                 "--port", str(self.port), "--data-dir", str(data_dir), "--device", "cpu"]  # fmt: skip

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import httpx
 import pytest
 
 from app.access_log import JsonFormatter
+
+from .conftest import free_port
 
 pytest_plugins = ["tests.api_fixtures"]
 pytestmark = pytest.mark.anyio
@@ -38,11 +39,6 @@ async def test_one_log_line_per_request(client, caplog: pytest.LogCaptureFixture
     assert line["path"] == "/api/datasets/nope" and line["status"] == 404
     assert line["duration_ms"] >= 0
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
