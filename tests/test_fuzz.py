@@ -22,7 +22,7 @@ def make_array(draw, shape: tuple[int, ...]) -> tuple[np.ndarray, object]:
     n = int(np.prod(shape))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     if kind == "str":
-        data = np.array([draw(st.text(st.characters(blacklist_characters="\x00"), max_size=4)) for _ in range(n)], dtype=object)
+        data = np.array([draw(st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=4)) for _ in range(n)], dtype=object)
         return data.reshape(shape), h5py.string_dtype()
     if kind == "vlen-u8":
         data = np.empty(n, dtype=object)
