@@ -1,7 +1,7 @@
 """The datasets a server knows: registration, look-up, deletion, and what is done with them.
 
 A :class:`Catalog` ties the pieces together: the :class:`~.store.Store` (what is on disk),
-the loaded :class:`~tessera_gpu.dataset.Dataset` objects (what is in memory) and the
+the loaded :class:`~tessera_gpu.io.dataset.Dataset` objects (what is in memory) and the
 :class:`~.jobs.ProjectionJobs` (what the device is doing). Its methods are synchronous and may
 be slow (loading, hashing, sampling): the HTTP layer calls them in a worker thread.
 """
@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 
 from tessera_gpu import __version__
-from tessera_gpu.cache import ProjectionCache
-from tessera_gpu.dataset import Dataset, load_dataset
 from tessera_gpu.errors import Conflict, Forbidden, NotFound, TesseraError
 from tessera_gpu.filters import MAP_FIELD, filter_mask, parse_filter
-from tessera_gpu.isolation import validate_isolated
-from tessera_gpu.projection import ProjectionParams
-from tessera_gpu.safety import Limits, check_file_on_disk
+from tessera_gpu.io.dataset import Dataset, load_dataset
+from tessera_gpu.io.isolation import validate_isolated
+from tessera_gpu.io.safety import Limits, check_file_on_disk
+from tessera_gpu.projection.cache import ProjectionCache
+from tessera_gpu.projection.project import ProjectionParams
 from tessera_gpu.sampling import (
     SampleRequest,
     build_manifest,

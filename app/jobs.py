@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from tessera_gpu.cache import ProjectionCache
-from tessera_gpu.dataset import Dataset
 from tessera_gpu.errors import TesseraError, Unavailable
-from tessera_gpu.projection import ProjectionParams, project_cached
+from tessera_gpu.io.dataset import Dataset
+from tessera_gpu.projection.cache import ProjectionCache
+from tessera_gpu.projection.project import ProjectionParams, project_cached
 
 __all__ = ["JobState", "ProjectionJobs"]
 

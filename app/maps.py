@@ -1,7 +1,7 @@
 """The map's HTTP routes: tiles, legend, nearest episode, point overlays, and previews.
 
-Handlers parse, call :mod:`tessera_gpu.tiles` / :mod:`~tessera_gpu.nearest` /
-:mod:`~tessera_gpu.previews` through the per-projection caches of :mod:`.map_cache`, and
+Handlers parse, call :mod:`tessera_gpu.render.tiles` / :mod:`~tessera_gpu.render.nearest` /
+:mod:`~tessera_gpu.render.previews` through the per-projection caches of :mod:`.map_cache`, and
 serialize. Everything CPU-bound runs in a worker thread.
 """
 
@@ -16,14 +16,14 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import PathParameter, QueryParameter
 
-from tessera_gpu.colors import legend
-from tessera_gpu.dataset import Dataset, Field
 from tessera_gpu.errors import InvalidRequest, NotFound
-from tessera_gpu.previews import check_preview
-from tessera_gpu.tiles import render_tile
+from tessera_gpu.io.dataset import Dataset, Field
+from tessera_gpu.render.colors import legend
+from tessera_gpu.render.maps import MapCache, ProjectionMaps, parse_filter_param
+from tessera_gpu.render.previews import check_preview
+from tessera_gpu.render.tiles import render_tile
 
 from .catalog import Catalog
-from .map_cache import MapCache, ProjectionMaps, parse_filter_param
 
 __all__ = ["MAX_POINTS", "MapController", "PreviewController", "provide_maps"]
 

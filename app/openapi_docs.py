@@ -4,7 +4,7 @@
   stream an upload to disk), so its request body is described here by hand: multipart with a
   binary ``file``, or JSON with a ``path``.
 * The error shape: every 4xx/5xx answer is ``{"error", "code", "status"}``
-  (:mod:`app.error_handlers`), not Litestar's default, so :func:`document_errors` points every
+  (:mod:`.error_handlers`), not Litestar's default, so :func:`document_errors` points every
   error response at one ``Error`` schema and adds ``4XX`` and ``5XX`` to each operation.
 """
 

@@ -2,7 +2,7 @@
 
 The HTML shell (``templates/page.html``) lays out the panels; the map inside it is a Bokeh
 document (``GET /api/datasets/{id}/map``: a ``json_item``) whose ``TMSTileSource`` asks for
-exactly the tiles of :class:`tessera_gpu.tiles.Pyramid`. BokehJS is served from the installed
+exactly the tiles of :class:`tessera_gpu.render.tiles.Pyramid`. BokehJS is served from the installed
 ``bokeh`` package and the page's own JS/CSS from ``app/static``: nothing comes from a CDN, so
 the page works on an air-gapped machine.
 """
@@ -40,9 +40,9 @@ from litestar.static_files import create_static_files_router
 
 from tessera_gpu import __version__
 from tessera_gpu.errors import InvalidRequest
-from tessera_gpu.tiles import Pyramid
+from tessera_gpu.render.maps import parse_filter_param
+from tessera_gpu.render.tiles import Pyramid
 
-from .map_cache import parse_filter_param
 from .maps import (
     CatalogDep,
     ColorByParam,

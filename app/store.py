@@ -5,7 +5,7 @@ Layout (``~/.tessera`` by default)::
     registry.json                  every registered dataset (id, name, source, path, hash, ...)
     uploads/<dataset_id>.h5        uploaded files, named by content hash
     samples/<dataset_id>/<id>.json one manifest per sample
-    cache/                         the projection cache (tessera_gpu.cache)
+    cache/                         the projection cache (tessera_gpu.projection.cache)
 
 Every write goes to a temporary file next to its target and is moved into place with
 ``os.replace``, so a crash leaves either the old file or the new one. Temporary files are named
@@ -89,7 +89,7 @@ class Store:
         """Remove the temporary files a crash left behind; return what was removed."""
         dirs = [self.root, self.uploads_dir, *self.samples_dir.iterdir()]
         stale = [p for d in dirs if d.is_dir() for p in d.glob(f".*{TEMP_SUFFIX}")]
-        stale += self.cache_dir.glob(".tmp-*")  # tessera_gpu.cache's temporary files
+        stale += self.cache_dir.glob(".tmp-*")  # tessera_gpu.projection.cache's temporary files
         for p in stale:
             p.unlink(missing_ok=True)
         return stale

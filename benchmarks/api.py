@@ -45,7 +45,7 @@ def free_port() -> int:
 def make_file(path: Path, *, episodes: int, dim: int) -> None:
     sys.path.insert(0, str(ROOT))
     from benchmarks.data import clustered_embeddings
-    from tessera_gpu.writer import write_dataset
+    from tessera_gpu.io.writer import write_dataset
 
     rng = np.random.default_rng(0)
     write_dataset(

@@ -23,12 +23,13 @@ from litestar.testing import TestClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.main import create_app  # noqa: E402
+from tessera_app.main import create_app  # noqa: E402
+
 from benchmarks.data import clustered_embeddings  # noqa: E402
 from tessera_gpu.backends import get_backend  # noqa: E402
 from tessera_gpu.clustering import diversity_sample  # noqa: E402
+from tessera_gpu.io.writer import write_dataset  # noqa: E402
 from tessera_gpu.settings import Settings  # noqa: E402
-from tessera_gpu.writer import write_dataset  # noqa: E402
 
 
 def main() -> None:

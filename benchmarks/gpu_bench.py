@@ -43,7 +43,7 @@ def run(x: np.ndarray) -> dict[str, Any]:
     from tessera_gpu.backends import get_backend
     from tessera_gpu.backends.cupy_knn import exact_search
     from tessera_gpu.clustering import diversity_sample
-    from tessera_gpu.projection import project
+    from tessera_gpu.projection.project import project
 
     backend = get_backend("gpu")
     warm = backend.to_device(x[:4000])  # compile kernels, warm cuBLAS, numba's layout

@@ -39,7 +39,7 @@ def free_port() -> int:
 def make_file(path: Path, *, episodes: int, dim: int) -> None:
     sys.path.insert(0, str(ROOT))
     from benchmarks.data import clustered_embeddings  # seeded generator
-    from tessera_gpu.writer import write_dataset
+    from tessera_gpu.io.writer import write_dataset
 
     emb = clustered_embeddings(episodes, dim, seed=0)
     rng = np.random.default_rng(0)
@@ -147,14 +147,29 @@ def main() -> None:
         make_file(data, episodes=args.episodes, dim=args.dim)
         port = free_port()
         server = subprocess.Popen(  # noqa: S603 - fixed argv, loopback only
-            [sys.executable, "-m", "tessera_gpu.cli", "serve", str(data), "--port", str(port),
-             "--host", "127.0.0.1", "--data-dir", str(Path(tmp) / "data")],
+            [
+                sys.executable,
+                "-m",
+                "tessera_gpu.cli",
+                "serve",
+                str(data),
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+                "--data-dir",
+                str(Path(tmp) / "data"),
+            ],
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
             report = asyncio.run(
-                run_load(port, clients=args.clients, seconds=args.seconds,
-                         ready_timeout=args.ready_timeout)
+                run_load(
+                    port,
+                    clients=args.clients,
+                    seconds=args.seconds,
+                    ready_timeout=args.ready_timeout,
+                )
             )
         finally:
             server.terminate()

@@ -112,8 +112,8 @@ def _trust(x: np.ndarray, coords: np.ndarray) -> float:
 
 def bench_load(n: int, d: int) -> dict[str, Any]:
     """Write a clustered HDF5 file once, then time ``load_dataset`` (validation included)."""
-    from tessera_gpu.dataset import load_dataset
-    from tessera_gpu.writer import write_dataset
+    from tessera_gpu.io.dataset import load_dataset
+    from tessera_gpu.io.writer import write_dataset
 
     path = CACHE_DIR / f"clustered-{n}x{d}.h5"
     if not path.exists():

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from tessera_gpu.colors import CATEGORY_PALETTE, ColorBy
-from tessera_gpu.nearest import NearestIndex
-from tessera_gpu.tiles import TileIndex, compile_kernels, render_tile
+from tessera_gpu.render.colors import CATEGORY_PALETTE, ColorBy
+from tessera_gpu.render.nearest import NearestIndex
+from tessera_gpu.render.tiles import TileIndex, compile_kernels, render_tile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -86,10 +86,10 @@ def time_http(coords: np.ndarray, codes: np.ndarray, tiles: list[tuple[int, int,
               lookups: int) -> dict[str, float]:  # fmt: skip
     """p50/p99 of cold categorical tiles and nearest look-ups through the HTTP app."""
     from litestar.testing import TestClient
+    from tessera_app.main import create_app
 
-    from app.main import create_app
+    from tessera_gpu.io.writer import write_dataset
     from tessera_gpu.settings import Settings
-    from tessera_gpu.writer import write_dataset
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ WARMUP_ROWS_LARGE = 30_000  # > 25,000: Tessera's cell-probe kNN and coarse init
 
 def _tessera_projection(x: np.ndarray, args: argparse.Namespace) -> tuple[np.ndarray, dict]:
     from tessera_gpu.backends import get_backend
-    from tessera_gpu.projection import ProjectionParams, project
+    from tessera_gpu.projection.project import ProjectionParams, project
 
     backend = get_backend(args.device)
     result = project(backend.to_device(x), backend=backend, params=ProjectionParams(seed=0))

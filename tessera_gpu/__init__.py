@@ -14,8 +14,7 @@ import os as _os
 # trigger that. "::" disables plugin loading; it must be set before HDF5 initialises.
 _os.environ.setdefault("HDF5_PLUGIN_PRELOAD", "::")
 
-from .dataset import Dataset, Field, load_dataset  # noqa: E402
-from .errors import (  # noqa: E402
+from tessera_gpu.errors import (  # noqa: E402
     Conflict,
     Forbidden,
     InvalidDataset,
@@ -26,7 +25,8 @@ from .errors import (  # noqa: E402
     Unavailable,
     UnsupportedMediaType,
 )
-from .safety import Limits, disable_filter_plugins  # noqa: E402
+from tessera_gpu.io.dataset import Dataset, Field, load_dataset  # noqa: E402
+from tessera_gpu.io.safety import Limits, disable_filter_plugins  # noqa: E402
 
 __version__ = "0.1.0"
 

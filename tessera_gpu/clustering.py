@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend
-from .backends.rows import as_rows
-from .errors import InvalidRequest
+from tessera_gpu.backends import Backend
+from tessera_gpu.backends.rows import as_rows
+from tessera_gpu.errors import InvalidRequest
 
 __all__ = ["KMeansResult", "diversity_sample", "kmeans", "nearest_sample_distances"]
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import Dataset, Field
-from .errors import InvalidRequest
+from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.io.dataset import Dataset, Field
 
 __all__ = [
     "MAP_FIELD",

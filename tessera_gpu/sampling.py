@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .dataset import Dataset, Field
-from .errors import Conflict, InvalidRequest
-from .filters import filter_rows, parse_filter
+from tessera_gpu.errors import Conflict, InvalidRequest
+from tessera_gpu.filters import filter_rows, parse_filter
+from tessera_gpu.io.dataset import Dataset, Field
 
 __all__ = [
     "COVERAGE_QUERY_ROWS",
@@ -244,7 +244,7 @@ def _stratified_rows(rows: np.ndarray, strata: Field, request: SampleRequest) ->
 
 def _embeddings_on(dataset: Dataset, backend: Any, device_embeddings: Any) -> tuple[Any, Any]:
     if backend is None:
-        from .backends import get_backend
+        from tessera_gpu.backends import get_backend
 
         backend = get_backend("cpu")
     if device_embeddings is None:
@@ -253,7 +253,7 @@ def _embeddings_on(dataset: Dataset, backend: Any, device_embeddings: Any) -> tu
 
 
 def _kmeans_rows(x: Any, rows: np.ndarray, request: SampleRequest, backend: Any) -> np.ndarray:
-    from .clustering import diversity_sample
+    from tessera_gpu.clustering import diversity_sample
 
     picked = diversity_sample(x, request.n, backend=backend, rows=rows, seed=request.seed)
     return np.sort(np.asarray(picked, dtype=np.int64))
@@ -263,7 +263,7 @@ def _coverage(
     x: Any, rows: np.ndarray, indices: np.ndarray, request: SampleRequest, backend: Any
 ) -> dict[str, Any]:
     """Distances from filtered episodes to their nearest sampled one, vs a random sample."""
-    from .clustering import nearest_sample_distances
+    from tessera_gpu.clustering import nearest_sample_distances
 
     query = rows
     if rows.size > COVERAGE_QUERY_ROWS:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidRequest
+from tessera_gpu.errors import InvalidRequest
 
 __all__ = ["DEVICES", "SETTINGS", "Setting", "Settings", "env_var", "markdown_table"]
 

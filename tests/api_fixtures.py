@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import AsyncTestClient
+from tessera_app.main import create_app
 
-from app.main import create_app
 from tessera_gpu.settings import Settings
 
 from .api_calls import TEST_HOSTS, Client

@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 import pytest
 from litestar.testing import AsyncTestClient
+from tessera_app.main import create_app
 
-from app.main import create_app
 from tessera_gpu import __version__, load_dataset
 from tessera_gpu.settings import Settings
 

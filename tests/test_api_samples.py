@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from litestar.testing import AsyncTestClient
+from tessera_app.main import create_app
 
-from app.main import create_app
 from tessera_gpu.settings import Settings
 
 from .api_calls import (
@@ -227,7 +227,7 @@ async def test_restart_brings_everything_back(
 
 
 async def test_cli_sample_matches_the_api(client: Client, allowed: Path) -> None:
-    from tessera_gpu.cli_sample import sample
+    from tessera_gpu.cli.sample import sample
 
     path = write_episode_file(allowed / "cli.h5", previews=False)
     dataset_id = await add(client, path)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from litestar.testing import AsyncTestClient
+from tessera_app.auth import CSRF_COOKIE, SESSION_COOKIE, csrf_value, session_value
+from tessera_app.main import create_app
 
-from app.auth import CSRF_COOKIE, SESSION_COOKIE, csrf_value, session_value
-from app.main import create_app
-from tessera_gpu.cli import cli
+from tessera_gpu.cli.main import cli
 from tessera_gpu.settings import Settings
 
 from .api_calls import TEST_HOSTS, Client, error

@@ -79,8 +79,8 @@ def test_auto_and_gpu_pick_the_gpu() -> None:
 def test_importing_tessera_never_imports_cupy() -> None:
     code = (
         "import sys, numpy as np\n"
-        "import tessera_gpu, tessera_gpu.backends, tessera_gpu.projection\n"
-        "import tessera_gpu.clustering, tessera_gpu.cache\n"
+        "import tessera_gpu, tessera_gpu.backends, tessera_gpu.projection.project\n"
+        "import tessera_gpu.clustering, tessera_gpu.projection.cache\n"
         "from tessera_gpu.backends import get_backend\n"
         "b = get_backend('cpu'); x = b.to_device(np.ones((5, 3), np.float32))\n"
         "print(sorted(m for m in ('cupy', 'cuml') if m in sys.modules))\n"

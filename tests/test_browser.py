@@ -38,7 +38,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SERVER = """
 import sys, uvicorn
 from pathlib import Path
-from app.main import create_app
+from tessera_app.main import create_app
 from tessera_gpu.settings import Settings
 port, data_dir, *files = sys.argv[1:]
 app = create_app(Settings(device="cpu", data_dir=Path(data_dir)), files=[Path(f) for f in files])
@@ -58,7 +58,6 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 
 
-
 def api(base: str, path: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data,
@@ -70,7 +69,7 @@ def api(base: str, path: str, body: Any = None) -> Any:
 def demo_file(folder: Path) -> Path:
     """The rendered demo (real GIFs and thumbnails), or the conftest file if it is absent."""
     try:
-        from tessera_gpu.demo import build_demo
+        from tessera_gpu.io.demo import build_demo
     except ImportError:
         return write_episode_file(folder / "demo.h5", dim=32)
     return Path(build_demo(folder / "demo.h5", episodes=300, dim=64))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from tessera_gpu.cli import cli
+from tessera_gpu.cli.main import cli
 
 
 def run(*args: str):
@@ -49,6 +49,8 @@ def test_validate_upload_limit(episode_file: Path) -> None:
 def test_console_script_entry_point(tmp_path: Path) -> None:
     """The installed `tessera` command runs, and prints errors as one line on stderr."""
     exe = Path(sys.executable).with_name("tessera")
-    proc = subprocess.run([str(exe), "validate", str(tmp_path / "missing.h5")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(exe), "validate", str(tmp_path / "missing.h5")], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert proc.stderr == f"error: No such file: {tmp_path / 'missing.h5'}\n"

@@ -76,10 +76,21 @@ def test_float64_embeddings_become_float32_with_same_values(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     "ids",
     [
-        pytest.param({"data": [f"e{i}" for i in range(40)], "dtype": h5py.string_dtype()}, id="vlen-str"),
-        pytest.param({"data": np.array([f"e{i}" for i in range(40)], dtype=object), "dtype": h5py.string_dtype()}, id="object"),
+        pytest.param(
+            {"data": [f"e{i}" for i in range(40)], "dtype": h5py.string_dtype()}, id="vlen-str"
+        ),
+        pytest.param(
+            {
+                "data": np.array([f"e{i}" for i in range(40)], dtype=object),
+                "dtype": h5py.string_dtype(),
+            },
+            id="object",
+        ),
         pytest.param({"data": np.array([f"e{i}".encode() for i in range(40)])}, id="fixed-bytes"),
-        pytest.param({"data": [f"e{i}".encode() for i in range(40)], "dtype": h5py.string_dtype("ascii")}, id="vlen-bytes"),
+        pytest.param(
+            {"data": [f"e{i}".encode() for i in range(40)], "dtype": h5py.string_dtype("ascii")},
+            id="vlen-bytes",
+        ),
     ],
 )
 def test_episode_id_encodings(tmp_path: Path, ids: dict) -> None:
@@ -236,11 +247,19 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.h5"
     os.mkfifo(fifo)
-    expect(fifo, "not_regular_file", f"Not a regular file: {fifo} (directories, FIFOs and devices are refused)")
+    expect(
+        fifo,
+        "not_regular_file",
+        f"Not a regular file: {fifo} (directories, FIFOs and devices are refused)",
+    )
 
 
 def test_directory_is_refused(tmp_path: Path) -> None:
-    expect(tmp_path, "not_regular_file", f"Not a regular file: {tmp_path} (directories, FIFOs and devices are refused)")
+    expect(
+        tmp_path,
+        "not_regular_file",
+        f"Not a regular file: {tmp_path} (directories, FIFOs and devices are refused)",
+    )
 
 
 def test_truncated_file(tmp_path: Path, episode_file: Path) -> None:
@@ -265,11 +284,17 @@ def test_soft_link_leaving_schema(tmp_path: Path) -> None:
         f.create_group("private").create_dataset("data", data=np.zeros(40))
         f["metadata"]["leak"] = h5py.SoftLink("/private/data")
 
-    expect(bad(tmp_path, edit), "soft_link", "Soft link leaves the expected schema: /metadata/leak -> /private/data")
+    expect(
+        bad(tmp_path, edit),
+        "soft_link",
+        "Soft link leaves the expected schema: /metadata/leak -> /private/data",
+    )
 
 
 def test_soft_link_within_schema_is_followed(tmp_path: Path) -> None:
-    path = bad(tmp_path, lambda f: f["metadata"].__setitem__("ok", h5py.SoftLink("/metadata/success")))
+    path = bad(
+        tmp_path, lambda f: f["metadata"].__setitem__("ok", h5py.SoftLink("/metadata/success"))
+    )
     assert load_dataset(path).fields["ok"].kind == "bool"
 
 
@@ -290,8 +315,20 @@ def test_virtual_dataset(tmp_path: Path) -> None:
 def test_external_raw_storage(tmp_path: Path) -> None:
     raw = tmp_path / "raw.bin"
     raw.write_bytes(np.zeros(40 * 16, np.float32).tobytes())
-    path = bad(tmp_path, replace("embeddings", shape=(40, 16), dtype=np.float32, external=[(str(raw), 0, h5py.h5f.UNLIMITED)]))
-    expect(path, "external_storage", "External raw storage not allowed: /embeddings stores its data in another file")
+    path = bad(
+        tmp_path,
+        replace(
+            "embeddings",
+            shape=(40, 16),
+            dtype=np.float32,
+            external=[(str(raw), 0, h5py.h5f.UNLIMITED)],
+        ),
+    )
+    expect(
+        path,
+        "external_storage",
+        "External raw storage not allowed: /embeddings stores its data in another file",
+    )
 
 
 def test_filter_outside_allowlist(tmp_path: Path) -> None:
@@ -318,14 +355,30 @@ def test_allowed_filters_load(tmp_path: Path, compression: str) -> None:
 
 
 def test_chunk_too_large(tmp_path: Path) -> None:
-    path = bad(tmp_path, replace("embeddings", shape=(40, 2048), dtype=np.float32, chunks=(40, 2048)))
+    path = bad(
+        tmp_path, replace("embeddings", shape=(40, 2048), dtype=np.float32, chunks=(40, 2048))
+    )
     load_dataset(path)  # 320 KB chunks are fine
-    big = bad(tmp_path, lambda f: f["metadata"].create_dataset("blob", shape=(40, 500_000), dtype=np.float32, chunks=(40, 500_000)))
-    expect(big, "chunk_too_large", "Chunk too large: /metadata/blob uses 80.0 MB chunks (limit 67.1 MB)")
+    big = bad(
+        tmp_path,
+        lambda f: f["metadata"].create_dataset(
+            "blob", shape=(40, 500_000), dtype=np.float32, chunks=(40, 500_000)
+        ),
+    )
+    expect(
+        big,
+        "chunk_too_large",
+        "Chunk too large: /metadata/blob uses 80.0 MB chunks (limit 67.1 MB)",
+    )
 
 
 def test_compression_bomb(tmp_path: Path) -> None:
-    path = bad(tmp_path, lambda f: f["metadata"].create_dataset("zeros", data=np.zeros((40, 65_536), np.float32), compression="gzip", compression_opts=9))
+    path = bad(
+        tmp_path,
+        lambda f: f["metadata"].create_dataset(
+            "zeros", data=np.zeros((40, 65_536), np.float32), compression="gzip", compression_opts=9
+        ),
+    )
     with pytest.raises(InvalidDataset) as info:
         load_dataset(path)
     assert info.value.code == "compression_ratio"
@@ -347,7 +400,9 @@ def test_compound_dtype(tmp_path: Path) -> None:
 
 
 def test_opaque_dtype(tmp_path: Path) -> None:
-    path = bad(tmp_path, lambda f: f["metadata"].create_dataset("blob", shape=(40,), dtype=np.dtype("V8")))
+    path = bad(
+        tmp_path, lambda f: f["metadata"].create_dataset("blob", shape=(40,), dtype=np.dtype("V8"))
+    )
     expect(path, "unsupported_dtype", "Opaque dtype not allowed: /metadata/blob")
 
 
@@ -366,9 +421,16 @@ def test_nested_group_in_metadata(tmp_path: Path) -> None:
 
 def test_bad_preview_dtype(tmp_path: Path) -> None:
     path = bad(tmp_path, lambda f: f.create_dataset("thumbnails", data=np.zeros(40, np.int32)))
-    expect(path, "bad_previews", "thumbnails must be a 1D array of variable-length bytes (h5py.vlen_dtype(np.uint8))")
+    expect(
+        path,
+        "bad_previews",
+        "thumbnails must be a 1D array of variable-length bytes (h5py.vlen_dtype(np.uint8))",
+    )
 
 
 def test_declared_but_unwritten_array_is_refused(tmp_path: Path) -> None:
-    path = bad(tmp_path, lambda f: f["metadata"].create_dataset("blob", shape=(40, 10_000), dtype=np.float32))
+    path = bad(
+        tmp_path,
+        lambda f: f["metadata"].create_dataset("blob", shape=(40, 10_000), dtype=np.float32),
+    )
     expect(path, "no_data", "/metadata/blob declares 1.6 MB but stores no data")

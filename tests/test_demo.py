@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tessera_gpu import demo
-from tessera_gpu.dataset import Dataset, load_dataset
-from tessera_gpu.demo import build_demo
 from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.io import demo
+from tessera_gpu.io.dataset import Dataset, load_dataset
+from tessera_gpu.io.demo import build_demo
 
 EPISODES, DIM = 60, 64
 FIELDS = {

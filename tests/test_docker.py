@@ -29,7 +29,9 @@ def test_both_images_exist() -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint_clean(dockerfile: Path) -> None:
-    proc = subprocess.run([hadolint(), "--no-color", str(dockerfile)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [hadolint(), "--no-color", str(dockerfile)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -39,8 +41,11 @@ def test_install_steps_match_pyproject(dockerfile: Path) -> None:
     copied = set(re.findall(r"^COPY (\S+)", text, flags=re.M)) | {
         w for line in re.findall(r"^COPY (.+) \./?$", text, flags=re.M) for w in line.split()
     }
-    for package in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
-        assert package.rstrip("*") in copied, f"{dockerfile.name} does not copy {package}"
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    top_level = {p.split(".")[0] for p in setuptools["packages"]}
+    folders = {setuptools["package-dir"].get(p, p) for p in top_level}
+    for folder in folders:
+        assert folder in copied, f"{dockerfile.name} does not copy {folder}/"
     assert PYPROJECT["project"]["readme"] in copied and "pyproject.toml" in copied
     assert "pip install --no-cache-dir ." in text, "install the project itself, not a copied list"
     script = next(iter(PYPROJECT["project"]["scripts"]))

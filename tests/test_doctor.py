@@ -9,7 +9,7 @@ import h5py
 from click.testing import CliRunner
 
 from tessera_gpu.backends import gpu_status
-from tessera_gpu.cli import cli
+from tessera_gpu.cli.main import cli
 
 
 def doctor(*args: str) -> dict:

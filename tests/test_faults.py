@@ -25,7 +25,6 @@ from .conftest import free_port, write_episode_file
 pytestmark = pytest.mark.slow
 
 
-
 class Server:
     """``tessera serve`` on a free loopback port; ``kill()`` is SIGKILL."""
 

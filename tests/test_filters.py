@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tessera_gpu.dataset import Dataset, Field, load_dataset
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.filters import (
     MAX_CONDITIONS,
@@ -21,6 +20,7 @@ from tessera_gpu.filters import (
     parse_where,
     points_in_polygon,
 )
+from tessera_gpu.io.dataset import Dataset, Field, load_dataset
 
 N = 12
 TASKS = ("pick", "place", "stack")

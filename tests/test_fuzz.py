@@ -22,7 +22,18 @@ def make_array(draw, shape: tuple[int, ...]) -> tuple[np.ndarray, object]:
     n = int(np.prod(shape))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     if kind == "str":
-        data = np.array([draw(st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=4)) for _ in range(n)], dtype=object)
+        data = np.array(
+            [
+                draw(
+                    st.text(
+                        st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+                        max_size=4,
+                    )
+                )
+                for _ in range(n)
+            ],
+            dtype=object,
+        )
         return data.reshape(shape), h5py.string_dtype()
     if kind == "vlen-u8":
         data = np.empty(n, dtype=object)
@@ -43,7 +54,12 @@ def random_files(draw) -> dict[str, tuple[np.ndarray, object]]:
     for name in ("embeddings", "episode_ids", "thumbnails", "gifs", "metadata/a", "metadata/b"):
         if draw(st.booleans()):
             ndim = draw(st.integers(0, 3))
-            shape = tuple([n + draw(st.integers(-1, 1)) if i == 0 else draw(st.integers(0, 3)) for i in range(ndim)])
+            shape = tuple(
+                [
+                    n + draw(st.integers(-1, 1)) if i == 0 else draw(st.integers(0, 3))
+                    for i in range(ndim)
+                ]
+            )
             shape = tuple(max(0, s) for s in shape)
             parts[name] = make_array(draw, shape)
     return parts

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tessera_gpu import InvalidDataset, Limits, PayloadTooLarge, UnsupportedMediaType
-from tessera_gpu.isolation import ChildLimits, validate_isolated
+from tessera_gpu.io.isolation import ChildLimits, validate_isolated
 
 from .conftest import write_episode_file
 
@@ -52,7 +52,7 @@ BLAS_DURING_VALIDATION = """
 import sys, threading
 import numpy as np
 from pathlib import Path
-from tessera_gpu.isolation import validate_isolated
+from tessera_gpu.io.isolation import validate_isolated
 
 x = np.random.default_rng(0).normal(size=(2000, 64)).astype(np.float32)
 stop = threading.Event()

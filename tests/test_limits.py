@@ -6,10 +6,9 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-
-import app.controllers
-import app.jobs
-from app.controllers import DISK_MARGIN, MAX_CONCURRENT_UPLOADS
+import tessera_app.controllers
+import tessera_app.jobs
+from tessera_app.controllers import DISK_MARGIN, MAX_CONCURRENT_UPLOADS
 
 from .api_calls import Client, add, upload, uploads_dir
 from .conftest import write_episode_file
@@ -22,10 +21,10 @@ Usage = namedtuple("Usage", "total used free")
 async def test_a_full_projection_queue_is_a_503_with_retry_after(
     client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert app.jobs.MAX_QUEUED == 32
+    assert tessera_app.jobs.MAX_QUEUED == 32
     dataset_id = await add(client, write_episode_file(tmp_path / "q.h5", n=40, previews=False))
     before = (await client.get(f"/api/datasets/{dataset_id}")).json()["projection"]
-    monkeypatch.setattr(app.jobs, "MAX_QUEUED", 0)  # full, whatever the worker is doing
+    monkeypatch.setattr(tessera_app.jobs, "MAX_QUEUED", 0)  # full, whatever the worker is doing
     r = await client.post(f"/api/datasets/{dataset_id}/projection", json={"seed": 5})
     assert r.status_code == 503 and r.headers["retry-after"] == "30"
     assert r.json()["code"] == "queue_full"
@@ -47,7 +46,9 @@ async def test_a_full_disk_is_a_507_before_anything_is_written(
     client: Client, episode_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     free = episode_file.stat().st_size + DISK_MARGIN - 1
-    monkeypatch.setattr(app.controllers.shutil, "disk_usage", lambda _: Usage(1e12, 0, free))
+    monkeypatch.setattr(
+        tessera_app.controllers.shutil, "disk_usage", lambda _: Usage(1e12, 0, free)
+    )
     r = await upload(client, episode_file)
     assert (r.status_code, r.json()["code"]) == (507, "insufficient_storage")
     assert uploads_dir(client) == []

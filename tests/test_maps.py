@@ -18,11 +18,11 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from PIL import Image
+from tessera_app.main import create_app
 
-from app.main import create_app
 from tessera_gpu import load_dataset
+from tessera_gpu.render.tiles import empty_tile
 from tessera_gpu.settings import Settings
-from tessera_gpu.tiles import empty_tile
 
 from .api_calls import TEST_HOSTS
 from .conftest import write_episode_file

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from app.access_log import JsonFormatter
+from tessera_app.access_log import JsonFormatter
 
 from .conftest import free_port
 
@@ -40,14 +39,26 @@ async def test_one_log_line_per_request(client, caplog: pytest.LogCaptureFixture
     assert line["duration_ms"] >= 0
 
 
-
 @pytest.mark.slow
 def test_sigterm_shuts_down_cleanly(tmp_path: Path, episode_file: Path) -> None:
     port, data_dir = free_port(), tmp_path / "data"
     server = subprocess.Popen(
-        [sys.executable, "-m", "tessera_gpu.cli", "serve", str(episode_file), "--port", str(port),
-         "--data-dir", str(data_dir), "--device", "cpu"],
-        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tessera_gpu.cli",
+            "serve",
+            str(episode_file),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--device",
+            "cpu",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60

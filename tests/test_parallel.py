@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from tessera_gpu import parallel
 from tessera_gpu.backends.cpu_kmeans import kmeans_pp
 from tessera_gpu.backends.cpu_knn import exact_knn
+from tessera_gpu.projection import parallel
 
 # Four threads, each running kNN and k-means++ on its own data, checked against one thread.
 CONCURRENT = textwrap.dedent(
@@ -21,7 +21,7 @@ CONCURRENT = textwrap.dedent(
     import json
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np
-    from tessera_gpu import parallel
+    from tessera_gpu.projection import parallel
     from tessera_gpu.backends.cpu_kmeans import kmeans_pp
     from tessera_gpu.backends.cpu_knn import exact_knn
 

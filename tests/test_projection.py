@@ -11,11 +11,11 @@ import pytest
 from sklearn.manifold import trustworthiness
 
 from tessera_gpu.backends import Backend, get_backend
-from tessera_gpu.cache import ALGORITHM_VERSION, ProjectionCache
 from tessera_gpu.errors import InvalidRequest
-from tessera_gpu.graph import ab_params, fuzzy_graph
-from tessera_gpu.layout import optimize_layout
-from tessera_gpu.projection import Projection, ProjectionParams, project, project_cached
+from tessera_gpu.projection.cache import ALGORITHM_VERSION, ProjectionCache
+from tessera_gpu.projection.graph import ab_params, fuzzy_graph
+from tessera_gpu.projection.layout import optimize_layout
+from tessera_gpu.projection.project import Projection, ProjectionParams, project, project_cached
 
 from .backend_params import BACKEND_PARAMS, backend_for, clustered
 
@@ -221,8 +221,8 @@ def test_no_hash_means_no_cache(tmp_path: Path, small: np.ndarray) -> None:
 def test_project_command_writes_the_map_and_uses_the_cache(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from tessera_gpu.cli import cli
-    from tessera_gpu.writer import write_dataset
+    from tessera_gpu.cli.main import cli
+    from tessera_gpu.io.writer import write_dataset
 
     x = clustered(300, 16, seed=13)[0]
     data = write_dataset(tmp_path / "d.h5", embeddings=x, episode_ids=[f"e{i}" for i in range(300)])
@@ -240,8 +240,8 @@ def test_project_command_writes_the_map_and_uses_the_cache(tmp_path: Path) -> No
 def test_project_command_refuses_metadata_only_files(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from tessera_gpu.cli import cli
-    from tessera_gpu.writer import write_dataset
+    from tessera_gpu.cli.main import cli
+    from tessera_gpu.io.writer import write_dataset
 
     data = write_dataset(tmp_path / "m.h5", episode_ids=["a", "b", "c"])
     result = CliRunner().invoke(cli, ["project", str(data), "--no-cache"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import pytest
 
-from tessera_gpu.cli import cli
+from tessera_gpu.cli.main import cli
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -22,7 +22,9 @@ def test_readme_opens_with_the_two_commands() -> None:
 @pytest.mark.parametrize("name", sorted(cli.commands))
 def test_every_command_and_option_is_documented(name: str) -> None:
     command = cli.commands[name]
-    row = next((line for line in README.splitlines() if line.startswith(f"| `tessera {name}")), None)
+    row = next(
+        (line for line in README.splitlines() if line.startswith(f"| `tessera {name}")), None
+    )
     assert row is not None, f"README's CLI reference has no row for `tessera {name}`"
     for param in command.params:
         if isinstance(param, click.Option) and param.name != "help":
@@ -32,7 +34,8 @@ def test_every_command_and_option_is_documented(name: str) -> None:
 def _routes() -> list[tuple[str, str]]:
     import tempfile
 
-    from app.main import create_app
+    from tessera_app.main import create_app
+
     from tessera_gpu.settings import Settings
 
     app = create_app(Settings(data_dir=Path(tempfile.mkdtemp())))

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tessera_gpu.dataset import Dataset, Field, load_dataset
 from tessera_gpu.errors import Conflict, InvalidRequest
 from tessera_gpu.filters import filter_rows, parse_filter
+from tessera_gpu.io.dataset import Dataset, Field, load_dataset
 from tessera_gpu.sampling import (
     Sample,
     SampleRequest,
@@ -271,7 +271,7 @@ def test_export_filename_is_safe() -> None:
 
 
 def run_cli(*args: str) -> Any:
-    from tessera_gpu.cli import cli
+    from tessera_gpu.cli.main import cli
 
     return CliRunner().invoke(cli, ["sample", *args])
 

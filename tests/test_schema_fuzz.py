@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, settings
 schemathesis = pytest.importorskip("schemathesis")
 
 from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
+from tessera_app.main import create_app  # noqa: E402
 
-from app.main import create_app  # noqa: E402
 from tessera_gpu.settings import Settings  # noqa: E402
 
 from .conftest import write_episode_file  # noqa: E402
@@ -78,4 +78,6 @@ def test_no_server_errors_and_responses_match_the_schema(case: Any, dataset_id: 
     # Aim most operations at the real dataset; deleting it would leave the rest with a 404.
     if "dataset_id" in (case.path_parameters or {}) and case.operation.method.upper() != "DELETE":
         case.path_parameters["dataset_id"] = dataset_id
-    case.call_and_validate(checks=[no_server_error, response_schema_conformance, errors_have_one_shape])
+    case.call_and_validate(
+        checks=[no_server_error, response_schema_conformance, errors_have_one_shape]
+    )

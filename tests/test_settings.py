@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tessera_gpu.cli import cli
-from tessera_gpu.cli_serve import serve
+from tessera_gpu.cli.main import cli
+from tessera_gpu.cli.serve import serve
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.settings import SETTINGS, Settings
 
@@ -101,7 +101,7 @@ def test_serve_refuses_a_file_that_is_not_hdf5(tmp_path: Path, served: dict[str,
 def test_demo_is_built_once(
     tmp_path: Path, served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tessera_gpu.demo
+    import tessera_gpu.io.demo
 
     built: list[Path] = []
 
@@ -109,7 +109,7 @@ def test_demo_is_built_once(
         built.append(Path(path))
         return write_episode_file(Path(path), n=50, previews=False)
 
-    monkeypatch.setattr(tessera_gpu.demo, "build_demo", small_demo)
+    monkeypatch.setattr(tessera_gpu.io.demo, "build_demo", small_demo)
     args = ["--demo", "--data-dir", str(tmp_path / "d"), "--device", "cpu"]
     for _ in range(2):
         assert CliRunner().invoke(serve, args).exit_code == 0

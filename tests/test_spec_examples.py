@@ -40,7 +40,10 @@ def spec_complete_file(path: Path, *, strings: str) -> Path:
 def test_spec_example_fails_in_h5py_as_the_spec_writes_it(tmp_path: Path) -> None:
     """Why tessera_gpu.write_dataset exists: the spec's np.random.choice strings don't write."""
     task = np.random.choice(["pick", "place", "stack"], size=10)
-    with h5py.File(tmp_path / "x.h5", "w") as f, pytest.raises(TypeError, match="No conversion path"):
+    with (
+        h5py.File(tmp_path / "x.h5", "w") as f,
+        pytest.raises(TypeError, match="No conversion path"),
+    ):
         f.create_dataset("task", data=task)
 
 
@@ -67,8 +70,12 @@ def create_gif(frames: list, size=(128, 128), fps=8, max_frames=16) -> bytes:
     pil_frames = [Image.fromarray(f).resize(size, Image.LANCZOS) for f in frames]
     buffer = io.BytesIO()
     pil_frames[0].save(
-        buffer, format="GIF", save_all=True, append_images=pil_frames[1:],
-        duration=int(1000 / fps), loop=0,
+        buffer,
+        format="GIF",
+        save_all=True,
+        append_images=pil_frames[1:],
+        duration=int(1000 / fps),
+        loop=0,
     )
     return buffer.getvalue()
 
@@ -109,5 +116,7 @@ def test_spec_metadata_only_file_loads(tmp_path: Path) -> None:
     ds = load_dataset(path)
     assert ds.mode == "metadata-only"
     assert {f.name: f.kind for f in ds.fields.values()} == {
-        "success": "bool", "robot_id": "int", "gripper_state": "float"
+        "success": "bool",
+        "robot_id": "int",
+        "gripper_state": "float",
     }

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+from tessera_app.catalog import _stem
+from tessera_app.store import DatasetEntry, Store, write_atomic
+from tessera_app.uploads import receive_upload
 
-from app.catalog import _stem
-from app.store import DatasetEntry, Store, write_atomic
-from app.uploads import receive_upload
 from tessera_gpu.errors import InvalidRequest, NotFound, PayloadTooLarge
 
 BOUNDARY = "b0undary42"

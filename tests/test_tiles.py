@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tessera_gpu.colors import CATEGORY_PALETTE, ColorBy, color_by, legend
-from tessera_gpu.dataset import Field
 from tessera_gpu.errors import InvalidRequest, UnsupportedMediaType
-from tessera_gpu.nearest import NearestIndex
-from tessera_gpu.previews import check_preview, sniff_image
-from tessera_gpu.tiles import Pyramid, TileIndex, empty_tile, render_tile
+from tessera_gpu.io.dataset import Field
+from tessera_gpu.render.colors import CATEGORY_PALETTE, ColorBy, color_by, legend
+from tessera_gpu.render.nearest import NearestIndex
+from tessera_gpu.render.previews import check_preview, sniff_image
+from tessera_gpu.render.tiles import Pyramid, TileIndex, empty_tile, render_tile
 
 from .conftest import gif_bytes, jpeg_bytes
 

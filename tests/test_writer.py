@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tessera_gpu import writer
-from tessera_gpu.dataset import load_dataset
 from tessera_gpu.errors import InvalidRequest
-from tessera_gpu.writer import encode_gif, encode_thumbnail, write_dataset
+from tessera_gpu.io import writer
+from tessera_gpu.io.dataset import load_dataset
+from tessera_gpu.io.writer import encode_gif, encode_thumbnail, write_dataset
 
 N = 6
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import InvalidRequest, Unavailable
+from tessera_gpu.errors import InvalidRequest, Unavailable
 
 __all__ = [
     "COARSE_ABOVE",
@@ -103,7 +103,7 @@ class Backend(Protocol):
 def gpu_status() -> tuple[str | None, str]:
     """``(best GPU backend name or None, reason)``: probes cuML, then CuPy, once per process."""
     try:
-        from . import cupy_backend
+        from tessera_gpu.backends import cupy_backend
     except ModuleNotFoundError:
         return None, "CuPy is not installed (pip install 'tessera-gpu[gpu]')"
     except Exception as exc:  # CUDA libraries missing or broken at import
@@ -111,7 +111,7 @@ def gpu_status() -> tuple[str | None, str]:
     present, reason = cupy_backend.gpu_present()
     if not present:
         return None, reason
-    from . import cuml_backend
+    from tessera_gpu.backends import cuml_backend
 
     return ("cuml" if cuml_backend.cuml_importable() else "cupy"), reason
 
@@ -137,14 +137,14 @@ def make_backend(name: str) -> Backend:
 
 def _make(name: str) -> Backend:
     if name == "cpu":
-        from .cpu import CpuBackend
+        from tessera_gpu.backends.cpu import CpuBackend
 
         return CpuBackend()
     if name == "cuml":
-        from .cuml_backend import CumlBackend
+        from tessera_gpu.backends.cuml_backend import CumlBackend
 
         return CumlBackend()
-    from .cupy_backend import CupyBackend
+    from tessera_gpu.backends.cupy_backend import CupyBackend
 
     return CupyBackend()
 

@@ -14,12 +14,12 @@ from typing import Any
 import numba
 import numpy as np
 
-from ..errors import InvalidRequest
-from . import COARSE_ABOVE, Neighbors
-from .cpu_kmeans import kmeans as cpu_kmeans
-from .cpu_knn import cell_probe_knn, exact_knn, reranked_search
-from .cpu_pca import fit_pca
-from .rows import as_rows, check_embeddings
+from tessera_gpu.backends import COARSE_ABOVE, Neighbors
+from tessera_gpu.backends.cpu_kmeans import kmeans as cpu_kmeans
+from tessera_gpu.backends.cpu_knn import cell_probe_knn, exact_knn, reranked_search
+from tessera_gpu.backends.cpu_pca import fit_pca
+from tessera_gpu.backends.rows import as_rows, check_embeddings
+from tessera_gpu.errors import InvalidRequest
 
 __all__ = ["CpuBackend"]
 

@@ -13,8 +13,8 @@ import numba
 import numpy as np
 import scipy.sparse
 
-from ..parallel import kernel
-from .cpu_pca import fit_pca
+from tessera_gpu.backends.cpu_pca import fit_pca
+from tessera_gpu.projection.parallel import kernel
 
 __all__ = ["LloydFit", "assign", "kmeans", "kmeans_pp", "lloyd"]
 

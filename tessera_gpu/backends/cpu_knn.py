@@ -17,9 +17,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..parallel import kernel
-from .cpu_kmeans import lloyd
-from .cpu_pca import fit_pca
+from tessera_gpu.backends.cpu_kmeans import lloyd
+from tessera_gpu.backends.cpu_pca import fit_pca
+from tessera_gpu.projection.parallel import kernel
 
 __all__ = ["cell_probe_knn", "exact_knn", "nearest_centroids", "reranked_search"]
 

@@ -13,7 +13,7 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
-from .cupy_backend import CupyBackend
+from tessera_gpu.backends.cupy_backend import CupyBackend
 
 __all__ = ["NN_DESCENT_ABOVE", "CumlBackend", "cuml_importable"]
 

@@ -12,11 +12,11 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
-from ..errors import InvalidRequest
-from . import COARSE_ABOVE, Neighbors
-from .cupy_kmeans import lloyd
-from .cupy_knn import exact_search
-from .rows import as_rows, check_embeddings
+from tessera_gpu.backends import COARSE_ABOVE, Neighbors
+from tessera_gpu.backends.cupy_kmeans import lloyd
+from tessera_gpu.backends.cupy_knn import exact_search
+from tessera_gpu.backends.rows import as_rows, check_embeddings
+from tessera_gpu.errors import InvalidRequest
 
 __all__ = ["CupyBackend", "gpu_present"]
 

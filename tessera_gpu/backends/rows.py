@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidRequest
+from tessera_gpu.errors import InvalidRequest
 
 __all__ = ["as_rows", "check_embeddings"]
 

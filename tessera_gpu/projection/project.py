@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend
-from .errors import InvalidRequest
+from tessera_gpu.backends import Backend
+from tessera_gpu.errors import InvalidRequest
 
 __all__ = ["Progress", "Projection", "ProjectionParams", "project", "project_cached"]
 
@@ -119,7 +119,7 @@ def _tiny(n: int, backend: Backend) -> Projection:
 
 
 def _initial(graph: Any, cells: np.ndarray | None, seed: int) -> tuple[np.ndarray, str]:
-    from .spectral import coarse_spectral_init, spectral_init
+    from tessera_gpu.projection.spectral import coarse_spectral_init, spectral_init
 
     if cells is not None:
         return coarse_spectral_init(graph, cells, seed=seed), "coarse-spectral"
@@ -134,8 +134,8 @@ def _layout(
     report: _Reporter,
 ) -> np.ndarray:
     """Run the SGD, on rows sorted by cell when cells are known (neighbours near in memory)."""
-    from .graph import ab_params
-    from .layout import optimize_layout
+    from tessera_gpu.projection.graph import ab_params
+    from tessera_gpu.projection.layout import optimize_layout
 
     a, b = ab_params(params.spread, params.min_dist)
     order = None if cells is None else np.argsort(cells, kind="stable")
@@ -174,7 +174,7 @@ def project(
     if umap is not None:
         coords, info = umap(x, params=params, progress=progress)
         return Projection(np.ascontiguousarray(coords, dtype=np.float32), info)
-    from .graph import fuzzy_graph
+    from tessera_gpu.projection.graph import fuzzy_graph
 
     report = _Reporter(progress)
     report("knn", 0.0)

@@ -34,7 +34,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .parallel import kernel
+from tessera_gpu.projection.parallel import kernel
 
 __all__ = ["optimize_layout"]
 

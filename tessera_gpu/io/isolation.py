@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidDataset, TesseraError
-from .safety import Limits
+from tessera_gpu.errors import InvalidDataset, TesseraError
+from tessera_gpu.io.safety import Limits
 
 __all__ = ["ChildLimits", "validate_isolated"]
 
@@ -50,7 +50,7 @@ def validate_isolated(
         # Python fork() and run the pthread_atfork handlers, and OpenBLAS's handler tears down
         # its thread pool under a projection that is mid-matmul in another thread: a deadlock.
         proc = subprocess.run(  # noqa: S603 - fixed argv, no shell; the path travels on stdin
-            [sys.executable, "-m", "tessera_gpu.isolation"],
+            [sys.executable, "-m", "tessera_gpu.io.isolation"],
             input=request,
             capture_output=True,
             text=True,
@@ -115,7 +115,7 @@ def _outcome(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def _child_main() -> None:
-    from .dataset import load_dataset
+    from tessera_gpu.io.dataset import load_dataset
 
     request = json.loads(sys.stdin.read())
     _apply_limits(ChildLimits(**request["child"]))  # before the untrusted file is opened

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .colors import CATEGORY_PALETTE, ColorBy, shade
-from .errors import InvalidRequest
-from .parallel import serial_section
+from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.projection.parallel import serial_section
+from tessera_gpu.render.colors import CATEGORY_PALETTE, ColorBy, shade
 
 __all__ = [
     "MAX_ZOOM",
@@ -221,7 +221,7 @@ def render_tile(view: PointView, spec: ColorBy, z: int, x: int, y: int) -> bytes
     sel = np.flatnonzero(inside) + lo
     rows = view.rows[sel]
     ranges = ((x0 - pad * res, x1 + pad * res), (y0 - pad * res, y1 + pad * res))
-    with serial_section():  # datashader's numba-parallel kernels (see tessera_gpu.parallel)
+    with serial_section():  # datashader's numba-parallel kernels (see projection.parallel)
         counts = _aggregate(view.xs[sel], view.ys[sel], rows, spec, ranges, TILE_SIZE + 2 * pad)
     words = shade(spec, counts, view.transfer(z))
     words = _spread(words, pad)

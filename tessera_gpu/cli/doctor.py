@@ -17,8 +17,8 @@ from typing import Any
 import click
 import h5py
 
-from . import __version__
-from .backends import gpu_status, make_backend
+from tessera_gpu import __version__
+from tessera_gpu.backends import gpu_status, make_backend
 
 __all__ = ["diagnose", "doctor"]
 
@@ -54,7 +54,7 @@ def _memory_gib() -> float | None:
 
 def _kernel_layer() -> str:
     """How numba's parallel CPU kernels run when several threads launch them."""
-    from .parallel import THREAD_SAFE
+    from tessera_gpu.projection.parallel import THREAD_SAFE
 
     if THREAD_SAFE:
         return "thread-safe layer (TBB or OpenMP)"

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse
 
-from .parallel import kernel
+from tessera_gpu.projection.parallel import kernel
 
 __all__ = ["ab_params", "fuzzy_graph"]
 

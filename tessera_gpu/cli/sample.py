@@ -12,12 +12,12 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .dataset import load_dataset
-from .errors import InvalidRequest
-from .filters import parse_where
-from .sampling import SampleRequest, build_manifest, draw_sample, export_sample
-from .settings import DEVICES, env_var
+from tessera_gpu import __version__
+from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.filters import parse_where
+from tessera_gpu.io.dataset import load_dataset
+from tessera_gpu.sampling import SampleRequest, build_manifest, draw_sample, export_sample
+from tessera_gpu.settings import DEVICES, env_var
 
 __all__ = ["sample"]
 
@@ -101,7 +101,7 @@ def sample(
 
 
 def _backend(device: str) -> Any:
-    from .backends import get_backend
+    from tessera_gpu.backends import get_backend
 
     return get_backend(device)
 

@@ -18,8 +18,8 @@ import h5py
 import numpy as np
 import xxhash
 
-from .errors import InvalidDataset
-from .safety import (
+from tessera_gpu.errors import InvalidDataset
+from tessera_gpu.io.safety import (
     Limits,
     check_dataset_object,
     check_file_on_disk,

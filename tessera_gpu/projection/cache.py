@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .projection import Projection, ProjectionParams
+from tessera_gpu.projection.project import Projection, ProjectionParams
 
 __all__ = ["ALGORITHM_VERSION", "ProjectionCache"]
 

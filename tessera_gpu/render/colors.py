@@ -16,8 +16,8 @@ import colorcet
 import numpy as np
 from bokeh.palettes import Viridis256
 
-from .dataset import Dataset
-from .errors import InvalidRequest
+from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.io.dataset import Dataset
 
 __all__ = [
     "CATEGORY_PALETTE",

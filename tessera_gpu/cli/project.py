@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .errors import Conflict
-from .settings import DEVICES, Settings, env_var
+from tessera_gpu.errors import Conflict
+from tessera_gpu.settings import DEVICES, Settings, env_var
 
 __all__ = ["project"]
 
@@ -24,7 +24,7 @@ def _default_output(file: Path) -> Path:
 
 
 def _cache(no_cache: bool, cache_dir: Path | None):  # type: ignore[no-untyped-def]
-    from .cache import ProjectionCache
+    from tessera_gpu.projection.cache import ProjectionCache
 
     if no_cache:
         return None
@@ -81,10 +81,10 @@ def project(
     cache_dir: Path | None,
 ) -> None:
     """Project FILE's embeddings to 2-D with UMAP and save the (N, 2) float32 map."""
-    from .backends import get_backend
-    from .cli_sample import write_atomically
-    from .dataset import load_dataset
-    from .projection import ProjectionParams, project_cached
+    from tessera_gpu.backends import get_backend
+    from tessera_gpu.cli.sample import write_atomically
+    from tessera_gpu.io.dataset import load_dataset
+    from tessera_gpu.projection.project import ProjectionParams, project_cached
 
     ds = load_dataset(file)
     if ds.embeddings is None:

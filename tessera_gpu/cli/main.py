@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .dataset import Dataset, load_dataset
-from .errors import TesseraError
-from .safety import Limits
+from tessera_gpu import __version__
+from tessera_gpu.errors import TesseraError
+from tessera_gpu.io.dataset import Dataset, load_dataset
+from tessera_gpu.io.safety import Limits
 
 __all__ = ["cli", "main"]
 
@@ -98,7 +98,7 @@ def demo_data(out: Path, episodes: int, dim: int, seed: int, no_previews: bool) 
     """Build a realistic robot-episode dataset at OUT (rendered tabletop scenes)."""
     from rich.progress import Progress
 
-    from .demo import build_demo
+    from tessera_gpu.io.demo import build_demo
 
     with Progress(transient=True) as bar:
         task = bar.add_task("Rendering episodes", total=episodes)
@@ -113,19 +113,19 @@ def demo_data(out: Path, episodes: int, dim: int, seed: int, no_previews: bool) 
     click.echo(f"wrote {out} ({episodes:,} episodes, {dim}-d, {out.stat().st_size / 1e6:.1f} MB)")
 
 
-from .cli_sample import sample  # noqa: E402
+from tessera_gpu.cli.sample import sample  # noqa: E402
 
 cli.add_command(sample)
 
-from .cli_serve import serve  # noqa: E402
+from tessera_gpu.cli.serve import serve  # noqa: E402
 
 cli.add_command(serve)
 
-from .cli_project import project  # noqa: E402
+from tessera_gpu.cli.project import project  # noqa: E402
 
 cli.add_command(project)
 
-from .doctor import doctor  # noqa: E402
+from tessera_gpu.cli.doctor import doctor  # noqa: E402
 
 cli.add_command(doctor)
 

@@ -1,7 +1,7 @@
 """What the map routes keep between requests, per finished projection.
 
-For each dataset whose projection is done: a :class:`~tessera_gpu.tiles.TileIndex` (points
-sorted for tiles), a :class:`~tessera_gpu.nearest.NearestIndex` (k-d tree for hover), the
+For each dataset whose projection is done: a :class:`~tessera_gpu.render.tiles.TileIndex` (points
+sorted for tiles), a :class:`~tessera_gpu.render.nearest.NearestIndex` (k-d tree for hover), the
 checked filter masks (keyed by the filter's canonical JSON) and an LRU of rendered tiles. A new
 projection (a different coords array) replaces all of it.
 """
@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from tessera_gpu.colors import ColorBy, color_by
-from tessera_gpu.dataset import Dataset
 from tessera_gpu.errors import Conflict, InvalidRequest, Unavailable
 from tessera_gpu.filters import filter_mask, parse_filter
-from tessera_gpu.nearest import NearestIndex
-from tessera_gpu.tiles import TileIndex, compile_kernels
+from tessera_gpu.io.dataset import Dataset
+from tessera_gpu.render.colors import ColorBy, color_by
+from tessera_gpu.render.nearest import NearestIndex
+from tessera_gpu.render.tiles import TileIndex, compile_kernels
 
 __all__ = ["MapCache", "ProjectionMaps", "filter_key", "parse_filter_param"]
 

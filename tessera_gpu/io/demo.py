@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import InvalidRequest
-from .writer import encode_gif, encode_thumbnail, write_dataset
+from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.io.writer import encode_gif, encode_thumbnail, write_dataset
 
 __all__ = ["build_demo"]
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import InvalidRequest
-from .safety import Limits, check_file_on_disk
-from .settings import DEVICES, SETTINGS, Setting, Settings
+from tessera_gpu import __version__
+from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.io.safety import Limits, check_file_on_disk
+from tessera_gpu.settings import DEVICES, SETTINGS, Setting, Settings
 
 __all__ = ["DEMO_FILE", "serve", "setting_options"]
 
@@ -67,9 +67,8 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def serve(files: tuple[Path, ...], demo: bool, **flags: Any) -> None:
     """Serve FILES (HDF5 episode files, registered by path) and the data directory's datasets."""
     import uvicorn
-
-    from app.access_log import configure_logging
-    from app.main import create_app
+    from tessera_app.access_log import configure_logging
+    from tessera_app.main import create_app
 
     configure_logging()
     settings = Settings.load(flags)
@@ -116,7 +115,7 @@ def ensure_demo(data_dir: Path) -> Path:
         return path
     from rich.progress import Progress
 
-    from .demo import build_demo
+    from tessera_gpu.io.demo import build_demo
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with Progress(transient=True) as bar:

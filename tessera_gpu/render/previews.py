@@ -13,7 +13,7 @@ import warnings
 
 from PIL import Image
 
-from .errors import UnsupportedMediaType
+from tessera_gpu.errors import UnsupportedMediaType
 
 __all__ = ["MAX_PREVIEW_PIXELS", "MEDIA_TYPES", "check_preview", "sniff_image"]
 

@@ -21,9 +21,9 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from .errors import InvalidRequest
-from .previews import sniff_image
-from .safety import Limits
+from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.io.safety import Limits
+from tessera_gpu.render.previews import sniff_image
 
 __all__ = ["encode_gif", "encode_thumbnail", "write_dataset"]
 

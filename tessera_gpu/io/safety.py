@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import InvalidDataset, NotFound, PayloadTooLarge, UnsupportedMediaType
+from tessera_gpu.errors import InvalidDataset, NotFound, PayloadTooLarge, UnsupportedMediaType
 
 __all__ = [
     "ALLOWED_FILTERS",
