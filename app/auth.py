@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from litestar import MediaType, Response, get
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from tessera_gpu.errors import error_body
 from tessera_gpu.settings import Settings
 
 __all__ = [
@@ -207,7 +208,7 @@ async def _error(
     status: int,
     extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    body = json.dumps({"error": message, "code": code, "status": status}).encode()
+    body = json.dumps(error_body(message, code, status)).encode()
     await _send(send, status, body, b"application/json", list(extra))
 
 

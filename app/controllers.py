@@ -1,4 +1,4 @@
-"""The HTTP API, one controller per resource. Handlers parse, call the catalog, and serialize.
+"""The HTTP API, one controller per resource. Handlers parse, call the core, and serialize.
 
 Slow calls (loading, hashing, filtering, sampling) run in a worker thread
 (``sync_to_thread=True``), so the event loop keeps answering while they work.
@@ -19,14 +19,11 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, PathParameter, QueryParameter
 
 from tessera_gpu import __version__
-from tessera_gpu.errors import (
-    InsufficientStorage,
-    InvalidRequest,
-    Unavailable,
-    UnsupportedMediaType,
-)
+from tessera_gpu.backends import Backend
+from tessera_gpu.core import Count, DatasetSummary, Episode, Live, ProjectionStatus, Tessera
+from tessera_gpu.errors import InsufficientStorage, InvalidRequest, UnsupportedMediaType
+from tessera_gpu.sampling import Manifest
 
-from .catalog import Catalog
 from .openapi_docs import DatasetRegistration
 from .uploads import MULTIPART_OVERHEAD, receive_upload, too_large
 
@@ -42,11 +39,9 @@ __all__ = [
 #: Largest JSON body (filters, sample requests); uploads have their own limit.
 MAX_JSON_BYTES = 8_000_000
 MAX_PATH_BODY = 64 * 1024
-#: Uploads received at once; one more is a 503 with Retry-After.
-MAX_CONCURRENT_UPLOADS = 4
 #: Free disk kept beyond an upload's size (the registry, caches and samples need room too).
 DISK_MARGIN = 64 * 1024 * 1024
-CatalogDep = NamedDependency[Catalog]
+TesseraDep = NamedDependency[Tessera]
 DatasetId = Annotated[
     str,
     PathParameter(description="The dataset's id (from its file's content hash).", max_length=64),
@@ -64,6 +59,33 @@ SAMPLE_DOC = (
 )
 
 
+class BackendInfo(msgspec.Struct, omit_defaults=True):
+    """The compute backend: its name (cpu, cupy, cuml), device, and GPU memory in GiB."""
+
+    name: str
+    device: str
+    gpu_memory_free_gib: float | msgspec.UnsetType = msgspec.UNSET
+    gpu_memory_total_gib: float | msgspec.UnsetType = msgspec.UNSET
+
+
+class HostMemory(msgspec.Struct):
+    """This process's resident memory and the host's total and available memory, in GiB
+    (null where the platform does not say)."""
+
+    process_rss_gib: float | None = None
+    host_total_gib: float | None = None
+    host_available_gib: float | None = None
+
+
+class Health(msgspec.Struct):
+    status: str
+    version: str
+    backend: BackendInfo
+    hdf5_version: str
+    datasets: int
+    memory: HostMemory
+
+
 class HealthController(Controller):
     """Is the server up, and what is it running on."""
 
@@ -71,42 +93,38 @@ class HealthController(Controller):
     tags = ["health"]
 
     @get("/", operation_id="getHealth", summary="Server health", sync_to_thread=False)
-    def health(self, catalog: CatalogDep) -> dict[str, Any]:
+    def health(self, tessera: TesseraDep) -> Health:
         """Version, compute backend (name, device, GPU memory), host memory in use, HDF5 version."""
-        backend = catalog.backend
-        return {
-            "status": "ok",
-            "version": __version__,
-            "backend": {"name": backend.name, "device": backend.device, **_gpu_memory(backend)},
-            "hdf5_version": h5py.version.hdf5_version,
-            "datasets": len(catalog.all()),
-            "memory": _host_memory(),
-        }
+        return Health(
+            status="ok",
+            version=__version__,
+            backend=_backend_info(tessera.backend),
+            hdf5_version=h5py.version.hdf5_version,
+            datasets=len(tessera.all()),
+            memory=_host_memory(),
+        )
 
 
-def _gpu_memory(backend: Any) -> dict[str, Any]:
-    if backend.name == "cpu":
-        return {}
-    info = backend.describe()
-    return {k: v for k, v in info.items() if k.startswith("gpu_memory")}
+def _backend_info(backend: Backend) -> BackendInfo:
+    out = BackendInfo(name=backend.name, device=backend.device)
+    if backend.name != "cpu":
+        info = backend.describe()
+        out.gpu_memory_free_gib = info["gpu_memory_free_gib"]
+        out.gpu_memory_total_gib = info["gpu_memory_total_gib"]
+    return out
 
 
-def _host_memory() -> dict[str, float | None]:
-    """This process's resident memory and the host's total and available memory, in GiB."""
-    out: dict[str, float | None] = {
-        "process_rss_gib": None,
-        "host_total_gib": None,
-        "host_available_gib": None,
-    }
+def _host_memory() -> HostMemory:
+    out = HostMemory()
     try:
         with open("/proc/self/statm") as f:
-            out["process_rss_gib"] = round(
+            out.process_rss_gib = round(
                 int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30, 3
             )
         with open("/proc/meminfo") as f:
             info = {line.split(":")[0]: int(line.split()[1]) for line in f}
-        out["host_total_gib"] = round(info["MemTotal"] / 2**20, 2)
-        out["host_available_gib"] = round(info["MemAvailable"] / 2**20, 2)
+        out.host_total_gib = round(info["MemTotal"] / 2**20, 2)
+        out.host_available_gib = round(info["MemAvailable"] / 2**20, 2)
     except (OSError, KeyError, ValueError, IndexError):
         pass  # not Linux: leave them null
     return out
@@ -119,9 +137,9 @@ class DatasetController(Controller):
     tags = ["datasets"]
 
     @get("/", operation_id="listDatasets", summary="List datasets", sync_to_thread=True)
-    def list_datasets(self, catalog: CatalogDep) -> list[dict[str, Any]]:
+    def list_datasets(self, tessera: TesseraDep) -> list[DatasetSummary]:
         """A summary of every registered dataset, oldest first."""
-        return [catalog.summary(live.entry.id) for live in catalog.all()]
+        return [tessera.summary(live.id) for live in tessera.all()]
 
     @post(
         "/",
@@ -131,7 +149,9 @@ class DatasetController(Controller):
         operation_class=DatasetRegistration,
         request_max_body_size=None,  # the upload limit is enforced while streaming
     )
-    async def add_dataset(self, request: Request[Any, Any, Any], catalog: CatalogDep) -> Any:
+    async def add_dataset(
+        self, request: Request[Any, Any, Any], tessera: TesseraDep
+    ) -> DatasetSummary:
         """Upload an HDF5 file as the multipart field ``file``, or register a file on the
         server's disk with JSON ``{"path": ...}`` (only under an ``--allow-path`` directory).
 
@@ -141,22 +161,22 @@ class DatasetController(Controller):
         """
         content_type, options = request.content_type
         if content_type == RequestEncodingType.MULTI_PART:
-            live = await _receive(request, catalog, options.get("boundary"))
+            live = await _receive(request, tessera, options.get("boundary"))
         elif content_type == "application/json":
             path = _path_from(await _small_body(request))
-            live = await anyio.to_thread.run_sync(catalog.register_path, path)
+            live = await anyio.to_thread.run_sync(tessera.register_path, path)
         else:
             raise UnsupportedMediaType(
                 "Send the file as multipart/form-data (field 'file'), or JSON {\"path\": ...}; "
                 f"got Content-Type {content_type or '(none)'!r}",
                 code="unsupported_media_type",
             )
-        return catalog.summary(live.entry.id)
+        return tessera.summary(live.id)
 
     @get("/{dataset_id:str}", operation_id="getDataset", summary="One dataset", sync_to_thread=True)
-    def get_dataset(self, catalog: CatalogDep, dataset_id: DatasetId) -> dict[str, Any]:
+    def get_dataset(self, tessera: TesseraDep, dataset_id: DatasetId) -> DatasetSummary:
         """The dataset's size, mode, previews, fields (with values or ranges) and projection."""
-        return catalog.summary(dataset_id)
+        return tessera.summary(dataset_id)
 
     @delete(
         "/{dataset_id:str}",
@@ -164,42 +184,31 @@ class DatasetController(Controller):
         summary="Remove a dataset",
         sync_to_thread=True,
     )
-    def delete_dataset(self, catalog: CatalogDep, dataset_id: DatasetId) -> None:
-        """Forget the dataset and remove its uploaded file, samples and projection cache.
-
-        A file registered by path is never deleted from the disk.
+    def delete_dataset(self, tessera: TesseraDep, dataset_id: DatasetId) -> None:
+        """Forget the dataset, release its memory, and remove its uploaded file, samples and
+        projection cache. A file registered by path is never deleted from the disk.
         """
-        catalog.delete(dataset_id)
+        tessera.delete(dataset_id)
 
 
-async def _receive(request: Request[Any, Any, Any], catalog: Catalog, boundary: str | None) -> Any:
+async def _receive(request: Request[Any, Any, Any], tessera: Tessera, boundary: str | None) -> Live:
     if not boundary:
         raise InvalidRequest("multipart/form-data without a boundary", code="bad_multipart")
-    limit = catalog.settings.max_upload_bytes
+    limit = tessera.settings.max_upload_bytes
     announced = request.headers.get("content-length")
     size = int(announced) if announced is not None and announced.isdigit() else None
     if size is not None and size > limit + MULTIPART_OVERHEAD:
         raise too_large(limit)
-    active: list[int] = request.app.state.setdefault("uploads_active", [0])
-    if active[0] >= MAX_CONCURRENT_UPLOADS:
-        raise Unavailable(
-            f"Too many uploads at once ({MAX_CONCURRENT_UPLOADS}); try again shortly",
-            code="too_many_uploads",
-            retry_after=10,
-        )
-    _check_free_space(catalog, size if size is not None else limit)
-    active[0] += 1
-    try:
-        upload = await receive_upload(request.stream(), boundary, catalog.store, limit=limit)
-        return await anyio.to_thread.run_sync(catalog.register_upload, upload)
-    finally:
-        active[0] -= 1
+    with tessera.uploads.slot():
+        _check_free_space(tessera, size if size is not None else limit)
+        upload = await receive_upload(request.stream(), boundary, tessera.data, limit=limit)
+        return await anyio.to_thread.run_sync(tessera.register_upload, upload)
 
 
-def _check_free_space(catalog: Catalog, size: int) -> None:
+def _check_free_space(tessera: Tessera, size: int) -> None:
     """507 unless the data directory has room for the upload (its declared size, or the
     upload limit when it declares none) and :data:`DISK_MARGIN` to spare."""
-    free = shutil.disk_usage(catalog.store.uploads_dir).free
+    free = shutil.disk_usage(tessera.data.uploads_dir).free
     if free < size + DISK_MARGIN:
         raise InsufficientStorage(
             f"Not enough free disk for this upload: {free / 1e6:.0f} MB free in the data "
@@ -247,11 +256,10 @@ class ProjectionController(Controller):
     tags = ["projection"]
 
     @get("/", operation_id="getProjection", summary="Projection status", sync_to_thread=False)
-    def status(self, catalog: CatalogDep, dataset_id: DatasetId) -> dict[str, Any]:
+    def status(self, tessera: TesseraDep, dataset_id: DatasetId) -> ProjectionStatus:
         """absent, queued, running (with stage and progress 0..1), done (with bounds
         [x0, y0, x1, y1]) or failed (with the error)."""
-        catalog.get(dataset_id)
-        return catalog.jobs.status(dataset_id)
+        return tessera.projection(dataset_id)
 
     @post(
         "/",
@@ -262,16 +270,16 @@ class ProjectionController(Controller):
     )
     def start(
         self,
-        catalog: CatalogDep,
+        tessera: TesseraDep,
         dataset_id: DatasetId,
         data: Annotated[
             ProjectionRequest | None,
             Body(description="Optional UMAP parameters: n_neighbors, min_dist, seed."),
         ] = None,
-    ) -> dict[str, Any]:
+    ) -> ProjectionStatus:
         """Queue a new projection with these parameters (remembered across restarts); a
         running one for this dataset is dropped. 409 for a metadata-only dataset."""
-        return catalog.project(dataset_id, data.given() if data is not None else {})
+        return tessera.project(dataset_id, data.given() if data is not None else {})
 
 
 class EpisodeController(Controller):
@@ -288,12 +296,12 @@ class EpisodeController(Controller):
     )
     def episode(
         self,
-        catalog: CatalogDep,
+        tessera: TesseraDep,
         dataset_id: DatasetId,
         index: Annotated[int, PathParameter(ge=0, description="Row of the episode, from 0.")],
-    ) -> dict[str, Any]:
+    ) -> Episode:
         """The episode's id, its metadata, and whether it has a thumbnail and a GIF."""
-        return catalog.episode(dataset_id, index)
+        return tessera.episode(dataset_id, index)
 
     @post(
         "/count",
@@ -304,15 +312,15 @@ class EpisodeController(Controller):
     )
     def count(
         self,
-        catalog: CatalogDep,
+        tessera: TesseraDep,
         dataset_id: DatasetId,
         data: Annotated[dict[str, Any] | None, Body(description=FILTER_DOC)] = None,
-    ) -> dict[str, int]:
+    ) -> Count:
         """How many episodes match the filter (``count``) out of all (``total``); no body or
         no filter counts every episode."""
         data = data or {}
         _only_keys(data, {"filter"}, "count request")
-        return catalog.count(dataset_id, data.get("filter"))
+        return tessera.count(dataset_id, data.get("filter"))
 
 
 def _only_keys(data: dict[str, Any], allowed: set[str], what: str) -> None:
@@ -330,25 +338,25 @@ class SampleController(Controller):
     @post("/", operation_id="createSample", summary="Draw a sample", sync_to_thread=True)
     def create(
         self,
-        catalog: CatalogDep,
+        tessera: TesseraDep,
         dataset_id: DatasetId,
         data: Annotated[dict[str, Any] | None, Body(description=SAMPLE_DOC)] = None,
-    ) -> dict[str, Any]:
+    ) -> Manifest:
         """Draw n episodes among those matching the filter and save the manifest. K-means
         needs embeddings (409 in metadata-only mode), not the projection."""
-        return catalog.create_sample(dataset_id, data)
+        return tessera.create_sample(dataset_id, data)
 
     @get("/", operation_id="listSamples", summary="List samples", sync_to_thread=True)
-    def list_samples(self, catalog: CatalogDep, dataset_id: DatasetId) -> list[dict[str, Any]]:
+    def list_samples(self, tessera: TesseraDep, dataset_id: DatasetId) -> list[Manifest]:
         """Every sample manifest of the dataset, oldest first."""
-        return catalog.samples(dataset_id)
+        return tessera.samples(dataset_id)
 
     @get("/{sample_id:str}", operation_id="getSample", summary="One sample", sync_to_thread=True)
     def get_sample(
-        self, catalog: CatalogDep, dataset_id: DatasetId, sample_id: SampleId
-    ) -> dict[str, Any]:
+        self, tessera: TesseraDep, dataset_id: DatasetId, sample_id: SampleId
+    ) -> Manifest:
         """The sample's manifest: request, seed, dataset hash, episode ids and stats."""
-        return catalog.sample(dataset_id, sample_id)
+        return tessera.sample(dataset_id, sample_id)
 
     @get(
         "/{sample_id:str}/export",
@@ -358,7 +366,7 @@ class SampleController(Controller):
     )
     def export(
         self,
-        catalog: CatalogDep,
+        tessera: TesseraDep,
         dataset_id: DatasetId,
         sample_id: SampleId,
         format: Annotated[
@@ -370,7 +378,7 @@ class SampleController(Controller):
         ] = "txt",
     ) -> Response[bytes]:
         """The sample as a file download (Content-Disposition: attachment)."""
-        content, media_type, filename = catalog.export(dataset_id, sample_id, format)
+        content, media_type, filename = tessera.export(dataset_id, sample_id, format)
         return Response(
             content,
             media_type=media_type.split(";")[0],  # Litestar adds the charset to text/* itself

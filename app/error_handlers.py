@@ -13,9 +13,9 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from tessera_gpu.errors import TesseraError
+from tessera_gpu.errors import TesseraError, error_body
 
-__all__ = ["EXCEPTION_HANDLERS", "error_body"]
+__all__ = ["EXCEPTION_HANDLERS"]
 
 log = logging.getLogger("tessera.http")
 
@@ -32,12 +32,10 @@ HTTP_CODES = {
 }
 
 
-def error_body(message: str, code: str, status: int) -> dict[str, Any]:
-    return {"error": message, "code": code, "status": status}
-
-
-def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:
-    return Response(body, status_code=body["status"], media_type=MediaType.JSON, headers=headers)
+def _json(body: dict[str, object], headers: dict[str, str] | None = None) -> Response[Any]:
+    status = body["status"]
+    assert isinstance(status, int)
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
 def tessera_error(_: Request[Any, Any, Any], exc: TesseraError) -> Response[Any]:

@@ -1,7 +1,8 @@
-"""The Tessera web app: ``create_app(settings)`` builds it; ``tessera serve`` runs it.
+"""The Tessera web app: ``create_app(settings)`` wraps a :class:`~tessera_gpu.core.Tessera`;
+``tessera serve`` runs it.
 
-At start-up the app sweeps stale temporary files, reloads every dataset in the data
-directory, registers the files it was given, and starts the projection worker.
+At start-up the core sweeps stale temporary files, opens the catalog, reloads every dataset,
+registers the files it was given, and starts the projection worker; at shutdown it stops them.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
-from tessera_gpu import __version__
-from tessera_gpu.backends import get_backend
+from tessera_gpu import __version__, configure_process
+from tessera_gpu.backends import Backend
+from tessera_gpu.core import Tessera
 from tessera_gpu.settings import Settings
 
 from .access_log import access_log_middleware
 from .auth import auth_middleware_factory, login
-from .catalog import Catalog
 from .controllers import (
     MAX_JSON_BYTES,
     DatasetController,
@@ -54,25 +55,28 @@ def create_app(
     settings: Settings | None = None,
     *,
     files: Iterable[str | Path] = (),
-    backend: Any = None,
+    backend: Backend | None = None,
     route_handlers: Sequence[Any] = (),
 ) -> Litestar:
     """The app for ``settings`` (default: from the environment); ``files`` are registered by
     path at start. ``backend`` overrides ``get_backend(settings.device)``;
-    ``route_handlers`` adds handlers (e.g. the page) next to the API."""
+    ``route_handlers`` adds handlers next to the API. The app's core is ``app.state.tessera``.
+    """
+    configure_process()
     settings = settings or Settings.load()
-    catalog = Catalog(settings, backend or get_backend(settings.device))
+    tessera = Tessera(settings, backend=backend)
     paths = [Path(f) for f in files]
 
     async def start() -> None:
-        await anyio.to_thread.run_sync(catalog.open, paths)
+        await anyio.to_thread.run_sync(tessera.open, paths)
 
     async def stop() -> None:
-        await anyio.to_thread.run_sync(catalog.close)
-        log.info("shutdown", extra={"fields": {"datasets": len(catalog.all())}})
+        datasets = len(tessera.all())
+        await anyio.to_thread.run_sync(tessera.close)
+        log.info("shutdown", extra={"fields": {"datasets": datasets}})
 
-    def provide_catalog() -> Catalog:
-        return catalog
+    def provide_tessera() -> Tessera:
+        return tessera
 
     app = Litestar(
         route_handlers=[
@@ -83,7 +87,7 @@ def create_app(
             login,
             *route_handlers,
         ],
-        dependencies={"catalog": Provide(provide_catalog, sync_to_thread=False)},
+        dependencies={"tessera": Provide(provide_tessera, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[access_log_middleware, auth_middleware_factory(settings)],
         on_startup=[start],
@@ -98,6 +102,6 @@ def create_app(
         ),
         request_max_body_size=MAX_JSON_BYTES,
     )
-    app.state.catalog = catalog
+    app.state.tessera = tessera
     document_errors(app)
     return app

@@ -1,31 +1,35 @@
 """The map's HTTP routes: tiles, legend, nearest episode, point overlays, and previews.
 
-Handlers parse, call :mod:`tessera_gpu.render.tiles` / :mod:`~tessera_gpu.render.nearest` /
-:mod:`~tessera_gpu.render.previews` through the per-projection caches of :mod:`.map_cache`, and
-serialize. Everything CPU-bound runs in a worker thread.
+Handlers parse, call :mod:`tessera_gpu.render` through the core's per-projection caches
+(:meth:`tessera_gpu.core.Tessera.map`), and serialize. Everything CPU-bound runs in a worker
+thread.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Annotated, Any
 
 import numpy as np
 from litestar import Controller, Request, Response, get
-from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 
+from tessera_gpu.core import Tessera
+from tessera_gpu.core.tessera import check_episode
 from tessera_gpu.errors import InvalidRequest, NotFound
-from tessera_gpu.io.dataset import Dataset, Field
-from tessera_gpu.render.colors import legend
-from tessera_gpu.render.maps import MapCache, ProjectionMaps, parse_filter_param
+from tessera_gpu.io.dataset import Dataset
+from tessera_gpu.render.colors import Legend, legend
+from tessera_gpu.render.maps import (
+    EpisodePoint,
+    Points,
+    episode_point,
+    parse_filter_param,
+    points_payload,
+)
 from tessera_gpu.render.previews import check_preview
 from tessera_gpu.render.tiles import render_tile
 
-from .catalog import Catalog
-
-__all__ = ["MAX_POINTS", "MapController", "PreviewController", "provide_maps"]
+__all__ = ["MAX_POINTS", "MapController", "PreviewController"]
 
 #: Most points ``GET .../points`` returns; more matches are thinned evenly (``truncated``).
 MAX_POINTS = 20_000
@@ -35,9 +39,7 @@ PREVIEW_HEADERS = {
     # A dataset id is its file's content hash, so a preview URL's bytes never change.
     "Cache-Control": "public, max-age=31536000, immutable",
 }
-_maps_lock = threading.Lock()
-CatalogDep = NamedDependency[Catalog]
-MapsDep = NamedDependency[MapCache]
+TesseraDep = NamedDependency[Tessera]
 
 DatasetId = Annotated[str, PathParameter(description="The dataset's id.", max_length=64)]
 EpisodeIndex = Annotated[int, PathParameter(ge=0, description="Row of the episode, from 0.")]
@@ -60,34 +62,17 @@ ColorByParam = Annotated[
 ]
 
 
-def provide_maps(state: State) -> MapCache:
-    """The app's one :class:`MapCache`, made on first use."""
-    with _maps_lock:
-        if "map_cache" not in state:
-            state["map_cache"] = MapCache()
-        cache: MapCache = state["map_cache"]
-    return cache
-
-
-def projection_maps(catalog: Catalog, maps: MapCache, dataset_id: str) -> ProjectionMaps:
-    """The map indexes of a dataset's finished projection (409 metadata-only, 503 not yet)."""
-    live = catalog.get(dataset_id)
-    return maps.get(dataset_id, live.dataset, catalog.jobs.coords(dataset_id))
-
-
 class MapController(Controller):
     """The density map of a dataset's projection and what sits on it."""
 
     path = "/api/datasets/{dataset_id:str}"
     tags = ["map"]
-    dependencies = {"maps": Provide(provide_maps, sync_to_thread=False)}
 
     @get("/tiles/{z:int}/{x:int}/{tile:str}", operation_id="getTile", summary="One map tile",
          sync_to_thread=True, media_type="image/png")  # fmt: skip
     def tile(
         self,
-        catalog: CatalogDep,
-        maps: MapsDep,
+        tessera: TesseraDep,
         dataset_id: DatasetId,
         z: Annotated[int, PathParameter(description="Zoom level, 0 (whole map) to 12.")],
         x: Annotated[int, PathParameter(description="Column, 0 to 2**z - 1, from the left.")],
@@ -107,7 +92,7 @@ class MapController(Controller):
         pyramid is a square around the projection (``GET .../map`` gives its numbers).
         400 for a tile outside the pyramid; 503 while the projection runs."""
         y = _tile_row(tile)
-        pm = projection_maps(catalog, maps, dataset_id)
+        pm = tessera.map(dataset_id)
         pm.tiles.pyramid.check(z, x, y)
         spec = pm.color_by(color_by)
         key, mask = pm.mask(parse_filter_param(filter_))
@@ -122,15 +107,14 @@ class MapController(Controller):
     @get("/legend", operation_id="getLegend", summary="The map's legend", sync_to_thread=True)
     def map_legend(
         self,
-        catalog: CatalogDep,
-        maps: MapsDep,
+        tessera: TesseraDep,
         dataset_id: DatasetId,
         color_by: ColorByParam = None,
         filter_: FilterParam = None,
-    ) -> dict[str, Any]:
+    ) -> Legend:
         """The colours the tiles use: per value with its count under the filter (category),
         or the colormap and span (number, density)."""
-        pm = projection_maps(catalog, maps, dataset_id)
+        pm = tessera.map(dataset_id)
         _, mask = pm.mask(parse_filter_param(filter_))
         return legend(pm.color_by(color_by), mask)
 
@@ -138,8 +122,7 @@ class MapController(Controller):
          sync_to_thread=True)  # fmt: skip
     def nearest(
         self,
-        catalog: CatalogDep,
-        maps: MapsDep,
+        tessera: TesseraDep,
         dataset_id: DatasetId,
         x: Annotated[float, QueryParameter(description="Map x, in data units.")],
         y: Annotated[float, QueryParameter(description="Map y, in data units.")],
@@ -150,13 +133,13 @@ class MapController(Controller):
             ),
         ] = None,
         filter_: FilterParam = None,
-    ) -> dict[str, Any]:
+    ) -> EpisodePoint:
         """The nearest episode (among the filter's matches) to ``(x, y)``: index, id,
         position, metadata and preview URLs (null when the dataset has none). 404 when no
         episode is within ``radius``."""
         if not (np.isfinite(x) and np.isfinite(y)):
             raise InvalidRequest("x and y must be finite numbers")
-        pm = projection_maps(catalog, maps, dataset_id)
+        pm = tessera.map(dataset_id)
         key, mask = pm.mask(parse_filter_param(filter_))
         row = pm.nearest.nearest(x, y, radius=radius, mask=mask, key=key)
         if row is None:
@@ -167,8 +150,7 @@ class MapController(Controller):
          sync_to_thread=True)  # fmt: skip
     def points(
         self,
-        catalog: CatalogDep,
-        maps: MapsDep,
+        tessera: TesseraDep,
         dataset_id: DatasetId,
         fields: Annotated[
             str | None,
@@ -186,16 +168,17 @@ class MapController(Controller):
                 ge=1, le=MAX_POINTS, description=f"At most this many points (max {MAX_POINTS:,})."
             ),
         ] = MAX_POINTS,
-    ) -> dict[str, Any]:
+    ) -> Points:
         """Map positions of a sample's episodes (``sample_id``) or of a filter's matches,
         with the chosen fields. Over ``limit``, an evenly spaced subset is returned and
         ``truncated`` is true; ``count`` is always the full number."""
         if sample_id is not None and filter_ is not None:
             raise InvalidRequest("give sample_id or filter, not both")
-        pm = projection_maps(catalog, maps, dataset_id)
+        pm = tessera.map(dataset_id)
         names = _field_names(pm.dataset, fields)
         if sample_id is not None:
-            rows = _sample_rows(pm.dataset, catalog.sample(dataset_id, sample_id))
+            ids = tessera.sample(dataset_id, sample_id).episode_ids
+            rows = _rows_of(pm.dataset, ids)
         else:
             _, mask = pm.mask(parse_filter_param(filter_))
             rows = np.arange(pm.dataset.n_episodes) if mask is None else np.flatnonzero(mask)
@@ -222,56 +205,9 @@ def _field_names(dataset: Dataset, fields: str | None) -> list[str]:
     return names
 
 
-def _sample_rows(dataset: Dataset, manifest: dict[str, Any]) -> np.ndarray:
-    rows = [dataset.index_of(eid) for eid in manifest.get("episode_ids", [])]
+def _rows_of(dataset: Dataset, episode_ids: list[str]) -> np.ndarray:
+    rows = [dataset.index_of(eid) for eid in episode_ids]
     return np.array(sorted(r for r in rows if r is not None), dtype=np.int64)
-
-
-def episode_point(
-    dataset: Dataset, dataset_id: str, row: int, coords: np.ndarray
-) -> dict[str, Any]:
-    """One episode as the hover card shows it."""
-    base = f"/api/datasets/{dataset_id}/episodes/{row}"
-    return {
-        "index": row,
-        "episode_id": str(dataset.episode_ids[row]),
-        "x": float(coords[row, 0]),
-        "y": float(coords[row, 1]),
-        "metadata": dataset.metadata_at(row),
-        "thumbnail_url": f"{base}/thumbnail" if dataset.has_thumbnails else None,
-        "gif_url": f"{base}/gif" if dataset.has_gifs else None,
-    }
-
-
-def points_payload(
-    pm: ProjectionMaps, rows: np.ndarray, names: list[str], limit: int
-) -> dict[str, Any]:
-    """Columns (index, episode_id, x, y, fields) of ``rows``, thinned evenly to ``limit``."""
-    count = int(rows.size)
-    if count > limit:
-        rows = rows[np.linspace(0, count - 1, limit).round().astype(np.int64)]
-    return {
-        "count": count,
-        "returned": int(rows.size),
-        "truncated": count > rows.size,
-        "index": rows.tolist(),
-        "episode_id": pm.dataset.episode_ids[rows].tolist(),
-        "x": pm.coords[rows, 0].astype(float).tolist(),
-        "y": pm.coords[rows, 1].astype(float).tolist(),
-        "fields": {name: field_column(pm.dataset.fields[name], rows) for name in names},
-    }
-
-
-def field_column(fld: Field, rows: np.ndarray) -> list[Any]:
-    """JSON values of one field at ``rows`` (NaN as null, categories as their labels)."""
-    values = fld.values[rows]
-    if fld.kind == "category":
-        return np.asarray(fld.categories, dtype=object)[values].tolist()
-    if fld.kind == "float":
-        return [v if np.isfinite(v) else None for v in values.tolist()]
-    if fld.kind == "array":
-        return [np.asarray(v).tolist() for v in values]
-    return values.tolist()
 
 
 class PreviewController(Controller):
@@ -283,32 +219,28 @@ class PreviewController(Controller):
     @get("/thumbnail", operation_id="getThumbnail", summary="Episode thumbnail",
          sync_to_thread=True, media_type="image/jpeg")  # fmt: skip
     def thumbnail(
-        self, request: Request[Any, Any, Any], catalog: CatalogDep, dataset_id: DatasetId,
+        self, request: Request[Any, Any, Any], tessera: TesseraDep, dataset_id: DatasetId,
         index: EpisodeIndex,
     ) -> Response[bytes]:  # fmt: skip
         """The stored thumbnail. Its type comes from its magic bytes (JPEG, GIF, PNG, WebP);
         anything else is 415. 404 when the episode has none."""
-        return _preview(request, catalog, dataset_id, index, "thumbnail")
+        return _preview(request, tessera, dataset_id, index, "thumbnail")
 
     @get("/gif", operation_id="getGif", summary="Episode GIF", sync_to_thread=True,
          media_type="image/gif")  # fmt: skip
     def gif(
-        self, request: Request[Any, Any, Any], catalog: CatalogDep, dataset_id: DatasetId,
+        self, request: Request[Any, Any, Any], tessera: TesseraDep, dataset_id: DatasetId,
         index: EpisodeIndex,
     ) -> Response[bytes]:  # fmt: skip
         """The stored animated GIF, checked like the thumbnail. 404 when there is none."""
-        return _preview(request, catalog, dataset_id, index, "gif")
+        return _preview(request, tessera, dataset_id, index, "gif")
 
 
 def _preview(
-    request: Request[Any, Any, Any], catalog: CatalogDep, dataset_id: str, index: int, kind: str
+    request: Request[Any, Any, Any], tessera: Tessera, dataset_id: str, index: int, kind: str
 ) -> Response[bytes]:
-    dataset = catalog.get(dataset_id).dataset
-    if index >= dataset.n_episodes:
-        raise NotFound(
-            f"Episode {index} not found: {dataset.name} has {dataset.n_episodes:,} episodes",
-            code="episode_not_found",
-        )
+    dataset = tessera.get(dataset_id).dataset
+    check_episode(dataset, index)
     etag = f'"{dataset_id}-{index}-{kind}"'
     headers = {**PREVIEW_HEADERS, "ETag": etag}
     if request.headers.get("if-none-match") == etag:  # only ever sent for bytes we served

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import bokeh
+import msgspec
 from bokeh.embed import json_item
 from bokeh.models import (
     BoxSelectTool,
@@ -34,24 +35,15 @@ from bokeh.plotting import figure
 from bokeh.util.paths import bokehjs_path
 from litestar import Controller, Response, get
 from litestar.datastructures import CacheControlHeader
-from litestar.di import Provide
 from litestar.params import QueryParameter
 from litestar.static_files import create_static_files_router
 
 from tessera_gpu import __version__
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.render.maps import parse_filter_param
-from tessera_gpu.render.tiles import Pyramid
+from tessera_gpu.render.tiles import Pyramid, PyramidSpec
 
-from .maps import (
-    CatalogDep,
-    ColorByParam,
-    DatasetId,
-    FilterParam,
-    MapsDep,
-    projection_maps,
-    provide_maps,
-)
+from .maps import ColorByParam, DatasetId, FilterParam, TesseraDep
 
 __all__ = ["PAGE_HANDLERS", "PageController", "map_document"]
 
@@ -71,18 +63,17 @@ class PageController(Controller):
 
     path = "/"
     include_in_schema = False
-    dependencies = {"maps": Provide(provide_maps, sync_to_thread=False)}
 
     @get("/", sync_to_thread=False)
-    def home(self, maps: MapsDep) -> Response[str]:
+    def home(self, tessera: TesseraDep) -> Response[str]:
         """The page with no dataset chosen: the script opens the newest or asks for one."""
-        maps.warm_up()
+        tessera.maps.warm_up()
         return page_response(None)
 
     @get("/datasets/{dataset_id:str}", sync_to_thread=False)
-    def dataset_page(self, maps: MapsDep, dataset_id: DatasetId) -> Response[str]:
+    def dataset_page(self, tessera: TesseraDep, dataset_id: DatasetId) -> Response[str]:
         """The page for one dataset (the URL's query holds filter, colour and view)."""
-        maps.warm_up()
+        tessera.maps.warm_up()
         return page_response(dataset_id)
 
     @get("/api/datasets/{dataset_id:str}/map", operation_id="getMapDocument",
@@ -90,20 +81,19 @@ class PageController(Controller):
          sync_to_thread=True)  # fmt: skip
     def map_doc(
         self,
-        catalog: CatalogDep,
-        maps: MapsDep,
+        tessera: TesseraDep,
         dataset_id: DatasetId,
         color_by: ColorByParam = None,
         filter_: FilterParam = None,
         view: Annotated[
             str | None, QueryParameter(description="Initial view 'x0,y0,x1,y1'.", max_length=200)
         ] = None,
-    ) -> dict[str, Any]:
+    ) -> MapDocument:
         """The map as a Bokeh ``json_item`` (tile layer, sample overlay, selection tools),
         its tile pyramid, and ``tile_token``, the ``v`` that tile URLs carry so a browser
         never shows a cached tile of an older projection. 503 until the projection is done,
         409 in metadata-only mode."""
-        pm = projection_maps(catalog, maps, dataset_id)
+        pm = tessera.map(dataset_id)
         pm.color_by(color_by)  # a bad colour or filter is a 400 now, not 256 broken tiles
         pm.mask(parse_filter_param(filter_))
         query = {k: v for k, v in (("color_by", color_by), ("filter", filter_)) if v}
@@ -111,11 +101,20 @@ class PageController(Controller):
             {**query, "v": pm.token}
         )
         pyramid = pm.tiles.pyramid
-        return {
-            "pyramid": pyramid.to_dict(),
-            "tile_token": pm.token,
-            "doc": map_document(pyramid, url, view=_parse_view(view, pyramid)),
-        }
+        return MapDocument(
+            pyramid=pyramid.spec(),
+            tile_token=pm.token,
+            doc=map_document(pyramid, url, view=_parse_view(view, pyramid)),
+        )
+
+
+class MapDocument(msgspec.Struct):
+    """A dataset's map for the page: the tile pyramid, the token tile URLs carry (``v``) and
+    the Bokeh document (``json_item``)."""
+
+    pyramid: PyramidSpec
+    tile_token: str
+    doc: dict[str, Any]
 
 
 def page_response(dataset_id: str | None) -> Response[str]:

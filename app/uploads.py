@@ -9,34 +9,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from multipart import MultipartError, MultipartSegment, PushMultipartParser
 
+from tessera_gpu.core.datadir import DataDir
+from tessera_gpu.core.uploads import Upload
 from tessera_gpu.errors import InvalidRequest, PayloadTooLarge
 
-from .store import Store
-
-__all__ = ["FIELD", "MULTIPART_OVERHEAD", "Upload", "receive_upload"]
+__all__ = ["FIELD", "MULTIPART_OVERHEAD", "receive_upload"]
 
 FIELD = "file"
 #: Room for boundaries, part headers and small form fields on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
-
-
-@dataclass
-class Upload:
-    """A received file: its temporary path, the client's file name, its SHA-256 and size."""
-
-    path: Path
-    filename: str
-    sha256: str
-    size: int
-
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -48,10 +34,10 @@ def too_large(limit: int) -> PayloadTooLarge:
 
 
 async def receive_upload(
-    chunks: AsyncIterator[bytes], boundary: str, store: Store, *, limit: int
+    chunks: AsyncIterator[bytes], boundary: str, data: DataDir, *, limit: int
 ) -> Upload:
     """Stream the multipart field ``file`` into a temporary file; other fields are skipped."""
-    path, out = store.new_upload()
+    path, out = data.new_upload()
     try:
         upload = await _pump(chunks, boundary.encode("latin-1"), out, path, limit)
     except BaseException:

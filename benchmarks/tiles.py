@@ -99,11 +99,11 @@ def time_http(coords: np.ndarray, codes: np.ndarray, tiles: list[tuple[int, int,
             metadata={"kind": np.array([f"k{c}" for c in range(12)])[codes]},
         )  # fmt: skip
         app = create_app(Settings(device="cpu", data_dir=Path(tmp) / "data"))
-        jobs: Any = app.state.catalog.jobs
+        jobs: Any = app.state.tessera.jobs
         jobs.submit = lambda *a, **k: None  # no real projection: these points are the map
         jobs.coords = lambda dataset_id: coords
         with TestClient(app) as client:
-            ds = app.state.catalog.register_path(path, check_allowed=False).entry.id
+            ds = app.state.tessera.register_path(path, check_allowed=False).entry.id
             base = f"/api/datasets/{ds}"
             client.get(f"{base}/tiles/0/0/0.png?color_by=kind")  # builds the indexes
             tile_ms = _timed(client, [f"{base}/tiles/{z}/{x}/{y}.png?color_by=kind"

@@ -10,7 +10,8 @@ Tree::
     ├── Conflict                 (409)  e.g. K-means sampling in metadata-only mode
     ├── PayloadTooLarge          (413)  an upload over the size limit
     ├── UnsupportedMediaType     (415)  not HDF5, or a preview that is not an allowed image
-    └── Unavailable              (503)  e.g. GPU asked for but absent, projection not ready
+    ├── Unavailable              (503)  e.g. GPU asked for but absent, projection not ready
+    └── InsufficientStorage      (507)  no room on disk (or in memory) for what was asked
 
 The CLI prints ``error: <message>`` and exits non-zero; the HTTP app answers
 ``{"error": message, "code": code, "status": status}``.
@@ -29,7 +30,13 @@ __all__ = [
     "Unavailable",
     "UnsupportedMediaType",
     "InsufficientStorage",
+    "error_body",
 ]
+
+
+def error_body(message: str, code: str, status: int) -> dict[str, object]:
+    """The one shape of every error Tessera answers: ``{"error", "code", "status"}``."""
+    return {"error": message, "code": code, "status": status}
 
 
 class TesseraError(Exception):
@@ -51,7 +58,7 @@ class TesseraError(Exception):
             self.retry_after = retry_after
 
     def to_dict(self) -> dict[str, object]:
-        return {"error": self.message, "code": self.code, "status": self.status}
+        return error_body(self.message, self.code, self.status)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, code={self.code!r})"

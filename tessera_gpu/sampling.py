@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 
 from tessera_gpu.errors import Conflict, InvalidRequest
@@ -22,7 +22,11 @@ from tessera_gpu.io.dataset import Dataset, Field
 __all__ = [
     "COVERAGE_QUERY_ROWS",
     "MAX_SAMPLE",
+    "Coverage",
+    "Manifest",
     "Sample",
+    "SampleParams",
+    "SampleStats",
     "SampleRequest",
     "allocate",
     "build_manifest",
@@ -283,6 +287,56 @@ def _coverage(
     }
 
 
+class Coverage(msgspec.Struct):
+    """How well a K-means sample covers the filtered episodes, against a random one."""
+
+    mean: float
+    max: float
+    random_mean: float
+    random_max: float
+    improvement_mean_pct: float
+    evaluated_on: int
+
+
+class SampleStats(msgspec.Struct, omit_defaults=True):
+    """Coverage (K-means only) and the sample's counts per stratum of a category field."""
+
+    per_stratum_field: str | None
+    per_stratum: dict[str, int] | None
+    coverage: Coverage | msgspec.UnsetType = msgspec.UNSET
+
+
+class SampleParams(msgspec.Struct):
+    n: int
+    stratify_by: str | None
+    allocation: str
+
+
+class Manifest(msgspec.Struct):
+    """Everything needed to reproduce and audit a sample (the sample routes' answer).
+
+    ``projection`` names the map a ``map within`` condition was drawn on (its parameters,
+    algorithm and embeddings hash); null when the filter does not use the map.
+    """
+
+    sample_id: str
+    created_at: str
+    tessera_version: str
+    dataset_id: str
+    dataset_name: str
+    dataset_hash: str
+    n_episodes: int
+    filter: list[dict[str, Any]]
+    projection: dict[str, Any] | None
+    method: str
+    params: SampleParams
+    seed: int
+    matched: int
+    n: int
+    episode_ids: list[str]
+    stats: SampleStats
+
+
 def build_manifest(
     dataset: Dataset,
     request: SampleRequest,
@@ -294,31 +348,26 @@ def build_manifest(
     created_at: str,
     version: str,
     projection: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Everything needed to reproduce and audit a sample, as plain JSON types.
-
-    ``projection`` names the map a ``map within`` condition was drawn on (its parameters,
-    algorithm and embeddings hash); None when the filter does not use the map.
-    """
-    return _plain({
-        "sample_id": sample_id,
-        "created_at": created_at,
-        "tessera_version": version,
-        "dataset_id": dataset_id,
-        "dataset_name": dataset.name,
-        "dataset_hash": dataset_hash,
-        "n_episodes": dataset.n_episodes,
-        "filter": list(request.filter),
-        "projection": projection,
-        "method": request.method,
-        "params": {"n": request.n, "stratify_by": request.stratify_by,
-                   "allocation": request.allocation},
-        "seed": request.seed,
-        "matched": sample.matched,
-        "n": len(sample.episode_ids),
-        "episode_ids": list(sample.episode_ids),
-        "stats": sample.stats,
-    })  # fmt: skip
+) -> Manifest:
+    """The manifest of a drawn sample."""
+    return Manifest(
+        sample_id=sample_id,
+        created_at=created_at,
+        tessera_version=version,
+        dataset_id=dataset_id,
+        dataset_name=dataset.name,
+        dataset_hash=dataset_hash,
+        n_episodes=dataset.n_episodes,
+        filter=[_plain(c) for c in request.filter],
+        projection=_plain(projection),
+        method=request.method,
+        params=SampleParams(request.n, request.stratify_by, request.allocation),
+        seed=request.seed,
+        matched=sample.matched,
+        n=len(sample.episode_ids),
+        episode_ids=list(sample.episode_ids),
+        stats=msgspec.convert(_plain(sample.stats), SampleStats),
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -332,18 +381,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def export_sample(dataset: Dataset, manifest: dict[str, Any], fmt: str) -> tuple[bytes, str]:
+def export_sample(dataset: Dataset, manifest: Manifest, fmt: str) -> tuple[bytes, str]:
     """The sample as ``txt`` (one id a line), ``csv`` (id + metadata) or ``json`` (manifest)."""
     if fmt not in _FORMATS:
         raise InvalidRequest(f"format must be txt, csv or json, got {fmt!r}")
-    ids: list[str] = manifest["episode_ids"]
+    ids = manifest.episode_ids
     if fmt == "txt":
-        body = "".join(f"{i}\n" for i in ids)
+        body = "".join(f"{i}\n" for i in ids).encode("utf-8")
     elif fmt == "json":
-        body = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+        body = msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
     else:
-        body = _csv_text(dataset, ids)
-    return body.encode("utf-8"), _FORMATS[fmt]
+        body = _csv_text(dataset, ids).encode("utf-8")
+    return body, _FORMATS[fmt]
 
 
 def _csv_text(dataset: Dataset, ids: list[str]) -> str:
@@ -364,23 +413,25 @@ def _csv_text(dataset: Dataset, ids: list[str]) -> str:
 
 
 def _csv_column(fld: Field, rows: np.ndarray) -> list[str]:
-    values = fld.values[rows]
-    if fld.kind == "category":
-        return np.asarray(fld.categories, dtype=object)[values].tolist() if rows.size else []
-    if fld.kind == "bool":
-        return ["true" if v else "false" for v in values.tolist()]
-    if fld.kind == "float":
-        return [repr(v) if np.isfinite(v) else "" for v in values.tolist()]
-    return [str(v) for v in values.tolist()]
+    """A field's cells as CSV text: its JSON values, with true/false and empty for null."""
+    return [_csv_cell(v) for v in fld.json_values(rows)]
 
 
-def export_filename(manifest: dict[str, Any], fmt: str) -> str:
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def export_filename(manifest: Manifest, fmt: str) -> str:
     """E.g. ``droid_v2-kmeans-5000-seed0.txt``: the dataset's name (else its id), the method
     (stratified adds the field), n and the seed."""
-    label = manifest.get("dataset_name") or manifest["dataset_id"]
+    label = manifest.dataset_name or manifest.dataset_id
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(label)).strip("._") or "sample"
-    method = manifest["method"]
+    method = manifest.method
     if method == "stratified":
-        method += f"-{manifest['params']['stratify_by']}"
+        method += f"-{manifest.params.stratify_by}"
     method = re.sub(r"[^A-Za-z0-9._-]+", "_", method)
-    return f"{name}-{method}-{manifest['n']}-seed{manifest['seed']}.{fmt}"
+    return f"{name}-{method}-{manifest.n}-seed{manifest.seed}.{fmt}"

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tessera_gpu.backends import MODES
 from tessera_gpu.errors import InvalidRequest
 
-__all__ = ["DEVICES", "SETTINGS", "Setting", "Settings", "env_var", "markdown_table"]
-
-DEVICES = ("auto", "gpu", "cpu")
+__all__ = ["SETTINGS", "Setting", "Settings", "env_var", "markdown_table"]
 
 
 @dataclass(frozen=True)
@@ -158,9 +157,9 @@ def _type_name(setting: Setting) -> str:
 
 
 def _check(s: Settings) -> None:
-    if s.device not in DEVICES:
+    if s.device not in MODES:
         raise InvalidRequest(
-            f"device must be one of {', '.join(DEVICES)}: got {s.device!r}", code="bad_setting"
+            f"device must be one of {', '.join(MODES)}: got {s.device!r}", code="bad_setting"
         )
     if not 0 <= s.port <= 65_535:
         raise InvalidRequest(f"port must be 0 to 65535: got {s.port}", code="bad_setting")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -33,7 +34,7 @@ async def upload(client: Client, path: Path, name: str | None = None) -> Any:
 
 async def add(client: Client, path: Path) -> str:
     """Register a file as ``tessera serve FILE`` does (no HTTP, no validating child): fast."""
-    catalog = client.app.state.catalog
+    catalog = client.app.state.tessera
     live = await anyio.to_thread.run_sync(lambda: catalog.register_path(path, check_allowed=False))
     return str(live.entry.id)
 
@@ -49,7 +50,7 @@ def expected_summary(path: Path, body: dict[str, Any], source: str) -> dict[str,
     ds = load_dataset(path, name=body["name"])
     return {
         "id": dataset_id_of(path),
-        **ds.summary(),
+        **msgspec.to_builtins(ds.summary()),
         "source": source,
         "added_at": body["added_at"],
         "projection": body["projection"],
@@ -66,4 +67,4 @@ async def wait_for_projection(client: Client, dataset_id: str, timeout: float = 
 
 
 def uploads_dir(client: Client) -> list[str]:
-    return sorted(p.name for p in client.app.state.catalog.store.uploads_dir.iterdir())
+    return sorted(p.name for p in client.app.state.tessera.data.uploads_dir.iterdir())

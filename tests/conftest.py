@@ -129,3 +129,10 @@ def metadata_only_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_episode_file(
         tmp_path_factory.mktemp("data") / "meta_only.h5", embeddings=False, previews=False
     )
+
+
+@pytest.fixture(autouse=True)
+def _own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches the user's ~/.tessera: commands that use the default data directory
+    (``tessera sample``, ``tessera project``) get a fresh one."""
+    monkeypatch.setenv("TESSERA_DATA_DIR", str(tmp_path_factory.mktemp("tessera-home")))

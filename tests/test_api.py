@@ -5,6 +5,8 @@ Health, schema, datasets (upload, path, delete), episodes, counts and error shap
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import h5py
@@ -40,7 +42,7 @@ pytest_plugins = ("tests.api_fixtures",)  # its fixtures: client, settings, allo
 async def test_health(client: Client) -> None:
     r = await client.get("/api/health")
     assert r.status_code == 200 and r.headers["content-type"] == JSON
-    backend = client.app.state.catalog.backend
+    backend = client.app.state.tessera.backend
     body = r.json()
     assert set(body.pop("memory")) == {"process_rss_gib", "host_total_gib", "host_available_gib"}
     assert body == {
@@ -86,7 +88,7 @@ async def test_upload_creates_a_dataset(client: Client, episode_file: Path) -> N
     assert body["name"] == "droid_v2"
     assert body == expected_summary(episode_file, body, "upload")
     assert body["projection"]["status"] in ("queued", "running", "done")
-    stored = client.app.state.catalog.store.upload_path(body["id"])
+    stored = client.app.state.tessera.data.upload_path(body["id"])
     assert stored.read_bytes() == episode_file.read_bytes()
 
 
@@ -302,22 +304,40 @@ async def test_delete_removes_everything(client: Client, episode_file: Path) -> 
     url = f"/api/datasets/{dataset_id}"
     await client.post(f"{url}/samples", json={"method": "random", "n": 3})
     assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
-    store = client.app.state.catalog.store
-    assert store.upload_path(dataset_id).exists() and (store.samples_dir / dataset_id).exists()
-    assert len(list(store.cache_dir.glob("*.proj"))) == 1
+    core = client.app.state.tessera
+    data, catalog = core.data, core.catalog
+    assert data.upload_path(dataset_id).exists() and catalog.sample_manifests(dataset_id)
+    assert len(list(data.cache_dir.glob("*.proj"))) == 1
     r = await client.post(f"{url}/projection", json={"n_neighbors": 10, "seed": 3})
     assert r.status_code == 202, r.text
     assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
     r = await client.post(f"{url}/projection", json={"n_neighbors": 12, "seed": 4})
     assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
-    assert len(list(store.cache_dir.glob("*.proj"))) == 3  # one map per parameter set
+    assert len(list(data.cache_dir.glob("*.proj"))) == 3  # one map per parameter set
     r = await client.delete(url)
     assert r.status_code == 204 and r.content == b""
     assert (await client.get(url)).status_code == 404
-    assert not store.upload_path(dataset_id).exists()
-    assert not (store.samples_dir / dataset_id).exists()
-    assert list(store.cache_dir.iterdir()) == []
+    assert not data.upload_path(dataset_id).exists()
+    assert catalog.sample_manifests(dataset_id) == [] and catalog.jobs(dataset_id) == []
+    assert list(data.cache_dir.iterdir()) == []
     assert (await client.get("/api/datasets")).json() == []
+
+
+async def test_delete_releases_the_datasets_memory(client: Client, allowed: Path) -> None:
+    path = write_episode_file(allowed / "mem.h5", n=400, dim=32, previews=False)
+    dataset_id = await add(client, path)
+    url = f"/api/datasets/{dataset_id}"
+    assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
+    assert (await client.get(f"{url}/tiles/0/0/0.png")).status_code == 200  # builds the maps
+    assert (await client.get(f"{url}/points/nearest?x=0&y=0")).status_code == 200
+    core = client.app.state.tessera
+    dataset = weakref.ref(core.get(dataset_id).dataset)
+    maps = weakref.ref(core.map(dataset_id))
+    assert core.holds(dataset_id) and core.maps.holds(dataset_id)
+    assert (await client.delete(url)).status_code == 204
+    gc.collect()
+    assert not core.holds(dataset_id)
+    assert dataset() is None and maps() is None  # nothing else keeps them alive
 
 
 async def test_delete_keeps_a_registered_file(client: Client, allowed: Path) -> None:

@@ -72,8 +72,8 @@ async def test_map_selection_sample_records_its_projection(client: Client, allow
     body = {"method": "random", "n": 10, "filter": [{"field": "map", "op": "within", "value": box}]}
     manifest = (await client.post(url, json=body)).json()
     assert manifest["n"] == 10 and manifest["matched"] > 10
-    info = client.app.state.catalog.jobs.info(dataset_id)
-    dataset = client.app.state.catalog.get(dataset_id).dataset
+    info = client.app.state.tessera.jobs.info(dataset_id)
+    dataset = client.app.state.tessera.get(dataset_id).dataset
     assert manifest["projection"] == {
         "embeddings_hash": dataset.embeddings_hash,
         "algorithm": "umap",
@@ -159,7 +159,7 @@ async def test_projection_runs_to_done(client: Client, allowed: Path) -> None:
     )
     assert r.status_code == 202 and r.json()["status"] in ("queued", "running", "done")
     assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
-    entry = client.app.state.catalog.store.entry(dataset_id)
+    entry = client.app.state.tessera.catalog.dataset(dataset_id)
     assert entry.projection == {"n_neighbors": 8, "seed": 3}
 
 
@@ -217,7 +217,7 @@ async def test_restart_brings_everything_back(
         for manifest in samples:
             d = manifest["dataset_id"]
             assert (await client.get(f"/api/datasets/{d}/samples")).json() == [manifest]
-        jobs = client.app.state.catalog.jobs
+        jobs = client.app.state.tessera.jobs
         for d in (uploaded, registered):  # the finished maps come back from the cache
             assert (await wait_for_projection(client, d)).json()["status"] == "done"
             assert jobs.info(d)["cache"] == "hit"

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import h5py
+import msgspec
 import numpy as np
 import pytest
 
@@ -53,12 +54,12 @@ def test_metadata_only_file_loads(metadata_only_file: Path) -> None:
     ds = load_dataset(metadata_only_file)
     assert ds.mode == "metadata-only" and ds.dim is None and ds.embeddings is None
     assert ds.embeddings_hash is None
-    assert ds.summary()["dim"] is None
+    assert msgspec.to_builtins(ds.summary())["dim"] is None
 
 
 def test_summary_counts_and_ranges(episode_file: Path) -> None:
     ds = load_dataset(episode_file)
-    fields = {f["name"]: f for f in ds.summary()["fields"]}
+    fields = {f["name"]: f for f in msgspec.to_builtins(ds.summary())["fields"]}
     assert sum(fields["task"]["values"].values()) == 300
     assert set(fields["success"]["values"]) == {"true", "false"}
     assert 50 <= fields["episode_length"]["min"] <= fields["episode_length"]["max"] < 200

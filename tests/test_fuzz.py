@@ -90,9 +90,9 @@ def test_bit_flipped_files_load_or_raise_tessera_error(flips) -> None:
         for pos, value in flips:
             data[pos % len(data)] = value
         path.write_bytes(bytes(data))
-        try:
+        try:  # a flipped preview byte may only show when the preview is read: also ours
             ds = load_dataset(path)
+            ds.summary()
+            ds.thumbnail(0)
         except TesseraError:
             return
-        ds.summary()
-        ds.thumbnail(0)

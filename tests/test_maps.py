@@ -62,7 +62,7 @@ async def client(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, episode_file: Path
 ) -> AsyncIterator[Client]:
     app = create_app(Settings(device="cpu", data_dir=tmp_path / "data", allowed_host=TEST_HOSTS))
-    jobs = app.state.catalog.jobs
+    jobs = app.state.tessera.jobs
     projections: dict[str, np.ndarray] = {}
     monkeypatch.setattr(jobs, "submit", lambda *a, **k: None)
     monkeypatch.setattr(jobs, "coords", lambda dataset_id: projections.get(dataset_id))
@@ -72,7 +72,7 @@ async def client(
 
 
 def add(client: Client, path: Path, *, projected: bool = True) -> str:
-    live = client.app.state.catalog.register_path(path, check_allowed=False)
+    live = client.app.state.tessera.register_path(path, check_allowed=False)
     if projected and live.dataset.embeddings is not None:
         client.app.state.projections[live.entry.id] = coords_of(path)
     return str(live.entry.id)

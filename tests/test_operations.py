@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -82,4 +83,7 @@ def test_sigterm_shuts_down_cleanly(tmp_path: Path, episode_file: Path) -> None:
     assert any(e["event"] == "request" and e["path"] == "/api/health" for e in events)
     leftovers = [p for p in data_dir.rglob("*") if ".tmp" in p.name]
     assert not leftovers
-    json.loads((data_dir / "registry.json").read_text())
+    db = sqlite3.connect(data_dir / "catalog.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert db.execute("SELECT count(*) FROM datasets").fetchone() == (1,)
+    db.close()

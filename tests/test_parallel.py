@@ -21,9 +21,12 @@ CONCURRENT = textwrap.dedent(
     import json
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np
+    import tessera_gpu
     from tessera_gpu.projection import parallel
     from tessera_gpu.backends.cpu_kmeans import kmeans_pp
     from tessera_gpu.backends.cpu_knn import exact_knn
+
+    tessera_gpu.configure_process()  # as create_app and the tessera command do
 
     def work(seed):
         x = np.random.default_rng(seed).normal(size=(3000, 24)).astype(np.float32)
@@ -37,7 +40,7 @@ CONCURRENT = textwrap.dedent(
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(work, range(4)))
     import numba
-    print(json.dumps({"same": alone == together, "safe": parallel.THREAD_SAFE,
+    print(json.dumps({"same": alone == together, "safe": parallel.thread_safe(),
                       "layer": numba.threading_layer()}))
     """
 )

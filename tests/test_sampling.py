@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -18,6 +19,7 @@ from tessera_gpu.errors import Conflict, InvalidRequest
 from tessera_gpu.filters import filter_rows, parse_filter
 from tessera_gpu.io.dataset import Dataset, Field, load_dataset
 from tessera_gpu.sampling import (
+    Manifest,
     Sample,
     SampleRequest,
     allocate,
@@ -215,7 +217,7 @@ def test_sample_request_round_trip() -> None:
     assert SampleRequest.from_dict({"method": "random", "n": 1, "filter": None}).filter == ()
 
 
-def manifest_for(ds: Dataset, request: SampleRequest) -> dict[str, Any]:
+def manifest_for(ds: Dataset, request: SampleRequest) -> Manifest:
     sample = draw_sample(ds, request)
     return build_manifest(ds, request, sample, dataset_id="droid_v2", dataset_hash="abc123",
                           sample_id="s1", created_at="2026-01-01T00:00:00+00:00",
@@ -224,7 +226,7 @@ def manifest_for(ds: Dataset, request: SampleRequest) -> dict[str, Any]:
 
 def test_manifest_is_plain_json(ds: Dataset) -> None:
     request = SampleRequest("kmeans", 12, seed=4, filter=(SUCCESS,))
-    m = manifest_for(ds, request)
+    m = msgspec.to_builtins(manifest_for(ds, request))
     assert json.loads(json.dumps(m, allow_nan=False)) == m
     assert m["dataset_id"] == "droid_v2" and m["dataset_hash"] == "abc123"
     assert m["method"] == "kmeans" and m["seed"] == 4 and m["filter"] == [SUCCESS]
@@ -236,21 +238,22 @@ def test_manifest_is_plain_json(ds: Dataset) -> None:
 
 
 def test_exports(ds: Dataset) -> None:
-    m = manifest_for(ds, SampleRequest("random", 5, seed=0))
-    txt, media = export_sample(ds, m, "txt")
+    manifest = manifest_for(ds, SampleRequest("random", 5, seed=0))
+    m = msgspec.to_builtins(manifest)
+    txt, media = export_sample(ds, manifest, "txt")
     assert media == "text/plain; charset=utf-8" and txt.decode().splitlines() == m["episode_ids"]
-    body, media = export_sample(ds, m, "json")
+    body, media = export_sample(ds, manifest, "json")
     assert media == "application/json" and json.loads(body) == m
-    body, media = export_sample(ds, m, "csv")
+    body, media = export_sample(ds, manifest, "csv")
     rows = list(csv.DictReader(io.StringIO(body.decode())))
     assert media == "text/csv; charset=utf-8"
     assert [r["episode_id"] for r in rows] == m["episode_ids"]
     first = ds.metadata_at(ds.index_of(m["episode_ids"][0]) or 0)
     assert rows[0]["task"] == first["task"] and rows[0]["success"] == str(first["success"]).lower()
     assert float(rows[0]["gripper_force"]) == first["gripper_force"]
-    assert export_filename(m, "txt") == "episodes-random-5-seed0.txt"  # the dataset's name
+    assert export_filename(manifest, "txt") == "episodes-random-5-seed0.txt"  # dataset's name
     with pytest.raises(InvalidRequest, match="^format must be txt, csv or json, got 'xml'$"):
-        export_sample(ds, m, "xml")
+        export_sample(ds, manifest, "xml")
 
 
 def test_csv_quotes_awkward_values() -> None:
@@ -264,9 +267,9 @@ def test_csv_quotes_awkward_values() -> None:
     ]  # fmt: skip
 
 
-def test_export_filename_is_safe() -> None:
-    m = {"dataset_id": "../my data", "method": "stratified", "params": {"stratify_by": "task"},
-         "n": 50, "seed": 2}  # fmt: skip
+def test_export_filename_is_safe(ds: Dataset) -> None:
+    m = manifest_for(ds, SampleRequest("stratified", 50, seed=2, stratify_by="task"))
+    m.dataset_name = "../my data"
     assert export_filename(m, "csv") == "my_data-stratified-task-50-seed2.csv"
 
 
@@ -296,8 +299,9 @@ def test_cli_writes_the_manifest_atomically(episode_file: Path, tmp_path: Path) 
                      "--format", "json")  # fmt: skip
     assert result.exit_code == 0, result.output
     m = json.loads(out.read_text())
-    assert m["n"] == 10 and m["dataset_id"] == "episodes"
-    assert m["dataset_hash"] == hashlib.sha256(episode_file.read_bytes()).hexdigest()
+    digest = hashlib.sha256(episode_file.read_bytes()).hexdigest()
+    assert m["n"] == 10 and m["dataset_name"] == "episodes"
+    assert m["dataset_id"] == digest[:16] and m["dataset_hash"] == digest  # as the server says
     assert result.stderr.endswith(f"-> {out}\n") and result.stdout == ""
     assert [p.name for p in tmp_path.iterdir()] == ["sample.json"]
 

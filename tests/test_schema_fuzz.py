@@ -38,11 +38,11 @@ schema = schemathesis.openapi.from_asgi("/api/schema/openapi.json", APP)
 def dataset_id() -> str:
     """One real, projected dataset, so generated requests reach past the 404 for an unknown id
     (the app's lifespan is not run by the ASGI transport: the catalog is opened here)."""
-    catalog = APP.state.catalog
+    catalog = APP.state.tessera
     catalog.open([write_episode_file(ROOT / "fuzz.h5", n=40)])
     (live,) = catalog.all()
     deadline = time.monotonic() + 30  # best effort: an unfinished map is a documented 503
-    while catalog.jobs.status(live.entry.id)["status"] not in ("done", "failed"):
+    while catalog.jobs.status(live.entry.id).status not in ("done", "failed"):
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)

@@ -87,7 +87,7 @@ def test_serve_builds_the_app_and_prints_the_url(
     assert result.exit_code == 0, result.output
     assert "Serving at http://127.0.0.1:8123/" in result.output
     assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
-    assert served["app"].state.catalog.settings.data_dir == tmp_path / "d"
+    assert served["app"].state.tessera.settings.data_dir == tmp_path / "d"
 
 
 def test_serve_refuses_a_file_that_is_not_hdf5(tmp_path: Path, served: dict[str, Any]) -> None:

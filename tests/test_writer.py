@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tessera_gpu.errors import InvalidRequest
-from tessera_gpu.io import writer
+from tessera_gpu.io import files, writer
 from tessera_gpu.io.dataset import load_dataset
 from tessera_gpu.io.writer import encode_gif, encode_thumbnail, write_dataset
 
@@ -205,11 +205,11 @@ def test_a_failed_write_leaves_no_temp_file_and_keeps_the_old_target(
 ) -> None:
     target = write_dataset(tmp_path / "out.h5", episode_ids=ids(3))
 
-    def fail(path: Path) -> None:
-        assert path.name.startswith(".out.h5.tmp-") and path.exists()
+    def fail(path: Path, *flags: int) -> None:
+        assert path.name.startswith(".out.h5.") and path.name.endswith(".tmp") and path.exists()
         raise error
 
-    monkeypatch.setattr(writer, "_fsync", fail)
+    monkeypatch.setattr(files, "_fsync_path", fail)
     expected = InvalidRequest if isinstance(error, OSError) else RuntimeError
     with pytest.raises(expected):
         write_dataset(target, episode_ids=ids(), embeddings=unit_embeddings())

@@ -54,9 +54,9 @@ def _memory_gib() -> float | None:
 
 def _kernel_layer() -> str:
     """How numba's parallel CPU kernels run when several threads launch them."""
-    from tessera_gpu.projection.parallel import THREAD_SAFE
+    from tessera_gpu.projection.parallel import thread_safe
 
-    if THREAD_SAFE:
+    if thread_safe():
         return "thread-safe layer (TBB or OpenMP)"
     return ("workqueue: concurrent kernels take turns (install libgomp / libomp, "
             "or `pip install tbb`, to run them side by side)")  # fmt: skip

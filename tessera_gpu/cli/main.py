@@ -5,16 +5,16 @@ Every :class:`~.errors.TesseraError` becomes one line, ``error: <message>``, and
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 
-from tessera_gpu import __version__
+from tessera_gpu import __version__, configure_process
 from tessera_gpu.errors import TesseraError
-from tessera_gpu.io.dataset import Dataset, load_dataset
+from tessera_gpu.io.dataset import Dataset, FieldSummary, load_dataset
 from tessera_gpu.io.safety import Limits
 
 __all__ = ["cli", "main"]
@@ -35,6 +35,7 @@ class TesseraGroup(click.Group):
 @click.version_option(__version__, prog_name="tessera")
 def cli() -> None:
     """Tessera: see episode datasets as density maps and pick training subsets."""
+    configure_process()
 
 
 @cli.command()
@@ -51,7 +52,8 @@ def validate(file: Path, as_json: bool, max_file_mb: float | None) -> None:
     limits = Limits(max_file_bytes=None if max_file_mb is None else int(max_file_mb * 1e6))
     ds = load_dataset(file, limits=limits)
     if as_json:
-        click.echo(json.dumps({"valid": True, **ds.summary()}, indent=2))
+        report = {"valid": True, **msgspec.structs.asdict(ds.summary())}
+        click.echo(msgspec.json.format(msgspec.json.encode(report), indent=2))
     else:
         click.echo(format_report(ds))
 
@@ -75,17 +77,20 @@ def format_report(ds: Dataset) -> str:
     return "\n".join(lines)
 
 
-def _describe_field(summary: dict[str, Any]) -> str:
-    kind = summary["kind"]
+def _describe_field(summary: FieldSummary) -> str:
+    kind = summary.kind
     if kind in ("category", "bool"):
-        items = list(summary["values"].items())
+        assert isinstance(summary.values, dict)
+        items = list(summary.values.items())
         shown = " · ".join(f"{k} {v:,}" for k, v in items[:6])
         return shown + (f" · … ({len(items)} values)" if len(items) > 6 else "")
     if kind in ("int", "float"):
-        return f"{summary['min']} – {summary['max']}"
+        return f"{summary.min} – {summary.max}"
     if kind == "string":
-        return f"{summary['n_unique']:,} distinct"
-    return f"per-episode shape {tuple(summary['shape'])} (not filterable)"
+        assert isinstance(summary.n_unique, int)
+        return f"{summary.n_unique:,} distinct"
+    assert isinstance(summary.shape, list)
+    return f"per-episode shape {tuple(summary.shape)} (not filterable)"
 
 
 @cli.command("demo-data")

@@ -13,22 +13,16 @@ from pathlib import Path
 import click
 import numpy as np
 
+from tessera_gpu.backends import MODES
+from tessera_gpu.cli.output import write_output
 from tessera_gpu.errors import Conflict
-from tessera_gpu.settings import DEVICES, Settings, env_var
+from tessera_gpu.settings import Settings, env_var
 
 __all__ = ["project"]
 
 
 def _default_output(file: Path) -> Path:
     return Path.cwd() / f"{file.stem}.coords.npy"
-
-
-def _cache(no_cache: bool, cache_dir: Path | None):  # type: ignore[no-untyped-def]
-    from tessera_gpu.projection.cache import ProjectionCache
-
-    if no_cache:
-        return None
-    return ProjectionCache(cache_dir or Settings.load().data_dir / "cache")
 
 
 def _progress_bar():  # type: ignore[no-untyped-def]
@@ -54,7 +48,7 @@ def _npy_bytes(coords: np.ndarray) -> bytes:
     default="auto",
     show_default=True,
     envvar=env_var("device"),
-    type=click.Choice(DEVICES),
+    type=click.Choice(MODES),
     help="auto (the GPU if one works), gpu (fail without one) or cpu.",
 )
 @click.option(
@@ -70,7 +64,7 @@ def _npy_bytes(coords: np.ndarray) -> bytes:
     "--cache-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Projection cache [default: <TESSERA_DATA_DIR>/cache].",
+    help="Projection cache [default: the data directory's, <TESSERA_DATA_DIR>/cache].",
 )
 def project(
     file: Path,
@@ -81,35 +75,34 @@ def project(
     cache_dir: Path | None,
 ) -> None:
     """Project FILE's embeddings to 2-D with UMAP and save the (N, 2) float32 map."""
-    from tessera_gpu.backends import get_backend
-    from tessera_gpu.cli.sample import write_atomically
-    from tessera_gpu.io.dataset import load_dataset
-    from tessera_gpu.projection.project import ProjectionParams, project_cached
+    from tessera_gpu.core import Tessera
+    from tessera_gpu.projection import ProjectionCache, ProjectionParams
 
-    ds = load_dataset(file)
-    if ds.embeddings is None:
-        raise Conflict(f"{file.name} has no embeddings (metadata-only): nothing to project")
-    backend = get_backend(device)
-    params = ProjectionParams(seed=seed)
-    cache = _cache(no_cache, cache_dir)
-    start = time.perf_counter()
-    with _progress_bar() as bar:
-        task = bar.add_task("to_device", total=1.0)
-        x = backend.to_device(ds.embeddings)
-        result = project_cached(
-            x,
-            backend=backend,
-            params=params,
-            cache=cache,
-            content_hash=ds.embeddings_hash,
-            progress=lambda stage, fraction: bar.update(
-                task, description=stage, completed=fraction
-            ),
-        )
+    settings = Settings.load({"device": device})
+    core = Tessera(settings)
+    try:
+        live = core.load(file)
+        if live.dataset.embeddings is None:
+            raise Conflict(f"{file.name} has no embeddings (metadata-only): nothing to project")
+        cache = None if no_cache else ProjectionCache(cache_dir) if cache_dir else core.cache
+        start = time.perf_counter()
+        with _progress_bar() as bar:
+            task = bar.add_task("to_device", total=1.0)
+            result = core.project_now(
+                live,
+                ProjectionParams(seed=seed),
+                cache=cache,
+                progress=lambda stage, fraction: bar.update(
+                    task, description=stage, completed=fraction
+                ),
+            )
+    finally:
+        core.close()
     out = output or _default_output(file)
-    write_atomically(out, _npy_bytes(result.coords))
+    write_output(out, _npy_bytes(result.coords))
+    backend = core.backend
     click.echo(
-        f"projected {ds.n_episodes:,} episodes on {backend.device} ({backend.name}, "
+        f"projected {live.dataset.n_episodes:,} episodes on {backend.device} ({backend.name}, "
         f"kNN {result.info.get('knn', '-')}, cache {result.info.get('cache', 'off')}) "
         f"in {time.perf_counter() - start:.1f} s -> {out}",
         err=True,

@@ -1,23 +1,22 @@
-"""``tessera sample``: the same filter + sample + export functions the HTTP API calls."""
+"""``tessera sample``: the HTTP sampling route without a server, through the same core.
+
+The file is loaded the way the server registers it, so the manifest is the one
+``POST /api/datasets/{id}/samples`` gives for the same request: the same ``dataset_id``, hash
+and episode ids (only ``sample_id`` and ``created_at`` differ).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
-from tessera_gpu import __version__
-from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.backends import MODES, get_backend
+from tessera_gpu.cli.output import write_output
+from tessera_gpu.core import Tessera
 from tessera_gpu.filters import parse_where
-from tessera_gpu.io.dataset import load_dataset
-from tessera_gpu.sampling import SampleRequest, build_manifest, draw_sample, export_sample
-from tessera_gpu.settings import DEVICES, env_var
+from tessera_gpu.sampling import SampleRequest, export_sample
+from tessera_gpu.settings import Settings, env_var
 
 __all__ = ["sample"]
 
@@ -45,7 +44,7 @@ __all__ = ["sample"]
     default="auto",
     show_default=True,
     envvar=env_var("device"),
-    type=click.Choice(DEVICES),
+    type=click.Choice(MODES),
     help="Backend for K-means: auto (the GPU if one works), gpu or cpu.",
 )
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -65,7 +64,6 @@ def sample(
     fmt: str,
 ) -> None:
     """Pick N episodes of FILE (kmeans, stratified or random) and write their ids."""
-    ds = load_dataset(file)
     request = SampleRequest.from_dict(
         {
             "method": method,
@@ -76,65 +74,17 @@ def sample(
             "allocation": allocation,
         }
     )
-    backend = _backend(device) if method == "kmeans" and ds.embeddings is not None else None
-    drawn = draw_sample(ds, request, backend=backend)
-    manifest = build_manifest(
-        ds,
-        request,
-        drawn,
-        dataset_id=ds.name,
-        dataset_hash=file_hash(ds.path),
-        sample_id=uuid.uuid4().hex,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        version=__version__,
-    )
-    content, _ = export_sample(ds, manifest, fmt)
-    if out is None:
-        click.echo(content, nl=False)  # bytes go to the binary stream unchanged
-    else:
-        write_atomically(out, content)
+    backend = get_backend(device if method == "kmeans" else "cpu")
+    core = Tessera(Settings.load({"device": device}), backend=backend)
+    try:
+        live = core.load(file)
+        manifest = core.draw(live, request)
+        content, _ = export_sample(live.dataset, manifest, fmt)
+    finally:
+        core.close()
+    write_output(out, content)
     click.echo(
-        f"sampled {len(drawn.episode_ids):,} of {drawn.matched:,} matching episodes "
+        f"sampled {manifest.n:,} of {manifest.matched:,} matching episodes "
         f"({method}, seed {seed}) -> {out if out is not None else 'stdout'}",
         err=True,
     )
-
-
-def _backend(device: str) -> Any:
-    from tessera_gpu.backends import get_backend
-
-    return get_backend(device)
-
-
-def file_hash(path: Path) -> str:
-    """The SHA-256 of the file's bytes: the same dataset hash the HTTP API records."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(2**20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_atomically(path: Path, content: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise InvalidRequest(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InvalidRequest(f"cannot write {path}: {exc.strerror}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current

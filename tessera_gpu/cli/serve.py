@@ -14,9 +14,10 @@ from typing import Any
 import click
 
 from tessera_gpu import __version__
+from tessera_gpu.backends import MODES
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.io.safety import Limits, check_file_on_disk
-from tessera_gpu.settings import DEVICES, SETTINGS, Setting, Settings
+from tessera_gpu.settings import SETTINGS, Setting, Settings
 
 __all__ = ["DEMO_FILE", "serve", "setting_options"]
 
@@ -25,7 +26,7 @@ DEMO_FILE = "demo.h5"
 
 def _click_type(setting: Setting) -> Any:
     if setting.name == "device":
-        return click.Choice(DEVICES)
+        return click.Choice(MODES)
     if setting.name in ("data_dir", "allow_path"):
         return click.Path(path_type=Path, file_okay=False)
     if setting.parse is int:
@@ -79,7 +80,7 @@ def serve(files: tuple[Path, ...], demo: bool, **flags: Any) -> None:
     if demo:
         paths.append(ensure_demo(settings.data_dir))
     app = create_app(settings, files=paths)
-    backend = app.state.catalog.backend
+    backend = app.state.tessera.backend
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     click.echo(
         f"Tessera {__version__} on {backend.name} ({backend.device}), data in {settings.data_dir}"

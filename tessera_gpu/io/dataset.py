@@ -7,6 +7,7 @@ metadata-only mode (no ``embeddings``) allowed, plus the safety checks in :mod:`
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import h5py
+import msgspec
 import numpy as np
 import xxhash
 
@@ -29,7 +31,7 @@ from tessera_gpu.io.safety import (
     resolve_member,
 )
 
-__all__ = ["Dataset", "Field", "FieldKind", "load_dataset"]
+__all__ = ["Dataset", "DatasetFacts", "Field", "FieldKind", "FieldSummary", "load_dataset"]
 
 FieldKind = Literal["bool", "int", "float", "category", "string", "array"]
 
@@ -57,37 +59,70 @@ class Field:
     def filterable(self) -> bool:
         return self.kind != "array"
 
-    def value_at(self, index: int) -> Any:
-        """The JSON-friendly value of one row."""
-        v = self.values[index]
-        if self.kind == "category":
-            return self.categories[int(v)]
-        if self.kind == "array":
-            return np.asarray(v).tolist()
-        if self.kind == "float":
-            f = float(v)
-            return f if np.isfinite(f) else None
-        return v.item() if hasattr(v, "item") else v
+    def json_values(self, rows: np.ndarray) -> list[Any]:
+        """The JSON values of ``rows``: category labels, NaN as null, arrays as lists.
 
-    def summary(self) -> dict[str, Any]:
-        """``{"name", "kind"}`` plus value counts (category, bool) or min/max (numbers)."""
-        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        The one conversion from a field to JSON: hover cards, point overlays and CSV
+        exports all go through it."""
+        values = self.values[rows]
+        if self.kind == "category":
+            return np.asarray(self.categories, dtype=object)[values].tolist() if rows.size else []
+        if self.kind == "float":
+            return [v if math.isfinite(v) else None for v in values.tolist()]
+        if self.kind == "array":
+            return [np.asarray(v).tolist() for v in values]
+        return list(values.tolist())
+
+    def value_at(self, index: int) -> Any:
+        """The JSON value of one row."""
+        return self.json_values(np.array([index], dtype=np.int64))[0]
+
+    def summary(self) -> FieldSummary:
+        """The field's kind plus value counts (category, bool) or min/max (numbers)."""
+        out = FieldSummary(name=self.name, kind=self.kind)
         if self.kind == "category":
             counts = np.bincount(self.values, minlength=len(self.categories))
             order = np.argsort(-counts, kind="stable")
-            out["values"] = {self.categories[i]: int(counts[i]) for i in order}
+            out.values = {self.categories[i]: int(counts[i]) for i in order}
         elif self.kind == "bool":
             n_true = int(np.count_nonzero(self.values))
-            out["values"] = {"true": n_true, "false": int(self.values.size - n_true)}
+            out.values = {"true": n_true, "false": int(self.values.size - n_true)}
         elif self.kind in ("int", "float"):
             finite = self.values[np.isfinite(self.values)] if self.kind == "float" else self.values
-            out["min"] = finite.min().item() if finite.size else None
-            out["max"] = finite.max().item() if finite.size else None
+            out.min = finite.min().item() if finite.size else None
+            out.max = finite.max().item() if finite.size else None
         elif self.kind == "string":
-            out["n_unique"] = len(set(self.values.tolist()))
+            out.n_unique = len(set(self.values.tolist()))
         else:
-            out["shape"] = list(self.values.shape[1:])
+            out.shape = list(self.values.shape[1:])
         return out
+
+
+class FieldSummary(msgspec.Struct, omit_defaults=True):
+    """A field as a dataset's summary lists it: ``values`` (category and bool: counts by
+    value, most frequent first), ``min``/``max`` (numbers), ``n_unique`` (free text) or
+    ``shape`` (per-episode arrays)."""
+
+    name: str
+    kind: str
+    values: dict[str, int] | msgspec.UnsetType = msgspec.UNSET
+    min: float | None | msgspec.UnsetType = msgspec.UNSET
+    max: float | None | msgspec.UnsetType = msgspec.UNSET
+    n_unique: int | msgspec.UnsetType = msgspec.UNSET
+    shape: list[int] | msgspec.UnsetType = msgspec.UNSET
+
+
+class DatasetFacts(msgspec.Struct):
+    """What validation found in a file: size, mode, previews and fields."""
+
+    name: str
+    n_episodes: int
+    dim: int | None
+    mode: str
+    has_thumbnails: bool
+    has_gifs: bool
+    fields: list[FieldSummary]
+    file_size: int
 
 
 @dataclass(eq=False)
@@ -140,17 +175,17 @@ class Dataset:
             data = np.asarray(f[name][index], dtype=np.uint8)
         return data.tobytes() if data.size else None
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "n_episodes": self.n_episodes,
-            "dim": self.dim,
-            "mode": self.mode,
-            "has_thumbnails": self.has_thumbnails,
-            "has_gifs": self.has_gifs,
-            "fields": [f.summary() for f in self.fields.values()],
-            "file_size": self.file_size,
-        }
+    def summary(self) -> DatasetFacts:
+        return DatasetFacts(
+            name=self.name,
+            n_episodes=self.n_episodes,
+            dim=self.dim,
+            mode=self.mode,
+            has_thumbnails=self.has_thumbnails,
+            has_gifs=self.has_gifs,
+            fields=[f.summary() for f in self.fields.values()],
+            file_size=self.file_size,
+        )
 
 
 def load_dataset(

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from tessera_gpu.errors import InvalidDataset, TesseraError
 from tessera_gpu.io.safety import Limits
 
@@ -115,13 +117,15 @@ def _outcome(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def _child_main() -> None:
+    from tessera_gpu import configure_process
     from tessera_gpu.io.dataset import load_dataset
 
+    configure_process()
     request = json.loads(sys.stdin.read())
     _apply_limits(ChildLimits(**request["child"]))  # before the untrusted file is opened
     try:
         ds = load_dataset(Path(request["path"]), limits=Limits(**request["limits"]))
-        print(json.dumps({"ok": True, "summary": ds.summary()}))
+        print(json.dumps({"ok": True, "summary": msgspec.to_builtins(ds.summary())}))
     except TesseraError as exc:
         print(json.dumps({"ok": False, **exc.to_dict()}))
     except MemoryError:

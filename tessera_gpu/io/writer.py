@@ -9,10 +9,8 @@ the first byte is written, and the file appears atomically or not at all.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.io.files import replacing
 from tessera_gpu.io.safety import Limits
 from tessera_gpu.render.previews import sniff_image
 
@@ -313,24 +312,17 @@ def _preview_bytes(entry: Any, encode: Callable[[Any], bytes]) -> bytes:
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write to a hidden temp file beside ``path``, fsync it, then rename it over ``path``."""
+    """Write the arrays to an HDF5 file that appears at ``path`` whole, or not at all."""
     if path.is_dir():
         raise InvalidRequest(f"cannot write {path}: it is a directory")
     if not path.parent.is_dir():
         raise InvalidRequest(f"cannot write {path}: directory {path.parent} does not exist")
-    temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
     try:
-        with h5py.File(temp, "w") as handle:
+        with replacing(path) as temp, h5py.File(temp, "w") as handle:
             for name, array in arrays.items():
                 handle.create_dataset(name, data=array, dtype=_storage_dtype(name, array))
-        _fsync(temp)
-        os.replace(temp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-        if isinstance(exc, OSError):
-            raise InvalidRequest(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
 
@@ -340,11 +332,3 @@ def _storage_dtype(name: str, array: np.ndarray) -> Any:
     if array.dtype == object:
         return h5py.string_dtype()
     return array.dtype
-
-
-def _fsync(file: Path) -> None:
-    descriptor = os.open(file, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -9,8 +9,8 @@ File layout (little-endian)::
 
 A file is served only if the magic, the header, the payload length and the payload's SHA-256
 all check out; a truncated or corrupt file is deleted and reported as a miss, so the map is
-recomputed.  Writes go to a temporary file in the same directory, are fsynced, then
-``os.replace``d over the final name: readers see the old file or the new one, never half.
+recomputed.  Writes go through :func:`tessera_gpu.io.files.write_atomic`: readers see the old
+file or the new one, never half.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tessera_gpu.io.files import write_atomic
 from tessera_gpu.projection.project import Projection, ProjectionParams
 
 __all__ = ["ALGORITHM_VERSION", "ProjectionCache"]
@@ -84,21 +84,12 @@ class ProjectionCache:
 
     def store(self, key: str, projection: Projection) -> bool:
         """Write atomically; return False (and log) if the disk refuses, never raise."""
-        data = _encode(projection)
-        tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=SUFFIX)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path(key))
-            return True
+            write_atomic(self.path(key), _encode(projection))
         except OSError as exc:
             log.warning("projection cache: cannot write %s: %s", self.path(key), exc)
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
             return False
+        return True
 
 
 def _content_part(content_hash: str) -> str:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import Literal
 
 import colorcet
+import msgspec
 import numpy as np
 from bokeh.palettes import Viridis256
 
@@ -24,6 +25,8 @@ __all__ = [
     "DENSITY_PALETTE",
     "NUMBER_PALETTE",
     "ColorBy",
+    "Legend",
+    "LegendEntry",
     "color_by",
     "legend",
     "shade",
@@ -96,21 +99,42 @@ def _category(name: str, raw: np.ndarray, labels: tuple[str, ...]) -> ColorBy:
     return ColorBy("category", name, codes=slot_of[raw], labels=tuple(names), colors=tuple(colors))
 
 
-def legend(spec: ColorBy, mask: np.ndarray | None = None) -> dict[str, Any]:
+class LegendEntry(msgspec.Struct):
+    value: str
+    color: str
+    count: int
+
+
+class Legend(msgspec.Struct, omit_defaults=True):
+    """The colours the tiles use: ``density`` (a colormap on eq_hist), ``number`` (a colormap
+    over ``min``..``max`` of ``field``) or ``category`` (one colour per value of ``field``,
+    with its count under the filter)."""
+
+    kind: str
+    field: str | msgspec.UnsetType = msgspec.UNSET
+    colormap: list[str] | msgspec.UnsetType = msgspec.UNSET
+    scale: str | msgspec.UnsetType = msgspec.UNSET
+    min: float | msgspec.UnsetType = msgspec.UNSET
+    max: float | msgspec.UnsetType = msgspec.UNSET
+    entries: list[LegendEntry] | msgspec.UnsetType = msgspec.UNSET
+
+
+def legend(spec: ColorBy, mask: np.ndarray | None = None) -> Legend:
     """The legend that matches the tiles: colours per value with counts under ``mask``."""
     if spec.kind == "density":
-        return {"kind": "density", "colormap": _stops(DENSITY_PALETTE), "scale": "eq_hist"}
+        return Legend(kind="density", colormap=_stops(DENSITY_PALETTE), scale="eq_hist")
+    assert spec.field is not None
     if spec.kind == "number":
-        return {"kind": "number", "field": spec.field, "colormap": _stops(NUMBER_PALETTE),
-                "min": spec.span[0], "max": spec.span[1]}  # fmt: skip
+        return Legend(kind="number", field=spec.field, colormap=_stops(NUMBER_PALETTE),
+                      min=spec.span[0], max=spec.span[1])  # fmt: skip
     assert spec.codes is not None
     codes = spec.codes if mask is None else spec.codes[mask]
     counts = np.bincount(codes, minlength=len(spec.labels))
     entries = [
-        {"value": label, "color": color, "count": int(n)}
+        LegendEntry(value=label, color=color, count=int(n))
         for label, color, n in zip(spec.labels, spec.colors, counts, strict=True)
     ]
-    return {"kind": "category", "field": spec.field, "entries": entries}
+    return Legend(kind="category", field=spec.field, entries=entries)
 
 
 def _stops(palette: tuple[str, ...], n: int = 9) -> list[str]:

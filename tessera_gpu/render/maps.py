@@ -15,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from tessera_gpu.errors import Conflict, InvalidRequest, Unavailable
@@ -24,7 +25,16 @@ from tessera_gpu.render.colors import ColorBy, color_by
 from tessera_gpu.render.nearest import NearestIndex
 from tessera_gpu.render.tiles import TileIndex, compile_kernels
 
-__all__ = ["MapCache", "ProjectionMaps", "filter_key", "parse_filter_param"]
+__all__ = [
+    "EpisodePoint",
+    "MapCache",
+    "Points",
+    "ProjectionMaps",
+    "episode_point",
+    "filter_key",
+    "parse_filter_param",
+    "points_payload",
+]
 
 TILE_CACHE = 4_096  # rendered PNGs kept per projection (~2-40 KB each)
 MASK_CACHE = 32
@@ -156,5 +166,67 @@ class MapCache:
             return maps
 
     def forget(self, dataset_id: str) -> None:
+        """Drop a dataset's indexes and rendered tiles."""
         with self._lock:
             self._maps.pop(dataset_id, None)
+            self._building.pop(dataset_id, None)
+
+    def holds(self, dataset_id: str) -> bool:
+        with self._lock:
+            return dataset_id in self._maps
+
+
+class EpisodePoint(msgspec.Struct):
+    """One episode on the map, as the hover card shows it (preview URLs null when none)."""
+
+    index: int
+    episode_id: str
+    x: float
+    y: float
+    metadata: dict[str, Any]
+    thumbnail_url: str | None
+    gif_url: str | None
+
+
+class Points(msgspec.Struct):
+    """Columns of episodes on the map: ``count`` matched, ``returned`` listed (evenly thinned,
+    ``truncated``, when more matched than the limit), and the chosen ``fields``."""
+
+    count: int
+    returned: int
+    truncated: bool
+    index: list[int]
+    episode_id: list[str]
+    x: list[float]
+    y: list[float]
+    fields: dict[str, list[Any]]
+
+
+def episode_point(dataset: Dataset, dataset_id: str, row: int, coords: np.ndarray) -> EpisodePoint:
+    base = f"/api/datasets/{dataset_id}/episodes/{row}"
+    return EpisodePoint(
+        index=row,
+        episode_id=str(dataset.episode_ids[row]),
+        x=float(coords[row, 0]),
+        y=float(coords[row, 1]),
+        metadata=dataset.metadata_at(row),
+        thumbnail_url=f"{base}/thumbnail" if dataset.has_thumbnails else None,
+        gif_url=f"{base}/gif" if dataset.has_gifs else None,
+    )
+
+
+def points_payload(pm: ProjectionMaps, rows: np.ndarray, names: list[str], limit: int) -> Points:
+    """Columns (index, episode_id, x, y, fields) of ``rows``, thinned evenly to ``limit``."""
+    count = int(rows.size)
+    if count > limit:
+        rows = rows[np.linspace(0, count - 1, limit).round().astype(np.int64)]
+    return Points(
+        count=count,
+        returned=int(rows.size),
+        truncated=count > rows.size,
+        index=rows.tolist(),
+        episode_id=pm.dataset.episode_ids[rows].tolist(),
+        x=pm.coords[rows, 0].astype(float).tolist(),
+        y=pm.coords[rows, 1].astype(float).tolist(),
+        fields={name: pm.dataset.fields[name].json_values(rows) for name in names},
+    )

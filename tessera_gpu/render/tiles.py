@@ -19,6 +19,7 @@ from functools import cache
 from typing import Any
 
 import datashader as ds
+import msgspec
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -32,6 +33,7 @@ __all__ = [
     "TILE_SIZE",
     "PointView",
     "Pyramid",
+    "PyramidSpec",
     "TileIndex",
     "compile_kernels",
     "empty_tile",
@@ -90,18 +92,31 @@ class Pyramid:
         return (self.x0 + x * step, self.y0 + y * step,
                 self.x0 + (x + 1) * step, self.y0 + (y + 1) * step)  # fmt: skip
 
-    def to_dict(self) -> dict[str, Any]:
+    def spec(self) -> PyramidSpec:
         """What a Bokeh ``TMSTileSource`` needs to ask for the same tiles."""
-        return {
-            "x0": self.x0,
-            "y0": self.y0,
-            "size": self.size,
-            "max_zoom": self.max_zoom,
-            "tile_size": TILE_SIZE,
-            "initial_resolution": self.resolution(0),
-            "x_origin_offset": -self.x0,
-            "y_origin_offset": -self.y0,
-        }
+        return PyramidSpec(
+            x0=self.x0,
+            y0=self.y0,
+            size=self.size,
+            max_zoom=self.max_zoom,
+            tile_size=TILE_SIZE,
+            initial_resolution=self.resolution(0),
+            x_origin_offset=-self.x0,
+            y_origin_offset=-self.y0,
+        )
+
+
+class PyramidSpec(msgspec.Struct):
+    """A tile pyramid in numbers: its lower-left corner and side, zoom levels and tile size."""
+
+    x0: float
+    y0: float
+    size: float
+    max_zoom: int
+    tile_size: int
+    initial_resolution: float
+    x_origin_offset: float
+    y_origin_offset: float
 
 
 @dataclass(eq=False)

@@ -12,17 +12,20 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
+from tessera_gpu.backends import Backend
 from tessera_gpu.errors import TesseraError, Unavailable
 from tessera_gpu.io.dataset import Dataset
 from tessera_gpu.projection.cache import ProjectionCache
 from tessera_gpu.projection.project import ProjectionParams, project_cached
 
-__all__ = ["JobState", "ProjectionJobs"]
+__all__ = ["JobState", "ProjectionJobs", "ProjectionStatus"]
 
 log = logging.getLogger("tessera.jobs")
 
@@ -31,9 +34,27 @@ class _Superseded(Exception):
     """Raised from the progress callback to stop a run that is no longer wanted."""
 
 
+class ProjectionStatus(msgspec.Struct, omit_defaults=True):
+    """A dataset's projection: ``absent``, ``queued``, ``running`` (with ``stage`` and
+    ``progress`` 0..1), ``done`` (with ``bounds`` ``[x0, y0, x1, y1]``) or ``failed`` (with
+    ``error``)."""
+
+    status: str
+    progress: float
+    stage: str | None
+    elapsed_s: float
+    error: str | None
+    bounds: list[float] | msgspec.UnsetType = msgspec.UNSET
+
+
+ABSENT = ProjectionStatus(status="absent", progress=0.0, stage=None, elapsed_s=0.0, error=None)
+#: Called on every status change: ``(dataset_id, params, status, error, info)``.
+JobListener = Callable[[str, dict[str, Any], str, str | None, dict[str, Any]], None]
+
+
 @dataclass
 class JobState:
-    """What a dataset's projection is doing; ``to_dict`` is the API's projection status."""
+    """What a dataset's projection is doing; :meth:`status` is the API's answer."""
 
     generation: int
     status: str = "queued"
@@ -46,16 +67,16 @@ class JobState:
     bounds: list[float] | None = None  # computed once: a (N, 2) min/max is not free
     info: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "status": self.status,
-            "progress": round(self.progress, 4),
-            "stage": self.stage,
-            "elapsed_s": self.elapsed_s(),
-            "error": self.error,
-        }
+    def to_status(self) -> ProjectionStatus:
+        out = ProjectionStatus(
+            status=self.status,
+            progress=round(self.progress, 4),
+            stage=self.stage,
+            elapsed_s=self.elapsed_s(),
+            error=self.error,
+        )
         if self.status == "done" and self.bounds is not None:
-            out["bounds"] = self.bounds
+            out.bounds = self.bounds
         return out
 
     def elapsed_s(self) -> float:
@@ -65,9 +86,6 @@ class JobState:
         return round(end - self.started, 3)
 
 
-ABSENT = {"status": "absent", "progress": 0.0, "stage": None, "elapsed_s": 0.0, "error": None}
-
-
 #: Projection jobs that may wait at once for an HTTP request to add one more.
 MAX_QUEUED = 32
 
@@ -75,9 +93,12 @@ MAX_QUEUED = 32
 class ProjectionJobs:
     """A queue of projection jobs served by one thread, and the results kept per dataset."""
 
-    def __init__(self, backend: Any, cache: ProjectionCache) -> None:
+    def __init__(
+        self, backend: Backend, cache: ProjectionCache, *, listener: JobListener | None = None
+    ) -> None:
         self.backend = backend
         self.cache = cache
+        self.listener = listener
         self._lock = threading.Lock()
         self._states: dict[str, JobState] = {}
         self._work: dict[str, tuple[Dataset, ProjectionParams]] = {}
@@ -119,6 +140,7 @@ class ProjectionJobs:
             self._states[dataset_id] = JobState(generation=generation)
             self._work[dataset_id] = (dataset, params)
         self._queue.put((dataset_id, generation))
+        self._tell(dataset_id, params, "queued", None, {})
 
     def forget(self, dataset_id: str) -> None:
         """Drop a dataset: its queued or running job, its result and its device array."""
@@ -129,10 +151,10 @@ class ProjectionJobs:
 
     # ---- reading ----------------------------------------------------------------------------
 
-    def status(self, dataset_id: str) -> dict[str, Any]:
+    def status(self, dataset_id: str) -> ProjectionStatus:
         with self._lock:
             state = self._states.get(dataset_id)
-            return dict(ABSENT) if state is None else state.to_dict()
+            return ABSENT if state is None else state.to_status()
 
     def coords(self, dataset_id: str) -> np.ndarray | None:
         """The finished ``(N, 2)`` projection, or None."""
@@ -151,6 +173,11 @@ class ProjectionJobs:
         with self._lock:
             state = self._states.get(dataset_id)
             return dict(state.info) if state is not None else {}
+
+    def holds(self, dataset_id: str) -> bool:
+        """Whether anything of this dataset is kept here (job, map or device array)."""
+        with self._lock:
+            return any(dataset_id in d for d in (self._states, self._work, self._device))
 
     def device_embeddings(self, dataset_id: str) -> Any:
         """The dataset's embeddings on the device, once a job has put them there; else None."""
@@ -177,6 +204,7 @@ class ProjectionJobs:
                 return
             dataset, params = self._work[dataset_id]
             state.status, state.stage, state.started = "running", "to_device", time.monotonic()
+        self._tell(dataset_id, params, "running", None, {})
         try:
             coords, info = self._project(dataset_id, generation, dataset, params)
         except _Superseded:
@@ -201,6 +229,7 @@ class ProjectionJobs:
 
         x = self.device_embeddings(dataset_id)
         if x is None:
+            assert dataset.embeddings is not None  # metadata-only datasets get no job
             x = self.backend.to_device(dataset.embeddings)
             with self._lock:
                 if self._current(dataset_id, generation) is None:
@@ -238,6 +267,8 @@ class ProjectionJobs:
                 state.bounds = _bounds(coords)
             if error is None:
                 state.progress = 1.0
+            _, params = self._work.get(dataset_id, (None, None))
+            status = state.status
             fields = {
                 "dataset_id": dataset_id,
                 "status": state.status,
@@ -248,6 +279,29 @@ class ProjectionJobs:
                 "cache": (info or {}).get("cache"),
             }
         log.info("projection job", extra={"fields": fields})
+        if params is not None:
+            self._tell(dataset_id, params, status, error, info or {})
+
+    def _tell(
+        self,
+        dataset_id: str,
+        params: ProjectionParams,
+        status: str,
+        error: str | None,
+        info: dict[str, Any],
+    ) -> None:
+        if self.listener is None:
+            return
+        try:
+            self.listener(dataset_id, asdict(params), status, error, _recorded(info))
+        except Exception:  # the record is an audit trail: a failed write must not stop jobs
+            log.exception("could not record the projection job of %s", dataset_id)
+
+
+def _recorded(info: dict[str, Any]) -> dict[str, Any]:
+    """What the catalog keeps of a finished job's info: plain JSON values only."""
+    plain: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(info))
+    return plain
 
 
 def _bounds(coords: np.ndarray) -> list[float]:

@@ -1,0 +1,22 @@
+"""The core that the CLI and the web app share: :class:`Tessera`, its catalog and its jobs."""
+
+from tessera_gpu.core.catalog import Catalog, DatasetEntry
+from tessera_gpu.core.datadir import DataDir
+from tessera_gpu.core.jobs import ProjectionJobs, ProjectionStatus
+from tessera_gpu.core.tessera import Count, DatasetSummary, Episode, Live, Tessera
+from tessera_gpu.core.uploads import Upload, UploadSlots
+
+__all__ = [
+    "Catalog",
+    "Count",
+    "DataDir",
+    "DatasetEntry",
+    "DatasetSummary",
+    "Episode",
+    "Live",
+    "ProjectionJobs",
+    "ProjectionStatus",
+    "Tessera",
+    "Upload",
+    "UploadSlots",
+]

@@ -1,0 +1,262 @@
+"""The catalog (SQLite), the data directory, atomic writes and streamed uploads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import anyio
+import pytest
+from tessera_app.uploads import receive_upload
+
+from tessera_gpu.core import Catalog, DataDir, DatasetEntry
+from tessera_gpu.core.catalog import SCHEMA_VERSION
+from tessera_gpu.core.tessera import _stem
+from tessera_gpu.errors import InvalidRequest, NotFound, PayloadTooLarge
+from tessera_gpu.io.files import write_atomic
+
+BOUNDARY = "b0undary42"
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> DataDir:
+    return DataDir(tmp_path / "data")
+
+
+@pytest.fixture
+def catalog(data: DataDir) -> Iterable[Catalog]:
+    c = Catalog(data.catalog_path)
+    yield c
+    c.close()
+
+
+def entry(dataset_id: str, **kw: object) -> DatasetEntry:
+    base: dict[str, object] = {
+        "id": dataset_id, "name": dataset_id, "source": "upload", "path": f"/x/{dataset_id}.h5",
+        "file_hash": dataset_id * 4, "size": 10, "mtime_ns": 1, "added_at": "2025-01-01T00:00:00",
+    }  # fmt: skip
+    return DatasetEntry(**{**base, **kw})  # type: ignore[arg-type]
+
+
+# ---- atomic writes ----------------------------------------------------------------------------
+
+
+def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "a.json"
+    write_atomic(target, b"one")
+    write_atomic(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "a.json"
+    write_atomic(target, b"old")
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_sweep_removes_only_stale_temp_files(data: DataDir) -> None:
+    stale = [
+        data.root / ".catalog.export.1234.tmp",
+        data.uploads_dir / ".upload-abc.tmp",
+        data.cache_dir / ".x.proj.99ab.tmp",
+    ]
+    kept = [data.uploads_dir / "abc.h5", data.cache_dir / "x.proj"]
+    for p in stale + kept:
+        p.write_bytes(b"x")
+    assert sorted(data.sweep()) == sorted(stale)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+
+
+# ---- the catalog ------------------------------------------------------------------------------
+
+
+def test_datasets_survive_a_new_connection(catalog: Catalog) -> None:
+    catalog.put_dataset(entry("aaaa"))
+    catalog.put_dataset(entry("bbbb", source="path", projection={"seed": 3}))
+    catalog.remove_dataset("aaaa")
+    again = Catalog(catalog.path)
+    assert again.datasets() == [entry("bbbb", source="path", projection={"seed": 3})]
+    assert again.version == SCHEMA_VERSION
+    again.close()
+
+
+def test_the_database_is_wal_and_durable(catalog: Catalog) -> None:
+    db = sqlite3.connect(catalog.path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+
+
+def test_updating_a_dataset_keeps_its_samples(catalog: Catalog) -> None:
+    catalog.put_dataset(entry("d1"))
+    catalog.add_sample("d1", "s1", "2025-01-01T00:00:00", {"sample_id": "s1"})
+    catalog.put_dataset(entry("d1", projection={"seed": 9}))  # an upsert, not delete + insert
+    assert catalog.dataset("d1") == entry("d1", projection={"seed": 9})
+    assert [json.loads(m) for m in catalog.sample_manifests("d1")] == [{"sample_id": "s1"}]
+
+
+def test_samples_round_trip_oldest_first_and_go_with_their_dataset(catalog: Catalog) -> None:
+    catalog.put_dataset(entry("d1"))
+    late = {"sample_id": "s2", "created_at": "2025-01-02T00:00:00", "episode_ids": ["b"]}
+    early = {"sample_id": "s1", "created_at": "2025-01-01T00:00:00", "episode_ids": ["a"]}
+    catalog.add_sample("d1", "s2", late["created_at"], late)
+    catalog.add_sample("d1", "s1", early["created_at"], early)
+    assert [json.loads(m) for m in catalog.sample_manifests("d1")] == [early, late]
+    assert json.loads(catalog.sample_manifest("d1", "s2")) == late
+    assert catalog.sample_manifests("other") == []
+    catalog.record_job("d1", "projection", params={"seed": 0}, status="done", info={"n": 3})
+    assert [(j.kind, j.status, j.info) for j in catalog.jobs("d1")] == [
+        ("projection", "done", {"n": 3})
+    ]
+    catalog.remove_dataset("d1")
+    assert catalog.sample_manifests("d1") == [] and catalog.jobs("d1") == []
+
+
+def test_a_job_of_an_unknown_dataset_is_not_recorded(catalog: Catalog) -> None:
+    catalog.record_job("gone", "projection", params={}, status="done")
+    assert catalog.jobs("gone") == []
+
+
+@pytest.mark.parametrize("sample_id", ["../../registry", "nope", "a/b", ".s1", ""])
+def test_unknown_sample_ids_are_404(catalog: Catalog, sample_id: str) -> None:
+    catalog.put_dataset(entry("d1"))
+    catalog.add_sample("d1", "s1", "2025-01-01T00:00:00", {"sample_id": "s1"})
+    with pytest.raises(NotFound):
+        catalog.sample_manifest("d1", sample_id)
+
+
+def test_the_old_layout_is_imported_once(data: DataDir) -> None:
+    old = [{**vars(entry("aaaa")), "projection": {"seed": 2}}, vars(entry("bbbb"))]
+    (data.root / "registry.json").write_text(json.dumps({"version": 1, "datasets": old}))
+    manifest = {"sample_id": "s1", "created_at": "2025-01-01T00:00:00", "episode_ids": ["x"]}
+    (data.root / "samples" / "aaaa").mkdir(parents=True)
+    (data.root / "samples" / "aaaa" / "s1.json").write_text(json.dumps(manifest))
+    (data.root / "samples" / "aaaa" / ".s2.json.1.tmp").write_text("{half")  # a crash's leftover
+    catalog = Catalog(data.catalog_path)
+    assert catalog.import_legacy(data.root) == (2, 1)
+    assert [e.id for e in catalog.datasets()] == ["aaaa", "bbbb"]
+    assert catalog.dataset("aaaa") == entry("aaaa", projection={"seed": 2})
+    assert [json.loads(m) for m in catalog.sample_manifests("aaaa")] == [manifest]
+    assert sorted(p.name for p in data.root.iterdir() if "imported" in p.name) == [
+        "registry.json.imported", "samples.imported"
+    ]  # fmt: skip
+    assert catalog.import_legacy(data.root) is None  # nothing left to import
+    catalog.close()
+
+
+def test_an_import_interrupted_after_its_commit_is_not_done_twice(data: DataDir) -> None:
+    (data.root / "registry.json").write_text(json.dumps({"datasets": [vars(entry("aaaa"))]}))
+    catalog = Catalog(data.catalog_path)
+    catalog.import_legacy(data.root)
+    (data.root / "registry.json.imported").rename(data.root / "registry.json")  # as if killed
+    catalog.remove_dataset("aaaa")
+    assert catalog.import_legacy(data.root) is None  # renamed again, not re-imported
+    assert catalog.datasets() == [] and (data.root / "registry.json.imported").exists()
+    catalog.close()
+
+
+def test_an_older_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tessera_gpu.core import catalog as module
+
+    path = tmp_path / "c.sqlite"
+    monkeypatch.setattr(module, "MIGRATIONS", module.MIGRATIONS[:1])
+    old = module.Catalog(path)
+    old.put_dataset(entry("aaaa"))
+    old.close()
+    monkeypatch.setattr(
+        module, "MIGRATIONS", (*module.MIGRATIONS, "CREATE TABLE extra (x INTEGER);")
+    )
+    new = module.Catalog(path)
+    assert new.version == 2 and [e.id for e in new.datasets()] == ["aaaa"]
+    new.close()
+
+
+# ---- streamed uploads -------------------------------------------------------------------------
+
+
+def multipart(payload: bytes, *, field: str = "file", extra: bool = True) -> bytes:
+    parts = []
+    if extra:
+        parts.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n')
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="d.h5"\r\n'
+    head += "Content-Type: application/x-hdf5\r\n\r\n"
+    return "".join(parts).encode() + head.encode() + payload + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+class Chunks:
+    """An async body that counts how much of it was pulled."""
+
+    def __init__(self, body: bytes, size: int) -> None:
+        self.pieces = [body[i : i + size] for i in range(0, len(body), size)] + [b""]
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            self.pulled += 1
+            yield piece
+
+
+def receive(data: DataDir, chunks: Iterable[bytes] | Chunks, limit: int = 10_000):  # type: ignore[no-untyped-def]
+    source = chunks if isinstance(chunks, Chunks) else _iterate(list(chunks))
+    return anyio.run(lambda: receive_upload(source, BOUNDARY, data, limit=limit))
+
+
+async def _iterate(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for p in pieces:
+        yield p
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 4096])
+def test_upload_streams_to_a_temp_file(data: DataDir, chunk_size: int) -> None:
+    payload = bytes(range(256)) * 20
+    upload = receive(data, Chunks(multipart(payload), chunk_size))
+    assert upload.path.parent == data.uploads_dir and upload.path.name.startswith(".upload-")
+    assert upload.path.read_bytes() == payload
+    assert (upload.sha256, upload.size, upload.filename) == (
+        hashlib.sha256(payload).hexdigest(),
+        len(payload),
+        "d.h5",
+    )
+    upload.discard()
+    assert list(data.uploads_dir.iterdir()) == []
+
+
+def test_the_limit_applies_while_streaming(data: DataDir) -> None:
+    chunks = Chunks(multipart(b"x" * 50_000), 1000)
+    with pytest.raises(PayloadTooLarge) as info:
+        receive(data, chunks, limit=10_000)
+    assert info.value.status == 413 and info.value.code == "file_too_large"
+    assert chunks.pulled < 15  # stopped reading soon after the limit, not at the end
+    assert list(data.uploads_dir.iterdir()) == []
+
+
+def test_bad_multipart_leaves_nothing(data: DataDir) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        receive(data, [multipart(b"abc")[:-30], b""])
+    assert info.value.code == "bad_multipart"
+    with pytest.raises(InvalidRequest) as info:
+        receive(data, [multipart(b"abc", field="upload"), b""])
+    assert info.value.code == "missing_file"
+    assert list(data.uploads_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("filename", "name"),
+    [("droid_v2.h5", "droid_v2"), ("C:\\data\\x.hdf5", "x"), ("../../etc/passwd", "passwd"),
+     ("\x00\x1b.h5", "upload"), ("notes.txt", "notes.txt")],
+)  # fmt: skip
+def test_upload_names(filename: str, name: str) -> None:
+    assert _stem(filename) == name
