@@ -46,7 +46,7 @@ CSRF_COOKIE = "tessera_csrf"
 CSRF_HEADER = "x-tessera-csrf"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
-WILDCARD = frozenset({"", "0.0.0.0", "::"})  # noqa: S104  (names, not a bind)
+WILDCARD = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names to compare, not a bind
 LOGIN_HELP = (
     "Authentication required: open /login?token=YOUR_TOKEN (the server's --token or "
     "TESSERA_TOKEN) once in this browser, or send 'Authorization: Bearer YOUR_TOKEN'.\n"

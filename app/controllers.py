@@ -90,7 +90,7 @@ class HealthController(Controller):
     """Is the server up, and what is it running on."""
 
     path = "/api/health"
-    tags = ["health"]
+    tags = ("health",)
 
     @get("/", operation_id="getHealth", summary="Server health", sync_to_thread=False)
     def health(self, tessera: TesseraDep) -> Health:
@@ -134,7 +134,7 @@ class DatasetController(Controller):
     """Registered datasets: list, add (upload or path), read, remove."""
 
     path = "/api/datasets"
-    tags = ["datasets"]
+    tags = ("datasets",)
 
     @get("/", operation_id="listDatasets", summary="List datasets", sync_to_thread=True)
     def list_datasets(self, tessera: TesseraDep) -> list[DatasetSummary]:
@@ -253,7 +253,7 @@ class ProjectionController(Controller):
     """A dataset's 2-D map: its status, and (re)starting it."""
 
     path = "/api/datasets/{dataset_id:str}/projection"
-    tags = ["projection"]
+    tags = ("projection",)
 
     @get("/", operation_id="getProjection", summary="Projection status", sync_to_thread=False)
     def status(self, tessera: TesseraDep, dataset_id: DatasetId) -> ProjectionStatus:
@@ -286,7 +286,7 @@ class EpisodeController(Controller):
     """Episodes of a dataset: one episode's details, and how many match a filter."""
 
     path = "/api/datasets/{dataset_id:str}"
-    tags = ["episodes"]
+    tags = ("episodes",)
 
     @get(
         "/episodes/{index:int}",
@@ -333,7 +333,7 @@ class SampleController(Controller):
     """Training subsets of a dataset: draw, list, read, export."""
 
     path = "/api/datasets/{dataset_id:str}/samples"
-    tags = ["samples"]
+    tags = ("samples",)
 
     @post("/", operation_id="createSample", summary="Draw a sample", sync_to_thread=True)
     def create(

@@ -66,7 +66,7 @@ class MapController(Controller):
     """The density map of a dataset's projection and what sits on it."""
 
     path = "/api/datasets/{dataset_id:str}"
-    tags = ["map"]
+    tags = ("map",)
 
     @get("/tiles/{z:int}/{x:int}/{tile:str}", operation_id="getTile", summary="One map tile",
          sync_to_thread=True, media_type="image/png")  # fmt: skip
@@ -214,7 +214,7 @@ class PreviewController(Controller):
     """An episode's stored preview images, served only when they really are images."""
 
     path = "/api/datasets/{dataset_id:str}/episodes/{index:int}"
-    tags = ["episodes"]
+    tags = ("episodes",)
 
     @get("/thumbnail", operation_id="getThumbnail", summary="Episode thumbnail",
          sync_to_thread=True, media_type="image/jpeg")  # fmt: skip

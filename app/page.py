@@ -202,12 +202,12 @@ PAGE_HANDLERS = (
         name="bokehjs",
         cache_control=CacheControlHeader(max_age=86_400),
         include_in_schema=False,
-    ),  # fmt: skip
+    ),
     create_static_files_router(
         path="/static/app",
         directories=[STATIC_DIR],
         name="page_assets",
         cache_control=CacheControlHeader(no_cache=True),
         include_in_schema=False,
-    ),  # fmt: skip
+    ),
 )

@@ -128,7 +128,7 @@ def main() -> None:
         argv = [sys.executable, "-m", "tessera_gpu.cli", "serve", str(data), "--port", str(port),
                 "--data-dir", str(Path(tmp) / "data"), "--device", "cpu"]  # fmt: skip
         started = time.perf_counter()
-        server = subprocess.Popen(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # noqa: S603
+        server = subprocess.Popen(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
                 dataset = wait_ready(client, args.ready_timeout, projection=args.dim > 0)

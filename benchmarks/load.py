@@ -146,7 +146,7 @@ def main() -> None:
         data = Path(tmp) / "load.h5"
         make_file(data, episodes=args.episodes, dim=args.dim)
         port = free_port()
-        server = subprocess.Popen(  # noqa: S603 - fixed argv, loopback only
+        server = subprocess.Popen(
             [
                 sys.executable,
                 "-m",

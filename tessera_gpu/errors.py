@@ -22,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "Conflict",
     "Forbidden",
+    "InsufficientStorage",
     "InvalidDataset",
     "InvalidRequest",
     "NotFound",
@@ -29,7 +30,6 @@ __all__ = [
     "TesseraError",
     "Unavailable",
     "UnsupportedMediaType",
-    "InsufficientStorage",
     "error_body",
 ]
 

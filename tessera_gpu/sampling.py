@@ -15,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
+from tessera_gpu.backends import Backend
 from tessera_gpu.errors import Conflict, InvalidRequest
 from tessera_gpu.filters import filter_rows, parse_filter
 from tessera_gpu.io.dataset import Dataset, Field
@@ -26,8 +27,8 @@ __all__ = [
     "Manifest",
     "Sample",
     "SampleParams",
-    "SampleStats",
     "SampleRequest",
+    "SampleStats",
     "allocate",
     "build_manifest",
     "draw_sample",
@@ -120,7 +121,7 @@ def draw_sample(
     dataset: Dataset,
     request: SampleRequest,
     *,
-    backend: Any = None,
+    backend: Backend | None = None,
     device_embeddings: Any = None,
     coords: np.ndarray | None = None,
 ) -> Sample:
@@ -246,17 +247,20 @@ def _stratified_rows(rows: np.ndarray, strata: Field, request: SampleRequest) ->
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
-def _embeddings_on(dataset: Dataset, backend: Any, device_embeddings: Any) -> tuple[Any, Any]:
+def _embeddings_on(
+    dataset: Dataset, backend: Backend | None, device_embeddings: Any
+) -> tuple[Backend, Any]:
     if backend is None:
         from tessera_gpu.backends import get_backend
 
         backend = get_backend("cpu")
     if device_embeddings is None:
+        assert dataset.embeddings is not None  # draw_sample refuses K-means without them
         device_embeddings = backend.to_device(dataset.embeddings)
     return backend, device_embeddings
 
 
-def _kmeans_rows(x: Any, rows: np.ndarray, request: SampleRequest, backend: Any) -> np.ndarray:
+def _kmeans_rows(x: Any, rows: np.ndarray, request: SampleRequest, backend: Backend) -> np.ndarray:
     from tessera_gpu.clustering import diversity_sample
 
     picked = diversity_sample(x, request.n, backend=backend, rows=rows, seed=request.seed)
@@ -264,7 +268,7 @@ def _kmeans_rows(x: Any, rows: np.ndarray, request: SampleRequest, backend: Any)
 
 
 def _coverage(
-    x: Any, rows: np.ndarray, indices: np.ndarray, request: SampleRequest, backend: Any
+    x: Any, rows: np.ndarray, indices: np.ndarray, request: SampleRequest, backend: Backend
 ) -> dict[str, Any]:
     """Distances from filtered episodes to their nearest sampled one, vs a random sample."""
     from tessera_gpu.clustering import nearest_sample_distances

@@ -97,12 +97,15 @@ def _flag(raw: str) -> bool:
     raise ValueError(raw)
 
 
+DEFAULT_DATA_DIR = Path("~/.tessera").expanduser()
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings. Build with :meth:`load`; construct directly in tests."""
 
     device: str = "auto"
-    data_dir: Path = Path("~/.tessera").expanduser()
+    data_dir: Path = DEFAULT_DATA_DIR
     host: str = "127.0.0.1"
     port: int = 8000
     allow_path: tuple[Path, ...] = ()

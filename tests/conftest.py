@@ -132,7 +132,9 @@ def metadata_only_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _own_data_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No test touches the user's ~/.tessera: commands that use the default data directory
     (``tessera sample``, ``tessera project``) get a fresh one."""
     monkeypatch.setenv("TESSERA_DATA_DIR", str(tmp_path_factory.mktemp("tessera-home")))

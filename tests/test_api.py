@@ -41,7 +41,8 @@ pytest_plugins = ("tests.api_fixtures",)  # its fixtures: client, settings, allo
 
 async def test_health(client: Client) -> None:
     r = await client.get("/api/health")
-    assert r.status_code == 200 and r.headers["content-type"] == JSON
+    assert r.status_code == 200
+    assert r.headers["content-type"] == JSON
     backend = client.app.state.tessera.backend
     body = r.json()
     assert set(body.pop("memory")) == {"process_rss_gib", "host_total_gib", "host_available_gib"}
@@ -59,7 +60,9 @@ async def test_every_route_is_documented(client: Client) -> None:
     assert r.status_code == 200
     operations = [op for item in r.json()["paths"].values() for op in item.values()]
     for op in operations:
-        assert op["operationId"] and op["summary"] and op["description"], op
+        assert op["operationId"], op
+        assert op["summary"], op
+        assert op["description"], op
     api = {
         "getHealth", "listDatasets", "addDataset", "getDataset", "deleteDataset",
         "getProjection", "startProjection", "getEpisode", "countEpisodes",
@@ -83,7 +86,8 @@ async def test_every_route_is_documented(client: Client) -> None:
 
 async def test_upload_creates_a_dataset(client: Client, episode_file: Path) -> None:
     r = await upload(client, episode_file, "droid_v2.h5")
-    assert r.status_code == 201 and r.headers["content-type"] == JSON
+    assert r.status_code == 201
+    assert r.headers["content-type"] == JSON
     body = r.json()
     assert body["name"] == "droid_v2"
     assert body == expected_summary(episode_file, body, "upload")
@@ -105,8 +109,10 @@ async def test_not_hdf5_is_415(client: Client, tmp_path: Path) -> None:
     junk = tmp_path / "notes.h5"
     junk.write_bytes(b"<html>not an hdf5 file</html>")
     r = await upload(client, junk)
-    assert r.status_code == 415 and r.headers["content-type"] == JSON
-    assert r.json()["code"] == "not_hdf5" and r.json()["status"] == 415
+    assert r.status_code == 415
+    assert r.headers["content-type"] == JSON
+    assert r.json()["code"] == "not_hdf5"
+    assert r.json()["status"] == 415
     assert uploads_dir(client) == []
 
 
@@ -131,7 +137,8 @@ async def test_too_large_is_413_and_leaves_nothing(tmp_path: Path, episode_file:
     async with AsyncTestClient(create_app(settings)) as client:
         assert episode_file.stat().st_size > 0.3e6  # over the limit and its multipart slack
         r = await upload(client, episode_file)
-        assert r.status_code == 413 and r.headers["content-type"] == JSON
+        assert r.status_code == 413
+        assert r.headers["content-type"] == JSON
         message = (
             "File too large: more than 0.2 MB, the upload limit "
             "(start the server with --max-upload-mb to raise it)"
@@ -150,7 +157,8 @@ async def test_upload_without_the_file_field_is_400(client: Client) -> None:
 
 async def test_other_content_types_are_415(client: Client) -> None:
     r = await client.post("/api/datasets", content=b"x", headers={"content-type": "text/plain"})
-    assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
+    assert r.status_code == 415
+    assert r.json()["code"] == "unsupported_media_type"
 
 
 # ---- registration by path ---------------------------------------------------------------------
@@ -180,12 +188,14 @@ async def test_path_registration_needs_allow_path(tmp_path: Path, episode_file: 
     settings = Settings(device="cpu", data_dir=tmp_path / "d", allowed_host=TEST_HOSTS)
     async with AsyncTestClient(create_app(settings)) as client:
         r = await client.post("/api/datasets", json={"path": str(episode_file)})
-    assert r.status_code == 403 and r.json()["code"] == "forbidden"
+    assert r.status_code == 403
+    assert r.json()["code"] == "forbidden"
 
 
 async def test_missing_path_and_bad_body(client: Client, allowed: Path) -> None:
     r = await client.post("/api/datasets", json={"path": str(allowed / "nope.h5")})
-    assert r.status_code == 404 and r.json()["code"] == "file_not_found"
+    assert r.status_code == 404
+    assert r.json()["code"] == "file_not_found"
     r = await client.post("/api/datasets", json={"file": "x"})
     assert r.json() == error(
         'The JSON body must be {"path": "/path/to/file.h5"}', "invalid_request", 400
@@ -245,12 +255,14 @@ async def test_episode(client: Client, allowed: Path) -> None:
         "has_gif": True,
     }
     r = await client.get(f"/api/datasets/{dataset_id}/episodes/1")
-    assert r.json()["has_thumbnail"] is False and r.json()["has_gif"] is True
+    assert r.json()["has_thumbnail"] is False
+    assert r.json()["has_gif"] is True
     r = await client.get(f"/api/datasets/{dataset_id}/episodes/40")
     message = "Episode 40 not found: e has 40 episodes (0 to 39)"
     assert r.json() == error(message, "episode_not_found", 404)
     r = await client.get(f"/api/datasets/{dataset_id}/episodes/-1")
-    assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_request"
     assert "index" in r.json()["error"]
 
 
@@ -285,15 +297,18 @@ async def test_bad_filters_are_400_naming_field_and_op(client: Client, allowed: 
     message = "filter on 'task' (category): op 'lt' is not allowed; use eq, ne, in or not_in"
     assert r.json() == error(message, "invalid_request", 400)
     r = await client.post(url, json={"filter": [{"field": "nope", "op": "eq", "value": 1}]})
-    assert r.status_code == 400 and "'nope'" in r.json()["error"]
+    assert r.status_code == 400
+    assert "'nope'" in r.json()["error"]
     r = await client.post(url, json={"where": []})
     assert r.json() == error(
         "unknown key 'where' in count request; keys: filter", "invalid_request", 400
     )
     r = await client.post(url, content=b"{not json", headers={"content-type": JSON})
-    assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_request"
     r = await client.post(url, json=[1, 2])
-    assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_request"
 
 
 # ---- deletion and restart ---------------------------------------------------------------------
@@ -306,7 +321,8 @@ async def test_delete_removes_everything(client: Client, episode_file: Path) -> 
     assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
     core = client.app.state.tessera
     data, catalog = core.data, core.catalog
-    assert data.upload_path(dataset_id).exists() and catalog.sample_manifests(dataset_id)
+    assert data.upload_path(dataset_id).exists()
+    assert catalog.sample_manifests(dataset_id)
     assert len(list(data.cache_dir.glob("*.proj"))) == 1
     r = await client.post(f"{url}/projection", json={"n_neighbors": 10, "seed": 3})
     assert r.status_code == 202, r.text
@@ -315,10 +331,12 @@ async def test_delete_removes_everything(client: Client, episode_file: Path) -> 
     assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
     assert len(list(data.cache_dir.glob("*.proj"))) == 3  # one map per parameter set
     r = await client.delete(url)
-    assert r.status_code == 204 and r.content == b""
+    assert r.status_code == 204
+    assert r.content == b""
     assert (await client.get(url)).status_code == 404
     assert not data.upload_path(dataset_id).exists()
-    assert catalog.sample_manifests(dataset_id) == [] and catalog.jobs(dataset_id) == []
+    assert catalog.sample_manifests(dataset_id) == []
+    assert catalog.jobs(dataset_id) == []
     assert list(data.cache_dir.iterdir()) == []
     assert (await client.get("/api/datasets")).json() == []
 
@@ -333,11 +351,13 @@ async def test_delete_releases_the_datasets_memory(client: Client, allowed: Path
     core = client.app.state.tessera
     dataset = weakref.ref(core.get(dataset_id).dataset)
     maps = weakref.ref(core.map(dataset_id))
-    assert core.holds(dataset_id) and core.maps.holds(dataset_id)
+    assert core.holds(dataset_id)
+    assert core.maps.holds(dataset_id)
     assert (await client.delete(url)).status_code == 204
     gc.collect()
     assert not core.holds(dataset_id)
-    assert dataset() is None and maps() is None  # nothing else keeps them alive
+    assert dataset() is None
+    assert maps() is None
 
 
 async def test_delete_keeps_a_registered_file(client: Client, allowed: Path) -> None:

@@ -45,10 +45,13 @@ async def test_sample_lifecycle(client: Client, allowed: Path) -> None:
         "allocation": "equal",
     }
     r = await client.post(url, json=request)
-    assert r.status_code == 201 and r.headers["content-type"] == JSON
+    assert r.status_code == 201
+    assert r.headers["content-type"] == JSON
     manifest = r.json()
-    assert manifest["dataset_id"] == dataset_id and manifest["n"] == 30
-    assert manifest["method"] == "stratified" and manifest["seed"] == 4
+    assert manifest["dataset_id"] == dataset_id
+    assert manifest["n"] == 30
+    assert manifest["method"] == "stratified"
+    assert manifest["seed"] == 4
     assert len(set(manifest["episode_ids"])) == 30
     assert sum(manifest["stats"]["per_stratum"].values()) == 30
     again = (await client.post(url, json=request)).json()
@@ -58,7 +61,8 @@ async def test_sample_lifecycle(client: Client, allowed: Path) -> None:
     listing = (await client.get(url)).json()
     assert [m["sample_id"] for m in listing] == [manifest["sample_id"], again["sample_id"]]
     r = await client.get(f"{url}/{manifest['sample_id']}")
-    assert r.status_code == 200 and r.json() == manifest
+    assert r.status_code == 200
+    assert r.json() == manifest
     r = await client.get(f"{url}/no-such-sample")
     assert r.json() == error("Sample not found: 'no-such-sample'", "sample_not_found", 404)
 
@@ -71,7 +75,8 @@ async def test_map_selection_sample_records_its_projection(client: Client, allow
     url = f"/api/datasets/{dataset_id}/samples"
     body = {"method": "random", "n": 10, "filter": [{"field": "map", "op": "within", "value": box}]}
     manifest = (await client.post(url, json=body)).json()
-    assert manifest["n"] == 10 and manifest["matched"] > 10
+    assert manifest["n"] == 10
+    assert manifest["matched"] > 10
     info = client.app.state.tessera.jobs.info(dataset_id)
     dataset = client.app.state.tessera.get(dataset_id).dataset
     assert manifest["projection"] == {
@@ -107,13 +112,12 @@ async def test_sample_exports(client: Client, allowed: Path) -> None:
         if text is not None:
             assert r.text == text
     csv_lines = (await client.get(export, params={"format": "csv"})).text.splitlines()
-    assert (
-        csv_lines[0].startswith("episode_id,")
-        and [line.split(",")[0] for line in csv_lines[1:]] == ids
-    )
+    assert csv_lines[0].startswith("episode_id,")
+    assert [line.split(",")[0] for line in csv_lines[1:]] == ids
     assert (await client.get(export, params={"format": "json"})).json() == manifest
     r = await client.get(export, params={"format": "xlsx"})
-    assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_request"
 
 
 async def test_sample_errors(client: Client, allowed: Path, metadata_only_file: Path) -> None:
@@ -123,7 +127,8 @@ async def test_sample_errors(client: Client, allowed: Path, metadata_only_file: 
     message = "n = 500 is larger than the 300 episodes that match the filter"
     assert r.json() == error(message, "invalid_request", 400)
     r = await client.post(url, json={"method": "magic", "n": 5})
-    assert r.status_code == 400 and "method" in r.json()["error"]
+    assert r.status_code == 400
+    assert "method" in r.json()["error"]
     os.link(metadata_only_file, allowed / "meta.h5")
     meta_id = await add(client, allowed / "meta.h5")
     r = await client.post(f"/api/datasets/{meta_id}/samples", json={"method": "kmeans", "n": 5})
@@ -137,7 +142,8 @@ async def test_kmeans_sample_does_not_need_the_projection(client: Client, allowe
         f"/api/datasets/{dataset_id}/samples", json={"method": "kmeans", "n": 12, "seed": 0}
     )
     assert r.status_code == 201, r.text
-    assert r.json()["n"] == 12 and len(set(r.json()["episode_ids"])) == 12
+    assert r.json()["n"] == 12
+    assert len(set(r.json()["episode_ids"])) == 12
 
 
 # ---- projection -------------------------------------------------------------------------------
@@ -148,16 +154,20 @@ async def test_projection_runs_to_done(client: Client, allowed: Path) -> None:
     r = await wait_for_projection(client, dataset_id)
     status = r.json()
     assert status["status"] == "done", status
-    assert status["progress"] == 1.0 and status["error"] is None and status["elapsed_s"] > 0
+    assert status["progress"] == 1.0
+    assert status["error"] is None
+    assert status["elapsed_s"] > 0
     x0, y0, x1, y1 = status["bounds"]
-    assert x0 < x1 and y0 < y1
+    assert x0 < x1
+    assert y0 < y1
     summary = (await client.get(f"/api/datasets/{dataset_id}")).json()
     assert summary["projection"] == status
 
     r = await client.post(
         f"/api/datasets/{dataset_id}/projection", json={"n_neighbors": 8, "seed": 3}
     )
-    assert r.status_code == 202 and r.json()["status"] in ("queued", "running", "done")
+    assert r.status_code == 202
+    assert r.json()["status"] in ("queued", "running", "done")
     assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
     entry = client.app.state.tessera.catalog.dataset(dataset_id)
     assert entry.projection == {"n_neighbors": 8, "seed": 3}
@@ -168,9 +178,10 @@ async def test_projection_parameters_are_bounded(client: Client, allowed: Path) 
     url = f"/api/datasets/{dataset_id}/projection"
     for body in ({"n_neighbors": 1}, {"min_dist": 2.0}, {"seed": -1}, {"colour": "red"}):
         r = await client.post(url, json=body)
-        assert r.status_code == 400 and r.json()["code"] == "invalid_request", body
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_request"), body
     r = await client.post(url, json={"n_neighbors": 1})
-    assert "n_neighbors" in r.json()["error"] and ">= 2" in r.json()["error"]
+    assert "n_neighbors" in r.json()["error"]
+    assert ">= 2" in r.json()["error"]
 
 
 async def test_metadata_only_has_no_projection(

@@ -73,8 +73,10 @@ async def test_bearer_token_works_without_csrf(locked: Client) -> None:
 
 async def test_page_says_how_to_log_in(locked: Client) -> None:
     r = await locked.get("/")
-    assert r.status_code == 401 and r.headers["content-type"].startswith("text/plain")
-    assert "/login?token=" in r.text and TOKEN not in r.text
+    assert r.status_code == 401
+    assert r.headers["content-type"].startswith("text/plain")
+    assert "/login?token=" in r.text
+    assert TOKEN not in r.text
 
 
 async def test_login_sets_a_session_that_is_not_the_token(locked: Client) -> None:
@@ -83,7 +85,9 @@ async def test_login_sets_a_session_that_is_not_the_token(locked: Client) -> Non
     assert (r.status_code, r.headers["location"]) == (303, "/")
     cookies = r.headers.get_list("set-cookie")
     session = next(c for c in cookies if c.startswith(SESSION_COOKIE + "="))
-    assert "HttpOnly" in session and "SameSite=Strict" in session and TOKEN not in session
+    assert "HttpOnly" in session
+    assert "SameSite=Strict" in session
+    assert TOKEN not in session
     csrf = next(c for c in cookies if c.startswith(CSRF_COOKIE + "="))
     assert "HttpOnly" not in csrf
     assert (await locked.get("/api/datasets")).json() == []  # the client keeps the cookies
@@ -93,7 +97,8 @@ async def test_login_sets_a_session_that_is_not_the_token(locked: Client) -> Non
 async def test_cookie_session_needs_the_csrf_header(locked: Client) -> None:
     locked.cookies.set(SESSION_COOKIE, session_value(TOKEN))
     r = await locked.post("/api/datasets/nope/count", json={})
-    assert r.status_code == 403 and r.json()["code"] == "csrf_failed"
+    assert r.status_code == 403
+    assert r.json()["code"] == "csrf_failed"
     r = await locked.post("/api/datasets/nope/count", json={},
                           headers={"X-Tessera-CSRF": "forged"})  # fmt: skip
     assert r.json()["code"] == "csrf_failed"
@@ -111,7 +116,8 @@ async def test_a_forged_session_cookie_is_refused(locked: Client) -> None:
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.2", "[::2]:80"])
 async def test_unknown_host_is_refused(open_client: Client, host: str) -> None:
     r = await open_client.get("/api/health", headers={"Host": host})
-    assert r.status_code == 400 and r.json()["code"] == "bad_host"
+    assert r.status_code == 400
+    assert r.json()["code"] == "bad_host"
 
 
 @pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST"])

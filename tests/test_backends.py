@@ -29,9 +29,11 @@ no_gpu = pytest.mark.skipif(gpu_status()[0] is not None, reason="a GPU is presen
 def test_cpu_backend_names_itself() -> None:
     b = get_backend("cpu")
     assert b.name == "cpu"
-    assert b.device.startswith("CPU (") and b.device.endswith("cores)")
+    assert b.device.startswith("CPU (")
+    assert b.device.endswith("cores)")
     info = b.describe()
-    assert info["name"] == "cpu" and info["device"] == b.device
+    assert info["name"] == "cpu"
+    assert info["device"] == b.device
 
 
 @pytest.mark.parametrize("mode", ["tpu", "", "GPUs"])
@@ -97,7 +99,8 @@ def test_cpu_to_device_does_not_copy_float32() -> None:
     x = np.ones((10, 4), dtype=np.float32)
     assert b.to_device(x) is x
     wide = b.to_device(np.asfortranarray(np.ones((10, 4), dtype=np.float64)))
-    assert wide.dtype == np.float32 and wide.flags.c_contiguous
+    assert wide.dtype == np.float32
+    assert wide.flags.c_contiguous
 
 
 def test_to_device_round_trips(backend: Backend) -> None:
@@ -140,7 +143,8 @@ def test_knn_is_exact_on_small_data(backend: Backend) -> None:
     x, _ = clustered(400, 24, seed=1)
     idx, dist = backend.knn(backend.to_device(x), 10)
     ref_idx, ref_dist = brute_knn(x, x, 10)
-    assert idx.shape == (400, 10) and idx.dtype == np.int64
+    assert idx.shape == (400, 10)
+    assert idx.dtype == np.int64
     np.testing.assert_array_equal(idx[:, 0], np.arange(400))
     assert np.all(dist[:, 0] == 0)
     np.testing.assert_allclose(dist, ref_dist, rtol=1e-4, atol=1e-4)
@@ -164,7 +168,8 @@ def test_knn_refuses_k_below_one(backend: Backend) -> None:
 def test_cpu_neighbors_reduce_wide_data() -> None:
     x, _ = clustered(2000, 256, seed=3)
     nb = get_backend("cpu").neighbors(x, 15)
-    assert nb.method == "pca64+exact" and nb.cells is None
+    assert nb.method == "pca64+exact"
+    assert nb.cells is None
     assert nb.indices.shape == nb.distances.shape == (2000, 15)
     np.testing.assert_array_equal(nb.indices[:, 0], np.arange(2000))
 
@@ -174,17 +179,19 @@ def test_cpu_neighbors_switch_to_cell_probe_above_the_threshold() -> None:
     b.coarse_above = 1000  # type: ignore[attr-defined]
     x, _ = clustered(3000, 8, seed=3)
     nb = b.neighbors(x, 10)
-    assert nb.method.startswith("cell-probe(") and nb.cells is not None
+    assert nb.method.startswith("cell-probe(")
+    assert nb.cells is not None
     assert nb.cells.shape == (3000,)
 
 
 def test_cell_probe_recall() -> None:
     x, _ = clustered(6000, 16, centres=20, seed=4)
     idx, dist, cells = cell_probe_knn(x, 15, n_cells=40, n_probe=6, seed=0)
-    ref, ref_d = exact_knn(x, 15)
+    ref, _ = exact_knn(x, 15)
     recall = np.mean([len(set(a) & set(b)) / 15 for a, b in zip(idx, ref, strict=True)])
     assert recall > 0.95
-    assert cells.shape == (6000,) and set(np.unique(cells)) <= set(range(40))
+    assert cells.shape == (6000,)
+    assert set(np.unique(cells)) <= set(range(40))
     np.testing.assert_array_equal(idx[:, 0], np.arange(6000))
     assert np.all(np.diff(dist, axis=1) >= 0)
 
@@ -209,4 +216,5 @@ def test_nearest_sample_distances_of_backend(backend: Backend) -> None:
     got = backend.nearest_sample_distances(dev, np.arange(500), sample)
     _, ref = brute_knn(x[sample], x, 1)
     np.testing.assert_allclose(got, ref[:, 0], rtol=1e-4, atol=1e-4)
-    assert got.dtype == np.float32 and np.all(got[sample] == 0)
+    assert got.dtype == np.float32
+    assert np.all(got[sample] == 0)

@@ -77,7 +77,8 @@ def test_sweep_removes_only_stale_temp_files(data: DataDir) -> None:
     for p in stale + kept:
         p.write_bytes(b"x")
     assert sorted(data.sweep()) == sorted(stale)
-    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)
+    assert not any(p.exists() for p in stale)
 
 
 # ---- the catalog ------------------------------------------------------------------------------
@@ -122,7 +123,8 @@ def test_samples_round_trip_oldest_first_and_go_with_their_dataset(catalog: Cata
         ("projection", "done", {"n": 3})
     ]
     catalog.remove_dataset("d1")
-    assert catalog.sample_manifests("d1") == [] and catalog.jobs("d1") == []
+    assert catalog.sample_manifests("d1") == []
+    assert catalog.jobs("d1") == []
 
 
 def test_a_job_of_an_unknown_dataset_is_not_recorded(catalog: Catalog) -> None:
@@ -164,7 +166,8 @@ def test_an_import_interrupted_after_its_commit_is_not_done_twice(data: DataDir)
     (data.root / "registry.json.imported").rename(data.root / "registry.json")  # as if killed
     catalog.remove_dataset("aaaa")
     assert catalog.import_legacy(data.root) is None  # renamed again, not re-imported
-    assert catalog.datasets() == [] and (data.root / "registry.json.imported").exists()
+    assert catalog.datasets() == []
+    assert (data.root / "registry.json.imported").exists()
     catalog.close()
 
 
@@ -180,7 +183,8 @@ def test_an_older_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyP
         module, "MIGRATIONS", (*module.MIGRATIONS, "CREATE TABLE extra (x INTEGER);")
     )
     new = module.Catalog(path)
-    assert new.version == 2 and [e.id for e in new.datasets()] == ["aaaa"]
+    assert new.version == 2
+    assert [e.id for e in new.datasets()] == ["aaaa"]
     new.close()
 
 
@@ -223,7 +227,8 @@ async def _iterate(pieces: list[bytes]) -> AsyncIterator[bytes]:
 def test_upload_streams_to_a_temp_file(data: DataDir, chunk_size: int) -> None:
     payload = bytes(range(256)) * 20
     upload = receive(data, Chunks(multipart(payload), chunk_size))
-    assert upload.path.parent == data.uploads_dir and upload.path.name.startswith(".upload-")
+    assert upload.path.parent == data.uploads_dir
+    assert upload.path.name.startswith(".upload-")
     assert upload.path.read_bytes() == payload
     assert (upload.sha256, upload.size, upload.filename) == (
         hashlib.sha256(payload).hexdigest(),
@@ -238,7 +243,8 @@ def test_the_limit_applies_while_streaming(data: DataDir) -> None:
     chunks = Chunks(multipart(b"x" * 50_000), 1000)
     with pytest.raises(PayloadTooLarge) as info:
         receive(data, chunks, limit=10_000)
-    assert info.value.status == 413 and info.value.code == "file_too_large"
+    assert info.value.status == 413
+    assert info.value.code == "file_too_large"
     assert chunks.pulled < 15  # stopped reading soon after the limit, not at the end
     assert list(data.uploads_dir.iterdir()) == []
 

@@ -21,15 +21,21 @@ def test_validate_prints_compact_report(episode_file: Path) -> None:
     assert result.exit_code == 0, result.output
     out = result.output
     assert out.splitlines()[0] == "episodes.h5: valid"
-    assert "episodes   300" in out and "dimension  16" in out and "mode       full" in out
+    assert "episodes   300" in out
+    assert "dimension  16" in out
+    assert "mode       full" in out
     assert "previews   thumbnails, gifs" in out
-    assert "task" in out and "category" in out and "episode_length" in out
+    assert "task" in out
+    assert "category" in out
+    assert "episode_length" in out
 
 
 def test_validate_json(metadata_only_file: Path) -> None:
     result = run("validate", "--json", str(metadata_only_file))
     report = json.loads(result.output)
-    assert report["valid"] is True and report["mode"] == "metadata-only" and report["dim"] is None
+    assert report["valid"] is True
+    assert report["mode"] == "metadata-only"
+    assert report["dim"] is None
     assert {f["name"] for f in report["fields"]} >= {"success", "task", "episode_length"}
 
 
@@ -43,7 +49,8 @@ def test_validate_error_is_one_line_and_nonzero(tmp_path: Path) -> None:
 
 def test_validate_upload_limit(episode_file: Path) -> None:
     result = CliRunner().invoke(cli, ["validate", "--max-file-mb", "0.5", str(episode_file)])
-    assert result.exit_code == 1 and result.output.startswith("error: File too large: ")
+    assert result.exit_code == 1
+    assert result.output.startswith("error: File too large: ")
 
 
 def test_console_script_entry_point(tmp_path: Path) -> None:

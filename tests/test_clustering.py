@@ -33,7 +33,8 @@ def _sklearn_inertia(x: np.ndarray, k: int) -> float:
 
 def test_inertia_close_to_sklearn(backend: Backend, data: np.ndarray) -> None:
     result = kmeans(backend.to_device(data), 60, backend=backend, seed=0)
-    assert result.centroids.shape == (60, 32) and result.labels.shape == (3000,)
+    assert result.centroids.shape == (60, 32)
+    assert result.labels.shape == (3000,)
     assert set(np.unique(result.labels)) <= set(range(60))
     assert result.inertia <= 1.05 * _sklearn_inertia(data, 60)
     recomputed = ((data - result.centroids[result.labels]) ** 2).sum(dtype=np.float64)
@@ -70,7 +71,8 @@ def test_kmeans_refuses_bad_k(data: np.ndarray, k: int) -> None:
 def test_sample_is_distinct_global_rows(backend: Backend, data: np.ndarray) -> None:
     rows = np.arange(500, 2500)
     picked = diversity_sample(backend.to_device(data), 120, backend=backend, rows=rows, seed=3)
-    assert picked.dtype == np.int64 and picked.shape == (120,)
+    assert picked.dtype == np.int64
+    assert picked.shape == (120,)
     assert len(set(picked.tolist())) == 120
     assert set(picked.tolist()) <= set(rows.tolist())
 

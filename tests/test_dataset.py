@@ -34,9 +34,11 @@ def replace(name: str, **create):
 def test_full_file_loads_with_every_part(episode_file: Path) -> None:
     ds = load_dataset(episode_file)
     assert (ds.n_episodes, ds.dim, ds.mode) == (300, 16, "full")
-    assert ds.embeddings is not None and ds.embeddings.dtype == np.float32
+    assert ds.embeddings is not None
+    assert ds.embeddings.dtype == np.float32
     assert ds.embeddings.flags.c_contiguous
-    assert ds.episode_ids[0] == "ep_00000" and ds.index_of("ep_00299") == 299
+    assert ds.episode_ids[0] == "ep_00000"
+    assert ds.index_of("ep_00299") == 299
     kinds = {name: f.kind for name, f in ds.fields.items()}
     assert kinds == {
         "success": "bool",
@@ -52,7 +54,9 @@ def test_full_file_loads_with_every_part(episode_file: Path) -> None:
 
 def test_metadata_only_file_loads(metadata_only_file: Path) -> None:
     ds = load_dataset(metadata_only_file)
-    assert ds.mode == "metadata-only" and ds.dim is None and ds.embeddings is None
+    assert ds.mode == "metadata-only"
+    assert ds.dim is None
+    assert ds.embeddings is None
     assert ds.embeddings_hash is None
     assert msgspec.to_builtins(ds.summary())["dim"] is None
 
@@ -102,7 +106,9 @@ def test_episode_id_encodings(tmp_path: Path, ids: dict) -> None:
 def test_multidimensional_metadata_is_kept_but_not_filterable(tmp_path: Path) -> None:
     path = bad(tmp_path, lambda f: f["metadata"].create_dataset("pose", data=np.zeros((40, 7))))
     pose = load_dataset(path).fields["pose"]
-    assert pose.kind == "array" and not pose.filterable and pose.value_at(0) == [0.0] * 7
+    assert pose.kind == "array"
+    assert not pose.filterable
+    assert pose.value_at(0) == [0.0] * 7
 
 
 def test_identical_embeddings_hash_identically(tmp_path: Path, episode_file: Path) -> None:
@@ -184,7 +190,8 @@ def test_rule7_file_size_limit(episode_file: Path) -> None:
     size = episode_file.stat().st_size
     with pytest.raises(PayloadTooLarge) as info:
         load_dataset(episode_file, limits=Limits(max_file_bytes=1_000_000))
-    assert info.value.code == "file_too_large" and info.value.status == 413
+    assert info.value.code == "file_too_large"
+    assert info.value.status == 413
     assert info.value.message == f"File too large: {size / 1e6:.1f} MB > 1.0 MB"
 
 

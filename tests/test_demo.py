@@ -41,8 +41,11 @@ def labels(ds: Dataset, name: str) -> list:
 
 
 def test_it_loads_with_unit_float32_embeddings(ds: Dataset) -> None:
-    assert ds.n_episodes == EPISODES and ds.dim == DIM and ds.mode == "full"
-    assert ds.embeddings is not None and ds.embeddings.dtype == np.float32
+    assert ds.n_episodes == EPISODES
+    assert ds.dim == DIM
+    assert ds.mode == "full"
+    assert ds.embeddings is not None
+    assert ds.embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(ds.embeddings, axis=1), 1.0, rtol=1e-5)
 
 
@@ -77,13 +80,16 @@ def test_marginals_look_like_a_real_collection() -> None:
 def test_previews_decode_as_128px_jpegs_and_animated_gifs(ds: Dataset) -> None:
     for i in range(0, EPISODES, 7):
         thumbnail = ds.thumbnail(i)
-        assert thumbnail is not None and thumbnail[:3] == b"\xff\xd8\xff"
+        assert thumbnail is not None
+        assert thumbnail[:3] == b"\xff\xd8\xff"
         assert Image.open(io.BytesIO(thumbnail)).size == (128, 128)
         gif = ds.gif(i)
         assert gif is not None
         animation = Image.open(io.BytesIO(gif))
-        assert animation.format == "GIF" and animation.size == (128, 128)
-        assert 8 <= animation.n_frames <= 16 and animation.info["loop"] == 0
+        assert animation.format == "GIF"
+        assert animation.size == (128, 128)
+        assert 8 <= animation.n_frames <= 16
+        assert animation.info["loop"] == 0
 
 
 def test_no_previews_when_asked(tmp_path: Path) -> None:
@@ -92,19 +98,23 @@ def test_no_previews_when_asked(tmp_path: Path) -> None:
         tmp_path / "bare.h5", episodes=5, dim=8, previews=False, progress=lambda *a: calls.append(a)
     )
     ds = load_dataset(path)
-    assert not ds.has_thumbnails and not ds.has_gifs and ds.thumbnail(0) is None
+    assert not ds.has_thumbnails
+    assert not ds.has_gifs
+    assert ds.thumbnail(0) is None
     assert calls == [(i, 5) for i in range(1, 6)]
 
 
 def test_the_same_seed_gives_the_same_arrays(ds: Dataset, tmp_path: Path) -> None:
     again = load_dataset(build_demo(tmp_path / "again.h5", episodes=EPISODES, dim=DIM))
     other = load_dataset(build_demo(tmp_path / "other.h5", episodes=EPISODES, dim=DIM, seed=1))
-    assert ds.embeddings is not None and again.embeddings is not None
+    assert ds.embeddings is not None
+    assert again.embeddings is not None
     assert ds.embeddings.tobytes() == again.embeddings.tobytes()
     assert ds.episode_ids.tolist() == again.episode_ids.tolist()
     for name in FIELDS:
         assert labels(ds, name) == labels(again, name)
-    assert ds.thumbnail(3) == again.thumbnail(3) and ds.gif(3) == again.gif(3)
+    assert ds.thumbnail(3) == again.thumbnail(3)
+    assert ds.gif(3) == again.gif(3)
     assert other.embeddings is not None
     assert not np.array_equal(ds.embeddings, other.embeddings)
     assert labels(ds, "task") != labels(other, "task")

@@ -46,7 +46,8 @@ def test_install_steps_match_pyproject(dockerfile: Path) -> None:
     folders = {setuptools["package-dir"].get(p, p) for p in top_level}
     for folder in folders:
         assert folder in copied, f"{dockerfile.name} does not copy {folder}/"
-    assert PYPROJECT["project"]["readme"] in copied and "pyproject.toml" in copied
+    assert PYPROJECT["project"]["readme"] in copied
+    assert "pyproject.toml" in copied
     assert "pip install --no-cache-dir ." in text, "install the project itself, not a copied list"
     script = next(iter(PYPROJECT["project"]["scripts"]))
     assert f'ENTRYPOINT ["{script}", "serve"]' in text
@@ -56,21 +57,25 @@ def test_install_steps_match_pyproject(dockerfile: Path) -> None:
 def test_python_version_satisfies_requires_python(dockerfile: Path) -> None:
     minimum = tuple(int(p) for p in PYPROJECT["project"]["requires-python"].lstrip(">=").split("."))
     version = re.search(r"py(?:thon:)?(\d+)\.(\d+)", dockerfile.read_text())
-    assert version and tuple(map(int, version.groups())) >= minimum
+    assert version
+    assert tuple(map(int, version.groups())) >= minimum
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_runs_unprivileged_with_health_and_volume(dockerfile: Path) -> None:
     text = dockerfile.read_text()
     users = re.findall(r"^USER (\S+)", text, flags=re.M)
-    assert users and users[-1] not in ("0", "root")
+    assert users
+    assert users[-1] not in ("0", "root")
     assert "/api/health" in text.split("HEALTHCHECK", 1)[1]
-    assert 'VOLUME ["/data"]' in text and "TESSERA_DATA_DIR=/data" in text
+    assert 'VOLUME ["/data"]' in text
+    assert "TESSERA_DATA_DIR=/data" in text
 
 
 def test_compose_reserves_a_gpu() -> None:
     compose = yaml.safe_load((ROOT / "docker" / "compose.yml").read_text())
     service = compose["services"]["tessera"]
     devices = service["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert devices[0]["driver"] == "nvidia"
+    assert "gpu" in devices[0]["capabilities"]
     assert service["build"]["dockerfile"] == "docker/Dockerfile.gpu"

@@ -32,9 +32,11 @@ def test_choice_follows_the_machine() -> None:
     auto = doctor("--device", "auto")
     assert auto["will_use"] == (gpu or "cpu")
     if gpu is None:
-        assert auto["gpu"] is None and auto["why"].startswith("no GPU backend: ")
+        assert auto["gpu"] is None
+        assert auto["why"].startswith("no GPU backend: ")
         asked = doctor("--device", "gpu")
-        assert asked["will_use"] is None and "will refuse" in asked["why"]
+        assert asked["will_use"] is None
+        assert "will refuse" in asked["why"]
     else:
         assert auto["gpu"]["gpu_memory_total_gib"] > 0
 
@@ -45,4 +47,5 @@ def test_text_report_ends_with_the_verdict() -> None:
     assert result.output.rstrip().splitlines()[-1] == (
         "Tessera will use: cpu (--device cpu (or TESSERA_DEVICE=cpu) was asked for)"
     )
-    assert "hdf5" in result.output and "umap-learn" in result.output
+    assert "hdf5" in result.output
+    assert "umap-learn" in result.output

@@ -244,7 +244,8 @@ def test_filters_a_loaded_file(episode_file: Path) -> None:
     mask = filter_mask(ds, parse_filter([c("success", "eq", True), c("task", "eq", "pick")], ds))
     task = ds.fields["task"]
     expected = ds.fields["success"].values & (task.values == task.categories.index("pick"))
-    assert np.array_equal(mask, expected) and 0 < mask.sum() < ds.n_episodes
+    assert np.array_equal(mask, expected)
+    assert 0 < mask.sum() < ds.n_episodes
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ Each case names the status and code it must get; after each one ``/api/health`` 
 registration by ``{"path": ...}`` under the allow root), which validate in a child process.
 """
 
-# ruff: noqa: E501  (the case tables read best one case a line)
 from __future__ import annotations
 
 import json

@@ -14,7 +14,8 @@ from .conftest import write_episode_file
 
 def test_valid_file_returns_summary(episode_file: Path) -> None:
     summary = validate_isolated(episode_file)
-    assert summary["n_episodes"] == 300 and summary["mode"] == "full"
+    assert summary["n_episodes"] == 300
+    assert summary["mode"] == "full"
 
 
 def test_errors_keep_their_class_code_and_message(tmp_path: Path, episode_file: Path) -> None:
@@ -22,7 +23,8 @@ def test_errors_keep_their_class_code_and_message(tmp_path: Path, episode_file: 
     junk.write_bytes(b"<html>not hdf5</html>")
     with pytest.raises(UnsupportedMediaType) as info:
         validate_isolated(junk)
-    assert info.value.code == "not_hdf5" and info.value.status == 415
+    assert info.value.code == "not_hdf5"
+    assert info.value.status == 415
     with pytest.raises(PayloadTooLarge):
         validate_isolated(episode_file, limits=Limits(max_file_bytes=1000))
 

@@ -25,12 +25,16 @@ async def test_a_full_projection_queue_is_a_503_with_retry_after(
     assert tessera_gpu.core.jobs.MAX_QUEUED == 32
     dataset_id = await add(client, write_episode_file(tmp_path / "q.h5", n=40, previews=False))
     before = (await client.get(f"/api/datasets/{dataset_id}")).json()["projection"]
-    monkeypatch.setattr(tessera_gpu.core.jobs, "MAX_QUEUED", 0)  # full, whatever the worker is doing
+    monkeypatch.setattr(
+        tessera_gpu.core.jobs, "MAX_QUEUED", 0
+    )  # full, whatever the worker is doing
     r = await client.post(f"/api/datasets/{dataset_id}/projection", json={"seed": 5})
-    assert r.status_code == 503 and r.headers["retry-after"] == "30"
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "30"
     assert r.json()["code"] == "queue_full"
     after = client.app.state.tessera.get(dataset_id).entry.projection
-    assert after == {} and before["status"] in ("queued", "running", "done")
+    assert after == {}
+    assert before["status"] in ("queued", "running", "done")
 
 
 async def test_too_many_uploads_at_once_is_a_503(client: Client, episode_file: Path) -> None:
@@ -40,7 +44,8 @@ async def test_too_many_uploads_at_once_is_a_503(client: Client, episode_file: P
     for s in held:
         s.__enter__()
     r = await upload(client, episode_file)
-    assert r.status_code == 503 and r.headers["retry-after"] == "10"
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "10"
     assert r.json()["code"] == "too_many_uploads"
     for s in held:
         s.__exit__(None, None, None)

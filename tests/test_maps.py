@@ -80,7 +80,8 @@ def add(client: Client, path: Path, *, projected: bool = True) -> str:
 
 def rgba(content: bytes) -> np.ndarray:
     img = Image.open(io.BytesIO(content))
-    assert img.size == (256, 256) and img.mode == "RGBA"
+    assert img.size == (256, 256)
+    assert img.mode == "RGBA"
     return np.asarray(img)
 
 
@@ -94,9 +95,11 @@ def q(raw: Any) -> str:
 async def test_tile_is_a_transparent_png(client: Client, episode_file: Path) -> None:
     ds = add(client, episode_file)
     r = await client.get(f"/api/datasets/{ds}/tiles/0/0/0.png")
-    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/png"
     px = rgba(r.content)
-    assert px[0, 0, 3] == 0 and (px[..., 3] > 0).sum() > 100
+    assert px[0, 0, 3] == 0
+    assert (px[..., 3] > 0).sum() > 100
 
 
 @pytest.mark.parametrize("tile", ["1/2/0.png", "1/0/2.png", "13/0/0.png", "0/0/0.jpg", "0/0/x.png"])
@@ -105,8 +108,10 @@ async def test_tiles_outside_the_pyramid_are_400(
 ) -> None:
     ds = add(client, episode_file)
     r = await client.get(f"/api/datasets/{ds}/tiles/{tile}")
-    assert r.status_code == 400 and r.headers["content-type"] == "application/json"
-    assert r.json()["code"] == "tile_out_of_range" and r.json()["status"] == 400
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["code"] == "tile_out_of_range"
+    assert r.json()["status"] == 400
 
 
 async def test_filter_hides_episodes_on_tiles(client: Client, episode_file: Path) -> None:
@@ -125,9 +130,11 @@ async def test_a_bad_filter_or_colour_is_400(client: Client, episode_file: Path)
     ds = add(client, episode_file)
     url = f"/api/datasets/{ds}/tiles/0/0/0.png"
     r = await client.get(url, params={"filter": "[{"})
-    assert r.status_code == 400 and "filter must be JSON" in r.json()["error"]
+    assert r.status_code == 400
+    assert "filter must be JSON" in r.json()["error"]
     r = await client.get(url, params={"color_by": "nope"})
-    assert r.status_code == 400 and r.json()["code"] == "bad_color_by"
+    assert r.status_code == 400
+    assert r.json()["code"] == "bad_color_by"
 
 
 async def test_tile_colours_match_the_legend(client: Client, episode_file: Path) -> None:
@@ -137,7 +144,8 @@ async def test_tile_colours_match_the_legend(client: Client, episode_file: Path)
     legend = (await client.get(f"/api/datasets/{ds}/legend", params=only_place)).json()
     entries = {e["value"]: e for e in legend["entries"]}
     n_place = int((load_dataset(episode_file).fields["task"].values == 1).sum())
-    assert legend["kind"] == "category" and entries["place"]["count"] == n_place
+    assert legend["kind"] == "category"
+    assert entries["place"]["count"] == n_place
     assert entries["pick"]["count"] == entries["stack"]["count"] == 0
     px = rgba((await client.get(f"/api/datasets/{ds}/tiles/0/0/0.png", params=only_place)).content)
     colours = {tuple(c) for c in px[px[..., 3] > 0][:, :3]}
@@ -150,10 +158,12 @@ async def test_map_routes_before_the_projection_and_without_embeddings(
 ) -> None:
     waiting = add(client, episode_file, projected=False)
     r = await client.get(f"/api/datasets/{waiting}/tiles/0/0/0.png")
-    assert r.status_code == 503 and r.json()["code"] == "projection_not_ready"
+    assert r.status_code == 503
+    assert r.json()["code"] == "projection_not_ready"
     meta = add(client, metadata_only_file)
     r = await client.get(f"/api/datasets/{meta}/points/nearest", params={"x": 0, "y": 0})
-    assert r.status_code == 409 and r.json()["code"] == "metadata_only"
+    assert r.status_code == 409
+    assert r.json()["code"] == "metadata_only"
 
 
 # ---- nearest and points ------------------------------------------------------------------------
@@ -166,7 +176,8 @@ async def test_nearest_episode(client: Client, episode_file: Path) -> None:
     r = await client.get(f"/api/datasets/{ds}/points/nearest", params={"x": x, "y": y})
     body = r.json()
     expected = int(np.argmin(np.hypot(coords[:, 0] - x, coords[:, 1] - y)))
-    assert r.status_code == 200 and body["index"] == expected
+    assert r.status_code == 200
+    assert body["index"] == expected
     assert body["episode_id"] == f"ep_{expected:05d}"
     assert body["thumbnail_url"] == f"/api/datasets/{ds}/episodes/{expected}/thumbnail"
     assert body["gif_url"] == f"/api/datasets/{ds}/episodes/{expected}/gif"
@@ -183,7 +194,8 @@ async def test_nearest_respects_radius_and_filter(client: Client, episode_file: 
     ds = add(client, episode_file)
     url = f"/api/datasets/{ds}/points/nearest"
     r = await client.get(url, params={"x": 1e6, "y": 1e6, "radius": 1.0})
-    assert r.status_code == 404 and r.json()["code"] == "no_episode_near"
+    assert r.status_code == 404
+    assert r.json()["code"] == "no_episode_near"
     failures = q([{"field": "success", "op": "eq", "value": False}])
     for i in range(0, 60, 7):
         r = await client.get(url, params={"x": 0.1 * i, "y": -0.1 * i, "filter": failures})
@@ -197,12 +209,17 @@ async def test_points_of_a_sample_and_of_a_filter(client: Client, episode_file: 
     sid = sample.get("sample_id") or sample["id"]
     r = await client.get(f"/api/datasets/{ds}/points", params={"sample_id": sid, "fields": "task"})
     body = r.json()
-    assert r.status_code == 200 and sorted(body["episode_id"]) == sorted(sample["episode_ids"])
-    assert body["count"] == 12 and not body["truncated"] and len(body["fields"]["task"]) == 12
+    assert r.status_code == 200
+    assert sorted(body["episode_id"]) == sorted(sample["episode_ids"])
+    assert body["count"] == 12
+    assert not body["truncated"]
+    assert len(body["fields"]["task"]) == 12
     coords = coords_of(episode_file)
     assert body["x"][0] == pytest.approx(float(coords[body["index"][0], 0]))
     r = await client.get(f"/api/datasets/{ds}/points", params={"limit": 50})
-    assert r.json()["count"] == 300 and r.json()["returned"] == 50 and r.json()["truncated"]
+    assert r.json()["count"] == 300
+    assert r.json()["returned"] == 50
+    assert r.json()["truncated"]
     r = await client.get(f"/api/datasets/{ds}/points", params={"sample_id": sid, "filter": "[]"})
     assert r.status_code == 400
     r = await client.get(f"/api/datasets/{ds}/points", params={"limit": 20_001})
@@ -217,13 +234,15 @@ async def test_previews_are_served_as_what_their_bytes_are(
 ) -> None:
     ds = add(client, episode_file, projected=False)
     r = await client.get(f"/api/datasets/{ds}/episodes/3/thumbnail")
-    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/jpeg"
     assert r.content[:3] == b"\xff\xd8\xff"
     assert r.headers["x-content-type-options"] == "nosniff"
     assert r.headers["content-security-policy"] == "default-src 'none'; sandbox"
     assert "immutable" in r.headers["cache-control"]
     g = await client.get(f"/api/datasets/{ds}/episodes/3/gif")
-    assert g.status_code == 200 and g.headers["content-type"] == "image/gif"
+    assert g.status_code == 200
+    assert g.headers["content-type"] == "image/gif"
     again = await client.get(f"/api/datasets/{ds}/episodes/3/gif",
                              headers={"If-None-Match": g.headers["etag"]})  # fmt: skip
     assert again.status_code == 304
@@ -232,7 +251,8 @@ async def test_previews_are_served_as_what_their_bytes_are(
 async def test_html_posing_as_a_thumbnail_is_415(client: Client, html_file: Path) -> None:
     ds = add(client, html_file, projected=False)
     r = await client.get(f"/api/datasets/{ds}/episodes/0/thumbnail")
-    assert r.status_code == 415 and r.headers["content-type"] == "application/json"
+    assert r.status_code == 415
+    assert r.headers["content-type"] == "application/json"
     assert r.json()["code"] == "unsupported_media_type"
     assert b"<script" not in r.content
 
@@ -240,9 +260,11 @@ async def test_html_posing_as_a_thumbnail_is_415(client: Client, html_file: Path
 async def test_missing_previews_are_404(client: Client, metadata_only_file: Path) -> None:
     ds = add(client, metadata_only_file)
     r = await client.get(f"/api/datasets/{ds}/episodes/0/gif")
-    assert r.status_code == 404 and r.json()["code"] == "preview_not_found"
+    assert r.status_code == 404
+    assert r.json()["code"] == "preview_not_found"
     r = await client.get(f"/api/datasets/{ds}/episodes/100000/thumbnail")
-    assert r.status_code == 404 and r.json()["code"] == "episode_not_found"
+    assert r.status_code == 404
+    assert r.json()["code"] == "episode_not_found"
 
 
 # ---- the page ----------------------------------------------------------------------------------
@@ -252,8 +274,10 @@ async def test_page_and_assets_are_local(client: Client, episode_file: Path) -> 
     ds = add(client, episode_file)
     for path in ("/", f"/datasets/{ds}"):
         r = await client.get(path)
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-        assert "http://" not in r.text and "https://" not in r.text  # no CDN, no web fonts
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/html")
+        assert "http://" not in r.text
+        assert "https://" not in r.text
     for asset in ("/static/bokeh/js/bokeh.min.js", "/static/app/app.js", "/static/app/page.css"):
         r = await client.get(asset)
         assert r.status_code == 200, asset
@@ -264,9 +288,8 @@ async def test_map_document_matches_the_tile_pyramid(client: Client, episode_fil
     body = (await client.get(f"/api/datasets/{ds}/map", params={"color_by": "task"})).json()
     pyramid = body["pyramid"]
     coords = coords_of(episode_file)
-    assert (
-        pyramid["x0"] < coords[:, 0].min() and pyramid["x0"] + pyramid["size"] > coords[:, 0].max()
-    )
+    assert pyramid["x0"] < coords[:, 0].min()
+    assert pyramid["x0"] + pyramid["size"] > coords[:, 0].max()
     doc = json.dumps(body["doc"])
     assert f"/api/datasets/{ds}/tiles/{{Z}}/{{X}}/{{Y}}.png?color_by=task" in doc
     assert str(pyramid["initial_resolution"])[:10] in doc

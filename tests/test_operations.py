@@ -23,7 +23,8 @@ pytestmark = pytest.mark.anyio
 
 async def test_health_reports_backend_and_memory(client) -> None:
     body = (await client.get("/api/health")).json()
-    assert body["status"] == "ok" and body["backend"]["name"] == "cpu"
+    assert body["status"] == "ok"
+    assert body["backend"]["name"] == "cpu"
     memory = body["memory"]
     assert 0 < memory["process_rss_gib"] < memory["host_total_gib"]
     assert 0 < memory["host_available_gib"] <= memory["host_total_gib"]
@@ -35,8 +36,10 @@ async def test_one_log_line_per_request(client, caplog: pytest.LogCaptureFixture
     records = [r for r in caplog.records if r.name == "tessera.http"]
     assert len(records) == 1
     line = json.loads(JsonFormatter().format(records[0]))
-    assert line["event"] == "request" and line["method"] == "GET"
-    assert line["path"] == "/api/datasets/nope" and line["status"] == 404
+    assert line["event"] == "request"
+    assert line["method"] == "GET"
+    assert line["path"] == "/api/datasets/nope"
+    assert line["status"] == 404
     assert line["duration_ms"] >= 0
 
 
@@ -79,7 +82,8 @@ def test_sigterm_shuts_down_cleanly(tmp_path: Path, episode_file: Path) -> None:
     # uvicorn finishes in-flight requests and the app's shutdown, then re-raises the signal.
     assert server.returncode in (0, -signal.SIGTERM), stderr
     events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    assert events[-1]["event"] == "shutdown" and events[-1]["datasets"] == 1
+    assert events[-1]["event"] == "shutdown"
+    assert events[-1]["datasets"] == 1
     assert any(e["event"] == "request" and e["path"] == "/api/health" for e in events)
     leftovers = [p for p in data_dir.rglob("*") if ".tmp" in p.name]
     assert not leftovers

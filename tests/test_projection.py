@@ -43,7 +43,8 @@ def small() -> np.ndarray:
 def test_map_keeps_neighbourhoods(backend: Backend, blobs: np.ndarray) -> None:
     """umap-learn 0.5.12 (seeded) scores 0.976 on these blobs; allow 0.01 less."""
     result = project(backend.to_device(blobs), backend=backend)
-    assert result.coords.shape == (1500, 2) and result.coords.dtype == np.float32
+    assert result.coords.shape == (1500, 2)
+    assert result.coords.dtype == np.float32
     assert np.isfinite(result.coords).all()
     assert trustworthiness(blobs, result.coords, n_neighbors=15) >= 0.966
     assert result.info["backend"] == backend.name
@@ -66,7 +67,9 @@ def test_coarse_path_keeps_neighbourhoods() -> None:
 def test_info_reports_method_and_timings(blobs: np.ndarray) -> None:
     b = get_backend("cpu")
     info = project(b.to_device(blobs), backend=b, params=FAST).info
-    assert info["knn"] == "exact" and info["init"] == "spectral" and info["n_epochs"] == 60
+    assert info["knn"] == "exact"
+    assert info["init"] == "spectral"
+    assert info["n_epochs"] == 60
     assert set(info["timings"]) == {"knn", "graph", "init", "layout", "total"}
     assert info["params"]["seed"] == 0
 
@@ -106,7 +109,9 @@ def test_progress_rises_to_one(small: np.ndarray) -> None:
     b = get_backend("cpu")
     project(b.to_device(small), backend=b, params=FAST, progress=lambda s, f: seen.append((s, f)))
     fractions = [f for _, f in seen]
-    assert fractions == sorted(fractions) and fractions[0] == 0.0 and seen[-1] == ("done", 1.0)
+    assert fractions == sorted(fractions)
+    assert fractions[0] == 0.0
+    assert seen[-1] == ("done", 1.0)
     assert {"knn", "graph", "init", "layout"} <= {s for s, _ in seen}
 
 
@@ -140,7 +145,8 @@ def test_tiny_inputs_give_a_map(n: int) -> None:
     b = get_backend("cpu")
     x = np.random.default_rng(n).normal(size=(n, 5)).astype(np.float32)
     coords = project(b.to_device(x), backend=b, params=FAST).coords
-    assert coords.shape == (n, 2) and np.isfinite(coords).all()
+    assert coords.shape == (n, 2)
+    assert np.isfinite(coords).all()
 
 
 def test_duplicate_points_give_a_finite_map() -> None:
@@ -194,7 +200,9 @@ def test_cache_key_covers_content_params_and_version() -> None:
     key = ProjectionCache.key("abc", FAST)
     assert key != ProjectionCache.key("abd", FAST)
     assert key != ProjectionCache.key("abc", ProjectionParams(n_epochs=60, seed=1))
-    assert len(key) == 65 and key[32] == "-" and ALGORITHM_VERSION
+    assert len(key) == 65
+    assert key[32] == "-"
+    assert ALGORITHM_VERSION
 
 
 def test_forget_removes_every_map_of_one_content(tmp_path: Path) -> None:
@@ -212,7 +220,8 @@ def test_no_hash_means_no_cache(tmp_path: Path, small: np.ndarray) -> None:
     cache = ProjectionCache(tmp_path)
     b = get_backend("cpu")
     result = project_cached(small, backend=b, params=FAST, cache=cache, content_hash=None)
-    assert result.info["cache"] == "off" and list(tmp_path.iterdir()) == []
+    assert result.info["cache"] == "off"
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- the command line -------------------------------------------------------------------------
@@ -229,11 +238,13 @@ def test_project_command_writes_the_map_and_uses_the_cache(tmp_path: Path) -> No
     args = ["project", str(data), "--device", "cpu", "--cache-dir", str(tmp_path / "c")]
     first = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "a.npy")])
     assert first.exit_code == 0, first.output
-    assert "projected 300 episodes" in first.output and "cache stored" in first.output
+    assert "projected 300 episodes" in first.output
+    assert "cache stored" in first.output
     second = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "b.npy"), "--seed", "0"])
     assert "cache hit" in second.output
     coords = np.load(tmp_path / "a.npy")
-    assert coords.shape == (300, 2) and coords.dtype == np.float32
+    assert coords.shape == (300, 2)
+    assert coords.dtype == np.float32
     np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), coords)
 
 

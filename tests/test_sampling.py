@@ -65,8 +65,11 @@ def matching(ds: Dataset, raw: list[dict[str, Any]]) -> set[int]:
 
 def check_set(ds: Dataset, sample: Sample, n: int, raw: list[dict[str, Any]]) -> None:
     idx = sample.indices
-    assert idx.dtype == np.int64 and idx.size == n and np.unique(idx).size == n
-    assert set(idx.tolist()) <= matching(ds, raw) and np.all(np.diff(idx) > 0)
+    assert idx.dtype == np.int64
+    assert idx.size == n
+    assert np.unique(idx).size == n
+    assert set(idx.tolist()) <= matching(ds, raw)
+    assert np.all(np.diff(idx) > 0)
     assert sample.episode_ids == ds.episode_ids[idx].tolist()
     assert sample.matched == len(matching(ds, raw))
 
@@ -125,15 +128,18 @@ def test_stratified_counts_per_stratum(allocation: Any, expected: dict[str, int]
     s = draw_sample(ds, request)
     codes = ds.fields["task"].values[s.indices]
     assert {k: int((codes == i).sum()) for i, k in enumerate("abc")} == expected
-    assert s.stats["per_stratum"] == expected and s.stats["per_stratum_field"] == "task"
-    assert s.indices.size == 60 and np.unique(s.indices).size == 60
+    assert s.stats["per_stratum"] == expected
+    assert s.stats["per_stratum_field"] == "task"
+    assert s.indices.size == 60
+    assert np.unique(s.indices).size == 60
 
 
 def test_stratified_within_a_filter_and_by_bool() -> None:
     ds = strata_dataset({"a": 5, "b": 50, "c": 50})
     raw = [{"field": "length", "op": "ge", "value": 30}]  # leaves b: 25 rows, c: 50 rows
     s = draw_sample(ds, SampleRequest("stratified", 9, filter=raw, stratify_by="task"))
-    assert s.stats["per_stratum"] == {"b": 3, "c": 6} and s.matched == 75
+    assert s.stats["per_stratum"] == {"b": 3, "c": 6}
+    assert s.matched == 75
     assert set(s.indices.tolist()) <= matching(ds, raw)
     s = draw_sample(ds, SampleRequest("stratified", 20, stratify_by="success", allocation="equal"))
     assert s.stats["per_stratum"] == {"false": 10, "true": 10}
@@ -174,9 +180,11 @@ def test_kmeans_reports_coverage_against_random(ds: Dataset) -> None:
     cov = s.stats["coverage"]
     assert set(cov) == {"mean", "max", "random_mean", "random_max", "improvement_mean_pct",
                         "evaluated_on"}  # fmt: skip
-    assert cov["evaluated_on"] == ds.n_episodes and 0 < cov["mean"] <= cov["max"]
+    assert cov["evaluated_on"] == ds.n_episodes
+    assert 0 < cov["mean"] <= cov["max"]
     assert cov["mean"] < cov["random_mean"]  # diversity covers the data better than chance
-    assert sum(s.stats["per_stratum"].values()) == 30 and s.stats["per_stratum_field"] == "task"
+    assert sum(s.stats["per_stratum"].values()) == 30
+    assert s.stats["per_stratum_field"] == "task"
 
 
 @pytest.mark.parametrize(
@@ -213,7 +221,8 @@ def test_sample_request_round_trip() -> None:
     d = {"method": "stratified", "n": 5, "seed": 2, "filter": [SUCCESS], "stratify_by": "task",
          "allocation": "equal"}  # fmt: skip
     request = SampleRequest.from_dict(d)
-    assert request.filter == (SUCCESS,) and request.to_dict() == d
+    assert request.filter == (SUCCESS,)
+    assert request.to_dict() == d
     assert SampleRequest.from_dict({"method": "random", "n": 1, "filter": None}).filter == ()
 
 
@@ -228,12 +237,17 @@ def test_manifest_is_plain_json(ds: Dataset) -> None:
     request = SampleRequest("kmeans", 12, seed=4, filter=(SUCCESS,))
     m = msgspec.to_builtins(manifest_for(ds, request))
     assert json.loads(json.dumps(m, allow_nan=False)) == m
-    assert m["dataset_id"] == "droid_v2" and m["dataset_hash"] == "abc123"
-    assert m["method"] == "kmeans" and m["seed"] == 4 and m["filter"] == [SUCCESS]
+    assert m["dataset_id"] == "droid_v2"
+    assert m["dataset_hash"] == "abc123"
+    assert m["method"] == "kmeans"
+    assert m["seed"] == 4
+    assert m["filter"] == [SUCCESS]
     assert m["params"] == {"n": 12, "stratify_by": None, "allocation": "proportional"}
-    assert m["n"] == 12 and len(m["episode_ids"]) == 12
+    assert m["n"] == 12
+    assert len(m["episode_ids"]) == 12
     assert m["matched"] == len(matching(ds, [SUCCESS]))
-    assert m["tessera_version"] == "0.1.0" and m["created_at"].startswith("2026-01-01")
+    assert m["tessera_version"] == "0.1.0"
+    assert m["created_at"].startswith("2026-01-01")
     assert "coverage" in m["stats"]
 
 
@@ -241,18 +255,21 @@ def test_exports(ds: Dataset) -> None:
     manifest = manifest_for(ds, SampleRequest("random", 5, seed=0))
     m = msgspec.to_builtins(manifest)
     txt, media = export_sample(ds, manifest, "txt")
-    assert media == "text/plain; charset=utf-8" and txt.decode().splitlines() == m["episode_ids"]
+    assert media == "text/plain; charset=utf-8"
+    assert txt.decode().splitlines() == m["episode_ids"]
     body, media = export_sample(ds, manifest, "json")
-    assert media == "application/json" and json.loads(body) == m
+    assert media == "application/json"
+    assert json.loads(body) == m
     body, media = export_sample(ds, manifest, "csv")
     rows = list(csv.DictReader(io.StringIO(body.decode())))
     assert media == "text/csv; charset=utf-8"
     assert [r["episode_id"] for r in rows] == m["episode_ids"]
     first = ds.metadata_at(ds.index_of(m["episode_ids"][0]) or 0)
-    assert rows[0]["task"] == first["task"] and rows[0]["success"] == str(first["success"]).lower()
+    assert rows[0]["task"] == first["task"]
+    assert rows[0]["success"] == str(first["success"]).lower()
     assert float(rows[0]["gripper_force"]) == first["gripper_force"]
     assert export_filename(manifest, "txt") == "episodes-random-5-seed0.txt"  # dataset's name
-    with pytest.raises(InvalidRequest, match="^format must be txt, csv or json, got 'xml'$"):
+    with pytest.raises(InvalidRequest, match=r"^format must be txt, csv or json, got 'xml'$"):
         export_sample(ds, manifest, "xml")
 
 
@@ -300,9 +317,12 @@ def test_cli_writes_the_manifest_atomically(episode_file: Path, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     m = json.loads(out.read_text())
     digest = hashlib.sha256(episode_file.read_bytes()).hexdigest()
-    assert m["n"] == 10 and m["dataset_name"] == "episodes"
-    assert m["dataset_id"] == digest[:16] and m["dataset_hash"] == digest  # as the server says
-    assert result.stderr.endswith(f"-> {out}\n") and result.stdout == ""
+    assert m["n"] == 10
+    assert m["dataset_name"] == "episodes"
+    assert m["dataset_id"] == digest[:16]
+    assert m["dataset_hash"] == digest
+    assert result.stderr.endswith(f"-> {out}\n")
+    assert result.stdout == ""
     assert [p.name for p in tmp_path.iterdir()] == ["sample.json"]
 
 
@@ -319,5 +339,6 @@ def test_cli_writes_the_manifest_atomically(episode_file: Path, tmp_path: Path) 
 )  # fmt: skip
 def test_cli_errors_are_one_line(episode_file: Path, args: list[str], message: str) -> None:
     result = run_cli(str(episode_file), *args)
-    assert result.exit_code == 1 and result.stderr.startswith(f"error: {message}")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {message}")
     assert result.stderr.count("\n") == 1

@@ -59,7 +59,8 @@ def no_server_error(ctx: Any, response: Any, case: Any) -> bool | None:
     if response.status_code < 500:
         return None
     body = response.json()
-    assert response.status_code == 503 and body.get("code") in EXPECTED_503, body
+    assert response.status_code == 503, body
+    assert body.get("code") in EXPECTED_503, body
     return True
 
 

@@ -34,7 +34,8 @@ def test_flags_win_over_the_environment(tmp_path: Path) -> None:
     s = Settings.load({"port": 9100, "host": None, "allow_path": ()}, environ=env)
     assert (s.port, s.device, s.host, s.max_upload_mb) == (9100, "cpu", "127.0.0.1", 2.5)
     assert s.allow_path == (tmp_path / "a", tmp_path / "b")
-    assert s.data_dir == tmp_path / "d" and s.max_upload_bytes == 2_500_000
+    assert s.data_dir == tmp_path / "d"
+    assert s.max_upload_bytes == 2_500_000
 
 
 @pytest.mark.parametrize(
@@ -49,13 +50,15 @@ def test_flags_win_over_the_environment(tmp_path: Path) -> None:
 def test_bad_values_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         Settings.load({}, environ=env)
-    assert info.value.message == message and info.value.code == "bad_setting"
+    assert info.value.message == message
+    assert info.value.code == "bad_setting"
 
 
 def test_every_setting_is_a_serve_flag() -> None:
     text = CliRunner().invoke(serve, ["--help"], terminal_width=200).output
     for s in SETTINGS:
-        assert s.flag in text and s.env in text
+        assert s.flag in text
+        assert s.env in text
 
 
 def test_every_setting_is_in_the_readme() -> None:

@@ -53,7 +53,8 @@ def test_spec_complete_file_loads(tmp_path: Path, strings: str) -> None:
     assert (ds.n_episodes, ds.dim) == (500, 512)
     assert ds.fields["task"].kind == "category"
     assert set(ds.fields["task"].categories) == {"pick", "place", "stack"}
-    assert ds.fields["success"].kind == "bool" and ds.fields["episode_length"].kind == "int"
+    assert ds.fields["success"].kind == "bool"
+    assert ds.fields["episode_length"].kind == "int"
 
 
 def compress_thumbnail(image: np.ndarray, size=(128, 128), quality=80) -> bytes:
@@ -97,9 +98,12 @@ def test_spec_file_with_thumbnails_and_gifs_loads(tmp_path: Path) -> None:
         f.create_dataset("thumbnails", data=thumbnails, dtype=vlen_dtype)
         f.create_dataset("gifs", data=gifs, dtype=vlen_dtype)
     ds = load_dataset(path)
-    assert ds.has_thumbnails and ds.has_gifs
+    assert ds.has_thumbnails
+    assert ds.has_gifs
     with Image.open(io.BytesIO(ds.gif(5))) as im:
-        assert im.format == "GIF" and im.n_frames == 16 and im.size == (128, 128)
+        assert im.format == "GIF"
+        assert im.n_frames == 16
+        assert im.size == (128, 128)
     with Image.open(io.BytesIO(ds.thumbnail(5))) as im:
         assert im.format == "JPEG"
 

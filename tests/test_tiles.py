@@ -39,7 +39,8 @@ def two_clusters(n: int = 400) -> np.ndarray:
 
 def pixels(png: bytes) -> np.ndarray:
     img = Image.open(io.BytesIO(png))
-    assert img.size == (256, 256) and img.mode == "RGBA"
+    assert img.size == (256, 256)
+    assert img.mode == "RGBA"
     return np.asarray(img)
 
 
@@ -82,7 +83,8 @@ def test_pyramid_is_a_square_around_the_bounds_with_a_margin() -> None:
 def test_tiles_outside_the_pyramid_are_refused(z: int, x: int, y: int) -> None:
     with pytest.raises(InvalidRequest) as err:
         Pyramid(0.0, 0.0, 1.0).tile_bounds(z, x, y)
-    assert err.value.status == 400 and err.value.code == "tile_out_of_range"
+    assert err.value.status == 400
+    assert err.value.code == "tile_out_of_range"
 
 
 # ---- rendering -----------------------------------------------------------------------------
@@ -90,7 +92,8 @@ def test_tiles_outside_the_pyramid_are_refused(z: int, x: int, y: int) -> None:
 
 def test_background_is_transparent(index: TileIndex) -> None:
     rgba = pixels(render_tile(index.view(), ColorBy("density"), 0, 0, 0))
-    assert rgba[0, 0, 3] == 0 and rgba[-1, -1, 3] == 0  # corners: nothing there
+    assert rgba[0, 0, 3] == 0
+    assert rgba[-1, -1, 3] == 0
     assert rgba[128, 128, 3] == 0  # the gap between the clusters
     assert (rgba[..., 3] > 0).sum() > 50  # the clusters are drawn
     assert pixels(empty_tile())[..., 3].max() == 0
@@ -133,7 +136,8 @@ def test_number_colour_uses_the_global_span(index: TileIndex) -> None:
     n = index.n_total
     values = np.repeat([0.0, 10.0], n // 2)
     spec = color_by(FakeDataset(force=Field("force", "float", values)), "force")
-    assert plain(legend(spec))["min"] == 0.0 and plain(legend(spec))["max"] == 10.0
+    assert plain(legend(spec))["min"] == 0.0
+    assert plain(legend(spec))["max"] == 10.0
     rgba = pixels(render_tile(index.view(), spec, 0, 0, 0))
     drawn = rgba[..., 3] > 0
     assert {tuple(c) for c in rgba[:, :128][drawn[:, :128]][:, :3]} == {hexrgb("#440154")}
@@ -160,8 +164,10 @@ def test_colouring_by_an_unknown_or_text_field_is_a_400() -> None:
 def test_rare_categories_share_one_other_colour() -> None:
     values = np.arange(100, dtype=np.int32)
     spec = color_by(FakeDataset(c=Field("c", "category", values, tuple(map(str, range(100))))), "c")
-    assert len(spec.labels) == 41 and spec.labels[-1] == "other (60 values)"
-    assert spec.codes is not None and spec.codes.max() == 40
+    assert len(spec.labels) == 41
+    assert spec.labels[-1] == "other (60 values)"
+    assert spec.codes is not None
+    assert spec.codes.max() == 40
 
 
 # ---- previews ------------------------------------------------------------------------------
@@ -213,7 +219,8 @@ def test_preview_type_comes_from_magic_bytes(data: bytes, media_type: str) -> No
 def test_anything_else_is_415(data: bytes) -> None:
     with pytest.raises(UnsupportedMediaType) as err:
         check_preview(data)
-    assert err.value.status == 415 and err.value.code == "unsupported_media_type"
+    assert err.value.status == 415
+    assert err.value.code == "unsupported_media_type"
 
 
 def test_decompression_bombs_are_415() -> None:

@@ -152,8 +152,10 @@ def test_images_become_128px_jpeg_thumbnails(tmp_path: Path) -> None:
     ds = load_dataset(write_dataset(tmp_path / "t.h5", episode_ids=ids(), thumbnails=entries))
     for i in range(4):
         data = ds.thumbnail(i)
-        assert isinstance(data, bytes) and data[:3] == b"\xff\xd8\xff"
-        assert decode(data).format == "JPEG" and decode(data).size == (128, 128)
+        assert isinstance(data, bytes)
+        assert data[:3] == b"\xff\xd8\xff"
+        assert decode(data).format == "JPEG"
+        assert decode(data).size == (128, 128)
     assert ds.thumbnail(4) == already  # encoded bytes are stored as-is
     assert ds.thumbnail(5) is None  # an empty entry means "no preview"
 
@@ -165,8 +167,10 @@ def test_frame_lists_become_animated_gifs(tmp_path: Path) -> None:
     counts = []
     for i in (0, 1, 2):
         gif = decode(ds.gif(i))
-        assert gif.format == "GIF" and gif.size == (128, 128)
-        assert gif.info["loop"] == 0 and 110 <= gif.info["duration"] <= 130  # 8 fps
+        assert gif.format == "GIF"
+        assert gif.size == (128, 128)
+        assert gif.info["loop"] == 0
+        assert 110 <= gif.info["duration"] <= 130
         counts.append(gif.n_frames)
     assert counts == [16, 10, 12]
     assert ds.gif(3) is None
@@ -206,7 +210,9 @@ def test_a_failed_write_leaves_no_temp_file_and_keeps_the_old_target(
     target = write_dataset(tmp_path / "out.h5", episode_ids=ids(3))
 
     def fail(path: Path, *flags: int) -> None:
-        assert path.name.startswith(".out.h5.") and path.name.endswith(".tmp") and path.exists()
+        assert path.name.startswith(".out.h5.")
+        assert path.name.endswith(".tmp")
+        assert path.exists()
         raise error
 
     monkeypatch.setattr(files, "_fsync_path", fail)

@@ -106,7 +106,7 @@ def exact_knn(
 
 def nearest_centroids(data: np.ndarray, centroids: np.ndarray, p: int) -> np.ndarray:
     """Indices ``(n, p)`` of each row's ``p`` nearest centroids, nearest first."""
-    best_d, best_i = _blocked_search(centroids, data, min(p, len(centroids)))
+    _, best_i = _blocked_search(centroids, data, min(p, len(centroids)))
     return best_i
 
 

@@ -85,7 +85,7 @@ def _describe_field(summary: FieldSummary) -> str:
         shown = " · ".join(f"{k} {v:,}" for k, v in items[:6])
         return shown + (f" · … ({len(items)} values)" if len(items) > 6 else "")
     if kind in ("int", "float"):
-        return f"{summary.min} – {summary.max}"
+        return f"{summary.min} – {summary.max}"  # noqa: RUF001 - an en dash: a range
     if kind == "string":
         assert isinstance(summary.n_unique, int)
         return f"{summary.n_unique:,} distinct"

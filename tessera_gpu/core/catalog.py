@@ -269,7 +269,7 @@ class Catalog:
                 error=r["error"],
                 info=json.loads(r["info"]),
                 updated_at=r["updated_at"],
-            )  # fmt: skip
+            )
             for r in rows
         ]
 
@@ -327,8 +327,8 @@ def _upsert_dataset(db: sqlite3.Connection, entry: DatasetEntry) -> None:
     values = {**asdict(entry), "projection": _json(entry.projection)}
     names = list(values)
     updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "id")
-    db.execute(
-        f"INSERT INTO datasets ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "  # noqa: S608 - column names are ours
-        f"ON CONFLICT (id) DO UPDATE SET {updates}",
-        tuple(values.values()),
-    )
+    # The column names are DatasetEntry's own fields; every value is bound.
+    columns, marks = ", ".join(names), ", ".join("?" * len(names))
+    sql = f"INSERT INTO datasets ({columns}) VALUES ({marks}) ON CONFLICT (id) DO UPDATE SET "  # noqa: S608
+    sql += updates
+    db.execute(sql, tuple(values.values()))

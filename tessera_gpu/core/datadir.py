@@ -42,4 +42,4 @@ class DataDir:
     def new_upload(self) -> tuple[Path, IO[bytes]]:
         """A fresh temporary file in the uploads folder (same disk, so the rename is atomic)."""
         path = self.uploads_dir / f".upload-{secrets.token_hex(8)}{TEMP_SUFFIX}"
-        return path, open(path, "xb")  # noqa: SIM115 - the caller closes it
+        return path, open(path, "xb")

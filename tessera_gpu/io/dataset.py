@@ -106,8 +106,8 @@ class FieldSummary(msgspec.Struct, omit_defaults=True):
     name: str
     kind: str
     values: dict[str, int] | msgspec.UnsetType = msgspec.UNSET
-    min: float | None | msgspec.UnsetType = msgspec.UNSET
-    max: float | None | msgspec.UnsetType = msgspec.UNSET
+    min: float | msgspec.UnsetType | None = msgspec.UNSET
+    max: float | msgspec.UnsetType | None = msgspec.UNSET
     n_unique: int | msgspec.UnsetType = msgspec.UNSET
     shape: list[int] | msgspec.UnsetType = msgspec.UNSET
 
@@ -334,11 +334,11 @@ def _decode_strings(raw: np.ndarray, what: str) -> np.ndarray:
 
 
 def _read_episode_ids(dset: h5py.Dataset) -> np.ndarray:
-    if h5py.check_string_dtype(dset.dtype) is None and dset.dtype.kind != "S":
-        if h5py.check_vlen_dtype(dset.dtype) != np.uint8 and dset.dtype.kind != "O":
-            raise InvalidDataset(
-                f"episode_ids must be strings: got {dset.dtype}", code="bad_episode_ids"
-            )
+    is_text = h5py.check_string_dtype(dset.dtype) is not None or dset.dtype.kind in "SO"
+    if not is_text and h5py.check_vlen_dtype(dset.dtype) != np.uint8:
+        raise InvalidDataset(
+            f"episode_ids must be strings: got {dset.dtype}", code="bad_episode_ids"
+        )
     raw = dset[()]
     if h5py.check_vlen_dtype(dset.dtype) == np.uint8:
         raw = np.array([np.asarray(b, dtype=np.uint8).tobytes() for b in raw], dtype=object)

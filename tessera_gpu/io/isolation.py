@@ -51,7 +51,7 @@ def validate_isolated(
         # No preexec_fn: the child bounds itself before it opens the file. A preexec_fn makes
         # Python fork() and run the pthread_atfork handlers, and OpenBLAS's handler tears down
         # its thread pool under a projection that is mid-matmul in another thread: a deadlock.
-        proc = subprocess.run(  # noqa: S603 - fixed argv, no shell; the path travels on stdin
+        proc = subprocess.run(
             [sys.executable, "-m", "tessera_gpu.io.isolation"],
             input=request,
             capture_output=True,

@@ -22,12 +22,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tessera_gpu.backends import Backend
 from tessera_gpu.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from tessera_gpu.projection.cache import ProjectionCache
 
 __all__ = ["Progress", "Projection", "ProjectionParams", "project", "project_cached"]
 
@@ -163,7 +166,7 @@ def project(
     x: Any,
     *,
     backend: Backend,
-    params: ProjectionParams = ProjectionParams(),  # noqa: B008 - frozen, immutable
+    params: ProjectionParams = ProjectionParams(),
     progress: Progress | None = None,
 ) -> Projection:
     """Project the backend array ``x`` (``backend.to_device(embeddings)``) to 2-D."""
@@ -206,8 +209,8 @@ def project_cached(
     x: Any,
     *,
     backend: Backend,
-    params: ProjectionParams = ProjectionParams(),  # noqa: B008 - frozen, immutable
-    cache: Any = None,
+    params: ProjectionParams = ProjectionParams(),
+    cache: ProjectionCache | None = None,
     content_hash: str | None = None,
     progress: Progress | None = None,
 ) -> Projection:
