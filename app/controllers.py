@@ -363,6 +363,7 @@ class SampleController(Controller):
         operation_id="exportSample",
         summary="Download a sample",
         sync_to_thread=True,
+        media_type="text/plain",  # documented as text; csv and json set their own type
     )
     def export(
         self,

@@ -54,7 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "data_dir",
         "~/.tessera",
-        "Where Tessera keeps uploads, the projection cache, samples and the dataset registry.",
+        "Where Tessera keeps its catalog (datasets, samples, jobs: catalog.sqlite), uploads "
+        "and cached maps.",
     ),
     Setting("host", "127.0.0.1", "Interface to listen on (0.0.0.0 exposes the server)."),
     Setting("port", 8000, "Port to listen on.", parse=int),

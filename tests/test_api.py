@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import weakref
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -53,6 +54,34 @@ async def test_health(client: Client) -> None:
         "hdf5_version": h5py.version.hdf5_version,
         "datasets": 0,
     }
+
+
+async def test_every_json_success_response_names_its_fields(client: Client) -> None:
+    """A 2xx JSON body documented as a bare object would let any answer pass the schema
+    checks; every one is a Struct with named properties (or a list of them)."""
+    doc = (await client.get("/api/schema/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+
+    def resolve(schema: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in schema:
+            schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+        return schema
+
+    checked = []
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            for status, response in op["responses"].items():
+                content = response.get("content", {}).get("application/json")
+                if not status.startswith("2") or content is None:
+                    continue
+                schema = resolve(content["schema"])
+                if schema.get("type") == "array":
+                    schema = resolve(schema["items"])
+                assert schema.get("type") == "object", (method, path, schema)
+                assert schema.get("properties"), (method, path, schema)
+                assert schema.get("required"), (method, path, schema)
+                checked.append(f"{method} {path}")
+    assert len(checked) >= 15, checked
 
 
 async def test_every_route_is_documented(client: Client) -> None:

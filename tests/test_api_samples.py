@@ -5,6 +5,7 @@ Samples and exports, projection jobs, restart, and the CLI agreeing with the API
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -242,8 +243,12 @@ async def test_cli_sample_matches_the_api(client: Client, allowed: Path) -> None
 
     path = write_episode_file(allowed / "cli.h5", previews=False)
     dataset_id = await add(client, path)
-    for method, extra in (("random", []), ("stratified", ["--stratify-by", "task"])):
-        args = [str(path), "--method", method, "-n", "25", "--seed", "7"]
+    for method, extra in (
+        ("random", []),
+        ("stratified", ["--stratify-by", "task"]),
+        ("kmeans", ["--device", "cpu"]),
+    ):
+        args = [str(path), "--method", method, "-n", "25", "--seed", "7", "--format", "json"]
         args += ["--where", "success == true", "--where", "episode_length > 80", *extra]
         result = CliRunner().invoke(sample, args)
         assert result.exit_code == 0, result.output
@@ -255,7 +260,10 @@ async def test_cli_sample_matches_the_api(client: Client, allowed: Path) -> None
                 {"field": "success", "op": "eq", "value": True},
                 {"field": "episode_length", "op": "gt", "value": 80},
             ],
-            "stratify_by": "task" if extra else None,
+            "stratify_by": "task" if method == "stratified" else None,
         }
         r = await client.post(f"/api/datasets/{dataset_id}/samples", json=body)
-        assert result.stdout.splitlines() == r.json()["episode_ids"]
+        from_cli, from_http = json.loads(result.stdout), r.json()
+        for varying in ("sample_id", "created_at"):
+            assert from_cli.pop(varying) != from_http.pop(varying)
+        assert from_cli == from_http  # the same dataset_id, hash, ids, stats: one manifest
