@@ -1,0 +1,297 @@
+"""Similar episodes, near-duplicate groups and uniqueness: cosine distance in the full space.
+
+One :class:`SimilarityIndex` per dataset serves all three:
+
+* a kNN graph by cosine distance over the full embeddings (``backend.cosine_knn``: on the CPU,
+  PCA-64 candidates re-ranked exactly; on a GPU, an exact search), with exact distances;
+* the rows scaled to unit length and reduced to 64 PCA dimensions: distances there are lower
+  bounds of the true ones, so :meth:`SimilarityIndex.similar` prunes with them and checks the
+  survivors exactly, and its answer is exact;
+* the row norms.
+
+Near-duplicate groups at a threshold ``t`` are the connected components of the graph's edges
+with cosine distance ``<= t`` (both ends in the filter); each group's **keeper** is the member
+nearest the mean of the group's unit vectors. Groups are listed largest first, the keeper
+first, the others in index order. ``uniqueness`` is the cosine distance to the 10th neighbour.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+
+from tessera_gpu.backends import Backend
+from tessera_gpu.backends.cpu_cosine import cosine_distances, normalized_pca, row_norms
+from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.io.artifacts import ArtifactStore
+from tessera_gpu.io.dataset import Field
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "GRAPH_K",
+    "MAX_SIMILAR",
+    "SIMILARITY_VERSION",
+    "UNIQUENESS_K",
+    "Groups",
+    "SimilarityIndex",
+    "build_index",
+    "check_threshold",
+    "derived_fields",
+    "load_or_build",
+]
+
+SIMILARITY_VERSION = "tessera-cosine-1"
+GRAPH_K = 32  # columns of the graph, the row itself first
+UNIQUENESS_K = 10
+DEFAULT_THRESHOLD = 0.05
+MAX_SIMILAR = 1_000
+_EXACT_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Near-duplicate groups: each an int64 array of rows, the keeper first."""
+
+    threshold: float
+    groups: list[np.ndarray]
+
+    @property
+    def n_in_groups(self) -> int:
+        return int(sum(len(g) for g in self.groups))
+
+    def removed(self) -> np.ndarray:
+        """The rows that keeping one per group drops (every member but the keepers)."""
+        if not self.groups:
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(np.concatenate([g[1:] for g in self.groups]))
+
+
+@dataclass(eq=False)
+class SimilarityIndex:
+    """The cosine kNN graph of one dataset and what exact queries need."""
+
+    indices: np.ndarray  # (n, k) int32, the row itself first
+    distances: np.ndarray  # (n, k) float32 cosine distances, exact
+    reduced: np.ndarray  # (n, c) float32: unit rows in PCA space (distances are lower bounds)
+    norms: np.ndarray  # (n,) float32
+    info: dict[str, Any] = field(default_factory=dict)
+    _edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.indices.shape[0])
+
+    # ---- find similar -----------------------------------------------------------------------
+
+    def similar(
+        self, embeddings: np.ndarray, row: int, k: int, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` rows nearest ``row`` by cosine distance (itself excluded), among ``mask``:
+        ``(rows int64, distances float32)``, nearest first, ties by row. Exact: candidates are
+        taken in order of their lower bound and checked on the full vectors until no unchecked
+        row can be nearer than the k-th found."""
+        allowed = np.ones(self.n, dtype=bool) if mask is None else mask.copy()
+        allowed[row] = False
+        rows = np.flatnonzero(allowed)
+        k = min(k, rows.size)
+        if k == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        diff = self.reduced[rows] - self.reduced[row]
+        bound = np.einsum("ij,ij->i", diff, diff) / 2 - 1e-5  # cosine = |u - v|^2 / 2
+        order = np.argsort(bound, kind="stable")
+        best_rows = np.zeros(0, dtype=np.int64)
+        best_d = np.zeros(0, dtype=np.float32)
+        for start in range(0, rows.size, max(_EXACT_BATCH, 4 * k)):
+            batch = rows[order[start : start + max(_EXACT_BATCH, 4 * k)]]
+            d = cosine_distances(embeddings, self.norms, np.full(batch.size, row), batch)
+            best_rows = np.concatenate([best_rows, batch])
+            best_d = np.concatenate([best_d, d])
+            keep = np.lexsort((best_rows, best_d))[:k]
+            best_rows, best_d = best_rows[keep], best_d[keep]
+            done = start + batch.size
+            if best_rows.size == k and (done >= rows.size or best_d[-1] <= bound[order[done]]):
+                break
+        return best_rows, best_d
+
+    # ---- near-duplicates --------------------------------------------------------------------
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every graph edge once, ``(i, j, distance)`` with ``i < j``, by distance."""
+        if self._edges is None:
+            n, k = self.indices.shape
+            left = np.repeat(np.arange(n, dtype=np.int64), k - 1)
+            right = self.indices[:, 1:].astype(np.int64).ravel()
+            dist = self.distances[:, 1:].ravel()
+            ok = right >= 0
+            left, right, dist = left[ok], right[ok], dist[ok]
+            lo, hi = np.minimum(left, right), np.maximum(left, right)
+            keys = lo * n + hi
+            _, first = np.unique(keys, return_index=True)
+            order = first[np.argsort(dist[first], kind="stable")]
+            self._edges = (lo[order], hi[order], dist[order])
+        return self._edges
+
+    def groups(
+        self, embeddings: np.ndarray, threshold: float, mask: np.ndarray | None = None
+    ) -> Groups:
+        """Near-duplicate groups at ``threshold`` among ``mask`` (see the module docstring)."""
+        lo, hi, dist = self.edges()
+        cut = int(np.searchsorted(dist, threshold, side="right"))
+        lo, hi = lo[:cut], hi[:cut]
+        if mask is not None:
+            inside = mask[lo] & mask[hi]
+            lo, hi = lo[inside], hi[inside]
+        if lo.size == 0:
+            return Groups(threshold, [])
+        members = np.unique(np.concatenate([lo, hi]))
+        local = np.searchsorted(members, np.concatenate([lo, hi]))
+        half = lo.size
+        graph = scipy.sparse.coo_matrix(
+            (np.ones(half, dtype=np.int8), (local[:half], local[half:])),
+            shape=(members.size, members.size),
+        )
+        _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+        return Groups(threshold, _keepers_first(embeddings, self.norms, members, labels))
+
+    def keep_mask(
+        self, embeddings: np.ndarray, threshold: float, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, int]:
+        """``mask`` with every group cut to its keeper, and how many rows that removed."""
+        out = np.ones(self.n, dtype=bool) if mask is None else mask.copy()
+        removed = self.groups(embeddings, threshold, mask).removed()
+        out[removed] = False
+        return out, int(removed.size)
+
+    # ---- per-episode scores -----------------------------------------------------------------
+
+    def uniqueness(self) -> np.ndarray:
+        """Cosine distance to the 10th nearest other episode (float64; NaN when fewer)."""
+        if self.indices.shape[1] <= UNIQUENESS_K:
+            return np.full(self.n, np.nan)
+        return self.distances[:, UNIQUENESS_K].astype(np.float64)
+
+
+def _keepers_first(
+    embeddings: np.ndarray, norms: np.ndarray, members: np.ndarray, labels: np.ndarray
+) -> list[np.ndarray]:
+    """Groups of ``members`` by ``labels``: largest first (ties: smallest keeper), each with
+    the member nearest its unit-vector mean first, then the others in index order."""
+    order = np.lexsort((members, labels))
+    rows, labels = members[order], labels[order]
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    bounds = np.r_[starts, rows.size]
+    groups = []
+    safe = np.where(norms > 0, norms, 1.0).astype(np.float32)
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        group = rows[a:b]
+        unit = embeddings[group] / safe[group, None]
+        score = unit @ unit.mean(axis=0)
+        keeper = int(group[int(np.argmax(score))])
+        groups.append(np.array([keeper, *[int(r) for r in group if r != keeper]], dtype=np.int64))
+    groups.sort(key=lambda g: (-len(g), int(g[0])))
+    return groups
+
+
+def check_threshold(threshold: Any, name: str = "threshold") -> float:
+    """A cosine-distance threshold in (0, 1]; else 400 naming the field."""
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise InvalidRequest(f"{name} must be a number in (0, 1]: got {threshold!r}")
+    if not 0 < threshold <= 1:
+        raise InvalidRequest(f"{name} must be a cosine distance in (0, 1]: got {threshold}")
+    return float(threshold)
+
+
+# ---- building, caching, fields ----------------------------------------------------------------
+
+Progress = Callable[[str, float], None]
+
+
+def build_index(
+    embeddings: np.ndarray,
+    device: Any,
+    backend: Backend,
+    *,
+    k: int = GRAPH_K,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> SimilarityIndex:
+    """The index of ``embeddings`` (host), its graph built by ``backend`` on ``device``."""
+    report = progress or (lambda stage, fraction: None)
+    started = time.perf_counter()
+    report("norms", 0.0)
+    norms = row_norms(embeddings)
+    reduced, _ = normalized_pca(embeddings, norms, seed=seed)
+    report("knn", 0.15)
+    graph_started = time.perf_counter()
+    nb = backend.cosine_knn(device, min(k, len(embeddings)), seed=seed)
+    report("knn", 0.9)
+    info = {
+        "algorithm": SIMILARITY_VERSION,
+        "metric": "cosine",
+        "k": int(nb.indices.shape[1]),
+        "knn": nb.method,
+        "backend": backend.name,
+        "timings": {
+            "reduce": round(graph_started - started, 3),
+            "knn": round(time.perf_counter() - graph_started, 3),
+        },
+    }
+    return SimilarityIndex(
+        indices=np.ascontiguousarray(nb.indices, dtype=np.int32),
+        distances=np.ascontiguousarray(nb.distances, dtype=np.float32),
+        reduced=reduced,
+        norms=norms,
+        info=info,
+    )
+
+
+def load_or_build(
+    store: ArtifactStore | None,
+    content_hash: str | None,
+    embeddings: np.ndarray,
+    device: Any,
+    backend: Backend,
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> SimilarityIndex:
+    """:func:`build_index`, served from / stored to ``store`` when given. The graph is a
+    pure function of the content, ``k`` and ``seed`` (whatever the backend: every distance
+    is exact), so the key leaves the backend out; ``info["cache"]`` says hit or stored."""
+    params = {"k": GRAPH_K, "seed": seed}
+    key = ArtifactStore.key(content_hash, params, SIMILARITY_VERSION) if content_hash else None
+    if store is not None and key is not None:
+        found = store.load(key)
+        if found is not None and found[0]["indices"].shape[0] == len(embeddings):
+            arrays, info = found
+            if progress is not None:
+                progress("done", 1.0)
+            return SimilarityIndex(**arrays, info={**info, "cache": "hit"})
+    index = build_index(embeddings, device, backend, seed=seed, progress=progress)
+    stored = False
+    if store is not None and key is not None:
+        arrays = {"indices": index.indices, "distances": index.distances,
+                  "reduced": index.reduced, "norms": index.norms}  # fmt: skip
+        stored = store.store(key, arrays, index.info)
+    index.info["cache"] = "stored" if stored else "off"
+    return index
+
+
+def derived_fields(
+    index: SimilarityIndex, embeddings: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, Field]:
+    """``uniqueness`` (float) and ``duplicate_group`` (int: 0 = none, else the group's number,
+    1 for the largest) as ordinary metadata fields."""
+    labels = np.zeros(index.n, dtype=np.int64)
+    for number, group in enumerate(index.groups(embeddings, threshold).groups, 1):
+        labels[group] = number
+    return {
+        "uniqueness": Field("uniqueness", "float", index.uniqueness()),
+        "duplicate_group": Field("duplicate_group", "int", labels),
+    }
