@@ -19,6 +19,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, PathParameter, QueryParameter
 
 from tessera_gpu import __version__
+from tessera_gpu.backends import backend_summary
 from tessera_gpu.errors import (
     InsufficientStorage,
     InvalidRequest,
@@ -72,23 +73,17 @@ class HealthController(Controller):
 
     @get("/", operation_id="getHealth", summary="Server health", sync_to_thread=False)
     def health(self, catalog: CatalogDep) -> dict[str, Any]:
-        """Version, compute backend (name, device, GPU memory), host memory in use, HDF5 version."""
+        """Version, compute backend (name, device, GPU memory; ``standin`` when the numpy stand-in
+        runs the GPU tier, ``gpu_fallback`` when no GPU was usable), host memory, HDF5 version."""
         backend = catalog.backend
         return {
             "status": "ok",
             "version": __version__,
-            "backend": {"name": backend.name, "device": backend.device, **_gpu_memory(backend)},
+            "backend": backend_summary(backend),
             "hdf5_version": h5py.version.hdf5_version,
             "datasets": len(catalog.all()),
             "memory": _host_memory(),
         }
-
-
-def _gpu_memory(backend: Any) -> dict[str, Any]:
-    if backend.name == "cpu":
-        return {}
-    info = backend.describe()
-    return {k: v for k, v in info.items() if k.startswith("gpu_memory")}
 
 
 def _host_memory() -> dict[str, float | None]:

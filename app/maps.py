@@ -16,6 +16,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import PathParameter, QueryParameter
 
+from tessera_gpu.backends import on_gpu
 from tessera_gpu.errors import InvalidRequest, NotFound
 from tessera_gpu.io.dataset import Dataset, Field
 from tessera_gpu.render.colors import legend
@@ -64,7 +65,7 @@ def provide_maps(state: State) -> MapCache:
     """The app's one :class:`MapCache`, made on first use."""
     with _maps_lock:
         if "map_cache" not in state:
-            state["map_cache"] = MapCache()
+            state["map_cache"] = MapCache(gpu=on_gpu(state["catalog"].backend))
         cache: MapCache = state["map_cache"]
     return cache
 

@@ -43,18 +43,22 @@ class CpuBackend:
 
     name = "cpu"
     coarse_above = COARSE_ABOVE  # rows above which neighbors() also returns cells
+    fallback_reason: str | None = None  # set by get_backend("auto") when no GPU was usable
 
     def __init__(self) -> None:
         self.device = f"CPU ({_cores()} cores)"
 
     def describe(self) -> dict[str, Any]:
-        """Name, device, cores and numba threads."""
-        return {
+        """Name, device, cores, numba threads, and why ``auto`` did not pick a GPU (if so)."""
+        out: dict[str, Any] = {
             "name": self.name,
             "device": self.device,
             "cores": _cores(),
             "threads": numba.get_num_threads(),
         }
+        if self.fallback_reason:
+            out["gpu_fallback"] = self.fallback_reason
+        return out
 
     # ---- arrays -----------------------------------------------------------------------
 
