@@ -206,7 +206,11 @@ def test_standin_makes_gpu_and_auto_run_the_cupy_tier(monkeypatch: pytest.Monkey
         backend = get_backend(mode)
         assert backend.name == "cupy" and backend.standin == "numpy"  # type: ignore[attr-defined]
         assert not on_gpu(backend)
-    assert backend_summary(backend) == {"name": "cupy", "device": backend.device, "standin": "numpy"}
+    assert backend_summary(backend) == {
+        "name": "cupy",
+        "device": backend.device,
+        "standin": "numpy",
+    }
     assert gpu_probe().cause == "standin"
     with pytest.raises(Unavailable, match="the stand-in covers the CuPy tier only"):
         backends.make_backend("cuml")
@@ -328,7 +332,9 @@ def test_cuml_gets_the_cpu_tiers_parameters(monkeypatch: pytest.MonkeyPatch) -> 
         "random_state": 9,
         "build_algo": "brute_force_knn",
     }
-    assert info["n_epochs"] == 500 and info["init"] == "spectral" and info["knn"] == "brute_force_knn"
+    assert (
+        info["n_epochs"] == 500 and info["init"] == "spectral" and info["knn"] == "brute_force_knn"
+    )
     assert info["params"]["seed"] == 9 and info["backend"] == "cuml"
 
 
