@@ -4,6 +4,7 @@ RMM, cuML's parameters and cuDF tiles -- all on the CPU, with fakes where CUDA w
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import json
 import sys
 import types
@@ -153,7 +154,7 @@ def test_a_warning_is_not_a_missing_gpu() -> None:
 
 
 def test_no_cupy_here_is_named() -> None:
-    if "cupy" in sys.modules or __import__("importlib").util.find_spec("cupy"):
+    if importlib.util.find_spec("cupy") is not None:
         pytest.skip("CuPy is installed here")
     assert probe().cause == "no_cupy"
 
