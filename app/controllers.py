@@ -19,7 +19,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, PathParameter, QueryParameter
 
 from tessera_gpu import __version__
-from tessera_gpu.backends import Backend
+from tessera_gpu.backends import Backend, backend_summary
 from tessera_gpu.core import Count, DatasetSummary, Episode, Live, ProjectionStatus, Tessera
 from tessera_gpu.errors import InsufficientStorage, InvalidRequest, UnsupportedMediaType
 from tessera_gpu.sampling import Manifest
@@ -60,12 +60,16 @@ SAMPLE_DOC = (
 
 
 class BackendInfo(msgspec.Struct, omit_defaults=True):
-    """The compute backend: its name (cpu, cupy, cuml), device, and GPU memory in GiB."""
+    """The compute backend: its name (cpu, cupy, cuml), device, and GPU memory in GiB;
+    ``standin`` when the numpy stand-in runs the GPU tier (tests and rehearsals only), and
+    ``gpu_fallback`` when ``auto`` found no usable GPU (with the reason)."""
 
     name: str
     device: str
     gpu_memory_free_gib: float | msgspec.UnsetType = msgspec.UNSET
     gpu_memory_total_gib: float | msgspec.UnsetType = msgspec.UNSET
+    standin: str | msgspec.UnsetType = msgspec.UNSET
+    gpu_fallback: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class HostMemory(msgspec.Struct):
@@ -94,7 +98,8 @@ class HealthController(Controller):
 
     @get("/", operation_id="getHealth", summary="Server health", sync_to_thread=False)
     def health(self, tessera: TesseraDep) -> Health:
-        """Version, compute backend (name, device, GPU memory), host memory in use, HDF5 version."""
+        """Version, compute backend (name, device, GPU memory; ``standin`` when the numpy stand-in
+        runs the GPU tier, ``gpu_fallback`` when no GPU was usable), host memory, HDF5 version."""
         return Health(
             status="ok",
             version=__version__,
@@ -106,12 +111,7 @@ class HealthController(Controller):
 
 
 def _backend_info(backend: Backend) -> BackendInfo:
-    out = BackendInfo(name=backend.name, device=backend.device)
-    if backend.name != "cpu":
-        info = backend.describe()
-        out.gpu_memory_free_gib = info["gpu_memory_free_gib"]
-        out.gpu_memory_total_gib = info["gpu_memory_total_gib"]
-    return out
+    return msgspec.convert(backend_summary(backend), BackendInfo)
 
 
 def _host_memory() -> HostMemory:

@@ -1,22 +1,31 @@
-"""GPU benchmark at 200,000 x 2,048 (run by benchmarks/gpu_check.sh on a GPU machine).
+"""The GPU check's Python half (benchmarks/gpu_check.sh runs it; see that script's header).
 
-    python -m benchmarks.gpu_bench [--n 200000] [--dim 2048] [--data x.npy] [--json runs.jsonl]
-    python -m benchmarks.gpu_bench --table runs.jsonl
+    python -m benchmarks.gpu_bench preflight
+    python -m benchmarks.gpu_bench run --n 200000 --dim 2048 --data x.npy --json runs.jsonl \
+        [--kmeans-k 5000] [--sample-n 5000] [--cpu-trust]
+    python -m benchmarks.gpu_bench report --runs runs.jsonl --junit tests.xml --out DIR \
+        --step preflight=0 --step tests=0 ...
 
-Times, on the best GPU backend (cuML, else CuPy), with a device synchronise around each:
-host-to-device copy, exact kNN (k=15), the full projection (kNN + graph + init + layout),
-Lloyd's K-means (k=5,000, 25 iterations at most) and the diversity sample (n=5,000).
-Set ``CUPY_TF32=1`` before starting to let cuBLAS use TF32 tensor cores for float32 GEMMs
-(the kNN re-ranks its candidates in exact fp32 either way).
+``preflight`` imports everything the check needs and probes the GPU (a kernel, a matmul and
+``eigh``): it fails unless the GPU tier is usable (or the numpy stand-in is on, in a
+rehearsal).  ``run`` times, on ``get_backend("gpu")`` with a device synchronise around each:
+host-to-device copy, exact kNN (k=15), the full projection, K-means (k clusters, 25
+iterations) and the diversity sample; with ``--cpu-trust`` it also projects the same rows on
+the CPU tier and scores both maps' trustworthiness on a seeded 5,000-row subsample.
+``report`` writes ``gpu-<date>.json`` and ``gpu-<date>.md`` (every figure against its target).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import importlib
 import json
 import os
+import platform
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,86 +34,238 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TARGETS = {"knn_k15_s": 2.0, "projection_s": 10.0, "kmeans_k5000_s": 3.0}
+TARGETS = {"knn_k15_s": 2.0, "projection_s": 10.0, "kmeans_s": 3.0}
+TRUST_GAP = 0.01  # the GPU map's trustworthiness may trail the CPU tier's by this much
+TRUST_ROWS = 5000
+NEEDED = [
+    "numpy",
+    "scipy",
+    "numba",
+    "h5py",
+    "pandas",
+    "sklearn",
+    "xxhash",
+    "PIL",
+    "click",
+    "rich",
+    "pytest",
+    "pytest_timeout",
+    "tessera_gpu",
+    "tessera_gpu.backends.cpu",
+    "tessera_gpu.backends.cupy_backend",
+    "tessera_gpu.backends.cupy_device",
+    "tessera_gpu.backends.standin",
+    "tessera_gpu.clustering",
+    "tessera_gpu.projection.project",
+    "tessera_gpu.projection.cache",
+    "tessera_gpu.cli.doctor",
+    "benchmarks.data",
+]
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    import cupy as cp
+def preflight() -> int:
+    """Import every module the check needs, probe the GPU, print the doctor's report."""
+    from tessera_gpu.backends import gpu_probe
 
-    cp.cuda.Device().synchronize()
+    standin = bool(os.environ.get("TESSERA_GPU_STANDIN"))
+    missing = []
+    for name in NEEDED + ([] if standin else ["cupy"]):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            missing.append(f"{name} ({exc})")
+    from tessera_gpu.cli.doctor import diagnose
+
+    print(json.dumps(diagnose("gpu"), indent=1, default=str))
+    status = gpu_probe()
+    if missing:
+        print(f"preflight: cannot import {', '.join(missing)}", file=sys.stderr)
+    if status.best is None:
+        print(f"preflight: no usable GPU ({status.cause}): {status.reason}", file=sys.stderr)
+    return 1 if missing or status.best is None else 0
+
+
+def _timed(backend: Any, fn: Callable[[], Any]) -> tuple[float, Any]:
+    sync = getattr(getattr(backend, "dev", None), "synchronize", lambda: None)
+    sync()
     start = time.perf_counter()
     out = fn()
-    cp.cuda.Device().synchronize()
-    return time.perf_counter() - start, out
+    sync()
+    return round(time.perf_counter() - start, 3), out
 
 
-def run(x: np.ndarray) -> dict[str, Any]:
+def _trust(x: np.ndarray, maps: dict[str, np.ndarray]) -> dict[str, float]:
+    from sklearn.manifold import trustworthiness
+
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(len(x), min(len(x), TRUST_ROWS), replace=False))
+    return {
+        f"trust_{name}": round(float(trustworthiness(x[rows], c[rows], n_neighbors=15)), 4)
+        for name, c in maps.items()
+    }
+
+
+def run(x: np.ndarray, *, kmeans_k: int, sample_n: int, cpu_trust: bool) -> dict[str, Any]:
     """Every timing of the module docstring, on ``x`` (float32)."""
     from tessera_gpu.backends import get_backend
-    from tessera_gpu.backends.cupy_knn import exact_search
     from tessera_gpu.clustering import diversity_sample
     from tessera_gpu.projection.project import project
 
     backend = get_backend("gpu")
-    warm = backend.to_device(x[:4000])  # compile kernels, warm cuBLAS, numba's layout
-    exact_search(warm, warm, 15)
+    warm = backend.to_device(x[: min(4000, len(x))])  # compile kernels, warm cuBLAS, numba
+    backend.knn(warm, 15)
     project(warm, backend=backend)
     backend.kmeans(warm, 50, rows=None, seed=0, n_iter=2)
     out: dict[str, Any] = {"backend": backend.describe(), "tf32": os.environ.get("CUPY_TF32", "0")}
-    out["to_device_s"], dev = _timed(lambda: backend.to_device(x))
-    out["knn_k15_s"], _ = _timed(lambda: exact_search(dev, dev, 15))
-    out["projection_s"], proj = _timed(lambda: project(dev, backend=backend))
+    out.update(n=len(x), dim=x.shape[1], kmeans_k=kmeans_k, sample_n=sample_n)
+    out["to_device_s"], dev = _timed(backend, lambda: backend.to_device(x))
+    out["knn_k15_s"], _ = _timed(backend, lambda: backend.knn(dev, 15))
+    out["projection_s"], proj = _timed(backend, lambda: project(dev, backend=backend))
     out["projection_stages"] = proj.info.get("timings")
-    out["kmeans_k5000_s"], fit = _timed(
-        lambda: backend.kmeans(dev, 5000, rows=None, seed=0, n_iter=25)
+    out["kmeans_s"], fit = _timed(
+        backend, lambda: backend.kmeans(dev, kmeans_k, rows=None, seed=0, n_iter=25)
     )
     out["kmeans_inertia"] = fit[2]
-    out["diversity_n5000_s"], _ = _timed(lambda: diversity_sample(dev, 5000, backend=backend))
+    out["diversity_s"], _ = _timed(
+        backend, lambda: diversity_sample(dev, sample_n, backend=backend)
+    )
+    if cpu_trust:
+        cpu = get_backend("cpu")
+        out["cpu_projection_s"], cpu_map = _timed(cpu, lambda: project(x, backend=cpu))
+        out.update(_trust(x, {"gpu": proj.coords, "cpu": cpu_map.coords}))
     return out
 
 
-def table(results: list[dict[str, Any]]) -> str:
-    """A plain-text table: one column per run (fp32 / tf32), a target column."""
-    keys = ["to_device_s", "knn_k15_s", "projection_s", "kmeans_k5000_s", "diversity_n5000_s"]
-    head = (
-        "metric".ljust(20)
-        + "target".rjust(8)
-        + "".join(f"tf32={r['tf32']}".rjust(12) for r in results)
-    )
-    rows = [head]
-    for key in keys:
-        target = f"<={TARGETS[key]:g}" if key in TARGETS else "-"
-        cells = "".join(f"{r[key]:12.2f}" for r in results)
-        rows.append(key.ljust(20) + target.rjust(8) + cells)
-    return "\n".join(rows)
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--n", type=int, default=200_000)
-    p.add_argument("--dim", type=int, default=2048)
-    p.add_argument("--data", type=Path, default=None, help=".npy to use (made if missing)")
-    p.add_argument("--json", type=Path, default=None, help="Append this run's JSON here.")
-    p.add_argument("--table", type=Path, default=None, help="Print the table of a --json file.")
-    args = p.parse_args(argv)
-    if args.table is not None:
-        runs = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
-        print(table(runs))
-        return
+def _load(args: argparse.Namespace) -> np.ndarray:
     from benchmarks.data import clustered_embeddings
 
     if args.data is not None and args.data.exists():
-        x = np.load(args.data)
-    else:
-        x = clustered_embeddings(args.n, args.dim, seed=0)
-        if args.data is not None:
-            np.save(args.data, x)
-    result = run(x)
+        return np.load(args.data)
+    x = clustered_embeddings(args.n, args.dim, seed=0)
+    if args.data is not None:
+        np.save(args.data, x)
+    return x
+
+
+def _tests(junit: Path | None) -> dict[str, int] | None:
+    if junit is None or not junit.exists():
+        return None
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite[0]
+    counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    return counts
+
+
+def _cell(run: dict[str, Any] | None, key: str) -> str:
+    if run is None or key not in run:
+        return "failed" if run is None else "-"
+    value = run[key]
+    return f"{value:.4f}" if key.startswith("trust") else f"{value:.2f}"
+
+
+ROWS = [  # (label, key, target)
+    ("host-to-device copy, s", "to_device_s", "-"),
+    ("kNN k=15, s", "knn_k15_s", "<= 2"),
+    ("full projection, s", "projection_s", "<= 10"),
+    ("K-means 25 iterations, s", "kmeans_s", "<= 3"),
+    ("diversity sample, s", "diversity_s", "-"),
+    ("CPU tier projection, s", "cpu_projection_s", "-"),
+    ("trustworthiness, GPU map", "trust_gpu", f">= CPU - {TRUST_GAP}"),
+    ("trustworthiness, CPU map", "trust_cpu", "-"),
+]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: steps, tests, and one column per benchmark run."""
+    runs = report["runs"]
+    first = next((r for r in runs.values() if r), None) or {}
+    lines = [f"# GPU check, {report['date']}", ""]
+    if report["standin"]:
+        lines += ["**Rehearsal on the numpy stand-in (no GPU): not GPU figures.**", ""]
+    device = first.get("backend", {}).get("device", "no device")
+    lines += [f"{device}; {report['n']:,} x {report['dim']:,} clustered embeddings; "
+              f"K-means k={first.get('kmeans_k', '-')}, sample n={first.get('sample_n', '-')}; "
+              f"{report['host']}", ""]  # fmt: skip
+    lines += ["| step | status |", "|---|---|"]
+    lines += [f"| {name} | {'ok' if rc == 0 else f'FAILED (exit {rc})'} |"
+              for name, rc in report["steps"].items()]  # fmt: skip
+    tests = report["tests"]
+    if tests:
+        lines += ["", f"Tests (-m gpu): {tests['passed']} passed, {tests['failures']} failed, "
+                  f"{tests['errors']} errors, {tests['skipped']} skipped."]  # fmt: skip
+    heads = list(runs)
+    lines += ["", "| metric | target | " + " | ".join(heads) + " |",
+              "|---|---|" + "---:|" * len(heads)]  # fmt: skip
+    for label, key, target in ROWS:
+        lines.append(
+            f"| {label} | {target} | " + " | ".join(_cell(runs[h], key) for h in heads) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def report(args: argparse.Namespace) -> int:
+    """Write gpu-<date>.json and .md under ``args.out``; print the Markdown."""
+    runs: dict[str, dict[str, Any] | None] = {name: None for name in args.expect}
+    if args.runs.exists():
+        for line in args.runs.read_text().splitlines():
+            if line.strip():
+                run_ = json.loads(line)
+                runs[f"tf32={run_['tf32']}"] = run_
+    out = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": f"{platform.node()}, Python {platform.python_version()}",
+        "n": args.n,
+        "dim": args.dim,
+        "standin": os.environ.get("TESSERA_GPU_STANDIN") or None,
+        "steps": dict(step.split("=", 1) for step in args.step),
+        "tests": _tests(args.junit),
+        "targets": TARGETS,
+        "runs": runs,
+    }
+    out["steps"] = {k: int(v) for k, v in out["steps"].items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"gpu-{dt.date.today().isoformat()}"
+    stem.with_suffix(".json").write_text(json.dumps(out, indent=1, default=str) + "\n")
+    text = markdown(out)
+    stem.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("preflight")
+    r = sub.add_parser("run")
+    r.add_argument("--n", type=int, default=200_000)
+    r.add_argument("--dim", type=int, default=2048)
+    r.add_argument("--kmeans-k", type=int, default=5000)
+    r.add_argument("--sample-n", type=int, default=5000)
+    r.add_argument("--data", type=Path, default=None, help=".npy to use (made if missing)")
+    r.add_argument("--json", type=Path, required=True, help="Append this run's JSON here.")
+    r.add_argument("--cpu-trust", action="store_true", help="Also score against the CPU tier.")
+    o = sub.add_parser("report")
+    o.add_argument("--runs", type=Path, required=True)
+    o.add_argument("--junit", type=Path, default=None)
+    o.add_argument("--out", type=Path, required=True)
+    o.add_argument("--n", type=int, required=True)
+    o.add_argument("--dim", type=int, required=True)
+    o.add_argument("--step", action="append", default=[], help="name=exit status")
+    o.add_argument("--expect", action="append", default=[], help="run columns, e.g. tf32=1")
+    args = p.parse_args(argv)
+    if args.command == "preflight":
+        return preflight()
+    if args.command == "report":
+        return report(args)
+    x = _load(args)
+    result = run(x, kmeans_k=args.kmeans_k, sample_n=args.sample_n, cpu_trust=args.cpu_trust)
     print(json.dumps(result, default=str))
-    if args.json is not None:
-        with args.json.open("a") as fh:
-            fh.write(json.dumps(result, default=str) + "\n")
+    with args.json.open("a") as fh:
+        fh.write(json.dumps(result, default=str) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,6 +17,7 @@ first, the others in index order. ``uniqueness`` is the cosine distance to the 1
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -188,7 +189,7 @@ def _keepers_first(
     bounds = np.r_[starts, rows.size]
     groups = []
     safe = np.where(norms > 0, norms, 1.0).astype(np.float32)
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         group = rows[a:b]
         unit = embeddings[group] / safe[group, None]
         score = unit @ unit.mean(axis=0)
@@ -272,7 +273,10 @@ def load_or_build(
             arrays, info = found
             if progress is not None:
                 progress("done", 1.0)
-            return SimilarityIndex(**arrays, info={**info, "cache": "hit"})
+            return SimilarityIndex(
+                indices=arrays["indices"], distances=arrays["distances"],
+                reduced=arrays["reduced"], norms=arrays["norms"], info={**info, "cache": "hit"},
+            )  # fmt: skip
     index = build_index(embeddings, device, backend, seed=seed, progress=progress)
     stored = False
     if store is not None and key is not None:

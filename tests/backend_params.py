@@ -1,31 +1,56 @@
-"""Backend parametrisation for the compute tests: ``cpu`` always, GPU ones marked ``gpu``.
+"""Backend parametrisation for the compute tests: ``cpu``, ``cupy`` and ``cuml``.
 
-GPU parameters skip, with the reason, where no usable GPU (or no cuML) is present, so the
-same assertions run unchanged on a GPU machine.
+* ``cupy`` (marked ``gpu``) runs on a real GPU when one passes the probe, and otherwise on the
+  numpy stand-in (:mod:`tessera_gpu.backends.standin`), so CI runs the CuPy tier's code too.
+  With ``TESSERA_REQUIRE_GPU=1`` and no stand-in asked for, a missing GPU fails the test
+  instead: that is how ``benchmarks/gpu_check.sh`` makes sure it measured a GPU.
+* ``cuml`` (marked ``gpu`` and ``cuml``) skips, with the reason, where RAPIDS cuML does not
+  run; the stand-in covers the CuPy tier only.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
-from tessera_gpu.backends import Backend, gpu_status, make_backend
+from tessera_gpu.backends import Backend, gpu_probe, make_backend, standin_name
 
 BACKEND_PARAMS = [
     pytest.param("cpu", id="cpu"),
     pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
-    pytest.param("cuml", id="cuml", marks=pytest.mark.gpu),
+    pytest.param("cuml", id="cuml", marks=[pytest.mark.gpu, pytest.mark.cuml]),
 ]
+
+
+def require_gpu() -> bool:
+    """``TESSERA_REQUIRE_GPU=1``: a GPU test that would skip (or fall back) fails."""
+    return os.environ.get("TESSERA_REQUIRE_GPU") == "1"
+
+
+def cupy_backend() -> Backend:
+    """The CuPy tier: on the GPU if one works (or the stand-in if asked for), else the
+    stand-in -- unless a real GPU is required, then a failure naming the probe's cause."""
+    from tessera_gpu.backends.cupy_backend import CupyBackend
+    from tessera_gpu.backends.standin import NumpyDevice
+
+    status = gpu_probe()
+    if status.best is not None:
+        return make_backend("cupy")
+    if require_gpu() and standin_name() is None:
+        pytest.fail(f"TESSERA_REQUIRE_GPU=1 but no usable GPU: {status.reason}")
+    return CupyBackend(NumpyDevice())
 
 
 def backend_for(name: str) -> Backend:
     """The named backend, or a skip that says why it cannot run here."""
-    if name != "cpu":
-        best, reason = gpu_status()
-        if best is None:
-            pytest.skip(f"no usable GPU: {reason}")
-        if name == "cuml" and best != "cuml":
-            pytest.skip("RAPIDS cuML is not installed")
+    if name == "cupy":
+        return cupy_backend()
+    if name == "cuml":
+        status = gpu_probe()
+        if status.best != "cuml":
+            pytest.skip(f"RAPIDS cuML does not run here ({status.reason})")
     return make_backend(name)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
@@ -37,6 +38,23 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 _terminal = None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """``TESSERA_REQUIRE_GPU=1`` (set by benchmarks/gpu_check.sh): a skipped ``gpu`` test is a
+    failure, so a GPU check cannot pass by skipping.  Allowed skips: ``cuml`` tests (the GPU
+    image has no RAPIDS), and ``real_gpu`` tests while the numpy stand-in is on (rehearsal)."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not report.skipped or os.environ.get("TESSERA_REQUIRE_GPU") != "1":
+        return
+    if item.get_closest_marker("gpu") is None or item.get_closest_marker("cuml") is not None:
+        return
+    if item.get_closest_marker("real_gpu") is not None and os.environ.get("TESSERA_GPU_STANDIN"):
+        return
+    report.outcome = "failed"
+    report.longrepr = f"TESSERA_REQUIRE_GPU=1, but this GPU test skipped: {report.longrepr}"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -12,7 +12,7 @@ from sklearn.manifold import trustworthiness
 
 from tessera_gpu.backends import Backend, get_backend
 from tessera_gpu.errors import InvalidRequest
-from tessera_gpu.projection.cache import ALGORITHM_VERSION, ProjectionCache
+from tessera_gpu.projection.cache import ALGORITHM_VERSION, ProjectionCache, backend_tag
 from tessera_gpu.projection.graph import ab_params, fuzzy_graph
 from tessera_gpu.projection.layout import optimize_layout
 from tessera_gpu.projection.project import Projection, ProjectionParams, project, project_cached
@@ -173,14 +173,16 @@ def test_second_load_comes_from_the_cache(tmp_path: Path, small: np.ndarray) -> 
     assert time.perf_counter() - start < 1.0
     assert second.info["cache"] == "hit"
     np.testing.assert_array_equal(second.coords, first.coords)
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{cache.key('abc123', FAST)}.proj"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [
+        f"{cache.key('abc123', FAST, backend='cpu')}.proj"
+    ]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
 def test_damaged_cache_file_is_recomputed(tmp_path: Path, small: np.ndarray, damage: str) -> None:
     cache = ProjectionCache(tmp_path)
     good = _cached(small, cache)
-    path = cache.path(cache.key("abc123", FAST))
+    path = cache.path(cache.key("abc123", FAST, backend="cpu"))
     raw = path.read_bytes()
     broken = {
         "truncate": raw[: len(raw) - 100],
@@ -189,20 +191,43 @@ def test_damaged_cache_file_is_recomputed(tmp_path: Path, small: np.ndarray, dam
         "empty": b"",
     }[damage]
     path.write_bytes(broken)
-    assert cache.load(cache.key("abc123", FAST)) is None
+    assert cache.load(cache.key("abc123", FAST, backend="cpu")) is None
     again = _cached(small, cache)
     assert again.info["cache"] == "stored"
     np.testing.assert_array_equal(again.coords, good.coords)
-    assert cache.load(cache.key("abc123", FAST)) is not None
+    assert cache.load(cache.key("abc123", FAST, backend="cpu")) is not None
 
 
-def test_cache_key_covers_content_params_and_version() -> None:
-    key = ProjectionCache.key("abc", FAST)
-    assert key != ProjectionCache.key("abd", FAST)
-    assert key != ProjectionCache.key("abc", ProjectionParams(n_epochs=60, seed=1))
+def test_cache_key_covers_content_params_backend_and_version() -> None:
+    key = ProjectionCache.key("abc", FAST, backend="cpu")
+    assert key != ProjectionCache.key("abd", FAST, backend="cpu")
+    assert key != ProjectionCache.key("abc", ProjectionParams(n_epochs=60, seed=1), backend="cpu")
+    keys = {ProjectionCache.key("abc", FAST, backend=b) for b in ("cpu", "cupy", "cuml")}
+    assert len(keys) == 3
+    assert key in keys
     assert len(key) == 65
     assert key[32] == "-"
     assert ALGORITHM_VERSION
+
+
+def test_a_map_is_served_only_to_its_own_backend(tmp_path: Path, small: np.ndarray) -> None:
+    """A cuML (or CuPy, or stand-in) map is never a CPU request's cache hit, nor the reverse."""
+    from tessera_gpu.backends.cupy_backend import CupyBackend
+    from tessera_gpu.backends.standin import NumpyDevice
+
+    cache = ProjectionCache(tmp_path)
+    cpu, standin = get_backend("cpu"), CupyBackend(NumpyDevice())
+    assert backend_tag(cpu) == "cpu"
+    assert backend_tag(standin) == "cupy+numpy-standin"
+    for b in (cpu, standin):
+        first = project_cached(small, backend=b, params=FAST, cache=cache, content_hash="abc")
+        assert first.info["cache"] == "stored"
+        assert first.info["backend"] == b.name
+    again = project_cached(small, backend=cpu, params=FAST, cache=cache, content_hash="abc")
+    assert again.info["cache"] == "hit"
+    assert again.info["backend"] == "cpu"
+    assert len(list(tmp_path.iterdir())) == 2
+    assert cache.forget("abc") == 2
 
 
 def test_forget_removes_every_map_of_one_content(tmp_path: Path) -> None:
@@ -210,9 +235,9 @@ def test_forget_removes_every_map_of_one_content(tmp_path: Path) -> None:
     coords = np.zeros((4, 2), dtype=np.float32)
     other = ProjectionParams(n_epochs=60, seed=1)
     for content, params in (("abc", FAST), ("abc", other), ("xyz", FAST)):
-        assert cache.store(cache.key(content, params), Projection(coords, {"n": 4}))
+        assert cache.store(cache.key(content, params, backend="cpu"), Projection(coords, {"n": 4}))
     assert cache.forget("abc") == 2
-    assert [p.name for p in tmp_path.iterdir()] == [f"{cache.key('xyz', FAST)}.proj"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"{cache.key('xyz', FAST, backend='cpu')}.proj"]
     assert cache.forget("abc") == 0
 
 

@@ -9,7 +9,12 @@
 ``None``    the ``TESSERA_DEVICE`` environment variable, default ``auto``
 ==========  ===============================================================================
 
-cupy and cuml are imported only inside :mod:`.cupy_backend` / :mod:`.cuml_backend`, and only
+A GPU counts as present only when :func:`gpu_probe` has compiled and run a kernel, a matmul
+and an ``eigh`` on it; otherwise ``auto`` falls back to the CPU and says why.
+``TESSERA_GPU_STANDIN=numpy`` puts the CuPy tier on a numpy stand-in instead of a GPU, for
+tests and rehearsals (:mod:`.standin`).
+
+cupy and cuml are imported only inside :mod:`.cupy_device` / :mod:`.cuml_backend`, and only
 when a GPU is asked for or probed, so a CPU install never needs them.
 
 Every backend offers the same surface (:class:`Backend`): ``to_device`` once, then ``take``,
@@ -33,11 +38,17 @@ __all__ = [
     "COARSE_ABOVE",
     "MODES",
     "NAMES",
+    "STANDIN_VAR",
     "Backend",
+    "GpuStatus",
     "Neighbors",
+    "backend_summary",
     "get_backend",
+    "gpu_probe",
     "gpu_status",
     "make_backend",
+    "on_gpu",
+    "standin_name",
 ]
 
 MODES = ("auto", "gpu", "cpu")
@@ -86,6 +97,8 @@ class Backend(Protocol):
 
     def neighbors(self, x: Any, k: int, *, seed: int = 0) -> Neighbors: ...
 
+    def cosine_knn(self, x: Any, k: int, *, seed: int = 0) -> Neighbors: ...
+
     def kmeans(
         self, x: Any, k: int, *, rows: np.ndarray | None, seed: int, n_iter: int
     ) -> tuple[np.ndarray, np.ndarray, float]: ...
@@ -99,21 +112,62 @@ class Backend(Protocol):
     ) -> np.ndarray: ...
 
 
-@functools.lru_cache(maxsize=1)
-def gpu_status() -> tuple[str | None, str]:
-    """``(best GPU backend name or None, reason)``: probes cuML, then CuPy, once per process."""
-    try:
-        from tessera_gpu.backends import cupy_backend
-    except ModuleNotFoundError:
-        return None, "CuPy is not installed (pip install 'tessera-gpu[gpu]')"
-    except Exception as exc:  # CUDA libraries missing or broken at import
-        return None, f"CuPy failed to load ({type(exc).__name__}: {exc})"
-    present, reason = cupy_backend.gpu_present()
-    if not present:
-        return None, reason
+STANDIN_VAR = "TESSERA_GPU_STANDIN"
+STANDINS = ("numpy",)
+
+
+def standin_name() -> str | None:
+    """``TESSERA_GPU_STANDIN`` (``numpy``), or None: read each time a backend is chosen.
+
+    With it, the CuPy tier runs on :class:`~.standin.NumpyDevice` in place of a GPU, for
+    tests and rehearsals only: ``auto`` and ``gpu`` both pick it, and ``describe()``,
+    ``tessera doctor`` and ``/api/health`` say ``"standin": "numpy"``.
+    """
+    value = os.environ.get(STANDIN_VAR, "").strip().lower()
+    if not value:
+        return None
+    if value not in STANDINS:
+        raise InvalidRequest(
+            f"{STANDIN_VAR} must be one of {', '.join(STANDINS)} (or unset): got {value!r}",
+            code="bad_standin",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    """The probe's verdict: the best GPU backend (or None), why, and the stand-in if on."""
+
+    best: str | None
+    cause: str
+    reason: str
+    standin: str | None = None
+
+
+def gpu_probe() -> GpuStatus:
+    """Probe the GPU tier (once per process and stand-in setting): cuML, then CuPy."""
+    return _probe(standin_name())
+
+
+@functools.lru_cache(maxsize=4)
+def _probe(standin: str | None) -> GpuStatus:
+    if standin is not None:
+        return GpuStatus("cupy", "standin", f"the {standin} stand-in for CuPy is on "
+                         f"({STANDIN_VAR}; tests and rehearsals only)", standin)  # fmt: skip
+    from tessera_gpu.backends import cupy_device
+
+    found = cupy_device.probe()
+    if not found.ok:
+        return GpuStatus(None, found.cause, found.reason)
     from tessera_gpu.backends import cuml_backend
 
-    return ("cuml" if cuml_backend.cuml_importable() else "cupy"), reason
+    return GpuStatus("cuml" if cuml_backend.cuml_importable() else "cupy", "ok", found.reason)
+
+
+def gpu_status() -> tuple[str | None, str]:
+    """``(best GPU backend name or None, reason)``; see :func:`gpu_probe`."""
+    status = gpu_probe()
+    return status.best, status.reason
 
 
 def make_backend(name: str) -> Backend:
@@ -124,12 +178,15 @@ def make_backend(name: str) -> Backend:
     if name not in NAMES:
         raise InvalidRequest(f"unknown backend {name!r}: use one of {', '.join(NAMES)}")
     if name != "cpu":
-        gpu, reason = gpu_status()
-        if gpu is None:
-            raise Unavailable(f"the {name} backend needs a GPU: {reason}", code="gpu_unavailable")
-        if name == "cuml" and gpu != "cuml":
+        status = gpu_probe()
+        if status.best is None:
             raise Unavailable(
-                "the cuml backend needs RAPIDS cuML, which does not import here",
+                f"the {name} backend needs a GPU: {status.reason}", code="gpu_unavailable"
+            )
+        if name == "cuml" and status.best != "cuml":
+            raise Unavailable(
+                "the cuml backend needs RAPIDS cuML, which does not import here"
+                + (" (the stand-in covers the CuPy tier only)" if status.standin else ""),
                 code="gpu_unavailable",
             )
     return _make(name)
@@ -146,14 +203,20 @@ def _make(name: str) -> Backend:
         return CumlBackend()
     from tessera_gpu.backends.cupy_backend import CupyBackend
 
+    if standin_name() is not None:
+        from tessera_gpu.backends.standin import NumpyDevice
+
+        return CupyBackend(NumpyDevice())
     return CupyBackend()
 
 
 def get_backend(mode: str | None = "auto") -> Backend:
     """The backend for ``mode`` (``auto`` | ``gpu`` | ``cpu``; None reads ``TESSERA_DEVICE``).
 
-    Raises :class:`InvalidRequest` for an unknown mode and :class:`Unavailable` when ``gpu``
-    is asked for on a machine without a usable GPU.
+    Raises :class:`InvalidRequest` for an unknown mode and :class:`Unavailable`, naming the
+    cause (no driver, no toolkit, unsupported GPU, ...), when ``gpu`` is asked for on a
+    machine without a usable GPU.  ``auto`` then falls back to the CPU, and the CPU backend's
+    ``describe()`` keeps the reason as ``gpu_fallback``.
     """
     if mode is None:
         mode = os.environ.get(ENV_VAR) or "auto"
@@ -164,12 +227,32 @@ def get_backend(mode: str | None = "auto") -> Backend:
         )
     if mode == "cpu":
         return _make("cpu")
-    gpu, reason = gpu_status()
-    if gpu is not None:
-        return _make(gpu)
+    status = gpu_probe()
+    if status.best is not None:
+        return _make(status.best)
     if mode == "gpu":
         raise Unavailable(
-            f"GPU asked for but not available: {reason}. Use --device cpu (or auto) instead",
+            f"GPU asked for but not available: {status.reason}. Use --device cpu (or auto) instead",
             code="gpu_unavailable",
         )
-    return _make("cpu")
+    from tessera_gpu.backends.cpu import CpuBackend
+
+    cpu = CpuBackend()
+    cpu.fallback_reason = status.reason
+    return cpu
+
+
+def backend_summary(backend: Backend) -> dict[str, Any]:
+    """What ``/api/health`` shows of a backend: name, device, GPU memory, and -- only when
+    they apply -- the stand-in in use and why ``auto`` fell back to the CPU."""
+    out: dict[str, Any] = {"name": backend.name, "device": backend.device}
+    if backend.name != "cpu" or getattr(backend, "fallback_reason", None):
+        info = backend.describe()
+        keep = ("standin", "gpu_fallback")
+        out.update({k: v for k, v in info.items() if k.startswith("gpu_memory") or k in keep})
+    return out
+
+
+def on_gpu(backend: Backend) -> bool:
+    """True for a GPU backend on a real GPU (not the CPU, not the stand-in)."""
+    return backend.name != "cpu" and getattr(backend, "standin", None) is None

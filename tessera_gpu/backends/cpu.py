@@ -15,6 +15,7 @@ import numba
 import numpy as np
 
 from tessera_gpu.backends import COARSE_ABOVE, Neighbors
+from tessera_gpu.backends.cpu_cosine import cosine_knn
 from tessera_gpu.backends.cpu_kmeans import kmeans as cpu_kmeans
 from tessera_gpu.backends.cpu_knn import cell_probe_knn, exact_knn, reranked_search
 from tessera_gpu.backends.cpu_pca import fit_pca
@@ -43,18 +44,22 @@ class CpuBackend:
 
     name = "cpu"
     coarse_above = COARSE_ABOVE  # rows above which neighbors() also returns cells
+    fallback_reason: str | None = None  # set by get_backend("auto") when no GPU was usable
 
     def __init__(self) -> None:
         self.device = f"CPU ({_cores()} cores)"
 
     def describe(self) -> dict[str, Any]:
-        """Name, device, cores and numba threads."""
-        return {
+        """Name, device, cores, numba threads, and why ``auto`` did not pick a GPU (if so)."""
+        out: dict[str, Any] = {
             "name": self.name,
             "device": self.device,
             "cores": _cores(),
             "threads": numba.get_num_threads(),
         }
+        if self.fallback_reason:
+            out["gpu_fallback"] = self.fallback_reason
+        return out
 
     # ---- arrays -----------------------------------------------------------------------
 
@@ -96,6 +101,12 @@ class CpuBackend:
         n_cells, n_probe = _probe_plan(n)
         idx, dist, cells = cell_probe_knn(data, k, n_cells=n_cells, n_probe=n_probe, seed=seed)
         return Neighbors(idx, dist, f"{prefix}cell-probe({n_cells}x{n_probe})", cells)
+
+    def cosine_knn(self, x: np.ndarray, k: int, *, seed: int = 0) -> Neighbors:
+        """Each row's ``k`` nearest rows by cosine distance (itself first), with exact
+        distances: PCA-64 candidates re-ranked on the full vectors (:mod:`.cpu_cosine`)."""
+        idx, dist, method = cosine_knn(x, k, seed=seed)
+        return Neighbors(idx, dist, method)
 
     def knn(
         self, x: np.ndarray, k: int, rows: np.ndarray | None = None

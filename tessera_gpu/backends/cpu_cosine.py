@@ -18,6 +18,7 @@ import numpy as np
 
 from tessera_gpu.backends.cpu_knn import cell_probe_knn, exact_knn
 from tessera_gpu.backends.cpu_pca import Pca, fit_pca
+from tessera_gpu.backends.rows import self_first
 from tessera_gpu.projection.parallel import kernel
 
 __all__ = [
@@ -151,7 +152,7 @@ def cosine_knn(
         n_cells = max(8, int(np.sqrt(n)))
         cand, _, _ = cell_probe_knn(reduced, wanted, n_cells=n_cells, n_probe=8, seed=seed)
         method = f"pca{reduced.shape[1]}-cell-probe({n_cells}x8)"
-    cand = _self_first(np.ascontiguousarray(cand, dtype=np.int64))
+    cand = self_first(np.ascontiguousarray(cand, dtype=np.int64))
     dist = np.empty(cand.shape, dtype=np.float32)
     _rerank(x, _safe(norms), cand, dist)
     dist[:, 0] = 0.0  # a row is at distance 0 from itself, whatever the rounding says
@@ -160,19 +161,3 @@ def cosine_knn(
     idx = np.concatenate([cand[:, :1], np.take_along_axis(cand, order, 1)], axis=1)[:, :k]
     dist = np.concatenate([dist[:, :1], np.take_along_axis(dist, order, 1)], axis=1)[:, :k]
     return idx, np.ascontiguousarray(dist), f"{method}+exact-cosine-rerank({wanted})"
-
-
-def _self_first(cand: np.ndarray) -> np.ndarray:
-    """Each row's candidate list with the row itself in column 0 (duplicates may have pushed it
-    elsewhere, or out)."""
-    n, c = cand.shape
-    rows = np.arange(n, dtype=np.int64)
-    is_self = cand == rows[:, None]
-    out = np.empty_like(cand)
-    out[:, 0] = rows
-    for i in np.flatnonzero(~is_self[:, 0] | (is_self.sum(axis=1) != 1)):
-        others = [int(v) for v in cand[i] if v != i]
-        out[i, 1:] = (others + [-1] * c)[: c - 1]
-    fine = is_self[:, 0] & (is_self.sum(axis=1) == 1)
-    out[fine, 1:] = cand[fine, 1:]
-    return out

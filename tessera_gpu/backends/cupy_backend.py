@@ -1,145 +1,149 @@
-"""The CuPy backend: embeddings in GPU memory, exact kNN and Lloyd's K-means on the GPU.
+"""The CuPy backend: embeddings in device memory, exact kNN and Lloyd's K-means on the device.
 
-This is the only module (with its :mod:`.cupy_knn` / :mod:`.cupy_kmeans` helpers and the
-cuML backend built on it) that imports cupy.  The projection's graph, initialisation and
-layout still run on the CPU (numba, all cores) from the GPU-built kNN table.
+The device is a :class:`~.cupy_device.CupyDevice` on a GPU, or the numpy stand-in
+(:class:`~.standin.NumpyDevice`, ``TESSERA_GPU_STANDIN=numpy``) that runs this same code on
+the CPU for tests and rehearsals.  This module imports neither cupy nor cupyx: the kernels
+(:mod:`.cupy_knn`, :mod:`.cupy_kmeans`) reach the arrays through ``device.xp``.  The
+projection's graph, initialisation and layout run on the CPU (numba, all cores) from the
+device-built kNN table.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import cupy as cp
 import numpy as np
 
 from tessera_gpu.backends import COARSE_ABOVE, Neighbors
 from tessera_gpu.backends.cupy_kmeans import lloyd
-from tessera_gpu.backends.cupy_knn import exact_search
-from tessera_gpu.backends.rows import as_rows, check_embeddings
+from tessera_gpu.backends.cupy_knn import exact_search, sq_norms
+from tessera_gpu.backends.rows import as_rows, check_embeddings, self_first
 from tessera_gpu.errors import InvalidRequest
 
-__all__ = ["CupyBackend", "gpu_present"]
+__all__ = ["H2D_BLOCK_BYTES", "CupyBackend"]
 
 H2D_BLOCK_BYTES = 256 << 20  # float64 input is converted on the host this much at a time
 
 
-def gpu_present() -> tuple[bool, str]:
-    """``(True, description)`` when CUDA reports at least one device."""
-    try:
-        count = cp.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDARuntimeError, missing driver, ...
-        return False, f"no usable CUDA device ({exc})"
-    if count < 1:
-        return False, "no CUDA device found"
-    return True, f"{count} CUDA device(s)"
-
-
-def _device_name() -> str:
-    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-    name = props["name"]
-    return name.decode() if isinstance(name, bytes) else str(name)
-
-
 class CupyBackend:
-    """GPU backend on plain CuPy (no RAPIDS needed)."""
+    """GPU backend on plain CuPy (no RAPIDS needed), or on the numpy stand-in."""
 
     name = "cupy"
     coarse_above = COARSE_ABOVE  # rows above which neighbors() also returns cells
 
-    def __init__(self) -> None:
-        self.device = _device_name()
+    def __init__(self, device: Any = None) -> None:
+        if device is None:
+            from tessera_gpu.backends.cupy_device import CupyDevice
+
+            device = CupyDevice()
+        self.dev = device
+        self.standin: str | None = device.standin
+        self.device = device.label
 
     def describe(self) -> dict[str, Any]:
-        """Name, device, free/total GPU memory (GiB) and the CUDA runtime version."""
-        free, total = cp.cuda.runtime.memGetInfo()
-        return {
-            "name": self.name,
-            "device": self.device,
-            "gpu_memory_free_gib": round(free / 2**30, 2),
-            "gpu_memory_total_gib": round(total / 2**30, 2),
-            "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
-            "cupy": cp.__version__,
-        }
+        """Name, device, and the device's own report (GPU memory, CUDA runtime; or stand-in)."""
+        return {"name": self.name, "device": self.device, **self.dev.describe()}
 
     # ---- arrays -----------------------------------------------------------------------
 
-    def to_device(self, embeddings: np.ndarray) -> cp.ndarray:
-        """One host-to-device copy of float32 data (float64 is converted block by block)."""
+    def to_device(self, embeddings: np.ndarray) -> Any:
+        """One host-to-device copy of float32 data (other floats converted block by block)."""
         check_embeddings(embeddings)
+        xp = self.dev.xp
         if embeddings.dtype == np.float32:
-            return cp.ascontiguousarray(cp.asarray(embeddings))
+            return xp.ascontiguousarray(self.dev.asarray(embeddings))
         n, d = embeddings.shape
-        out = cp.empty((n, d), dtype=cp.float32)
+        out = xp.empty((n, d), dtype=xp.float32)
         step = max(1, H2D_BLOCK_BYTES // (8 * d))
         for start in range(0, n, step):
             block = np.ascontiguousarray(embeddings[start : start + step], dtype=np.float32)
-            out[start : start + step] = cp.asarray(block)
+            out[start : start + step] = self.dev.asarray(block)
         return out
 
-    def take(self, x: cp.ndarray, rows: np.ndarray) -> cp.ndarray:
+    def take(self, x: Any, rows: np.ndarray) -> Any:
         """Rows ``rows`` of ``x``, gathered on the device."""
-        return x[cp.asarray(as_rows(rows, len(x)))]
+        return x[self.dev.asarray(as_rows(rows, len(x)))]
 
     def to_host(self, x: Any) -> np.ndarray:
-        return cp.asnumpy(x) if isinstance(x, cp.ndarray) else np.asarray(x)
+        return self.dev.to_host(x)
 
-    def n_rows(self, x: cp.ndarray) -> int:
+    def n_rows(self, x: Any) -> int:
         return int(x.shape[0])
 
-    def _subset(self, x: cp.ndarray, rows: np.ndarray | None) -> tuple[cp.ndarray, np.ndarray]:
+    def _subset(self, x: Any, rows: np.ndarray | None) -> tuple[Any, np.ndarray]:
         if rows is None:
             return x, np.arange(len(x), dtype=np.int64)
         picked = as_rows(rows, len(x))
-        return x[cp.asarray(picked)], picked
+        return x[self.dev.asarray(picked)], picked
 
     # ---- neighbours -------------------------------------------------------------------
 
-    def neighbors(self, x: cp.ndarray, k: int, *, seed: int = 0) -> Neighbors:
-        """Exact kNN table on the GPU; above COARSE_ABOVE rows also a k-means cell partition."""
-        idx, dist = exact_search(x, x, min(k, len(x)))
+    def neighbors(self, x: Any, k: int, *, seed: int = 0) -> Neighbors:
+        """Exact kNN table on the device; above ``coarse_above`` rows also a k-means cell
+        partition (about sqrt(n) cells) for the projection's coarse initialisation."""
+        host = self.dev.to_host
+        idx, dist = exact_search(self.dev, x, x, min(k, len(x)))
         cells = None
         if len(x) > self.coarse_above:
             n_cells = max(8, int(np.sqrt(len(x))))
-            _, labels, _ = lloyd(x, n_cells, n_iter=5, seed=seed)
-            cells = cp.asnumpy(labels)
-        return Neighbors(cp.asnumpy(idx), cp.asnumpy(dist), "exact-gpu", cells)
+            _, labels, _ = lloyd(self.dev, x, n_cells, n_iter=5, seed=seed)
+            cells = host(labels)
+        method = "exact-gpu" if self.standin is None else f"exact-{self.standin}-standin"
+        return Neighbors(host(idx), host(dist), method, cells)
 
-    def knn(
-        self, x: cp.ndarray, k: int, rows: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact ``(indices, distances)``; global row numbers, each row first in its list."""
+    def cosine_knn(self, x: Any, k: int, *, seed: int = 0) -> Neighbors:
+        """Each row's ``k`` nearest rows by cosine distance (itself first): an exact search of
+        the unit rows on the device (cosine distance = half the squared Euclidean one)."""
+        xp = self.dev.xp
+        norms = xp.sqrt(sq_norms(self.dev, x))
+        unit = x / xp.where(norms > 0, norms, xp.float32(1.0))[:, None]
+        idx, dist = exact_search(self.dev, unit, unit, min(k, len(x)))
+        cosine = np.clip(self.dev.to_host(dist).astype(np.float32) ** 2 / 2, 0.0, 2.0)
+        idx = self.dev.to_host(idx).astype(np.int64)
+        fixed = self_first(idx)
+        moved = ~(fixed == idx).all(axis=1)
+        for i in np.flatnonzero(moved):  # exact duplicates put another row first: reorder
+            where = {int(r): j for j, r in enumerate(idx[i])}
+            cosine[i] = [0.0 if r == i else cosine[i, where[r]] if r in where else np.inf
+                         for r in fixed[i]]  # fmt: skip
+        method = "exact-gpu" if self.standin is None else f"exact-{self.standin}-standin"
+        return Neighbors(fixed, cosine, f"{method}-cosine")
+
+    def knn(self, x: Any, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact ``(indices, distances)``; global row numbers, nearest first, ties by row."""
         if k < 1:
             raise InvalidRequest(f"k must be at least 1: got {k}")
         data, picked = self._subset(x, rows)
-        idx, dist = exact_search(data, data, min(k, len(data)))
-        return picked[cp.asnumpy(idx)], cp.asnumpy(dist)
+        idx, dist = exact_search(self.dev, data, data, min(k, len(data)))
+        return picked[self.dev.to_host(idx)], self.dev.to_host(dist)
 
     def nearest_rows(
-        self, x: cp.ndarray, points: np.ndarray, count: int, *, rows: np.ndarray | None = None
+        self, x: Any, points: np.ndarray, count: int, *, rows: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``count`` rows (global indices) nearest each of ``points``, and distances."""
         data, picked = self._subset(x, rows)
-        queries = cp.asarray(np.ascontiguousarray(points, dtype=np.float32))
-        idx, dist = exact_search(data, queries, count)
-        return picked[cp.asnumpy(idx)], cp.asnumpy(dist)
+        queries = self.dev.asarray(np.ascontiguousarray(points, dtype=np.float32))
+        idx, dist = exact_search(self.dev, data, queries, count)
+        return picked[self.dev.to_host(idx)], self.dev.to_host(dist)
 
     def nearest_sample_distances(
-        self, x: cp.ndarray, query_rows: np.ndarray, sample_rows: np.ndarray
+        self, x: Any, query_rows: np.ndarray, sample_rows: np.ndarray
     ) -> np.ndarray:
         """Distance from each query row to its nearest sampled row (float32)."""
-        queries = x[cp.asarray(as_rows(query_rows, len(x)))]
-        sample = x[cp.asarray(as_rows(sample_rows, len(x)))]
+        queries = x[self.dev.asarray(as_rows(query_rows, len(x)))]
+        sample = x[self.dev.asarray(as_rows(sample_rows, len(x)))]
         if len(sample) == 0:
             raise InvalidRequest("the sample is empty: nothing to measure distances to")
-        _, dist = exact_search(sample, queries, 1)
-        return cp.asnumpy(dist[:, 0]).astype(np.float32)
+        _, dist = exact_search(self.dev, sample, queries, 1)
+        return self.dev.to_host(dist[:, 0]).astype(np.float32)
 
     # ---- clustering -------------------------------------------------------------------
 
     def kmeans(
-        self, x: cp.ndarray, k: int, *, rows: np.ndarray | None, seed: int, n_iter: int
+        self, x: Any, k: int, *, rows: np.ndarray | None, seed: int, n_iter: int
     ) -> tuple[np.ndarray, np.ndarray, float]:
-        """``(centroids, labels, inertia)`` of Lloyd's K-means on the GPU (k-means++ seeds)."""
+        """``(centroids, labels, inertia)`` of Lloyd's K-means on the device (k-means++ seeds);
+        the same seed gives the same result, and the inertia is exact fp32."""
         data, _ = self._subset(x, rows)
-        centroids, labels, inertia = lloyd(data, k, n_iter=n_iter, seed=seed)
-        return cp.asnumpy(centroids), cp.asnumpy(labels), inertia
+        centroids, labels, inertia = lloyd(self.dev, data, k, n_iter=n_iter, seed=seed)
+        return self.dev.to_host(centroids), self.dev.to_host(labels), inertia

@@ -1,98 +1,140 @@
-"""Lloyd's K-means on the GPU with CuPy (imported only by GPU backends).
+"""Lloyd's K-means for the CuPy tier, written once against ``dev.xp`` (cupy, or numpy).
 
 * Seeding: k-means++ (D^2 sampling) run on a 64-dim PCA of the rows, where each of the k
   sequential steps touches ``n x 64`` floats instead of ``n x D``; the seeds are rows, so
   the centroids start in the full space.
-* Iterations: blocked GEMM distances + ``argmin``, centroid sums by ``scatter_add``;
-  empty clusters are re-seeded with the points farthest from their centroid.
+* Iterations: blocked GEMM distances + ``argmin``; centroid sums by :func:`segment_sums`,
+  which sorts the rows by label and differences a float64 running sum.  It adds in the same
+  order on every run, unlike ``cupyx.scatter_add``'s float32 atomics, so the same seed gives
+  the same centroids, labels and diversity sample.  Empty clusters are re-seeded with the
+  points farthest from their centroid.
+* The inertia is recomputed from exact fp32 differences at the end: GEMM distances (TF32
+  when ``CUPY_TF32=1``) only choose labels.
 """
 
 from __future__ import annotations
 
-import cupy as cp
-import cupyx
+from typing import Any
+
 import numpy as np
 
-__all__ = ["assign", "lloyd", "pca_reduce", "seed_rows"]
+from tessera_gpu.backends.cupy_knn import sq_norms
+
+__all__ = ["assign", "exact_inertia", "lloyd", "pca_reduce", "seed_rows", "segment_sums"]
 
 GRAM_BYTES = 1 << 29
+SUM_BYTES = 1 << 28  # float64 running sums per column block
+REDUCE_TO = 64
 
 
 def pca_reduce(
-    data: cp.ndarray, n_components: int, *, seed: int, sample_size: int = 20_000
-) -> cp.ndarray:
+    dev: Any, data: Any, n_components: int, *, seed: int, sample_size: int = 20_000
+) -> Any:
     """Rows projected on the top principal axes of a seeded row sample (float32)."""
+    xp = dev.xp
     n, d = data.shape
     if d <= n_components:
         return data
     rng = np.random.default_rng(seed)
-    rows = cp.asarray(np.sort(rng.choice(n, min(n, sample_size), replace=False)))
+    rows = dev.asarray(np.sort(rng.choice(n, min(n, sample_size), replace=False)))
     sample = data[rows]
-    mean = sample.mean(axis=0)
+    mean = sample.mean(axis=0, dtype=xp.float64).astype(xp.float32)
     centred = sample - mean
-    cov = centred.T @ centred
-    _, vecs = cp.linalg.eigh(cov.astype(cp.float64))
-    basis = cp.ascontiguousarray(vecs[:, ::-1][:, :n_components].astype(cp.float32))
-    return data @ basis - mean @ basis
+    cov = dev.matmul(centred.T, centred)
+    _, vecs = xp.linalg.eigh(cov.astype(xp.float64))
+    basis = xp.ascontiguousarray(vecs[:, ::-1][:, :n_components].astype(xp.float32))
+    return dev.matmul(data, basis) - dev.matmul(mean[None, :], basis)
 
 
-def seed_rows(reduced: cp.ndarray, k: int, *, seed: int) -> cp.ndarray:
+def seed_rows(dev: Any, reduced: Any, k: int, *, seed: int) -> Any:
     """k-means++ seeding; returns ``k`` row indices (device int64)."""
+    xp = dev.xp
     rng = np.random.default_rng(seed)
     n = len(reduced)
-    draws = cp.asarray(rng.random(k))
-    chosen = cp.empty(k, dtype=cp.int64)
+    draws = dev.asarray(rng.random(k))
+    chosen = xp.empty(k, dtype=xp.int64)
     chosen[0] = int(rng.integers(n))
-    mind = cp.full(n, cp.inf, dtype=cp.float32)
+    mind = xp.full(n, xp.inf, dtype=xp.float32)
     for j in range(1, k):
         diff = reduced - reduced[chosen[j - 1]]
-        cp.minimum(mind, cp.einsum("ij,ij->i", diff, diff), out=mind)
-        cum = cp.cumsum(mind, dtype=cp.float64)
-        pick = cp.searchsorted(cum, (draws[j] * cum[-1])[None], side="right")
-        chosen[j] = cp.minimum(pick[0], n - 1)
+        xp.minimum(mind, (diff * diff).sum(axis=1), out=mind)
+        cum = xp.cumsum(mind, dtype=xp.float64)
+        pick = xp.searchsorted(cum, (draws[j] * cum[-1])[None], side="right")
+        chosen[j] = xp.minimum(pick[0], n - 1)
     return chosen
 
 
-def assign(data: cp.ndarray, centroids: cp.ndarray) -> tuple[cp.ndarray, cp.ndarray]:
-    """Nearest centroid per row and the squared distance to it."""
+def assign(dev: Any, data: Any, centroids: Any) -> tuple[Any, Any]:
+    """Nearest centroid per row (by GEMM distances) and that squared distance."""
+    xp = dev.xp
     n = len(data)
-    labels = cp.empty(n, dtype=cp.int64)
-    mind = cp.empty(n, dtype=cp.float32)
-    cn = cp.einsum("ij,ij->i", centroids, centroids)
+    labels = xp.empty(n, dtype=xp.int64)
+    mind = xp.empty(n, dtype=xp.float32)
+    cn = sq_norms(dev, centroids)
     step = max(1, GRAM_BYTES // (4 * len(centroids)))
     for start in range(0, n, step):
         block = data[start : start + step]
-        d2 = cn[None, :] - 2.0 * (block @ centroids.T)
-        labels[start : start + step] = cp.argmin(d2, axis=1)
-        best = cp.take_along_axis(d2, labels[start : start + step, None], 1)[:, 0]
-        mind[start : start + step] = cp.maximum(best + cp.einsum("ij,ij->i", block, block), 0)
+        d2 = cn[None, :] - 2.0 * dev.matmul(block, centroids.T)
+        best_at = xp.argmin(d2, axis=1)
+        labels[start : start + step] = best_at
+        best = xp.take_along_axis(d2, best_at[:, None], 1)[:, 0]
+        mind[start : start + step] = xp.maximum(best + sq_norms(dev, block), 0)
     return labels, mind
 
 
-def _update(data: cp.ndarray, labels: cp.ndarray, mind: cp.ndarray, centroids: cp.ndarray) -> None:
-    k = len(centroids)
-    sums = cp.zeros_like(centroids)
-    cupyx.scatter_add(sums, labels, data)
-    counts = cp.bincount(labels, minlength=k)
+def segment_sums(dev: Any, data: Any, labels: Any, k: int) -> tuple[Any, Any]:
+    """``(sums (k, d) float32, counts (k,))`` of the rows per label, in a fixed order.
+
+    Rows are sorted by label (a stable sort), summed cumulatively in float64 and differenced
+    at the label boundaries: the same bits on every run, whatever the thread schedule.
+    """
+    xp = dev.xp
+    n, d = data.shape
+    order = xp.argsort(labels, kind="stable")
+    counts = xp.bincount(labels, minlength=k)
+    ends = xp.cumsum(counts)
+    starts = ends - counts
+    sums = xp.empty((k, d), dtype=xp.float32)
+    step = max(1, SUM_BYTES // (8 * (n + 1)))
+    for c0 in range(0, d, step):
+        running = xp.zeros((n + 1, min(step, d - c0)), dtype=xp.float64)
+        xp.cumsum(data[order, c0 : c0 + step], axis=0, dtype=xp.float64, out=running[1:])
+        sums[:, c0 : c0 + step] = running[ends] - running[starts]
+    return sums, counts
+
+
+def exact_inertia(dev: Any, data: Any, centroids: Any, labels: Any) -> float:
+    """Sum of squared distances to the own centroid, from fp32 differences (float64 total)."""
+    xp = dev.xp
+    total = 0.0
+    step = max(1, GRAM_BYTES // (4 * data.shape[1]))
+    for start in range(0, len(data), step):
+        diff = data[start : start + step] - centroids[labels[start : start + step]]
+        total += float((diff * diff).sum(axis=1).sum(dtype=xp.float64))
+    return total
+
+
+def _update(dev: Any, data: Any, labels: Any, mind: Any, centroids: Any) -> None:
+    xp = dev.xp
+    sums, counts = segment_sums(dev, data, labels, len(centroids))
     filled = counts > 0
-    centroids[filled] = sums[filled] / counts[filled].astype(cp.float32)[:, None]
+    centroids[filled] = sums[filled] / counts[filled].astype(xp.float32)[:, None]
     n_empty = int((~filled).sum())
     if n_empty:
-        far = cp.argsort(-mind)[:n_empty]
-        centroids[cp.flatnonzero(~filled)] = data[far]
+        far = xp.argsort(-mind, kind="stable")[:n_empty]
+        centroids[xp.flatnonzero(~filled)] = data[far]
 
 
-def lloyd(
-    data: cp.ndarray, k: int, *, n_iter: int, seed: int
-) -> tuple[cp.ndarray, cp.ndarray, float]:
+def lloyd(dev: Any, data: Any, k: int, *, n_iter: int, seed: int) -> tuple[Any, Any, float]:
     """``(centroids, labels, inertia)`` on device; stops early once labels are stable."""
-    start = seed_rows(pca_reduce(data, 64, seed=seed), k, seed=seed)
-    centroids = data[start].astype(cp.float32, copy=True)
-    labels, mind = assign(data, centroids)
+    xp = dev.xp
+    start = seed_rows(dev, pca_reduce(dev, data, REDUCE_TO, seed=seed), k, seed=seed)
+    centroids = data[start].astype(xp.float32, copy=True)
+    labels, mind = assign(dev, data, centroids)
     for _ in range(n_iter):
-        _update(data, labels, mind, centroids)
-        new_labels, mind = assign(data, centroids)
-        if bool(cp.array_equal(new_labels, labels)):
+        _update(dev, data, labels, mind, centroids)
+        new_labels, mind = assign(dev, data, centroids)
+        if bool(xp.array_equal(new_labels, labels)):
             break
         labels = new_labels
-    return centroids, labels, float(mind.sum(dtype=cp.float64))
+    return centroids, labels, exact_inertia(dev, data, centroids, labels)

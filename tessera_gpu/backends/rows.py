@@ -8,7 +8,7 @@ import numpy as np
 
 from tessera_gpu.errors import InvalidRequest
 
-__all__ = ["as_rows", "check_embeddings"]
+__all__ = ["as_rows", "check_embeddings", "self_first"]
 
 
 def check_embeddings(embeddings: Any) -> None:
@@ -37,3 +37,19 @@ def as_rows(rows: Any, n_total: int) -> np.ndarray:
         bad = int(arr.min() if arr.min() < 0 else arr.max())
         raise InvalidRequest(f"row index {bad} out of range for {n_total:,} rows")
     return arr
+
+
+def self_first(cand: np.ndarray) -> np.ndarray:
+    """Each row's candidate list with the row itself in column 0 (duplicates may have pushed it
+    elsewhere, or out)."""
+    n, c = cand.shape
+    rows = np.arange(n, dtype=np.int64)
+    is_self = cand == rows[:, None]
+    out = np.empty_like(cand)
+    out[:, 0] = rows
+    for i in np.flatnonzero(~is_self[:, 0] | (is_self.sum(axis=1) != 1)):
+        others = [int(v) for v in cand[i] if v != i]
+        out[i, 1:] = (others + [-1] * c)[: c - 1]
+    fine = is_self[:, 0] & (is_self.sum(axis=1) == 1)
+    out[fine, 1:] = cand[fine, 1:]
+    return out

@@ -1,8 +1,9 @@
 """``tessera doctor``: what is installed and usable here, and which backend Tessera will use.
 
 Nothing heavy is imported unless it is there: package versions come from their metadata,
-and the GPU is probed through :func:`~.backends.gpu_status` (which imports CuPy only when
-it is installed).
+and the GPU is probed through :func:`~.backends.gpu_probe` (which imports CuPy only when
+it is installed, and counts a GPU only once a kernel, a matmul and ``eigh`` ran on it).
+When ``TESSERA_GPU_STANDIN`` is set, the report says so on its own line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import click
 import h5py
 
 from tessera_gpu import __version__
-from tessera_gpu.backends import gpu_status, make_backend
+from tessera_gpu.backends import GpuStatus, gpu_probe, make_backend
 
 __all__ = ["diagnose", "doctor"]
 
@@ -64,7 +65,8 @@ def _kernel_layer() -> str:
 
 def diagnose(device: str | None = None) -> dict[str, Any]:
     """Everything ``tessera doctor`` reports, as plain data."""
-    gpu, reason = gpu_status()
+    status = gpu_probe()
+    gpu, reason = status.best, status.reason
     report: dict[str, Any] = {
         "tessera": __version__,
         "python": platform.python_version(),
@@ -76,18 +78,23 @@ def diagnose(device: str | None = None) -> dict[str, Any]:
         "packages": {name: _package(*spec) for name, spec in PACKAGES.items()},
         "gpu": None,
         "gpu_reason": reason,
+        "gpu_cause": status.cause,
+        "standin": status.standin,
     }
     if gpu is not None:
         report["gpu"] = make_backend("cupy").describe()
     mode = (device or os.environ.get("TESSERA_DEVICE") or "auto").lower()
     report["mode"] = mode
-    report["will_use"], report["why"] = _choice(mode, gpu, reason)
+    report["will_use"], report["why"] = _choice(mode, status)
     return report
 
 
-def _choice(mode: str, gpu: str | None, reason: str) -> tuple[str | None, str]:
+def _choice(mode: str, status: GpuStatus) -> tuple[str | None, str]:
+    gpu, reason = status.best, status.reason
     if mode == "cpu":
         return "cpu", "--device cpu (or TESSERA_DEVICE=cpu) was asked for"
+    if status.standin:
+        return "cupy", f"{reason}: the CuPy tier runs on the CPU, not a GPU"
     if gpu == "cuml":
         return "cuml", "a GPU is present and RAPIDS cuML imports"
     if gpu == "cupy":
@@ -97,21 +104,27 @@ def _choice(mode: str, gpu: str | None, reason: str) -> tuple[str | None, str]:
     return "cpu", f"no GPU backend: {reason}"
 
 
-def _lines(report: dict[str, Any]) -> list[str]:
+def _gpu_line(report: dict[str, Any]) -> str:
     gpu = report["gpu"]
+    if report["standin"]:
+        return f"{report['standin']} stand-in for CuPy (TESSERA_GPU_STANDIN: tests only)"
+    if not gpu:
+        return f"none ({report['gpu_reason']})"
+    free, total = gpu["gpu_memory_free_gib"], gpu["gpu_memory_total_gib"]
+    return (
+        f"{gpu['device']}: {free} of {total} GiB free, CUDA runtime {gpu['cuda_runtime']}, "
+        f"{gpu['allocator']} allocator"
+    )
+
+
+def _lines(report: dict[str, Any]) -> list[str]:
     rows = [
         ("tessera", report["tessera"]),
         ("python", f"{report['python']} on {report['platform']}"),
         ("cpu", f"{report['cpu_cores']} cores, {report['memory_gib']} GiB memory"),
         ("hdf5", report["hdf5"]),
         ("kernels", report["cpu_kernels"]),
-        (
-            "gpu",
-            f"{gpu['device']}: {gpu['gpu_memory_free_gib']} of {gpu['gpu_memory_total_gib']} GiB "
-            f"free, CUDA runtime {gpu['cuda_runtime']}"
-            if gpu
-            else f"none ({report['gpu_reason']})",
-        ),
+        ("gpu", _gpu_line(report)),
     ]
     rows += [(name, version or "not installed") for name, version in report["packages"].items()]
     width = max(len(k) for k, _ in rows)

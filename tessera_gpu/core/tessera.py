@@ -30,7 +30,7 @@ import msgspec
 import numpy as np
 
 from tessera_gpu import __version__
-from tessera_gpu.backends import Backend, get_backend
+from tessera_gpu.backends import Backend, get_backend, on_gpu
 from tessera_gpu.core.catalog import Catalog, DatasetEntry, now
 from tessera_gpu.core.datadir import DataDir
 from tessera_gpu.core.jobs import ProjectionJobs, ProjectionStatus
@@ -115,7 +115,7 @@ class Tessera:
         self.catalog = Catalog(self.data.catalog_path)
         self.cache = ProjectionCache(self.data.cache_dir)
         self.jobs = ProjectionJobs(self.backend, self.cache, listener=self._record_job)
-        self.maps = MapCache()
+        self.maps = MapCache(gpu=on_gpu(self.backend))
         self.uploads = UploadSlots()
         self._live: dict[str, Live] = {}
         self._lock = threading.Lock()

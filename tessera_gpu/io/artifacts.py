@@ -140,7 +140,9 @@ def decode(raw: bytes) -> Artifact | None:
         nbytes = count * np.dtype(dtype).itemsize
         if offset + nbytes > len(payload):
             return None
-        arrays[name] = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+        arrays[name] = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(
+            shape
+        )
         offset += nbytes
     if offset != len(payload):
         return None

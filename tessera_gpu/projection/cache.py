@@ -1,4 +1,8 @@
-"""The projection cache on disk: one file per (embeddings content, params, algorithm version).
+"""The projection cache on disk: one file per (embeddings content, params, backend, version).
+
+Maps from different backends are never interchangeable: cuML's UMAP is another algorithm, and
+the CuPy tier's exact kNN is not the CPU tier's PCA-64 search, so the key names the backend
+(and a stand-in, whose maps are for tests only).
 
 File layout (little-endian)::
 
@@ -29,7 +33,7 @@ import numpy as np
 from tessera_gpu.io.files import write_atomic
 from tessera_gpu.projection.project import Projection, ProjectionParams
 
-__all__ = ["ALGORITHM_VERSION", "ProjectionCache"]
+__all__ = ["ALGORITHM_VERSION", "ProjectionCache", "backend_tag"]
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +52,14 @@ class ProjectionCache:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
-    def key(content_hash: str, params: ProjectionParams) -> str:
-        """``<content>-<params>``: hex digests of the embeddings' content hash, and of every
-        param with ALGORITHM_VERSION. The content part lets :meth:`forget` find every map of
-        one dataset, whatever parameters it was projected with."""
-        blob = json.dumps({"params": asdict(params), "version": ALGORITHM_VERSION}, sort_keys=True)
+    def key(content_hash: str, params: ProjectionParams, *, backend: str) -> str:
+        """``<content>-<rest>``: hex digests of the embeddings' content hash, and of every
+        param, the backend (:func:`backend_tag`) and ALGORITHM_VERSION. The content part lets
+        :meth:`forget` find every map of one dataset, whatever made it."""
+        blob = json.dumps(
+            {"params": asdict(params), "backend": backend, "version": ALGORITHM_VERSION},
+            sort_keys=True,
+        )
         return f"{_content_part(content_hash)}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
 
     def path(self, key: str) -> Path:
@@ -90,6 +97,12 @@ class ProjectionCache:
             log.warning("projection cache: cannot write %s: %s", self.path(key), exc)
             return False
         return True
+
+
+def backend_tag(backend: Any) -> str:
+    """The backend's part of a cache key: its name, plus the stand-in's when one is on."""
+    standin = getattr(backend, "standin", None)
+    return f"{backend.name}+{standin}-standin" if standin else str(backend.name)
 
 
 def _content_part(content_hash: str) -> str:

@@ -222,7 +222,9 @@ def project_cached(
     if cache is None or not content_hash:
         result = project(x, backend=backend, params=params, progress=progress)
         return Projection(result.coords, {**result.info, "cache": "off"})
-    key = cache.key(content_hash, params)
+    from tessera_gpu.projection.cache import backend_tag
+
+    key = cache.key(content_hash, params, backend=backend_tag(backend))
     hit = cache.load(key)
     if hit is not None:
         if progress is not None:

@@ -122,7 +122,8 @@ class ProjectionMaps:
 class MapCache:
     """:class:`ProjectionMaps` per dataset id, rebuilt when the projection changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, gpu: bool = False) -> None:
+        self.gpu = gpu  # tiles aggregate through cuDF (a GPU backend's server)
         self._maps: dict[str, ProjectionMaps] = {}
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
@@ -159,7 +160,8 @@ class MapCache:
                 current = self._maps.get(dataset_id)
             if current is not None and current.coords is coords:
                 return current
-            maps = ProjectionMaps(dataset, coords, TileIndex(coords), NearestIndex(coords))
+            maps = ProjectionMaps(dataset, coords, TileIndex(coords, gpu=self.gpu),
+                                  NearestIndex(coords))  # fmt: skip
             maps.tiles.warm()
             with self._lock:
                 self._maps[dataset_id] = maps
