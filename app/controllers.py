@@ -50,12 +50,15 @@ SampleId = Annotated[str, PathParameter(description="The sample's id.", max_leng
 FILTER_DOC = (
     'A filter: {"filter": [{"field": "task", "op": "eq", "value": "pick"}, ...]}; all '
     "conditions must hold. Ops: eq ne in not_in (every field), lt le gt ge between (numbers), "
-    "within (the map pseudo-field, a polygon on the finished projection)."
+    "within (the map pseudo-field, a polygon on the finished projection); the episode_id "
+    'pseudo-field; {"field": "duplicates", "op": "keep_one", "value": 0.05} keeps one '
+    'episode per near-duplicate group. Optional "dedup_threshold": the same cut, counted.'
 )
 SAMPLE_DOC = (
     '{"method": "kmeans"|"stratified"|"random", "n": int, "seed": int, "filter": [...], '
-    '"stratify_by": a category or bool field (stratified), "allocation": '
-    '"proportional"|"equal"}'
+    '"stratify_by": a category, bool or number field (numbers: quantile bins; stratified, or '
+    'kmeans within strata), "allocation": "proportional"|"equal", "dedup_threshold": cosine '
+    "distance in (0, 1]: near-duplicate groups cut to their keepers before sampling}"
 )
 
 
@@ -317,10 +320,12 @@ class EpisodeController(Controller):
         data: Annotated[dict[str, Any] | None, Body(description=FILTER_DOC)] = None,
     ) -> Count:
         """How many episodes match the filter (``count``) out of all (``total``); no body or
-        no filter counts every episode."""
+        no filter counts every episode. With ``dedup_threshold`` (a cosine distance in
+        (0, 1]), near-duplicate groups among the matches are first cut to their keepers and
+        ``removed`` says how many that dropped (503 while the similarity graph is built)."""
         data = data or {}
-        _only_keys(data, {"filter"}, "count request")
-        return tessera.count(dataset_id, data.get("filter"))
+        _only_keys(data, {"filter", "dedup_threshold"}, "count request")
+        return tessera.count(dataset_id, data.get("filter"), data.get("dedup_threshold"))
 
 
 def _only_keys(data: dict[str, Any], allowed: set[str], what: str) -> None:

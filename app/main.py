@@ -37,6 +37,7 @@ from .error_handlers import EXCEPTION_HANDLERS
 from .maps import MapController, PreviewController
 from .openapi_docs import document_errors
 from .page import PAGE_HANDLERS
+from .similarity import SimilarityController
 
 __all__ = ["CONTROLLERS", "create_app"]
 
@@ -83,6 +84,7 @@ def create_app(
             *CONTROLLERS,
             MapController,
             PreviewController,
+            SimilarityController,
             *PAGE_HANDLERS,
             login,
             *route_handlers,

@@ -15,14 +15,25 @@ finite ints or floats (never bools); category and string values are strings. A c
 that the dataset does not hold is allowed and matches no episode (so ``ne`` matches every
 episode): a saved filter stays valid across datasets, exactly as for free-text string fields.
 
-``map`` is a pseudo-field for box/lasso selection; a real metadata field named ``map`` wins.
+Pseudo-fields (a real metadata field of the same name wins):
+
+=================  ===================================================================
+``map``            ``within`` a polygon ``[[x, y], ...]`` on the 2-D projection
+``episode_id``     ``eq ne in not_in`` the episodes' ids
+``selection``      ``in not_in`` a list of named selections (the union of their episodes)
+``duplicates``     ``keep_one`` a cosine-distance threshold: every near-duplicate group among
+                   the episodes the *other* conditions match is cut to its keeper
+=================  ===================================================================
+
+What the pseudo-fields refer to (the map, the selections, the similarity graph) comes in a
+:class:`FilterContext`; a condition whose context is missing is a clear error.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +43,16 @@ from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.io.dataset import Dataset, Field
 
 __all__ = [
+    "DUPLICATES_FIELD",
+    "EPISODE_ID_FIELD",
     "MAP_FIELD",
     "MAX_CONDITIONS",
     "MAX_IN_VALUES",
     "MAX_POLYGON_POINTS",
     "OPS",
+    "SELECTION_FIELD",
     "Condition",
+    "FilterContext",
     "filter_mask",
     "filter_rows",
     "parse_filter",
@@ -47,6 +62,10 @@ __all__ = [
 
 OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "between")
 MAP_FIELD = "map"
+EPISODE_ID_FIELD = "episode_id"
+SELECTION_FIELD = "selection"
+DUPLICATES_FIELD = "duplicates"
+PSEUDO_FIELDS = (MAP_FIELD, EPISODE_ID_FIELD, SELECTION_FIELD, DUPLICATES_FIELD)
 #: Bounds on one filter, so a request cannot make the server do unbounded work.
 MAX_CONDITIONS = 64
 MAX_IN_VALUES = 10_000
@@ -65,6 +84,25 @@ _COMPARE = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equ
 
 
 @dataclass(frozen=True)
+class FilterContext:
+    """What pseudo-field conditions refer to; each part may be absent.
+
+    * ``coords``: the finished ``(N, 2)`` projection (``map within``).
+    * ``selections(names)``: the union mask of named selections; raises
+      :class:`~tessera_gpu.errors.InvalidRequest` naming unknown ones.
+    * ``keep_one(threshold, mask)``: ``mask`` with every near-duplicate group cut to its
+      keeper; raises when the similarity graph is not ready.
+    * ``version``: changes whenever what the parts answer changes (a new selection, a new
+      graph), so cached masks are keyed by it.
+    """
+
+    coords: np.ndarray | None = None
+    selections: Callable[[Sequence[str]], np.ndarray] | None = None
+    keep_one: Callable[[float, np.ndarray], np.ndarray] | None = None
+    version: str = ""
+
+
+@dataclass(frozen=True)
 class Condition:
     """One checked condition. ``value`` is normalised: a scalar, a tuple for ``in``/``not_in``,
     ``(low, high)`` for ``between``, and a tuple of ``(x, y)`` points for ``within``."""
@@ -75,13 +113,19 @@ class Condition:
 
 
 def parse_filter(
-    raw: Any, dataset: Dataset, *, coords: np.ndarray | None = None
+    raw: Any,
+    dataset: Dataset,
+    *,
+    coords: np.ndarray | None = None,
+    context: FilterContext | None = None,
 ) -> list[Condition]:
     """Check a raw filter (a list of condition dicts, or None) against ``dataset``.
 
-    ``coords`` is the finished ``(N, 2)`` projection; without it a ``map`` condition is refused.
-    Raises :class:`InvalidRequest` naming the field and the op on any mistake.
+    ``context`` says what pseudo-fields refer to (``coords`` alone is a shortcut for the map);
+    without its part, such a condition is refused. Raises :class:`InvalidRequest` naming the
+    field and the op on any mistake.
     """
+    ctx = context or FilterContext(coords=coords)
     if raw is None:
         return []
     if not isinstance(raw, list | tuple):
@@ -90,12 +134,10 @@ def parse_filter(
         raise InvalidRequest(
             f"filter has {len(raw):,} conditions; at most {MAX_CONDITIONS} are allowed"
         )
-    return [_parse_condition(item, i, dataset, coords) for i, item in enumerate(raw, 1)]
+    return [_parse_condition(item, i, dataset, ctx) for i, item in enumerate(raw, 1)]
 
 
-def _parse_condition(
-    item: Any, position: int, dataset: Dataset, coords: np.ndarray | None
-) -> Condition:
+def _parse_condition(item: Any, position: int, dataset: Dataset, ctx: FilterContext) -> Condition:
     if not isinstance(item, dict):
         raise InvalidRequest(
             f"filter condition {position} must be an object "
@@ -109,8 +151,8 @@ def _parse_condition(
     name, op, value = item["field"], item["op"], item["value"]
     if not isinstance(name, str):
         raise InvalidRequest(f"filter condition {position}: field must be a string")
-    if name not in dataset.fields and name == MAP_FIELD:
-        return _parse_map_condition(op, value, coords)
+    if name not in dataset.fields and name in PSEUDO_FIELDS:
+        return _parse_pseudo_condition(name, op, value, ctx)
     fld = dataset.fields.get(name)
     if fld is None:
         names = ", ".join(f.name for f in dataset.fields.values() if f.filterable)
@@ -171,6 +213,37 @@ def _scalar(fld: Field, value: Any, op: str, where: str) -> Any:
     return value
 
 
+def _parse_pseudo_condition(name: str, op: Any, value: Any, ctx: FilterContext) -> Condition:
+    if name == MAP_FIELD:
+        return _parse_map_condition(op, value, ctx.coords)
+    if name == EPISODE_ID_FIELD:
+        fake = Field(EPISODE_ID_FIELD, "string", np.zeros(0, dtype=object))
+        where = f"filter on {name!r} (episode ids)"
+        if not isinstance(op, str) or op not in _EQUALITY_OPS:
+            ops = _or_list(_EQUALITY_OPS)
+            raise InvalidRequest(f"{where}: op {op!r} is not allowed; use {ops}")
+        return Condition(name, op, _parse_value(fake, op, value, where))
+    if name == SELECTION_FIELD:
+        where = f"filter on {name!r} (named selections)"
+        if op not in ("in", "not_in"):
+            raise InvalidRequest(f"{where}: op {op!r} is not allowed; use in or not_in")
+        names = value if isinstance(value, list | tuple) else None
+        if not names or not all(isinstance(v, str) for v in names):
+            raise InvalidRequest(f"{where}: {op!r} needs a list of selection names")
+        if ctx.selections is None:
+            raise InvalidRequest("selection conditions need a registered dataset's selections")
+        return Condition(name, op, ctx.selections(list(names)))
+    where = f"filter on {name!r} (near-duplicates)"
+    if op != "keep_one":
+        raise InvalidRequest(f"{where}: op {op!r} is not allowed; use keep_one")
+    from tessera_gpu.similarity import check_threshold  # similarity imports this module
+
+    threshold = check_threshold(value, f"{name} threshold")
+    if ctx.keep_one is None:
+        raise InvalidRequest("keep_one needs the dataset's similarity graph (embeddings)")
+    return Condition(name, op, threshold)
+
+
 def _parse_map_condition(op: Any, value: Any, coords: np.ndarray | None) -> Condition:
     where = f"filter on {MAP_FIELD!r} (map selection)"
     if op != "within":
@@ -194,25 +267,47 @@ def _finite(value: Any) -> bool:
 
 
 def filter_mask(
-    dataset: Dataset, conditions: Sequence[Condition], *, coords: np.ndarray | None = None
+    dataset: Dataset,
+    conditions: Sequence[Condition],
+    *,
+    coords: np.ndarray | None = None,
+    context: FilterContext | None = None,
 ) -> np.ndarray:
-    """A boolean mask of length N: the episodes matching every condition (all when none)."""
+    """A boolean mask of length N: the episodes matching every condition (all when none).
+    ``keep_one`` conditions apply last, to what the others match."""
+    ctx = context or FilterContext(coords=coords)
     mask = np.ones(dataset.n_episodes, dtype=bool)
     for cond in conditions:
+        if cond.op == "keep_one":
+            continue
         if cond.op == "within":
-            if coords is None:
+            if ctx.coords is None:
                 raise InvalidRequest("map selection needs a finished projection")
-            mask &= points_in_polygon(np.asarray(coords), np.asarray(cond.value, dtype=float))
+            mask &= points_in_polygon(np.asarray(ctx.coords), np.asarray(cond.value, dtype=float))
+        elif cond.field == SELECTION_FIELD and cond.field not in dataset.fields:
+            mask &= cond.value if cond.op == "in" else ~cond.value
+        elif cond.field == EPISODE_ID_FIELD and cond.field not in dataset.fields:
+            ids = Field(EPISODE_ID_FIELD, "string", dataset.episode_ids)
+            mask &= _field_mask(ids, cond.op, cond.value)
         else:
             mask &= _field_mask(dataset.fields[cond.field], cond.op, cond.value)
+    for cond in conditions:
+        if cond.op == "keep_one":
+            assert ctx.keep_one is not None  # parse_filter refused it otherwise
+            mask = ctx.keep_one(float(cond.value), mask)
     return mask
 
 
 def filter_rows(
-    dataset: Dataset, conditions: Sequence[Condition], *, coords: np.ndarray | None = None
+    dataset: Dataset,
+    conditions: Sequence[Condition],
+    *,
+    coords: np.ndarray | None = None,
+    context: FilterContext | None = None,
 ) -> np.ndarray:
     """The ascending int64 row indices of the matching episodes."""
-    return np.flatnonzero(filter_mask(dataset, conditions, coords=coords)).astype(np.int64)
+    mask = filter_mask(dataset, conditions, coords=coords, context=context)
+    return np.flatnonzero(mask).astype(np.int64)
 
 
 def _field_mask(fld: Field, op: str, value: Any) -> np.ndarray:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -17,7 +19,7 @@ import numpy as np
 
 from tessera_gpu.backends import Backend
 from tessera_gpu.errors import Conflict, InvalidRequest
-from tessera_gpu.filters import filter_rows, parse_filter
+from tessera_gpu.filters import DUPLICATES_FIELD, FilterContext, filter_rows, parse_filter
 from tessera_gpu.io.dataset import Dataset, Field
 
 __all__ = [
@@ -58,6 +60,7 @@ class SampleRequest:
     filter: tuple[dict[str, Any], ...] = ()
     stratify_by: str | None = None
     allocation: Allocation = "proportional"
+    dedup_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in _METHODS:
@@ -79,6 +82,20 @@ class SampleRequest:
             raise InvalidRequest(
                 f"allocation must be proportional or equal, got {self.allocation!r}"
             )
+        if self.dedup_threshold is not None:
+            from tessera_gpu.similarity import check_threshold
+
+            object.__setattr__(
+                self, "dedup_threshold", check_threshold(self.dedup_threshold, "dedup_threshold")
+            )
+
+    @property
+    def conditions(self) -> list[dict[str, Any]]:
+        """The filter, with the dedup step as its last condition when one is asked for."""
+        out = [dict(c) if isinstance(c, dict) else c for c in self.filter]
+        if self.dedup_threshold is not None:
+            out.append({"field": DUPLICATES_FIELD, "op": "keep_one", "value": self.dedup_threshold})
+        return out
 
     @classmethod
     def from_dict(cls, d: Any) -> SampleRequest:
@@ -100,6 +117,8 @@ class SampleRequest:
         """The JSON form, the inverse of :meth:`from_dict`."""
         out = asdict(self)
         out["filter"] = [_plain(c) for c in self.filter]
+        if self.dedup_threshold is None:
+            del out["dedup_threshold"]
         return out
 
 
@@ -123,18 +142,25 @@ def draw_sample(
     *,
     backend: Backend | None = None,
     device_embeddings: Any = None,
-    coords: np.ndarray | None = None,
+    context: FilterContext | None = None,
 ) -> Sample:
     """Draw ``request`` from ``dataset``; the same request and seed give the same ids.
 
     ``backend``/``device_embeddings`` are used by ``kmeans`` only (made on the CPU backend when
-    absent); ``coords`` is the finished projection, needed by a ``map`` filter condition.
+    absent); ``context`` is what pseudo-field conditions refer to (the finished map, the
+    selections, the similarity graph that ``dedup_threshold`` needs).
     """
     if request.method == "kmeans" and dataset.embeddings is None:
         raise Conflict("K-means sampling needs embeddings: this dataset is metadata-only")
-    strata = _strata_field(dataset, request.stratify_by)
-    rows = filter_rows(dataset, parse_filter(list(request.filter), dataset, coords=coords),
-                       coords=coords)  # fmt: skip
+    strata = strata_of(dataset, request.stratify_by)
+    stats: dict[str, Any] = {}
+    rows = filter_rows(dataset, parse_filter(list(request.filter), dataset, context=context),
+                       context=context)  # fmt: skip
+    if request.dedup_threshold is not None:
+        conditions = parse_filter(request.conditions, dataset, context=context)
+        kept = filter_rows(dataset, conditions, context=context)
+        stats["dedup"] = {"threshold": request.dedup_threshold, "removed": rows.size - kept.size}
+        rows = kept
     matched = int(rows.size)
     if matched == 0:
         raise InvalidRequest("no episodes match the filter")
@@ -142,19 +168,18 @@ def draw_sample(
         raise InvalidRequest(
             f"n = {request.n:,} is larger than the {matched:,} episodes that match the filter"
         )
-    stats: dict[str, Any] = {}
     if request.method == "random":
         indices = random_rows(rows, request.n, seed=request.seed)
     elif request.method == "stratified":
         assert strata is not None  # SampleRequest requires stratify_by for this method
-        indices = _stratified_rows(rows, strata, request)
+        indices = np.sort(np.concatenate(_per_stratum(rows, strata, request, _random_in(request))))
     else:
         backend, x = _embeddings_on(dataset, backend, device_embeddings)
-        indices = _kmeans_rows(x, rows, request, backend)
-        stats["coverage"] = _coverage(x, rows, indices, request, backend)
-    stats_field = strata or _default_strata(dataset)
+        indices, coverage = _kmeans_sample(x, rows, strata, request, backend)
+        stats.update(coverage)
+    stats_field = strata or strata_of(dataset, _DEFAULT_STRATA, missing_ok=True)
     stats["per_stratum_field"] = stats_field.name if stats_field else None
-    stats["per_stratum"] = _stratum_counts(stats_field, rows, indices) if stats_field else None
+    stats["per_stratum"] = stats_field.counts(rows, indices) if stats_field else None
     ids = dataset.episode_ids[indices].tolist()
     return Sample(indices=indices, episode_ids=ids, matched=matched, stats=stats)
 
@@ -165,38 +190,73 @@ def random_rows(rows: np.ndarray, n: int, *, seed: int) -> np.ndarray:
     return np.sort(rng.choice(rows, size=n, replace=False)).astype(np.int64)
 
 
-def _strata_field(dataset: Dataset, name: str | None) -> Field | None:
+_DEFAULT_STRATA = "task"
+QUANTILE_BINS = 5
+
+
+@dataclass(frozen=True)
+class Strata:
+    """A partition of the episodes: an integer code per episode and a label per code.
+
+    Category and bool fields are their values; a number field is cut at its quantiles into
+    :data:`QUANTILE_BINS` bins (``[low, high)``, the last closed), missing values apart."""
+
+    name: str
+    codes: np.ndarray
+    labels: tuple[str, ...]
+
+    def counts(self, rows: np.ndarray, indices: np.ndarray) -> dict[str, int]:
+        """Sample counts per stratum present among the matching rows, in label order."""
+        present = np.bincount(self.codes[rows], minlength=len(self.labels))
+        counts = np.bincount(self.codes[indices], minlength=len(self.labels))
+        return {self.labels[i]: int(counts[i]) for i in np.flatnonzero(present)}
+
+
+def strata_of(dataset: Dataset, name: str | None, *, missing_ok: bool = False) -> Strata | None:
+    """The strata of field ``name`` (None for None); 400 for an unknown or array field."""
     if name is None:
         return None
     fld = dataset.fields.get(name)
-    if fld is None:
-        names = ", ".join(f.name for f in dataset.fields.values() if f.kind in ("category", "bool"))
-        raise InvalidRequest(f"unknown field {name!r} for stratify_by; fields: {names or '(none)'}")
-    if fld.kind not in ("category", "bool"):
+    if fld is None or fld.kind in ("string", "array"):
+        if missing_ok or (fld is None and missing_ok):
+            return None
+        if fld is None:
+            names = ", ".join(f.name for f in dataset.fields.values()
+                              if f.kind not in ("string", "array"))  # fmt: skip
+            raise InvalidRequest(
+                f"unknown field {name!r} for stratify_by; fields: {names or '(none)'}"
+            )
         raise InvalidRequest(
-            f"cannot stratify by {name!r} ({fld.kind}): stratify_by needs a category or bool field"
+            f"cannot stratify by {name!r} ({fld.kind}): stratify_by needs a category, bool "
+            "or number field"
         )
-    return fld
-
-
-def _default_strata(dataset: Dataset) -> Field | None:
-    fld = dataset.fields.get("task")
-    return fld if fld is not None and fld.kind == "category" else None
-
-
-def _strata_codes(fld: Field) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Integer stratum codes per episode and their labels (bool: false, true)."""
+    if fld.kind == "category":
+        return Strata(name, fld.values, fld.categories)
     if fld.kind == "bool":
-        return fld.values.astype(np.int32), ("false", "true")
-    return fld.values, fld.categories
+        return Strata(name, fld.values.astype(np.int32), ("false", "true"))
+    return _quantile_strata(fld)
 
 
-def _stratum_counts(fld: Field, rows: np.ndarray, indices: np.ndarray) -> dict[str, int]:
-    """Sample counts per stratum present among the matching rows, in label order."""
-    codes, labels = _strata_codes(fld)
-    present = np.bincount(codes[rows], minlength=len(labels))
-    counts = np.bincount(codes[indices], minlength=len(labels))
-    return {labels[i]: int(counts[i]) for i in np.flatnonzero(present)}
+def _quantile_strata(fld: Field) -> Strata:
+    values = fld.values.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return Strata(fld.name, np.zeros(values.size, dtype=np.int32), ("missing",))
+    edges = np.quantile(values[finite], np.linspace(0, 1, QUANTILE_BINS + 1))
+    if fld.kind == "int":  # whole-number edges, so a label says exactly which values it holds
+        edges = np.ceil(edges)
+    edges = np.unique(edges)
+    if edges.size == 1:
+        edges = np.array([edges[0], edges[0]])
+    inner = edges[1:-1]
+    codes = np.searchsorted(inner, values, side="right").astype(np.int32)
+    fmt = (lambda v: f"{int(v)}") if fld.kind == "int" else (lambda v: f"{v:.4g}")
+    labels = [f"[{fmt(lo)}, {fmt(hi)})" for lo, hi in itertools.pairwise(edges[:-1])]
+    labels.append(f"[{fmt(edges[-2])}, {fmt(edges[-1])}]")
+    if not finite.all():
+        codes[~finite] = len(labels)
+        labels.append("missing")
+    return Strata(fld.name, codes, tuple(labels))
 
 
 def allocate(sizes: np.ndarray, n: int, *, allocation: Allocation) -> np.ndarray:
@@ -232,19 +292,32 @@ def allocate(sizes: np.ndarray, n: int, *, allocation: Allocation) -> np.ndarray
     return out
 
 
-def _stratified_rows(rows: np.ndarray, strata: Field, request: SampleRequest) -> np.ndarray:
-    codes, _ = _strata_codes(strata)
-    row_codes = codes[rows]
-    order = np.argsort(row_codes, kind="stable")
-    _, starts = np.unique(row_codes[order], return_index=True)
-    groups = np.split(rows[order], starts[1:])
-    sizes = np.array([g.size for g in groups])
+PickIn = Callable[[np.ndarray, int, int], np.ndarray]
+
+
+def _per_stratum(
+    rows: np.ndarray, strata: Strata, request: SampleRequest, pick: PickIn
+) -> list[np.ndarray]:
+    """Split the quota across the strata by the request's allocation, then ``pick(rows,
+    quota, stratum number)`` in each; one array of picked rows per stratum with a quota."""
+    groups = _strata_groups(rows, strata)
+    sizes = np.array([g.size for _, g in groups])
     counts = allocate(sizes, request.n, allocation=request.allocation)
+    return [pick(g, int(k), i) for i, ((_, g), k) in enumerate(zip(groups, counts, strict=True))
+            if k > 0]  # fmt: skip
+
+
+def _strata_groups(rows: np.ndarray, strata: Strata) -> list[tuple[int, np.ndarray]]:
+    """``(code, rows)`` of every stratum present among ``rows``, in code order."""
+    row_codes = strata.codes[rows]
+    order = np.argsort(row_codes, kind="stable")
+    present, starts = np.unique(row_codes[order], return_index=True)
+    return list(zip(present.tolist(), np.split(rows[order], starts[1:]), strict=True))
+
+
+def _random_in(request: SampleRequest) -> PickIn:
     rng = np.random.default_rng(request.seed)
-    picked = [
-        rng.choice(g, size=int(k), replace=False) for g, k in zip(groups, counts, strict=True)
-    ]
-    return np.sort(np.concatenate(picked)).astype(np.int64)
+    return lambda group, k, _: rng.choice(group, size=k, replace=False)
 
 
 def _embeddings_on(
@@ -260,11 +333,32 @@ def _embeddings_on(
     return backend, device_embeddings
 
 
-def _kmeans_rows(x: Any, rows: np.ndarray, request: SampleRequest, backend: Backend) -> np.ndarray:
+def _kmeans_sample(
+    x: Any, rows: np.ndarray, strata: Strata | None, request: SampleRequest, backend: Backend
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A K-means diversity sample of ``rows`` (within each stratum, by the allocation, when
+    ``strata`` is given), and its coverage: overall, and per stratum."""
     from tessera_gpu.clustering import diversity_sample
 
-    picked = diversity_sample(x, request.n, backend=backend, rows=rows, seed=request.seed)
-    return np.sort(np.asarray(picked, dtype=np.int64))
+    if strata is None:
+        picked = diversity_sample(x, request.n, backend=backend, rows=rows, seed=request.seed)
+        indices = np.sort(np.asarray(picked, dtype=np.int64))
+        return indices, {"coverage": _coverage(x, rows, indices, request, backend)}
+    per: dict[str, Any] = {}
+
+    def pick(group: np.ndarray, k: int, _: int) -> np.ndarray:
+        if k == group.size:  # the whole stratum: nothing to choose
+            chosen = group
+        else:
+            drawn = diversity_sample(x, k, backend=backend, rows=group, seed=request.seed)
+            chosen = np.sort(np.asarray(drawn, dtype=np.int64))
+        label = strata.labels[int(strata.codes[group[0]])]
+        per[label] = _coverage(x, group, chosen, request, backend)
+        return chosen
+
+    indices = np.sort(np.concatenate(_per_stratum(rows, strata, request, pick)))
+    overall = _coverage(x, rows, indices, request, backend)
+    return indices, {"coverage": overall, "coverage_per_stratum": per}
 
 
 def _coverage(
@@ -302,18 +396,30 @@ class Coverage(msgspec.Struct):
     evaluated_on: int
 
 
+class Dedup(msgspec.Struct):
+    """The near-duplicate cut made before sampling: its cosine threshold, and how many
+    matching episodes it removed (every group cut to its keeper)."""
+
+    threshold: float
+    removed: int
+
+
 class SampleStats(msgspec.Struct, omit_defaults=True):
-    """Coverage (K-means only) and the sample's counts per stratum of a category field."""
+    """The sample's counts per stratum; K-means samples add their coverage against a random
+    sample of the same size (per stratum too when stratified); ``dedup`` when asked for."""
 
     per_stratum_field: str | None
     per_stratum: dict[str, int] | None
     coverage: Coverage | msgspec.UnsetType = msgspec.UNSET
+    coverage_per_stratum: dict[str, Coverage] | msgspec.UnsetType = msgspec.UNSET
+    dedup: Dedup | msgspec.UnsetType = msgspec.UNSET
 
 
-class SampleParams(msgspec.Struct):
+class SampleParams(msgspec.Struct, omit_defaults=True):
     n: int
     stratify_by: str | None
     allocation: str
+    dedup_threshold: float | None = None
 
 
 class Manifest(msgspec.Struct):
@@ -365,7 +471,9 @@ def build_manifest(
         filter=[_plain(c) for c in request.filter],
         projection=_plain(projection),
         method=request.method,
-        params=SampleParams(request.n, request.stratify_by, request.allocation),
+        params=SampleParams(
+            request.n, request.stratify_by, request.allocation, request.dedup_threshold
+        ),
         seed=request.seed,
         matched=sample.matched,
         n=len(sample.episode_ids),

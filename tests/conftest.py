@@ -68,7 +68,8 @@ def _no_projection_outlives_its_test() -> Iterator[None]:
     wait for that, so no test's leftover work runs (and competes for the cores) in the next."""
     yield
     deadline = time.monotonic() + 120
-    while alive := [t.name for t in threading.enumerate() if t.name == "tessera-projection"]:
+    workers = ("tessera-projection", "tessera-analysis")
+    while alive := [t.name for t in threading.enumerate() if t.name in workers]:
         if time.monotonic() > deadline:
             pytest.fail(f"background work outlived its test: {alive}")
         time.sleep(0.02)

@@ -27,6 +27,7 @@ from tessera_gpu.sampling import (
     draw_sample,
     export_filename,
     export_sample,
+    strata_of,
 )
 
 SUCCESS = {"field": "success", "op": "eq", "value": True}
@@ -148,10 +149,8 @@ def test_stratified_within_a_filter_and_by_bool() -> None:
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (SampleRequest("stratified", 5, stratify_by="length"),
-         "cannot stratify by 'length' (int): stratify_by needs a category or bool field"),
         (SampleRequest("stratified", 5, stratify_by="robot"),
-         "unknown field 'robot' for stratify_by; fields: task, success"),
+         "unknown field 'robot' for stratify_by; fields: task, success, length"),
         (SampleRequest("random", 5_000),
          "n = 5,000 is larger than the 1,234 episodes that match the filter"),
         (SampleRequest("random", 5, filter=({"field": "length", "op": "lt", "value": 0},)),
@@ -165,6 +164,31 @@ def test_bad_sample_requests(request_: SampleRequest, message: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         draw_sample(ds, request_)
     assert info.value.message == message
+
+
+def test_number_fields_stratify_by_their_quantile_bins() -> None:
+    ds = strata_dataset({"a": 500, "b": 500})  # length is 0..999
+    s = draw_sample(ds, SampleRequest("stratified", 50, stratify_by="length", seed=3))
+    assert s.stats["per_stratum_field"] == "length"
+    assert s.stats["per_stratum"] == {
+        "[0, 200)": 10, "[200, 400)": 10, "[400, 600)": 10, "[600, 800)": 10, "[800, 999]": 10,
+    }  # fmt: skip
+    edges = {"[0, 200)": (0, 200), "[800, 999]": (800, 1000)}
+    strata = strata_of(ds, "length")
+    assert strata is not None
+    for label, (lo, hi) in edges.items():
+        rows = np.flatnonzero(strata.codes == strata.labels.index(label))
+        assert (rows.min(), rows.max() + 1) == (lo, hi)
+
+
+def test_free_text_and_array_fields_cannot_stratify() -> None:
+    ds = strata_dataset({"a": 5})
+    ds.fields["note"] = Field("note", "string", np.array(["x"] * 5, dtype=object))
+    with pytest.raises(InvalidRequest) as info:
+        draw_sample(ds, SampleRequest("stratified", 2, stratify_by="note"))
+    assert info.value.message == (
+        "cannot stratify by 'note' (string): stratify_by needs a category, bool or number field"
+    )
 
 
 def test_kmeans_needs_embeddings(metadata_only_file: Path) -> None:
@@ -208,7 +232,7 @@ def test_kmeans_reports_coverage_against_random(ds: Dataset) -> None:
          "allocation must be proportional or equal, got 'even'"),
         ({"method": "random", "n": 5, "k": 5},
          "unknown key 'k' in sample request; "
-         "keys: allocation, filter, method, n, seed, stratify_by"),
+         "keys: allocation, dedup_threshold, filter, method, n, seed, stratify_by"),
     ],
 )  # fmt: skip
 def test_sample_request_from_dict_rejects(d: Any, message: str) -> None:

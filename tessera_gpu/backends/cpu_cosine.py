@@ -144,14 +144,15 @@ def cosine_knn(
     norms = row_norms(x) if norms is None else norms
     if reduced is None:
         reduced, _ = normalized_pca(x, norms, seed=seed)
+    space = f"pca{reduced.shape[1]}" if reduced.shape[1] < x.shape[1] else "unit"
     wanted = min(n, max(k, n_candidates))
     if n <= EXACT_BELOW:
         cand, _ = exact_knn(reduced, wanted)
-        method = f"pca{reduced.shape[1]}-exact"
+        method = f"{space}-exact"
     else:
         n_cells = max(8, int(np.sqrt(n)))
         cand, _, _ = cell_probe_knn(reduced, wanted, n_cells=n_cells, n_probe=8, seed=seed)
-        method = f"pca{reduced.shape[1]}-cell-probe({n_cells}x8)"
+        method = f"{space}-cell-probe({n_cells}x8)"
     cand = self_first(np.ascontiguousarray(cand, dtype=np.int64))
     dist = np.empty(cand.shape, dtype=np.float32)
     _rerank(x, _safe(norms), cand, dist)

@@ -134,6 +134,10 @@ from tessera_gpu.cli.doctor import doctor  # noqa: E402
 
 cli.add_command(doctor)
 
+from tessera_gpu.cli.similar import similar  # noqa: E402
+
+cli.add_command(similar)
+
 
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="tessera")

@@ -25,7 +25,7 @@ def _default_output(file: Path) -> Path:
     return Path.cwd() / f"{file.stem}.coords.npy"
 
 
-def _progress_bar():  # type: ignore[no-untyped-def]
+def progress_bar():  # type: ignore[no-untyped-def]
     """A transient rich bar on stderr: stage name, bar, percentage, elapsed time."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -86,7 +86,7 @@ def project(
             raise Conflict(f"{file.name} has no embeddings (metadata-only): nothing to project")
         cache = None if no_cache else ProjectionCache(cache_dir) if cache_dir else core.cache
         start = time.perf_counter()
-        with _progress_bar() as bar:
+        with progress_bar() as bar:
             task = bar.add_task("to_device", total=1.0)
             result = core.project_now(
                 live,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import msgspec
 
 from tessera_gpu.backends import MODES, get_backend
 from tessera_gpu.cli.output import write_output
@@ -40,6 +41,14 @@ __all__ = ["sample"]
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
+    "--dedup",
+    type=float,
+    default=None,
+    metavar="THRESHOLD",
+    help="First cut every near-duplicate group (cosine distance <= THRESHOLD, e.g. 0.05) "
+    "to its keeper.",
+)
+@click.option(
     "--device",
     default="auto",
     show_default=True,
@@ -59,6 +68,7 @@ def sample(
     stratify_by: str | None,
     allocation: str,
     seed: int,
+    dedup: float | None,
     device: str,
     out: Path | None,
     fmt: str,
@@ -72,19 +82,25 @@ def sample(
             "filter": [parse_where(w) for w in where],
             "stratify_by": stratify_by,
             "allocation": allocation,
+            "dedup_threshold": dedup,
         }
     )
-    backend = get_backend(device if method == "kmeans" else "cpu")
+    backend = get_backend(device if method == "kmeans" or dedup is not None else "cpu")
     core = Tessera(Settings.load({"device": device}), backend=backend)
     try:
         live = core.load(file)
-        manifest = core.draw(live, request)
+        index = core.similarity_now(live) if dedup is not None else None
+        manifest = core.draw(live, request, similarity=index)
         content, _ = export_sample(live.dataset, manifest, fmt)
     finally:
         core.close()
     write_output(out, content)
+    dedup_cut = manifest.stats.dedup
+    cut = ""
+    if not isinstance(dedup_cut, msgspec.UnsetType):
+        cut = f", {dedup_cut.removed:,} near-duplicates removed first"
     click.echo(
-        f"sampled {manifest.n:,} of {manifest.matched:,} matching episodes "
+        f"sampled {manifest.n:,} of {manifest.matched:,} matching episodes{cut} "
         f"({method}, seed {seed}) -> {out if out is not None else 'stdout'}",
         err=True,
     )

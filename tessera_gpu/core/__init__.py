@@ -3,6 +3,7 @@
 from tessera_gpu.core.catalog import Catalog, DatasetEntry
 from tessera_gpu.core.datadir import DataDir
 from tessera_gpu.core.jobs import ProjectionJobs, ProjectionStatus
+from tessera_gpu.core.tasks import Tasks, TaskStatus
 from tessera_gpu.core.tessera import Count, DatasetSummary, Episode, Live, Tessera
 from tessera_gpu.core.uploads import Upload, UploadSlots
 
@@ -16,6 +17,8 @@ __all__ = [
     "Live",
     "ProjectionJobs",
     "ProjectionStatus",
+    "TaskStatus",
+    "Tasks",
     "Tessera",
     "Upload",
     "UploadSlots",

@@ -103,6 +103,7 @@ class ProjectionJobs:
         self._states: dict[str, JobState] = {}
         self._work: dict[str, tuple[Dataset, ProjectionParams]] = {}
         self._device: dict[str, Any] = {}
+        self._device_lock = threading.Lock()  # one copy to the device per dataset
         self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -179,6 +180,18 @@ class ProjectionJobs:
         with self._lock:
             return any(dataset_id in d for d in (self._states, self._work, self._device))
 
+    def device_array(self, dataset_id: str, dataset: Dataset) -> Any:
+        """The dataset's embeddings on the device: moved there once, shared by every job."""
+        with self._device_lock:
+            x = self.device_embeddings(dataset_id)
+            if x is None:
+                assert dataset.embeddings is not None  # metadata-only datasets get no job
+                x = self.backend.to_device(dataset.embeddings)
+                with self._lock:
+                    if dataset_id in self._states:  # not forgotten meanwhile
+                        self._device[dataset_id] = x
+            return x
+
     def device_embeddings(self, dataset_id: str) -> Any:
         """The dataset's embeddings on the device, once a job has put them there; else None."""
         with self._lock:
@@ -227,14 +240,10 @@ class ProjectionJobs:
                     raise _Superseded
                 state.stage, state.progress = stage, min(max(float(fraction), 0.0), 1.0)
 
-        x = self.device_embeddings(dataset_id)
-        if x is None:
-            assert dataset.embeddings is not None  # metadata-only datasets get no job
-            x = self.backend.to_device(dataset.embeddings)
-            with self._lock:
-                if self._current(dataset_id, generation) is None:
-                    raise _Superseded
-                self._device[dataset_id] = x
+        x = self.device_array(dataset_id, dataset)
+        with self._lock:
+            if self._current(dataset_id, generation) is None:
+                raise _Superseded
         progress("projecting", 0.0)
         result = project_cached(
             x,

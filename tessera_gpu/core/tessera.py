@@ -6,6 +6,7 @@ Both the CLI and the web app go through it (the way datasette's ``Datasette`` se
 * the loaded datasets (:class:`Live`: the validated :class:`~tessera_gpu.io.dataset.Dataset`
   with its catalog entry);
 * the projection jobs and the device arrays they made (:class:`.ProjectionJobs`);
+* the analysis jobs and their results: the similarity graph (:class:`.Tasks`);
 * the in-memory map caches: tile index, k-d tree, rendered tiles (:class:`.MapCache`);
 * the upload limiter (:class:`.UploadSlots`).
 
@@ -17,11 +18,12 @@ in a worker thread.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +36,19 @@ from tessera_gpu.backends import Backend, get_backend, on_gpu
 from tessera_gpu.core.catalog import Catalog, DatasetEntry, now
 from tessera_gpu.core.datadir import DataDir
 from tessera_gpu.core.jobs import ProjectionJobs, ProjectionStatus
+from tessera_gpu.core.tasks import Tasks, TaskStatus
 from tessera_gpu.core.uploads import Upload, UploadSlots
-from tessera_gpu.errors import Conflict, Forbidden, NotFound, TesseraError
-from tessera_gpu.filters import MAP_FIELD, filter_mask, parse_filter
-from tessera_gpu.io.dataset import Dataset, DatasetFacts, load_dataset
+from tessera_gpu.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    TesseraError,
+    Unavailable,
+)
+from tessera_gpu.filters import MAP_FIELD, FilterContext, filter_mask, parse_filter
+from tessera_gpu.io.artifacts import ArtifactStore
+from tessera_gpu.io.dataset import Dataset, DatasetFacts, Field, load_dataset
 from tessera_gpu.io.files import file_sha256
 from tessera_gpu.io.isolation import validate_isolated
 from tessera_gpu.io.safety import Limits, check_file_on_disk
@@ -53,19 +64,45 @@ from tessera_gpu.sampling import (
     export_sample,
 )
 from tessera_gpu.settings import Settings
+from tessera_gpu.similarity import (
+    DEFAULT_THRESHOLD,
+    GRAPH_K,
+    MAX_SIMILAR,
+    SimilarityIndex,
+    check_threshold,
+    derived_fields,
+    load_or_build,
+)
 
-__all__ = ["ID_LENGTH", "Count", "DatasetSummary", "Episode", "Live", "Tessera"]
+__all__ = [
+    "ID_LENGTH",
+    "MAX_GROUPS_PAGE",
+    "SIMILARITY",
+    "Count",
+    "DatasetSummary",
+    "DuplicateGroups",
+    "DuplicatesRequest",
+    "Episode",
+    "Live",
+    "Neighbor",
+    "SimilarEpisodes",
+    "Tessera",
+]
 
 log = logging.getLogger("tessera.core")
 ID_LENGTH = 16  # hex digits of the file's SHA-256
+SIMILARITY = "similarity"  # the analysis job that builds the similarity index
+MAX_GROUPS_PAGE = 1_000
 
 
 @dataclass(frozen=True)
 class Live:
-    """A dataset, loaded: its catalog entry and the validated data."""
+    """A dataset, loaded: its catalog entry and the validated data (with the derived fields
+    named in ``derived`` once their jobs are done)."""
 
     entry: DatasetEntry
     dataset: Dataset
+    derived: frozenset[str] = frozenset()
 
     @property
     def id(self) -> str:
@@ -91,11 +128,45 @@ class Episode(msgspec.Struct):
     has_gif: bool
 
 
-class Count(msgspec.Struct):
-    """How many episodes match a filter, out of all."""
+class Count(msgspec.Struct, omit_defaults=True):
+    """How many episodes match a filter, out of all; with ``dedup_threshold``, ``removed``
+    is how many matching episodes the near-duplicate cut dropped (already left out of
+    ``count``)."""
 
     count: int
     total: int
+    removed: int | msgspec.UnsetType = msgspec.UNSET
+
+
+class Neighbor(msgspec.Struct):
+    index: int
+    episode_id: str
+    distance: float
+
+
+class SimilarEpisodes(msgspec.Struct):
+    """An episode's nearest episodes by cosine distance in the full embedding space (itself
+    excluded, the filter applied), nearest first."""
+
+    index: int
+    episode_id: str
+    metric: str
+    neighbors: list[Neighbor]
+
+
+class DuplicateGroups(msgspec.Struct):
+    """Near-duplicate groups at a cosine-distance ``threshold``: connected components of the
+    pairs within it, largest first; each group lists its keeper first. ``removed`` episodes
+    go when every group keeps one; ``groups`` is the page ``offset``..``offset + limit``."""
+
+    threshold: float
+    metric: str
+    n_groups: int
+    n_in_groups: int
+    removed: int
+    offset: int
+    limit: int
+    groups: list[list[int]]
 
 
 class Tessera:
@@ -115,6 +186,9 @@ class Tessera:
         self.catalog = Catalog(self.data.catalog_path)
         self.cache = ProjectionCache(self.data.cache_dir)
         self.jobs = ProjectionJobs(self.backend, self.cache, listener=self._record_job)
+        self.tasks = Tasks(listener=self._record_task)
+        self.graphs = ArtifactStore(self.data.cache_dir, ".knn")
+        self._versions: dict[str, int] = {}
         self.maps = MapCache(gpu=on_gpu(self.backend))
         self.uploads = UploadSlots()
         self._live: dict[str, Live] = {}
@@ -129,6 +203,7 @@ class Tessera:
             log.info("removed stale temporary file %s", stale)
         self.catalog.import_legacy(self.data.root)
         self.jobs.start()
+        self.tasks.start()
         for entry in self.catalog.datasets():
             self._restore(entry)
         for path in files:
@@ -139,6 +214,7 @@ class Tessera:
 
     def close(self) -> None:
         self.jobs.stop()
+        self.tasks.stop()
         self.catalog.close()
 
     def _restore(self, entry: DatasetEntry) -> None:
@@ -170,6 +246,11 @@ class Tessera:
         self.catalog.record_job(
             dataset_id, "projection", params=params, status=status, error=error, info=info
         )
+
+    def _record_task(
+        self, dataset_id: str, kind: str, params: dict[str, Any], status: str, error: str | None
+    ) -> None:
+        self.catalog.record_job(dataset_id, kind, params=params, status=status, error=error)
 
     # ---- registration -----------------------------------------------------------------------
 
@@ -249,6 +330,7 @@ class Tessera:
             self.catalog.put_dataset(entry)
         if dataset.embeddings is not None:
             self.jobs.submit(entry.id, dataset, ProjectionParams(**entry.projection))
+            self._start_similarity(live)
         return live
 
     # ---- look-up and deletion ---------------------------------------------------------------
@@ -285,18 +367,23 @@ class Tessera:
                 for v in self._live.values()
             )
         self.jobs.forget(dataset_id)
+        self.tasks.forget(dataset_id)
         self.maps.forget(dataset_id)
+        with self._lock:
+            self._versions.pop(dataset_id, None)
         self.catalog.remove_dataset(dataset_id)
         if live.entry.source == "upload":
             self.data.upload_path(dataset_id).unlink(missing_ok=True)
         if live.dataset.embeddings_hash is not None and not shared:
             self.cache.forget(live.dataset.embeddings_hash)  # every map, whatever its params
+            self.graphs.forget(live.dataset.embeddings_hash)
 
     def holds(self, dataset_id: str) -> bool:
         """Whether any memory is still held for ``dataset_id`` (after :meth:`delete`: False)."""
         with self._lock:
             loaded = dataset_id in self._live
-        return loaded or self.jobs.holds(dataset_id) or self.maps.holds(dataset_id)
+        held = (self.jobs, self.tasks, self.maps)
+        return loaded or any(part.holds(dataset_id) for part in held)
 
     # ---- projection and maps ----------------------------------------------------------------
 
@@ -339,7 +426,151 @@ class Tessera:
     def map(self, dataset_id: str) -> ProjectionMaps:
         """The map indexes of a dataset's finished projection (409 metadata-only, 503 not yet)."""
         live = self.get(dataset_id)
-        return self.maps.get(dataset_id, live.dataset, self.jobs.coords(dataset_id))
+        coords = self.jobs.coords(dataset_id)
+        return self.maps.get(dataset_id, live.dataset, coords, self.context(dataset_id, coords))
+
+    def context(self, dataset_id: str, coords: np.ndarray | None = None) -> FilterContext:
+        """What a dataset's filters can refer to beyond its fields: the finished map, and
+        (with embeddings) the near-duplicate cut of the similarity graph."""
+        live = self.get(dataset_id)
+        return self._context_of(live, self.jobs.coords(dataset_id) if coords is None else coords)
+
+    def _context_of(
+        self, live: Live, coords: np.ndarray | None, similarity: SimilarityIndex | None = None
+    ) -> FilterContext:
+        keep_one = None
+        embeddings = live.dataset.embeddings
+        if embeddings is not None and similarity is not None:
+            keep_one = functools.partial(_keep_with, similarity, embeddings)
+        elif embeddings is not None:
+            keep_one = functools.partial(self._keep_one, live.id)
+        with self._lock:
+            version = str(self._versions.get(live.id, 0))
+        return FilterContext(coords=coords, keep_one=keep_one, version=version)
+
+    # ---- similarity -------------------------------------------------------------------------
+
+    def _start_similarity(self, live: Live) -> TaskStatus:
+        dataset_id, dataset = live.id, live.dataset
+        if dataset.embeddings is None:
+            raise Conflict(
+                "This dataset is metadata-only: similarity needs embeddings",
+                code="metadata_only",
+            )
+        embeddings = dataset.embeddings
+
+        def run(progress: Callable[[str, float], None]) -> SimilarityIndex:
+            device = self.jobs.device_array(dataset_id, dataset)
+            index = load_or_build(
+                self.graphs, dataset.embeddings_hash, embeddings, device, self.backend,
+                progress=progress,
+            )  # fmt: skip
+            progress("fields", 0.95)
+            self._set_derived(dataset_id, derived_fields(index, embeddings))
+            return index
+
+        return self.tasks.submit(dataset_id, SIMILARITY, {"k": GRAPH_K}, run)
+
+    def similarity_now(self, live: Live, progress: Progress | None = None) -> SimilarityIndex:
+        """The similarity index of a loaded dataset, built in this thread (or read from the
+        cache): what the CLI uses; the server builds it in a job."""
+        embeddings = live.dataset.embeddings
+        if embeddings is None:
+            raise Conflict("This dataset is metadata-only: similarity needs embeddings",
+                           code="metadata_only")  # fmt: skip
+        device = self.backend.to_device(embeddings)
+        return load_or_build(self.graphs, live.dataset.embeddings_hash, embeddings, device,
+                             self.backend, progress=progress)  # fmt: skip
+
+    def similarity(self, dataset_id: str) -> SimilarityIndex | TaskStatus:
+        """The dataset's similarity index, or the status of the job building it (started or
+        joined here; a failed one is started again). 409 in metadata-only mode."""
+        live = self.get(dataset_id)
+        index = self.tasks.result(dataset_id, SIMILARITY)
+        if isinstance(index, SimilarityIndex):
+            return index
+        return self._start_similarity(live)
+
+    def _ready_index(self, dataset_id: str) -> SimilarityIndex:
+        index = self.similarity(dataset_id)
+        if isinstance(index, SimilarityIndex):
+            return index
+        raise Unavailable(
+            f"The similarity graph is being built ({index.status}, "
+            f"{round(100 * index.progress)}%); try again shortly",
+            code="similarity_not_ready",
+            retry_after=5,
+        )
+
+    def _keep_one(self, dataset_id: str, threshold: float, mask: np.ndarray) -> np.ndarray:
+        live = self.get(dataset_id)
+        assert live.dataset.embeddings is not None
+        index = self._ready_index(dataset_id)
+        return index.keep_mask(live.dataset.embeddings, threshold, mask)[0]
+
+    def _set_derived(self, dataset_id: str, fields: dict[str, Field]) -> None:
+        """Give a dataset derived fields (a field of the file's own with the name wins)."""
+        with self._lock:
+            live = self._live.get(dataset_id)
+            if live is None:
+                return
+            own = {k: v for k, v in live.dataset.fields.items() if k not in live.derived}
+            added = {k: v for k, v in fields.items() if k not in own}
+            for name in sorted(set(fields) - set(added)):
+                log.warning("%s already has a field %r: the derived one is not added",
+                            dataset_id, name)  # fmt: skip
+            dataset = dataclasses.replace(live.dataset, fields={**live.dataset.fields, **added})
+            derived = live.derived | frozenset(added)
+            self._live[dataset_id] = dataclasses.replace(live, dataset=dataset, derived=derived)
+            self._versions[dataset_id] = self._versions.get(dataset_id, 0) + 1
+
+    def similar(
+        self, dataset_id: str, index: int, k: int, raw_filter: Any = None
+    ) -> SimilarEpisodes | TaskStatus:
+        """The ``k`` nearest episodes of episode ``index`` (cosine, full space), among the
+        filter's matches; the job's status while the similarity graph is being built."""
+        live = self.get(dataset_id)
+        check_episode(live.dataset, index)
+        if not 1 <= k <= MAX_SIMILAR:
+            raise InvalidRequest(f"k must be from 1 to {MAX_SIMILAR:,}: got {k}")
+        found = self.similarity(dataset_id)
+        if not isinstance(found, SimilarityIndex):
+            return found
+        mask = None
+        if raw_filter:
+            ctx = self.context(dataset_id)
+            mask = filter_mask(live.dataset, parse_filter(raw_filter, live.dataset, context=ctx),
+                               context=ctx)  # fmt: skip
+        assert live.dataset.embeddings is not None
+        rows, dist = found.similar(live.dataset.embeddings, index, k, mask)
+        ids = live.dataset.episode_ids
+        return SimilarEpisodes(
+            index=index, episode_id=str(ids[index]), metric="cosine",
+            neighbors=[Neighbor(int(r), str(ids[r]), float(d))
+                       for r, d in zip(rows, dist, strict=True)],
+        )  # fmt: skip
+
+    def duplicates(self, dataset_id: str, body: Any) -> DuplicateGroups | TaskStatus:
+        """Near-duplicate groups (see :class:`DuplicateGroups`); the job's status while the
+        similarity graph is being built."""
+        live = self.get(dataset_id)
+        request = DuplicatesRequest.from_dict(body)
+        found = self.similarity(dataset_id)
+        if not isinstance(found, SimilarityIndex):
+            return found
+        mask = None
+        if request.filter:
+            ctx = self.context(dataset_id)
+            conditions = parse_filter(request.filter, live.dataset, context=ctx)
+            mask = filter_mask(live.dataset, conditions, context=ctx)
+        assert live.dataset.embeddings is not None
+        groups = found.groups(live.dataset.embeddings, request.threshold, mask)
+        page = groups.groups[request.offset : request.offset + request.limit]
+        return DuplicateGroups(
+            threshold=request.threshold, metric="cosine", n_groups=len(groups.groups),
+            n_in_groups=groups.n_in_groups, removed=int(groups.removed().size),
+            offset=request.offset, limit=request.limit, groups=[g.tolist() for g in page],
+        )  # fmt: skip
 
     # ---- episodes, filters, samples ---------------------------------------------------------
 
@@ -354,22 +585,38 @@ class Tessera:
             has_gif=ds.gif(index) is not None,
         )
 
-    def count(self, dataset_id: str, raw_filter: Any) -> Count:
+    def count(
+        self, dataset_id: str, raw_filter: Any, dedup_threshold: float | None = None
+    ) -> Count:
         ds = self.get(dataset_id).dataset
-        coords = self.jobs.coords(dataset_id)
-        mask = filter_mask(ds, parse_filter(raw_filter, ds, coords=coords), coords=coords)
-        return Count(count=int(np.count_nonzero(mask)), total=ds.n_episodes)
+        ctx = self.context(dataset_id)
+        mask = filter_mask(ds, parse_filter(raw_filter, ds, context=ctx), context=ctx)
+        if dedup_threshold is None:
+            return Count(count=int(np.count_nonzero(mask)), total=ds.n_episodes)
+        threshold = check_threshold(dedup_threshold, "dedup_threshold")
+        if ds.embeddings is None:
+            raise Conflict("This dataset is metadata-only: dedup needs embeddings",
+                           code="metadata_only")  # fmt: skip
+        kept = self._keep_one(dataset_id, threshold, mask)
+        matched, count = int(np.count_nonzero(mask)), int(np.count_nonzero(kept))
+        return Count(count=count, total=ds.n_episodes, removed=matched - count)
 
-    def draw(self, live: Live, request: SampleRequest) -> Manifest:
+    def draw(
+        self, live: Live, request: SampleRequest, *, similarity: SimilarityIndex | None = None
+    ) -> Manifest:
         """Draw a sample of a loaded dataset and describe it; nothing is saved. The CLI and
-        :meth:`create_sample` both come here, so the same request gives the same manifest."""
+        :meth:`create_sample` both come here, so the same request gives the same manifest.
+        ``similarity`` serves ``dedup_threshold`` (default: the server's job's index)."""
         coords, info = self.jobs.result(live.id)
+        if request.dedup_threshold is not None and live.dataset.embeddings is None:
+            raise Conflict("This dataset is metadata-only: dedup needs embeddings",
+                           code="metadata_only")  # fmt: skip
         drawn = draw_sample(
             live.dataset,
             request,
             backend=self.backend,
             device_embeddings=self.jobs.device_embeddings(live.id),
-            coords=coords,
+            context=self._context_of(live, coords, similarity),
         )
         return build_manifest(
             live.dataset, request, drawn, dataset_id=live.id, dataset_hash=live.entry.file_hash,
@@ -399,6 +646,36 @@ class Tessera:
         manifest = self.sample(dataset_id, sample_id)
         content, media_type = export_sample(live.dataset, manifest, fmt)
         return content, media_type, export_filename(manifest, fmt)
+
+
+class DuplicatesRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST .../duplicates``: a cosine-distance threshold in (0, 1], a filter, a page."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    filter: list[Any] | None = None
+    limit: int = 100
+    offset: int = 0
+
+    @classmethod
+    def from_dict(cls, body: Any) -> DuplicatesRequest:
+        try:
+            request = msgspec.convert(body or {}, cls)
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(f"duplicates request: {exc}") from None
+        request.threshold = check_threshold(request.threshold)
+        if not 0 <= request.limit <= MAX_GROUPS_PAGE:
+            raise InvalidRequest(
+                f"limit must be from 0 to {MAX_GROUPS_PAGE:,}: got {request.limit}"
+            )
+        if request.offset < 0:
+            raise InvalidRequest(f"offset must be 0 or more: got {request.offset}")
+        return request
+
+
+def _keep_with(
+    similarity: SimilarityIndex, embeddings: np.ndarray, threshold: float, mask: np.ndarray
+) -> np.ndarray:
+    return similarity.keep_mask(embeddings, threshold, mask)[0]
 
 
 def check_episode(dataset: Dataset, index: int) -> None:

@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 
 from tessera_gpu.errors import Conflict, InvalidRequest, Unavailable
-from tessera_gpu.filters import filter_mask, parse_filter
+from tessera_gpu.filters import FilterContext, filter_mask, parse_filter
 from tessera_gpu.io.dataset import Dataset
 from tessera_gpu.render.colors import ColorBy, color_by
 from tessera_gpu.render.nearest import NearestIndex
@@ -66,6 +66,7 @@ class ProjectionMaps:
     coords: np.ndarray
     tiles: TileIndex
     nearest: NearestIndex
+    context: FilterContext = field(default_factory=FilterContext)
     _masks: OrderedDict[str, np.ndarray | None] = field(default_factory=OrderedDict)
     _rendered: OrderedDict[tuple[Any, ...], bytes] = field(default_factory=OrderedDict)
     _specs: dict[str, ColorBy] = field(default_factory=dict)
@@ -87,8 +88,9 @@ class ProjectionMaps:
             if key in self._masks:
                 self._masks.move_to_end(key)
                 return key, self._masks[key]
-        conditions = parse_filter(raw_filter, self.dataset, coords=self.coords)
-        mask = filter_mask(self.dataset, conditions, coords=self.coords) if conditions else None
+        ctx = self.context
+        conditions = parse_filter(raw_filter, self.dataset, context=ctx)
+        mask = filter_mask(self.dataset, conditions, context=ctx) if conditions else None
         with self._lock:
             self._masks[key] = mask
             while len(self._masks) > MASK_CACHE:
@@ -138,8 +140,18 @@ class MapCache:
                                                  name="tessera-tile-warm-up")  # fmt: skip
                 self._warming.start()
 
-    def get(self, dataset_id: str, dataset: Dataset, coords: np.ndarray | None) -> ProjectionMaps:
-        """The maps of ``dataset``'s finished projection ``coords``; 503 while there is none."""
+    def get(
+        self,
+        dataset_id: str,
+        dataset: Dataset,
+        coords: np.ndarray | None,
+        context: FilterContext | None = None,
+    ) -> ProjectionMaps:
+        """The maps of ``dataset``'s finished projection ``coords``; 503 while there is none.
+
+        A new projection rebuilds everything; new fields or a new filter ``context`` (another
+        ``version``) keep the tile index and k-d tree and drop the cached masks and tiles."""
+        context = context or FilterContext(coords=coords)
         if coords is None:
             if dataset.embeddings is None:
                 raise Conflict(
@@ -152,17 +164,20 @@ class MapCache:
             )
         with self._lock:
             current = self._maps.get(dataset_id)
-            if current is not None and current.coords is coords:
+            if current is not None and _same(current, dataset, coords, context):
                 return current
             build_lock = self._building.setdefault(dataset_id, threading.Lock())
         with build_lock:  # one build per projection, however many tiles ask at once
             with self._lock:
                 current = self._maps.get(dataset_id)
-            if current is not None and current.coords is coords:
+            if current is not None and _same(current, dataset, coords, context):
                 return current
-            maps = ProjectionMaps(dataset, coords, TileIndex(coords, gpu=self.gpu),
-                                  NearestIndex(coords))  # fmt: skip
-            maps.tiles.warm()
+            if current is not None and current.coords is coords:
+                maps = ProjectionMaps(dataset, coords, current.tiles, current.nearest, context)
+            else:
+                maps = ProjectionMaps(dataset, coords, TileIndex(coords, gpu=self.gpu),
+                                      NearestIndex(coords), context)  # fmt: skip
+                maps.tiles.warm()
             with self._lock:
                 self._maps[dataset_id] = maps
             return maps
@@ -176,6 +191,16 @@ class MapCache:
     def holds(self, dataset_id: str) -> bool:
         with self._lock:
             return dataset_id in self._maps
+
+
+def _same(
+    maps: ProjectionMaps, dataset: Dataset, coords: np.ndarray, context: FilterContext
+) -> bool:
+    return (
+        maps.coords is coords
+        and maps.dataset is dataset
+        and maps.context.version == context.version
+    )
 
 
 class EpisodePoint(msgspec.Struct):

@@ -1,0 +1,81 @@
+"""``tessera similar``: the episodes nearest one episode, by cosine distance in the full space.
+
+The same similarity index the server builds (and the same disk cache), computed here in the
+foreground with a progress bar the first time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import msgspec
+
+from tessera_gpu.backends import MODES
+from tessera_gpu.cli.output import write_output
+from tessera_gpu.core import Tessera
+from tessera_gpu.errors import NotFound
+from tessera_gpu.filters import filter_mask, parse_filter, parse_where
+from tessera_gpu.settings import Settings, env_var
+from tessera_gpu.similarity import MAX_SIMILAR
+
+__all__ = ["similar"]
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("episode_id")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_SIMILAR),
+              help="How many similar episodes.")  # fmt: skip
+@click.option("--where", multiple=True, metavar="COND",
+              help="Only among episodes matching this condition (repeatable, ANDed).")  # fmt: skip
+@click.option("--device", default="auto", show_default=True, envvar=env_var("device"),
+              type=click.Choice(MODES), help="Backend that builds the kNN graph.")  # fmt: skip
+@click.option("--format", "fmt", default="txt", show_default=True,
+              type=click.Choice(["txt", "json"]),
+              help="txt: id and distance a line; json: the HTTP route's answer.")  # fmt: skip
+@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write here (atomically) instead of to stdout.")  # fmt: skip
+def similar(
+    file: Path,
+    episode_id: str,
+    k: int,
+    where: tuple[str, ...],
+    device: str,
+    fmt: str,
+    out: Path | None,
+) -> None:
+    """The K episodes of FILE most similar to EPISODE_ID (cosine, full embedding space)."""
+    from tessera_gpu.cli.project import progress_bar
+    from tessera_gpu.core.tessera import Neighbor, SimilarEpisodes
+
+    core = Tessera(Settings.load({"device": device}))
+    try:
+        live = core.load(file)
+        row = live.dataset.index_of(episode_id)
+        if row is None:
+            raise NotFound(f"Episode not found: {episode_id!r} is not in {file.name}",
+                           code="episode_not_found")  # fmt: skip
+        with progress_bar() as bar:
+            task = bar.add_task("similarity", total=1.0)
+            index = core.similarity_now(
+                live, lambda stage, fraction: bar.update(task, description=stage,
+                                                         completed=fraction),
+            )  # fmt: skip
+        mask = None
+        if where:
+            ds = live.dataset
+            conditions = parse_filter([parse_where(w) for w in where], ds)
+            mask = filter_mask(ds, conditions)
+        assert live.dataset.embeddings is not None  # similarity_now refused otherwise
+        rows, dist = index.similar(live.dataset.embeddings, row, k, mask)
+    finally:
+        core.close()
+    ids = live.dataset.episode_ids
+    neighbors = [Neighbor(int(r), str(ids[r]), float(d)) for r, d in zip(rows, dist, strict=True)]
+    answer = SimilarEpisodes(index=row, episode_id=episode_id, metric="cosine", neighbors=neighbors)
+    if fmt == "json":
+        content = msgspec.json.format(msgspec.json.encode(answer), indent=2) + b"\n"
+    else:
+        content = "".join(f"{n.episode_id}\t{n.distance:.6f}\n" for n in answer.neighbors).encode()
+    write_output(out, content)
