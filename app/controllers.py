@@ -331,7 +331,8 @@ class EpisodeController(Controller):
 def _only_keys(data: dict[str, Any], allowed: set[str], what: str) -> None:
     unknown = sorted(k for k in data if k not in allowed)
     if unknown:
-        raise InvalidRequest(f"unknown key {unknown[0]!r} in {what}; keys: {', '.join(allowed)}")
+        keys = ", ".join(sorted(allowed))
+        raise InvalidRequest(f"unknown key {unknown[0]!r} in {what}; keys: {keys}")
 
 
 class SampleController(Controller):

@@ -330,7 +330,9 @@ async def test_bad_filters_are_400_naming_field_and_op(client: Client, allowed: 
     assert "'nope'" in r.json()["error"]
     r = await client.post(url, json={"where": []})
     assert r.json() == error(
-        "unknown key 'where' in count request; keys: filter", "invalid_request", 400
+        "unknown key 'where' in count request; keys: dedup_threshold, filter",
+        "invalid_request",
+        400,
     )
     r = await client.post(url, content=b"{not json", headers={"content-type": JSON})
     assert r.status_code == 400
