@@ -51,6 +51,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 TEMPLATE = Template((Path(__file__).parent / "templates" / "page.html").read_text())
 MAP_BACKGROUND = "#0f1115"
 SAMPLE_COLOR = "#3fd0ff"  # sampled episodes: light cyan, clear of the density ramp
+SIMILAR_COLOR = "#ff4fd8"  # "find similar" rings: magenta, clear of the ramp and the sample
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self' 'unsafe-eval'; connect-src 'self'; object-src 'none'; "
@@ -172,6 +173,9 @@ def map_document(
     dots = plot.scatter("x", "y", source=samples, size=8, fill_color=SAMPLE_COLOR,
                         line_color="#111318", line_width=1.2, name="sample_points",
                         nonselection_fill_alpha=0.25, nonselection_line_alpha=0.25)  # fmt: skip
+    similar = ColumnDataSource({"x": [], "y": [], "episode_id": []}, name="similar")
+    plot.scatter("x", "y", source=similar, size=15, fill_alpha=0, line_color=SIMILAR_COLOR,
+                 line_width=2.2, name="similar_points")  # fmt: skip
     _add_tools(plot, dots)
     return dict(json_item(plot, target=None))
 

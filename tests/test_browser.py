@@ -308,3 +308,79 @@ def test_metadata_only_dataset_explains_and_samples(page: Any, server: dict) -> 
     manifest = json.loads(Path(download.value.path()).read_text())
     assert manifest["n"] == 10
     assert len(set(manifest["episode_ids"])) == 10
+
+
+# ---- curation: find similar, near-duplicates --------------------------------------------------
+
+
+def wait_for_similarity(base: str, dataset_id: str) -> None:
+    deadline = time.monotonic() + 120
+    while api(base, f"/api/datasets/{dataset_id}/similarity")["status"] != "done":
+        assert time.monotonic() < deadline, "the similarity graph was not built"
+        time.sleep(0.2)
+
+
+RINGED = """() => Bokeh.documents[Bokeh.documents.length - 1]
+  .get_model_by_name('similar').data.episode_id"""
+
+
+def test_find_similar_rings_the_answer_and_becomes_a_filter(page: Any, server: dict) -> None:
+    wait_for_similarity(server["base"], server["demo"])
+    open_map(page, server)
+    episode_id, x, y = loneliest_point(server["base"], server["demo"])
+    sx, sy = page.evaluate(TO_SCREEN, [x, y])
+    page.mouse.move(sx - 60, sy - 60)
+    page.mouse.move(sx, sy, steps=4)
+    page.wait_for_function(
+        "(id) => document.getElementById('episode-id').innerText === id", arg=episode_id
+    )
+    page.click("#find-similar")
+    tiles = page.locator("#similar-strip .tile")
+    tiles.nth(12).wait_for()
+    assert tiles.count() == 13  # the episode and its 12 nearest
+    index = int(tiles.nth(0).get_attribute("data-index"))
+    expected = api(server["base"], f"/api/datasets/{server['demo']}/episodes/{index}/similar?k=12")
+    shown = [tiles.nth(i).get_attribute("title") for i in range(13)]
+    assert shown == [episode_id] + [n["episode_id"] for n in expected["neighbors"]]
+    page.wait_for_function(f"() => ({RINGED})().length === 13")
+    assert sorted(page.evaluate(RINGED)) == sorted(shown)  # ringed on the map
+    still = tiles.nth(1).locator("img").get_attribute("src")
+    tiles.nth(1).hover()  # the GIF plays on hover
+    page.wait_for_function(
+        "() => document.querySelectorAll('#similar-strip .tile img')[1].src.endsWith('/gif')"
+    )
+    assert still.endswith("/thumbnail")
+    page.click("#similar-filter")
+    page.wait_for_selector("text=13 of 300 episodes match")
+    assert "13 chosen episodes" in page.inner_text("#pinned-chips")
+    page.wait_for_function("() => location.search.includes('episode_id')")  # shareable
+
+
+def test_duplicates_panel_counts_live_and_keeps_one_per_group(page: Any, server: dict) -> None:
+    wait_for_similarity(server["base"], server["demo"])
+    open_map(page, server)
+    page.wait_for_selector("text=300 of 300 episodes match")
+    page.click("#tab-button-duplicates")
+    url = f"/api/datasets/{server['demo']}/duplicates"
+    for value in ("0.05", "0.2"):
+        page.evaluate(
+            "(v) => { const s = document.getElementById('dup-threshold'); s.value = v;"
+            " s.dispatchEvent(new Event('input')); }",
+            value,
+        )
+        expected = api(server["base"], url, {"threshold": float(value), "limit": 0})
+        page.wait_for_function(
+            "([g, r]) => document.getElementById('dup-summary').innerText.startsWith("
+            "`${g} groups · ${r} episodes`)",
+            arg=[f"{expected['n_groups']:,}", f"{expected['removed']:,}"],
+        )
+    assert expected["n_groups"] > 0, "the demo has near-duplicates at 0.2"
+    shown = page.locator("#dup-groups .group")
+    shown.first.wait_for()
+    assert shown.count() == min(12, expected["n_groups"])
+    first = api(server["base"], url, {"threshold": 0.2, "limit": 1})["groups"][0]
+    keeper = shown.first.locator(".tile.keeper")
+    assert keeper.get_attribute("data-index") == str(first[0])
+    page.click("#dup-keep")
+    page.wait_for_selector(f"text={300 - expected['removed']} of 300 episodes match")
+    assert "one per near-duplicate group" in page.inner_text("#pinned-chips")

@@ -5,7 +5,8 @@ import { state, update, readUrl } from "./state.js";
 import { buildFilters, initFilters } from "./filters.js";
 import { buildColorPicker, clearSelection, deviceName, initMap, openMap, zoom } from "./map.js";
 import { clearEpisode } from "./preview.js";
-import { buildSampling, initSampling } from "./sampling.js";
+import { buildSampling, initSampling, listStrataFields } from "./sampling.js";
+import { buildCuration, initCuration } from "./curation.js";
 import { initUpload } from "./upload.js";
 
 const $ = (id) => document.getElementById(id);
@@ -14,6 +15,7 @@ async function boot() {
   initFilters();
   initMap();
   initSampling();
+  initCuration();
   initUpload();
   initKeyboard();
   initPanels();
@@ -65,7 +67,15 @@ function openDataset(summary) {
   buildSampling();
   clearEpisode();
   openMap();
+  buildCuration();
 }
+
+// A job added fields (uniqueness, duplicate_group, cluster): list them where fields are listed.
+window.addEventListener("tessera:fields", () => {
+  buildFilters();
+  buildColorPicker();
+  listStrataFields();
+});
 
 const NOT_TYPING = new Set(["checkbox", "radio", "button", "submit", "reset", "file", "range"]);
 

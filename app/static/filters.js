@@ -2,7 +2,7 @@
 // text match), the map selection chip, and the live "N of M episodes match" line.
 
 import { apiUrl, debounce, el, fmt, fmtShort, postJSON } from "./api.js";
-import { filterConditions, on, state, update } from "./state.js";
+import { filterConditions, on, pin, state, update } from "./state.js";
 
 const SHOWN_VALUES = 8;   // values listed before "show all"
 const OPEN_FIELDS = 6;    // fields shown open; the rest start folded (the search finds them)
@@ -133,11 +133,30 @@ function markActive() {
   for (const [name, c] of controls) c.section.classList.toggle("active", active.has(name));
 }
 
-/** Clear every field condition and the map selection. */
+/** Clear every field condition, pinned condition and the map selection. */
 export function resetFilters() {
   for (const c of controls.values()) c.reset();
-  update({ conditions: [], polygon: null });
+  update({ conditions: [], pinned: [], polygon: null });
   markActive();
+}
+
+/** Words for a pinned condition's chip. */
+function describePinned(c) {
+  if (c.field === "episode_id") {
+    const n = [].concat(c.value).length;
+    return `${c.op === "not_in" || c.op === "ne" ? "not " : ""}${fmt(n)} chosen episode${n === 1 ? "" : "s"}`;
+  }
+  if (c.field === "duplicates") return `one per near-duplicate group (≤ ${Number(c.value).toFixed(3)})`;
+  if (c.field === "selection") return `${c.op === "not_in" ? "not in" : "in"} ${[].concat(c.value).join(", ")}`;
+  return `${c.field} ${c.op}`;
+}
+
+function renderPinned() {
+  const box = document.getElementById("pinned-chips");
+  box.replaceChildren(...state.pinned.map((c) => el("div", { class: "chip", "data-field": c.field },
+    el("span", {}, describePinned(c)),
+    el("button", { type: "button", class: "link", title: "Remove this condition",
+                   onclick: () => pin(c.field, null) }, "remove"))));
 }
 
 /** Show only the fields whose name contains the search text. */
@@ -173,6 +192,7 @@ export function initFilters() {
   document.getElementById("no-match-reset").addEventListener("click", resetFilters);
   document.getElementById("selection-clear").addEventListener("click", () => update({ polygon: null }));
   // Until the new count arrives, hover look-ups wait: the new filter may match nothing.
-  on(["conditions", "polygon", "dataset"], () => { state.count = null; refreshCount(); });
+  on(["conditions", "pinned", "polygon", "dataset"], () => { state.count = null; refreshCount(); });
+  on(["pinned", "dataset"], renderPinned);
   on("polygon", (s) => { document.getElementById("selection-chip").hidden = !s.polygon; });
 }

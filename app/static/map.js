@@ -97,7 +97,7 @@ async function embed() {
   } catch (err) {
     if (state.colorBy !== "density" || filterConditions().length || state.view) {
       // A shared link from another dataset: start from a plain map rather than fail.
-      update({ colorBy: "density", conditions: [], polygon: null, view: null });
+      update({ colorBy: "density", conditions: [], pinned: [], polygon: null, view: null });
       return embed();
     }
     showStatus(`Could not draw the map: ${escapeHtml(err.message)}`, { error: true, retry: true });
@@ -112,7 +112,8 @@ async function embed() {
   const doc = window.Bokeh.documents[window.Bokeh.documents.length - 1];
   const find = (name) => doc.get_model_by_name(name);
   models = { plot: find("map"), tiles: find("tiles"), samples: find("sample"),
-             selection: find("selection"), xRange: find("x_range"), yRange: find("y_range") };
+             similar: find("similar"), selection: find("selection"),
+             xRange: find("x_range"), yRange: find("y_range") };
   $("map-controls").hidden = false;
   $("map-hint").hidden = false;
   drawSelection();
@@ -193,6 +194,15 @@ export async function showSamplePoints(manifest) {
   models.samples.data = { x: pts.x, y: pts.y, episode_id: pts.episode_id, stratum: strata };
 }
 
+/** Ring episodes on the map (a "find similar" answer): `rows` are episode indices. */
+export async function ringEpisodes(ids) {
+  if (!models || !models.similar) return;
+  if (!ids || !ids.length) { models.similar.data = { x: [], y: [], episode_id: [] }; return; }
+  const filter = JSON.stringify([{ field: "episode_id", op: "in", value: ids }]);
+  const pts = await getJSON(apiUrl(state.dataset.id, "/points", { filter }));
+  models.similar.data = { x: pts.x, y: pts.y, episode_id: pts.episode_id };
+}
+
 /** Zoom around the centre by `factor` (< 1 zooms in). */
 export function zoom(factor) {
   if (!models) return;
@@ -242,7 +252,7 @@ window.tessera = {
 export function initMap() {
   $("map-retry").addEventListener("click", retry);
   $("color-by").addEventListener("change", (e) => update({ colorBy: e.target.value }));
-  on(["colorBy", "conditions", "polygon", "mapReady"], () => { refreshTiles(); refreshLegend(); });
+  on(["colorBy", "conditions", "pinned", "polygon", "mapReady"], () => { refreshTiles(); refreshLegend(); });
   on(["polygon", "mapReady"], drawSelection);
   on("count", (s) => { $("no-match").hidden = !(s.count && s.count.count === 0); });
 }

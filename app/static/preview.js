@@ -66,6 +66,9 @@ export function showEpisode(ep) {
   img.alt = `Preview of episode ${ep.episode_id}`;
   next();
   document.getElementById("episode-id").textContent = ep.episode_id;
+  const similar = document.getElementById("find-similar");
+  similar.hidden = !state.dataset || state.dataset.mode === "metadata-only";
+  similar.dataset.index = String(ep.index);
   const meta = document.getElementById("episode-meta");
   meta.replaceChildren(...Object.entries(ep.metadata).flatMap(([k, v]) => [
     el("dt", {}, k), el("dd", { title: formatValue(v) }, formatValue(v))]));
@@ -92,5 +95,6 @@ export function clearEpisode() {
     ? "Previews appear when hovering the map; this dataset has no map."
     : "Hover over the map to preview an episode.";
   document.getElementById("episode-id").textContent = "";
+  document.getElementById("find-similar").hidden = true;
   document.getElementById("episode-meta").replaceChildren();
 }

@@ -8,10 +8,23 @@ import { showSamplePoints } from "./map.js";
 
 const $ = (id) => document.getElementById(id);
 
+/** The fields a sample can be stratified by: categories and bools, then numbers (by their
+ * quantile bins). Keeps the current choice when it is still there. */
+export function listStrataFields() {
+  const select = $("sample-stratify");
+  const chosen = select.value;
+  const fields = state.dataset.fields;
+  const values = fields.filter((f) => f.kind === "category" || f.kind === "bool");
+  const numbers = fields.filter((f) => f.kind === "int" || f.kind === "float");
+  select.replaceChildren(...values.map((f) => el("option", { value: f.name }, f.name)),
+    ...numbers.map((f) => el("option", { value: f.name }, `${f.name} (quantiles)`)));
+  if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
+  return values.length + numbers.length;
+}
+
 /** Set up the form for the open dataset. */
 export function buildSampling() {
-  const strata = state.dataset.fields.filter((f) => f.kind === "category" || f.kind === "bool");
-  $("sample-stratify").replaceChildren(...strata.map((f) => el("option", { value: f.name }, f.name)));
+  const strata = { length: listStrataFields() };
   const metadataOnly = state.dataset.mode === "metadata-only";
   const kmeans = $("sample-method").querySelector('option[value="kmeans"]');
   kmeans.disabled = metadataOnly;
@@ -25,9 +38,11 @@ export function buildSampling() {
 }
 
 function methodChanged() {
-  const stratified = $("sample-method").value === "stratified";
-  $("stratify-row").hidden = !stratified;
-  $("allocation-row").hidden = !stratified;
+  const method = $("sample-method").value;
+  const strata = method === "stratified" || (method === "kmeans" && $("sample-within").checked);
+  $("within-row").hidden = method !== "kmeans";
+  $("stratify-row").hidden = !strata;
+  $("allocation-row").hidden = !strata;
 }
 
 function showNote(text) {
@@ -49,7 +64,7 @@ async function generate(event) {
     seed: Number($("sample-seed").value),
     filter: filterConditions(),
   };
-  if (method === "stratified") {
+  if (method === "stratified" || (method === "kmeans" && $("sample-within").checked)) {
     body.stratify_by = $("sample-stratify").value;
     body.allocation = $("sample-allocation").value;
   }
@@ -102,12 +117,22 @@ function showStrata(stats) {
     el("caption", { class: "note", style: "text-align:left" }, `per ${stats.per_stratum_field}`),
     ...entries.slice(0, 12).map(([label, n]) => el("tr", {},
       el("td", {}, label), el("td", { class: "n" }, fmt(n)),
-      el("td", { class: "barcell" }, el("div", { class: "bar", style: `width:${(100 * n) / top}%` })))));
+      el("td", { class: "barcell" }, el("div", { class: "bar", style: `width:${(100 * n) / top}%` })),
+      gainCell(stats.coverage_per_stratum && stats.coverage_per_stratum[label]))));
+}
+
+/** A stratum's coverage against random, when a K-means sample was drawn within strata. */
+function gainCell(coverage) {
+  if (!coverage) return null;
+  const gain = coverage.improvement_mean_pct;
+  return el("td", { class: "n", title: "coverage vs a random sample of this stratum" },
+    `${gain >= 0 ? "+" : ""}${gain.toFixed(0)}%`);
 }
 
 export function initSampling() {
   $("sample-form").addEventListener("submit", generate);
   $("sample-method").addEventListener("change", methodChanged);
+  $("sample-within").addEventListener("change", methodChanged);
   $("sample-clear").addEventListener("click", () => update({ sample: null }));
   on("sample", (s) => { showResult(s.sample); showSamplePoints(s.sample).catch(() => {}); });
   on("mapReady", (s) => { if (s.mapReady && s.sample) showSamplePoints(s.sample).catch(() => {}); });

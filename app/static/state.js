@@ -8,11 +8,14 @@ export const state = {
   datasets: [],         // summaries
   dataset: null,        // the open dataset's summary
   conditions: [],       // field conditions from the filter panel
+  pinned: [],           // other conditions: a "similar" set, keep one per near-duplicate group
   polygon: null,        // [[x, y], ...] map selection, or null
   colorBy: "density",
   view: null,           // [x0, y0, x1, y1] of the map, or null
   count: null,          // {count, total} of the current filter
   sample: null,         // the last sample manifest
+  similar: null,        // the last "find similar" answer
+  similarity: null,     // the similarity job's status (GET .../similarity)
   mapReady: false,
 };
 
@@ -35,25 +38,36 @@ export function update(changes) {
       if (!called.has(fn)) { called.add(fn); fn(state); }
     }
   }
-  if (["conditions", "polygon", "colorBy", "view"].some((k) => k in changes)) writeUrl();
+  if (["conditions", "pinned", "polygon", "colorBy", "view"].some((k) => k in changes)) writeUrl();
 }
 
-/** Every condition the server should apply: fields, then the map selection. */
+/** Conditions on pseudo-fields the filter panel shows as chips, not as field controls. */
+export const PINNED_FIELDS = ["episode_id", "duplicates", "selection"];
+
+/** Every condition the server should apply: fields, pinned ones, then the map selection. */
 export function filterConditions() {
-  const out = [...state.conditions];
+  const out = [...state.conditions, ...state.pinned];
   if (state.polygon) out.push({ field: "map", op: "within", value: state.polygon });
   return out;
+}
+
+/** Pin a condition (replacing one on the same pseudo-field), or unpin with `null`. */
+export function pin(field, condition) {
+  const others = state.pinned.filter((c) => c.field !== field);
+  update({ pinned: condition ? [...others, condition] : others });
 }
 
 /** The URL's share of the state (read once at start). */
 export function readUrl() {
   const q = new URLSearchParams(location.search);
   let conditions = [];
+  let pinned = [];
   let polygon = null;
   try {
     const raw = JSON.parse(q.get("filter") || "[]");
     if (Array.isArray(raw)) {
-      conditions = raw.filter((c) => c && c.field !== "map");
+      conditions = raw.filter((c) => c && c.field !== "map" && !PINNED_FIELDS.includes(c.field));
+      pinned = raw.filter((c) => c && PINNED_FIELDS.includes(c.field));
       const map = raw.find((c) => c && c.field === "map" && c.op === "within");
       polygon = map ? map.value : null;
     }
@@ -61,6 +75,7 @@ export function readUrl() {
   const view = (q.get("view") || "").split(",").map(Number);
   return {
     conditions,
+    pinned,
     polygon,
     colorBy: q.get("color") || "density",
     view: view.length === 4 && view.every(Number.isFinite) ? view : null,

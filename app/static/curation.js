@@ -1,0 +1,225 @@
+// The curation drawer under the map: "find similar" (a strip of previews, ringed on the map,
+// one click to a filter) and near-duplicates (a threshold slider with live counts, the groups
+// side by side, "keep one per group" as a filter). Both wait for the similarity graph, whose
+// job also gives the dataset its `uniqueness` and `duplicate_group` fields.
+
+import { apiUrl, debounce, el, filterParam, fmt, getJSON, postJSON } from "./api.js";
+import { filterConditions, on, pin, state, update } from "./state.js";
+import { ringEpisodes } from "./map.js";
+import { showEpisode } from "./preview.js";
+
+const $ = (id) => document.getElementById(id);
+const SIMILAR_K = 12;
+const GROUPS_PAGE = 12;
+const SHOWN_MEMBERS = 8;
+let pollTimer = null;
+let open = null; // the tab shown, or null when the drawer is folded
+let groupsShown = GROUPS_PAGE;
+
+// ---- the drawer ---------------------------------------------------------------------------
+
+function showTab(name) {
+  open = name;
+  for (const b of document.querySelectorAll(".drawer-tabs .tab")) {
+    b.setAttribute("aria-selected", String(b.dataset.tab === name));
+  }
+  $("tab-similar").hidden = name !== "similar";
+  $("tab-duplicates").hidden = name !== "duplicates";
+  $("drawer-toggle").textContent = name ? "▾" : "▴";
+  window.dispatchEvent(new Event("resize")); // Bokeh re-lays out the map
+  if (name === "duplicates") refreshDuplicates();
+}
+
+/** Show the drawer for a dataset with embeddings, and follow its similarity job. */
+export function buildCuration() {
+  clearTimeout(pollTimer);
+  const full = state.dataset.mode !== "metadata-only";
+  $("drawer").hidden = !full;
+  $("find-similar").hidden = true;
+  update({ similar: null, similarity: null });
+  showTab(null);
+  if (full) pollSimilarity();
+}
+
+async function pollSimilarity() {
+  const id = state.dataset.id;
+  let status;
+  try {
+    status = await getJSON(apiUrl(id, "/similarity"));
+  } catch (err) {
+    $("similarity-state").textContent = `similarity: ${err.message}`;
+    return;
+  }
+  if (!state.dataset || state.dataset.id !== id) return;
+  const before = state.similarity && state.similarity.status;
+  update({ similarity: status });
+  if (status.status === "done") {
+    $("similarity-state").textContent = "";
+    if (before && before !== "done") await refreshFields(id);
+    return;
+  }
+  $("similarity-state").textContent = status.status === "failed"
+    ? `similarity graph failed: ${status.error}`
+    : `building the similarity graph · ${Math.round(100 * status.progress)}%`;
+  if (status.status !== "failed") pollTimer = setTimeout(pollSimilarity, 800);
+}
+
+/** The job added fields (uniqueness, duplicate_group): rebuild what lists fields. */
+async function refreshFields(id) {
+  const summary = await getJSON(apiUrl(id));
+  if (!state.dataset || state.dataset.id !== id) return;
+  update({ dataset: { ...state.dataset, fields: summary.fields } });
+  window.dispatchEvent(new CustomEvent("tessera:fields"));
+}
+
+const ready = () => state.similarity && state.similarity.status === "done";
+
+/** A preview tile: the thumbnail (or GIF), the GIF playing on hover; click shows the episode. */
+function tile(index, episodeId, detail, { keeper = false } = {}) {
+  const base = apiUrl(state.dataset.id, `/episodes/${index}`);
+  const still = state.dataset.has_thumbnails ? `${base}/thumbnail` : (state.dataset.has_gifs ? `${base}/gif` : null);
+  const moving = state.dataset.has_gifs ? `${base}/gif` : still;
+  const img = still ? el("img", { src: still, alt: `Preview of ${episodeId}`, loading: "lazy" })
+    : el("div", { class: "noimg" }, "no preview");
+  const node = el("button", { type: "button", class: `tile${keeper ? " keeper" : ""}`,
+                              "data-index": index, title: episodeId },
+    img, el("div", { class: "tid" }, episodeId), detail ? el("div", { class: "dist" }, detail) : null);
+  if (still && moving !== still) {
+    node.addEventListener("mouseenter", () => { img.src = moving; });
+    node.addEventListener("mouseleave", () => { img.src = still; });
+  }
+  node.addEventListener("click", () => openEpisode(index));
+  return node;
+}
+
+async function openEpisode(index) {
+  const ep = await getJSON(apiUrl(state.dataset.id, `/episodes/${index}`));
+  const base = apiUrl(state.dataset.id, `/episodes/${index}`);
+  showEpisode({ ...ep, thumbnail_url: ep.has_thumbnail ? `${base}/thumbnail` : null,
+                gif_url: ep.has_gif ? `${base}/gif` : null });
+}
+
+// ---- find similar -------------------------------------------------------------------------
+
+/** "Find similar" for the episode in the card. */
+export async function findSimilar(index) {
+  showTab("similar");
+  $("similar-title").textContent = "Finding similar episodes…";
+  const query = { k: SIMILAR_K, filter: filterParam(filterConditions().filter((c) => c.field !== "map")) };
+  let answer;
+  for (;;) {
+    const response = await fetch(apiUrl(state.dataset.id, `/episodes/${index}/similar`, query));
+    const body = await response.json();
+    if (!response.ok) { $("similar-title").textContent = body.error || response.statusText; return; }
+    if (response.status === 200) { answer = body; break; }
+    $("similar-title").textContent = `Building the similarity graph · ${Math.round(100 * body.progress)}%`;
+    await new Promise((r) => setTimeout(r, 700));
+  }
+  update({ similar: answer });
+}
+
+function renderSimilar(answer) {
+  $("similar-filter").hidden = !answer;
+  $("similar-clear").hidden = !answer;
+  if (!answer) {
+    $("similar-title").textContent = "Hover an episode, then press “Find similar” in its card.";
+    $("similar-strip").replaceChildren();
+    ringEpisodes([]).catch(() => {});
+    return;
+  }
+  $("similar-title").replaceChildren(`${answer.neighbors.length} nearest to `,
+    el("b", {}, answer.episode_id), " by cosine distance (full embedding space)");
+  $("similar-strip").replaceChildren(tile(answer.index, answer.episode_id, "the episode"),
+    ...answer.neighbors.map((n) => tile(n.index, n.episode_id, `d ${n.distance.toFixed(4)}`)));
+  ringEpisodes([answer.episode_id, ...answer.neighbors.map((n) => n.episode_id)]).catch(() => {});
+}
+
+function similarAsFilter() {
+  const a = state.similar;
+  if (!a) return;
+  pin("episode_id", { field: "episode_id", op: "in", value: [a.episode_id, ...a.neighbors.map((n) => n.episode_id)] });
+}
+
+// ---- near-duplicates ----------------------------------------------------------------------
+
+const threshold = () => Number($("dup-threshold").value);
+let dupSeq = 0;
+
+const refreshDuplicates = debounce(async () => {
+  if (!state.dataset || open !== "duplicates") return;
+  if (!ready()) {
+    $("dup-summary").textContent = "Waiting for the similarity graph…";
+    return;
+  }
+  const seq = ++dupSeq;
+  const kept = state.pinned.filter((c) => c.field !== "duplicates");
+  const conditions = [...state.conditions, ...kept];
+  if (state.polygon) conditions.push({ field: "map", op: "within", value: state.polygon });
+  const body = { threshold: threshold(), filter: conditions, limit: groupsShown, offset: 0 };
+  let answer;
+  try {
+    answer = await postJSON(apiUrl(state.dataset.id, "/duplicates"), body);
+  } catch (err) {
+    if (seq === dupSeq) $("dup-summary").textContent = err.message;
+    return;
+  }
+  if (seq !== dupSeq) return; // the slider has moved on
+  $("dup-summary").replaceChildren(el("b", {}, fmt(answer.n_groups)), ` groups · `,
+    el("b", {}, fmt(answer.removed)), " episodes would be removed by keeping one per group");
+  $("dup-groups").replaceChildren(...answer.groups.map((g) => groupRow(g)));
+  $("dup-more").hidden = answer.n_groups <= answer.groups.length;
+}, 150);
+
+function groupRow(group) {
+  const members = group.slice(0, SHOWN_MEMBERS);
+  const row = el("div", { class: "group" }, el("div", { class: "size" }, `${group.length} episodes`));
+  for (const [i, index] of members.entries()) {
+    const t = tile(index, `#${index}`, null, { keeper: i === 0 });
+    row.append(t);
+    getJSON(apiUrl(state.dataset.id, `/episodes/${index}`)).then((ep) => {
+      t.querySelector(".tid").textContent = ep.episode_id;
+      t.title = ep.episode_id;
+    }).catch(() => {});
+  }
+  if (group.length > members.length) row.append(el("div", { class: "size" }, `+${group.length - members.length}`));
+  return row;
+}
+
+function renderKeepButton() {
+  const on_ = state.pinned.some((c) => c.field === "duplicates");
+  $("dup-keep").classList.toggle("on", on_);
+  $("dup-keep").textContent = on_ ? "Keeping one per group ✓" : "Keep one per group";
+}
+
+function toggleKeep() {
+  const active = state.pinned.find((c) => c.field === "duplicates");
+  pin("duplicates", active ? null : { field: "duplicates", op: "keep_one", value: threshold() });
+}
+
+// ---- wiring -------------------------------------------------------------------------------
+
+export function initCuration() {
+  for (const b of document.querySelectorAll(".drawer-tabs .tab")) {
+    b.addEventListener("click", () => showTab(open === b.dataset.tab ? null : b.dataset.tab));
+  }
+  $("drawer-toggle").addEventListener("click", () => showTab(open ? null : "similar"));
+  $("find-similar").addEventListener("click", () => {
+    const index = Number($("find-similar").dataset.index);
+    if (Number.isInteger(index)) findSimilar(index);
+  });
+  $("similar-filter").addEventListener("click", similarAsFilter);
+  $("similar-clear").addEventListener("click", () => update({ similar: null }));
+  $("dup-threshold").addEventListener("input", () => {
+    $("dup-threshold-value").textContent = threshold().toFixed(3);
+    groupsShown = GROUPS_PAGE;
+    const active = state.pinned.find((c) => c.field === "duplicates");
+    if (active) pin("duplicates", { ...active, value: threshold() });
+    refreshDuplicates();
+  });
+  $("dup-keep").addEventListener("click", toggleKeep);
+  $("dup-more").addEventListener("click", () => { groupsShown += GROUPS_PAGE; refreshDuplicates(); });
+  on("similar", (s) => renderSimilar(s.similar));
+  on(["conditions", "pinned", "polygon", "similarity"], () => refreshDuplicates());
+  on("pinned", renderKeepButton);
+  on("mapReady", (s) => { if (s.mapReady && s.similar) renderSimilar(s.similar); });
+}

@@ -1,0 +1,282 @@
+"""Near-duplicates and find-similar: planted pairs, exactness, and scikit-learn's radius query.
+
+    python benchmarks/similarity.py [--n 200000] [--dim 2048] [--baseline-n 20000] [--http]
+
+Data: seeded embeddings with low intrinsic dimension (a 60-cluster mixture in 48 latent
+dimensions, mapped linearly to ``--dim`` plus 5% noise: nearest neighbours sit at cosine
+distance ~0.1, like real embeddings; benchmarks/data.py's clustered blobs are so tight that
+half their rows would be "near-duplicates"), with near-copies planted: ``--groups`` originals
+get 1 to 3 copies each at a cosine distance of about 0.001.
+
+Measured, in one run:
+
+* Tessera's similarity index (the cosine kNN graph) and the duplicate groups at 0.05, with
+  planted-pair recall, and precision: every reported pair's cosine distance recomputed exactly
+  in float64 must be <= the threshold;
+* at ``--baseline-n`` rows (scikit-learn's brute radius query cannot do 200k x 2048 on two
+  cores in reasonable time), the same against ``NearestNeighbors(metric="cosine")
+  .radius_neighbors``: time, and Tessera's recall/precision of *all* pairs against it;
+* with ``--http``: find-similar through a real ``tessera serve`` once the graph exists, p50 over
+  ``--repeats`` random episodes for k=10 and for k=500.
+
+Prints a table and writes ``benchmarks/results/similarity.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.data import CACHE_DIR  # noqa: E402
+
+THRESHOLD = 0.05
+
+
+def planted(
+    n: int, dim: int, *, groups: int, seed: int = 0
+) -> tuple[np.ndarray, set[tuple[int, int]]]:
+    """``n`` clustered rows then the planted copies; the planted pairs (i < j)."""
+    x = structured(n, dim, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    originals = rng.choice(n, groups, replace=False)
+    copies, pairs, row = [], set(), n
+    for o in originals:
+        members = [int(o)]
+        for _ in range(int(rng.integers(1, 4))):
+            noise = rng.normal(0, 1, dim).astype(np.float32)
+            noise *= 0.05 * np.linalg.norm(x[o]) / np.linalg.norm(noise)  # cosine ~0.001
+            copies.append(x[o] + noise)
+            members.append(row)
+            row += 1
+        pairs |= {(a, b) for a in members for b in members if a < b}
+    return np.ascontiguousarray(np.vstack([x, np.asarray(copies)]), dtype=np.float32), pairs
+
+
+def structured(n: int, dim: int, *, seed: int = 0, latent: int = 48) -> np.ndarray:
+    """Embeddings with low intrinsic dimension (see the module docstring), cached on disk."""
+    path = CACHE_DIR / f"structured-{n}x{dim}-s{seed}.npy"
+    if path.exists():
+        return np.load(path)
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(60, latent)) * 2.0
+    z = centers[rng.integers(0, 60, n)] + rng.normal(size=(n, latent))
+    w = rng.normal(size=(latent, dim)) / np.sqrt(latent)
+    x = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 20_000):
+        block = z[start : start + 20_000] @ w
+        block += rng.normal(size=block.shape) * 0.05
+        x[start : start + 20_000] = block
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    np.save(path, x)
+    return x
+
+
+def components(n: int, pairs: set[tuple[int, int]]) -> set[frozenset[int]]:
+    """The connected components (of two or more) of a pair set."""
+    import scipy.sparse
+    import scipy.sparse.csgraph
+
+    if not pairs:
+        return set()
+    a, b = (np.array(v) for v in zip(*pairs, strict=True))
+    graph = scipy.sparse.coo_matrix((np.ones(a.size), (a, b)), shape=(n, n))
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    members = np.unique(np.concatenate([a, b]))
+    out: dict[int, set[int]] = {}
+    for m in members.tolist():
+        out.setdefault(int(labels[m]), set()).add(m)
+    return {frozenset(g) for g in out.values()}
+
+
+def exact_cosine(x: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+    a = np.array([p[0] for p in pairs])
+    b = np.array([p[1] for p in pairs])
+    xa, xb = x[a].astype(np.float64), x[b].astype(np.float64)
+    cos = (xa * xb).sum(1) / (np.linalg.norm(xa, axis=1) * np.linalg.norm(xb, axis=1))
+    return 1.0 - cos
+
+
+def tessera_groups(x: np.ndarray) -> dict[str, Any]:
+    from tessera_gpu.backends import get_backend
+    from tessera_gpu.similarity import build_index
+
+    backend = get_backend("cpu")
+    build_index(x[:3000], x[:3000], backend)  # JIT out of the timing
+    t0 = time.perf_counter()
+    index = build_index(x, x, backend)
+    t1 = time.perf_counter()
+    groups = index.groups(x, THRESHOLD)
+    t2 = time.perf_counter()
+    found = {
+        (int(min(a, b)), int(max(a, b))) for g in groups.groups for a in g for b in g if a != b
+    }
+    lo, hi, dist = index.edges()
+    within = dist <= THRESHOLD
+    linked = list(zip(lo[within].tolist(), hi[within].tolist(), strict=True))
+    return {"index": index, "groups": groups, "pairs": found, "linked": linked,
+            "graph_s": round(t1 - t0, 2), "groups_s": round(t2 - t1, 2),
+            "total_s": round(t2 - t0, 2), "knn": index.info["knn"]}  # fmt: skip
+
+
+def _precision(x: np.ndarray, linked: list[tuple[int, int]]) -> float | None:
+    """Share of the pairs the groups are linked by that are within the threshold, recomputed
+    exactly in float64."""
+    if not linked:
+        return None
+    return round(float(np.mean(exact_cosine(x, linked) <= THRESHOLD + 1e-6)), 4)
+
+
+def sklearn_pairs(x: np.ndarray) -> tuple[set[tuple[int, int]], float]:
+    from sklearn.neighbors import NearestNeighbors
+
+    t0 = time.perf_counter()
+    nn = NearestNeighbors(metric="cosine", algorithm="brute").fit(x)
+    _, ind = nn.radius_neighbors(x, radius=THRESHOLD)
+    elapsed = time.perf_counter() - t0
+    pairs = {(i, int(j)) for i, row in enumerate(ind) for j in row if i < j}
+    return pairs, elapsed
+
+
+def http_latency(x: np.ndarray, repeats: int) -> dict[str, Any]:
+    """p50 of find-similar through a real server, once the similarity graph exists."""
+    import subprocess
+    import tempfile
+
+    import httpx
+
+    from benchmarks.api import free_port
+    from tessera_gpu.io.writer import write_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "similar.h5"
+        write_dataset(path, embeddings=x, episode_ids=[f"ep_{i:07d}" for i in range(len(x))])
+        port = free_port()
+        log = (Path(tmp) / "server.log").open("wb")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tessera_gpu.cli", "serve", str(path), "--port", str(port),
+             "--data-dir", str(Path(tmp) / "data"), "--device", "cpu"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+                dataset_id = _wait(client, "/api/datasets", lambda d: d and d[0]["id"])
+                base = f"/api/datasets/{dataset_id}"
+                _wait(client, f"{base}/similarity", lambda s: s["status"] == "done")
+                _wait(client, f"{base}/projection", lambda s: s["status"] == "done")
+                rng = np.random.default_rng(0)
+                out = {}
+                for k in (10, 500):
+                    times = []
+                    for row in rng.integers(0, len(x), repeats):
+                        t0 = time.perf_counter()
+                        r = client.get(f"{base}/episodes/{int(row)}/similar", params={"k": k})
+                        times.append(time.perf_counter() - t0)
+                        r.raise_for_status()
+                    out[f"k{k}_p50_ms"] = round(1000 * statistics.median(times), 2)
+                return out
+        finally:
+            server.terminate()
+            server.wait(30)
+            log.close()
+
+
+def _wait(client: Any, url: str, ok: Any, timeout: float = 1800) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = ok(client.get(url).json())
+            if found:
+                return found
+        except (httpx_errors(), ValueError, KeyError, IndexError):  # still starting
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def httpx_errors() -> type[Exception]:
+    import httpx
+
+    return httpx.HTTPError
+
+
+def measure(n: int, dim: int, groups: int, baseline: bool) -> dict[str, Any]:
+    x, planted_pairs = planted(n, dim, groups=groups)
+    ours = tessera_groups(x)
+    row: dict[str, Any] = {
+        "rows": len(x), "dim": dim, "planted_pairs": len(planted_pairs),
+        "tessera_graph_s": ours["graph_s"], "tessera_groups_s": ours["groups_s"],
+        "tessera_total_s": ours["total_s"], "knn": ours["knn"],
+        "n_groups": len(ours["groups"].groups), "removed": int(ours["groups"].removed().size),
+        "planted_recall": round(len(planted_pairs & ours["pairs"]) / len(planted_pairs), 4),
+        "linked_pairs": len(ours["linked"]),
+        "precision_exact": _precision(x, ours["linked"]),
+    }  # fmt: skip
+    if baseline:
+        truth, seconds = sklearn_pairs(x)
+        linked = set(ours["linked"])
+        row.update({
+            "sklearn_radius_s": round(seconds, 2),
+            "speedup": round(seconds / ours["total_s"], 2),
+            "all_pairs_exact": len(truth),
+            "recall_vs_brute": round(len(truth & linked) / len(truth), 4) if truth else None,
+            "precision_vs_brute": round(len(truth & linked) / len(linked), 4) if linked else None,
+            "same_groups_as_brute": components(len(x), truth) == components(len(x), linked),
+        })  # fmt: skip
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--n", type=int, default=200_000)
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--groups", type=int, default=1000)
+    parser.add_argument("--baseline-n", type=int, default=20_000)
+    parser.add_argument("--http", action="store_true", help="Also time find-similar over HTTP.")
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "similarity.json")  # fmt: skip
+    args = parser.parse_args()
+    rows = [measure(args.baseline_n, args.dim, max(10, args.groups // 10), baseline=True)]
+    print(json.dumps(rows[-1]), flush=True)
+    if args.n > args.baseline_n:
+        rows.append(measure(args.n, args.dim, args.groups, baseline=False))
+        print(json.dumps(rows[-1]), flush=True)
+    report: dict[str, Any] = {"threshold": THRESHOLD, "runs": rows}
+    if args.http:
+        x, _ = planted(args.n, args.dim, groups=args.groups)
+        report["http"] = {"rows": len(x), **http_latency(x, args.repeats)}
+        print(json.dumps(report["http"]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"\nnear-duplicates at cosine distance <= {report['threshold']}")
+    print(f"{'rows x dim':>16}{'Tessera s':>11}{'sklearn s':>11}{'speed-up':>10}"
+          f"{'planted recall':>16}{'recall/prec vs brute':>22}")  # fmt: skip
+    for r in report["runs"]:
+        vs = (f"{r['recall_vs_brute']}/{r['precision_vs_brute']}"
+              if "recall_vs_brute" in r else "-")  # fmt: skip
+        nan = float("nan")
+        print(f"{r['rows']:>9,} x {r['dim']:<4}{r['tessera_total_s']:>11.2f}"
+              f"{r.get('sklearn_radius_s', nan):>11.2f}{r.get('speedup', nan):>10.2f}"
+              f"{r['planted_recall']:>16.4f}{vs:>22}")  # fmt: skip
+    if "http" in report:
+        h = report["http"]
+        print(f"find similar over HTTP at {h['rows']:,}: k=10 p50 {h['k10_p50_ms']} ms, "
+              f"k=500 p50 {h['k500_p50_ms']} ms")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
