@@ -53,6 +53,7 @@ UNIQUENESS_K = 10
 DEFAULT_THRESHOLD = 0.05
 MAX_SIMILAR = 1_000
 _EXACT_BATCH = 512
+_BOUND_SLACK = 1e-4  # float32 rounding of the bounds: err on the side of checking more rows
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class SimilarityIndex:
     norms: np.ndarray  # (n,) float32
     info: dict[str, Any] = field(default_factory=dict)
     _edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _sq: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -99,26 +101,53 @@ class SimilarityIndex:
         row can be nearer than the k-th found."""
         allowed = np.ones(self.n, dtype=bool) if mask is None else mask.copy()
         allowed[row] = False
-        rows = np.flatnonzero(allowed)
-        k = min(k, rows.size)
+        n_allowed = int(np.count_nonzero(allowed))
+        k = min(k, n_allowed)
         if k == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        diff = self.reduced[rows] - self.reduced[row]
-        bound = np.einsum("ij,ij->i", diff, diff) / 2 - 1e-5  # cosine = |u - v|^2 / 2
+        bound = self._bounds(row)
+        bound[~allowed] = np.inf
+        first = min(n_allowed, max(_EXACT_BATCH, 4 * k))
+        if first < self.n:  # the nearest candidates by bound, in O(n)
+            part = np.argpartition(bound, first)
+            batch, next_bound = part[:first], float(bound[part[first]])
+        else:
+            batch, next_bound = np.arange(self.n), np.inf
+        batch = batch[allowed[batch]]
+        dist = cosine_distances(embeddings, self.norms, np.full(batch.size, row), batch)
+        keep = np.lexsort((batch, dist))[:k]
+        if dist[keep[-1]] <= next_bound:  # nothing unchecked can be nearer: exact
+            return batch[keep].astype(np.int64), dist[keep]
+        return self._similar_slow(embeddings, row, k, bound, allowed)
+
+    def _bounds(self, row: int) -> np.ndarray:
+        """Lower bounds of every row's cosine distance to ``row`` (from the PCA space)."""
+        if self._sq is None:
+            self._sq = np.einsum("ij,ij->i", self.reduced, self.reduced)
+        dot = self.reduced @ self.reduced[row]
+        return (self._sq + self._sq[row] - 2 * dot) / 2 - _BOUND_SLACK
+
+    def _similar_slow(
+        self, embeddings: np.ndarray, row: int, k: int, bound: np.ndarray, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates in order of their bounds, checked in batches until none left unchecked
+        can be nearer than the k-th found."""
         order = np.argsort(bound, kind="stable")
+        order = order[allowed[order]]
         best_rows = np.zeros(0, dtype=np.int64)
         best_d = np.zeros(0, dtype=np.float32)
-        for start in range(0, rows.size, max(_EXACT_BATCH, 4 * k)):
-            batch = rows[order[start : start + max(_EXACT_BATCH, 4 * k)]]
+        step = max(_EXACT_BATCH, 4 * k)
+        for start in range(0, order.size, step):
+            batch = order[start : start + step]
             d = cosine_distances(embeddings, self.norms, np.full(batch.size, row), batch)
             best_rows = np.concatenate([best_rows, batch])
             best_d = np.concatenate([best_d, d])
             keep = np.lexsort((best_rows, best_d))[:k]
             best_rows, best_d = best_rows[keep], best_d[keep]
             done = start + batch.size
-            if best_rows.size == k and (done >= rows.size or best_d[-1] <= bound[order[done]]):
+            if done >= order.size or best_d[-1] <= bound[order[done]]:
                 break
-        return best_rows, best_d
+        return best_rows.astype(np.int64), best_d
 
     # ---- near-duplicates --------------------------------------------------------------------
 
