@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     real = preflight(real=not args.no_real)
+    if args.only_real and not real:
+        raise SystemExit("--only-real needs the real-text embeddings: see the line above")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     default = {"smoke": SMOKE_SIZES, "quick": QUICK_SIZES, "full": FULL_SIZES}[mode]
     sizes = args.sizes.split(",") if args.sizes else default

