@@ -29,6 +29,7 @@ from .containers import (
     ROOT,
     Container,
     Deploy,
+    Launch,
     image_alone,
     launch,
     parse_dockerfile,
@@ -77,7 +78,7 @@ class Server:
 def run_server(tmp_path: Path) -> Iterator:
     started: list[Server] = []
 
-    def start(c: Container) -> tuple[Server, object]:
+    def start(c: Container) -> tuple[Server, Launch]:
         spec = launch(c, tmp_path, free_port())
         out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         with out.open("wb") as o, err.open("wb") as e:
