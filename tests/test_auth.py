@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from litestar.testing import AsyncTestClient
+from litestar.testing import AsyncTestClient, TestClient
 from tessera_app.auth import CSRF_COOKIE, SESSION_COOKIE, csrf_value, session_value
 from tessera_app.main import create_app
 
 from tessera_gpu.cli.main import cli
+from tessera_gpu.cli.serve import check_exposure, login_token
+from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.settings import Settings
 
 from .api_calls import TEST_HOSTS, Client, error
@@ -141,32 +144,78 @@ def test_settings_never_show_the_token() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "env", "refused"),
+    ("args", "env", "made"),
     [(["--host", "0.0.0.0"], {}, True), (["--host", "10.1.2.3"], {}, True),
      (["--host", "0.0.0.0", "--insecure"], {}, False),
      (["--host", "0.0.0.0"], {"TESSERA_INSECURE": "1"}, False),
      (["--host", "0.0.0.0"], {"TESSERA_TOKEN": TOKEN}, False),
+     (["--host", "0.0.0.0", "--token", TOKEN], {}, False),
      (["--host", "::1"], {}, False), (["--host", "localhost"], {}, False)],
 )  # fmt: skip
-def test_serve_refuses_an_exposed_host_without_a_token(
+def test_serve_makes_a_token_for_an_exposed_host_without_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], env: dict[str, str],
-    refused: bool,
+    made: bool,
 ) -> None:  # fmt: skip
+    """Jupyter's way: an exposed bind with no token and no --insecure gets a fresh token, and
+    its login URL is printed once; a given token, --insecure and loopback binds print none."""
     import uvicorn
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
     for k in ("TESSERA_TOKEN", "TESSERA_INSECURE"):
         monkeypatch.delenv(k, raising=False)
     cmd = ["serve", *args, "--data-dir", str(tmp_path / "d"), "--device", "cpu"]
     result = CliRunner().invoke(cli, cmd, env=env)
-    if refused:
-        host = args[1]
-        assert (result.exit_code, seen) == (1, {})
-        assert result.output == (
-            f"error: refusing to listen on {host} without --token (or TESSERA_TOKEN); "
-            "pass --insecure to do it anyway\n"
+    assert result.exit_code == 0, result.output
+    assert seen["host"] == args[1]
+    urls = re.findall(r"Log in once: (http://\S+/login\?token=(\S+))$", result.output, re.M)
+    assert TOKEN not in result.output
+    if not made:
+        assert urls == [] and "login?token" not in result.output
+        return
+    [(url, token)] = urls
+    browse = "127.0.0.1" if args[1] == "0.0.0.0" else args[1]
+    assert url == f"http://{browse}:8000/login?token={token}" and len(token) >= 40
+    assert result.output.count(token) == 1
+    for path in (tmp_path / "d").rglob("*"):  # nothing in the data dir holds it
+        assert token not in path.name and not (
+            path.is_file() and token.encode() in path.read_bytes()
         )
-    else:
-        assert result.exit_code == 0, result.output
-        assert TOKEN not in result.output
+    with TestClient(seen["app"]) as c:  # the app now requires exactly that token
+        h = {"Host": f"{browse}:8000"}
+        assert c.get("/api/datasets", headers=h).status_code == 401
+        r = c.get(f"/login?token={token}", headers=h, follow_redirects=False)
+        assert (r.status_code, r.headers["location"]) == (303, "/")
+        assert c.get("/api/datasets", headers=h).status_code == 200
+
+
+def test_each_run_makes_its_own_token() -> None:
+    exposed = Settings(host="0.0.0.0")
+    (a, url_a), (b, url_b) = login_token(exposed), login_token(exposed)
+    assert a.token and b.token and a.token != b.token and url_a != url_b
+    assert TOKEN not in repr(a) and a.token not in repr(a)
+
+
+@pytest.mark.parametrize(
+    ("host", "browse"),
+    [("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("10.1.2.3", "10.1.2.3"),
+     ("fd00::5", "[fd00::5]"), ("[fd00::5]", "[fd00::5]"), ("gpu-box.lan", "gpu-box.lan")],
+)  # fmt: skip
+def test_login_url_names_a_reachable_host(host: str, browse: str) -> None:
+    settings, url = login_token(Settings(host=host, port=8123))
+    assert url == f"http://{browse}:8123/login?token={settings.token}"
+    check_exposure(settings)  # the guard after it passes
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [Settings(host="0.0.0.0", token=TOKEN), Settings(host="0.0.0.0", insecure=True),
+     Settings(host="127.0.0.1"), Settings(host="::1"), Settings(host="localhost")],
+)  # fmt: skip
+def test_no_token_is_made_when_none_is_needed(settings: Settings) -> None:
+    assert login_token(settings) == (settings, None)
+
+
+def test_the_guard_still_refuses_an_exposed_host_without_a_token() -> None:
+    with pytest.raises(InvalidRequest, match="refusing to listen on 0.0.0.0 without --token"):
+        check_exposure(Settings(host="0.0.0.0"))

@@ -6,7 +6,9 @@ its ``TESSERA_*`` variable and its help line never drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.io.safety import Limits, check_file_on_disk
 from tessera_gpu.settings import SETTINGS, Setting, Settings
 
-__all__ = ["DEMO_FILE", "serve", "setting_options"]
+__all__ = ["DEMO_FILE", "check_exposure", "login_token", "serve", "setting_options"]
 
 DEMO_FILE = "demo.h5"
 
@@ -72,7 +74,7 @@ def serve(files: tuple[Path, ...], demo: bool, **flags: Any) -> None:
     from tessera_app.main import create_app
 
     configure_logging()
-    settings = Settings.load(flags)
+    settings, login_url = login_token(Settings.load(flags))
     check_exposure(settings)
     for path in files:
         check_file_on_disk(path, Limits())  # a typo or a wrong file: one clear line, no server
@@ -86,11 +88,29 @@ def serve(files: tuple[Path, ...], demo: bool, **flags: Any) -> None:
         f"Tessera {__version__} on {backend.name} ({backend.device}), data in {settings.data_dir}"
     )
     click.echo(f"Serving at http://{host}:{settings.port}/  (API docs: /api/schema)")
+    if login_url is not None:  # stdout only, once: never logged, never written to a file
+        click.echo(f"No --token given, so this run made one. Log in once: {login_url}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
 
 
+def login_token(settings: Settings) -> tuple[Settings, str | None]:
+    """Jupyter's way: a bind beyond this machine with no token (and no ``--insecure``) gets a
+    random token for this run. Returns the settings with it and the login URL to print once,
+    or the settings unchanged and None (a token was given, ``--insecure``, or loopback)."""
+    if settings.token or settings.insecure or is_loopback(settings.host):
+        return settings, None
+    token = secrets.token_urlsafe(32)
+    bound = settings.host.strip("[]")
+    browse = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(bound)  # noqa: S104
+    if browse is None:
+        browse = f"[{bound}]" if ":" in bound else bound
+    url = f"http://{browse}:{settings.port}/login?token={token}"
+    return dataclasses.replace(settings, token=token), url
+
+
 def check_exposure(settings: Settings) -> None:
-    """Refuse to listen beyond this machine without a token, unless told ``--insecure``."""
+    """Refuse to listen beyond this machine without a token, unless told ``--insecure``
+    (the last guard: :func:`login_token` gives such a bind a token first)."""
     if settings.token or settings.insecure or is_loopback(settings.host):
         return
     raise InvalidRequest(
