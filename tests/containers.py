@@ -105,7 +105,8 @@ def parse_dockerfile(path: Path) -> Image:
         elif keyword == "ENV":
             for item in shlex.split(rest):
                 name, sep, value = item.partition("=")
-                assert sep and "$" not in value, f"{path.name}: ENV {item!r} is not NAME=literal"
+                assert sep, f"{path.name}: ENV {item!r} is not NAME=literal"
+                assert "$" not in value, f"{path.name}: ENV {item!r} is not NAME=literal"
                 image.env[name] = value
         elif keyword == "USER":
             image.user = rest
@@ -312,7 +313,8 @@ class Deploy:
     def _compose(self, tokens: list[str], label: str) -> None:
         opts, rest = _options(tokens, {"-f": "file", "--file": "file",
                                        "--env-file": "env_file"}, set())  # fmt: skip
-        assert rest[:1] == ["up"] and set(rest[1:]) <= {"-d", "--detach"}, rest
+        assert rest[:1] == ["up"], rest
+        assert set(rest[1:]) <= {"-d", "--detach"}, rest
         compose = (ROOT / opts["file"][0]).resolve()
         # Compose reads --env-file, else the .env beside the compose file.
         env_path = opts.get("env_file", [str(compose.parent.relative_to(ROOT) / ".env")])[0]

@@ -171,16 +171,17 @@ def test_serve_makes_a_token_for_an_exposed_host_without_one(
     urls = re.findall(r"Log in once: (http://\S+/login\?token=(\S+))$", result.output, re.M)
     assert TOKEN not in result.output
     if not made:
-        assert urls == [] and "login?token" not in result.output
+        assert urls == []
+        assert "login?token" not in result.output
         return
     [(url, token)] = urls
     browse = "127.0.0.1" if args[1] == "0.0.0.0" else args[1]
-    assert url == f"http://{browse}:8000/login?token={token}" and len(token) >= 40
+    assert url == f"http://{browse}:8000/login?token={token}"
+    assert len(token) >= 40
     assert result.output.count(token) == 1
     for path in (tmp_path / "d").rglob("*"):  # nothing in the data dir holds it
-        assert token not in path.name and not (
-            path.is_file() and token.encode() in path.read_bytes()
-        )
+        assert token not in path.name
+        assert not (path.is_file() and token.encode() in path.read_bytes())
     with TestClient(seen["app"]) as c:  # the app now requires exactly that token
         h = {"Host": f"{browse}:8000"}
         assert c.get("/api/datasets", headers=h).status_code == 401
@@ -192,8 +193,12 @@ def test_serve_makes_a_token_for_an_exposed_host_without_one(
 def test_each_run_makes_its_own_token() -> None:
     exposed = Settings(host="0.0.0.0")
     (a, url_a), (b, url_b) = login_token(exposed), login_token(exposed)
-    assert a.token and b.token and a.token != b.token and url_a != url_b
-    assert TOKEN not in repr(a) and a.token not in repr(a)
+    assert a.token
+    assert b.token
+    assert a.token != b.token
+    assert url_a != url_b
+    assert TOKEN not in repr(a)
+    assert a.token not in repr(a)
 
 
 @pytest.mark.parametrize(
@@ -217,5 +222,5 @@ def test_no_token_is_made_when_none_is_needed(settings: Settings) -> None:
 
 
 def test_the_guard_still_refuses_an_exposed_host_without_a_token() -> None:
-    with pytest.raises(InvalidRequest, match="refusing to listen on 0.0.0.0 without --token"):
+    with pytest.raises(InvalidRequest, match=r"refusing to listen on 0\.0\.0\.0 without --token"):
         check_exposure(Settings(host="0.0.0.0"))

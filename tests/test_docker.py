@@ -70,7 +70,8 @@ def test_python_version_satisfies_requires_python(dockerfile: Path) -> None:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_runs_unprivileged_with_health_and_volume(dockerfile: Path) -> None:
     image = parse_dockerfile(dockerfile)
-    assert image.user.isdigit() and image.user != "0", "a fixed, non-root numeric uid"
+    assert image.user.isdigit(), "a fixed, numeric uid"
+    assert image.user != "0", "not root"
     data = image.env["TESSERA_DATA_DIR"]
     assert data in image.volumes
     setup = " && ".join(image.runs)
@@ -136,7 +137,8 @@ def test_dockerignore_keeps_local_clutter_and_secrets_out() -> None:
 def test_dockerignore_matches_as_docker_does() -> None:
     assert dockerignored(["**/__pycache__"], "a/b/__pycache__/c.pyc")
     assert dockerignored(["**/__pycache__"], "__pycache__/c.pyc")
-    assert dockerignored(["*.h5"], "demo.h5") and not dockerignored(["*.h5"], "data/demo.h5")
+    assert dockerignored(["*.h5"], "demo.h5")
+    assert not dockerignored(["*.h5"], "data/demo.h5")
     assert not dockerignored(["build"], "tessera_gpu/build.py")
     assert not dockerignored(["docs", "!docs/keep.md"], "docs/keep.md")
 

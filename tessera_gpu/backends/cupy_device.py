@@ -124,7 +124,7 @@ def probe(cp: Any = None) -> Probe:
     (checked against its emulation), a matmul (cuBLAS) and a small ``eigh`` (cuSOLVER)."""
     try:
         if cp is None:
-            cp = importlib.import_module("cupy")
+            import cupy as cp  # type: ignore[no-redef]
         if cp.cuda.runtime.getDeviceCount() < 1:
             return Probe(False, "no_device", _WORDS["no_device"])
         capability = int(cp.cuda.Device(0).compute_capability)
@@ -186,7 +186,9 @@ class CupyDevice:
     block_bytes = 1 << 30  # GEMM output per query block
 
     def __init__(self, cp: Any = None) -> None:
-        self.cp = cp if cp is not None else importlib.import_module("cupy")
+        if cp is None:
+            import cupy as cp  # type: ignore[no-redef]
+        self.cp = cp
         self.xp: Any = self.cp
         self.allocator = use_rmm(self.cp)
         self._kernels: dict[int, Any] = {}
