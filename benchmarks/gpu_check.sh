@@ -29,7 +29,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
 IMAGE="numpy scipy numba h5py pandas scikit-learn pytest pytest-timeout xxhash pillow click rich httpx anyio"
-CARRY=""   # packages the check imports that the GPU image lacks (none today)
+CARRY="msgspec"   # packages the check imports that the GPU image lacks
 WHEEL_LIMIT_MIB=40
 TESTS="tests/test_backends.py tests/test_projection.py tests/test_clustering.py tests/test_gpu_tier.py"
 

@@ -1,5 +1,16 @@
-"""The ``tessera`` command line: one small module per command, all on the library."""
+"""The ``tessera`` command line: one small module per command, all on the library.
 
-from tessera_gpu.cli.main import cli, main
+Importing this package imports nothing else (``tessera doctor`` and the GPU check import
+:mod:`.doctor` on machines without the web stack); :func:`main` loads the commands.
+"""
 
-__all__ = ["cli", "main"]
+from __future__ import annotations
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``tessera`` console script."""
+    from tessera_gpu.cli.main import main as run
+
+    run(argv)
