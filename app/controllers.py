@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import anyio.to_thread
 import h5py
@@ -16,7 +16,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, PathParameter, QueryParameter
+from litestar.params import Body, PathParameter
 
 from tessera_gpu import __version__
 from tessera_gpu.backends import Backend, backend_summary
@@ -25,6 +25,7 @@ from tessera_gpu.errors import InsufficientStorage, InvalidRequest, UnsupportedM
 from tessera_gpu.sampling import Manifest
 
 from .openapi_docs import DatasetRegistration
+from .selections import ExportBy, ExportFormat, ExportTau, download
 from .uploads import MULTIPART_OVERHEAD, receive_upload, too_large
 
 __all__ = [
@@ -376,18 +377,13 @@ class SampleController(Controller):
         tessera: TesseraDep,
         dataset_id: DatasetId,
         sample_id: SampleId,
-        format: Annotated[
-            Literal["txt", "csv", "json"],
-            QueryParameter(
-                name="format",
-                description="txt: one episode id a line; csv: ids and metadata; json: manifest.",
-            ),
-        ] = "txt",
+        format: ExportFormat = "txt",
+        by: ExportBy = None,
+        tau: ExportTau = None,
     ) -> Response[bytes]:
-        """The sample as a file download (Content-Disposition: attachment)."""
-        content, media_type, filename = tessera.export(dataset_id, sample_id, format)
-        return Response(
-            content,
-            media_type=media_type.split(";")[0],  # Litestar adds the charset to text/* itself
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        """The sample as a file download: txt, csv, json (the manifest), lerobot (episode
+        indices for LeRobot) or weights (mixture weights by field ``by``, exponent ``tau``)."""
+        content, media_type, filename = tessera.export(
+            dataset_id, sample_id, format, by=by, tau=tau
         )
+        return download(content, media_type, filename)

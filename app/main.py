@@ -34,9 +34,11 @@ from .controllers import (
     SampleController,
 )
 from .error_handlers import EXCEPTION_HANDLERS
+from .groups import GroupController
 from .maps import MapController, PreviewController
 from .openapi_docs import document_errors
 from .page import PAGE_HANDLERS
+from .selections import SelectionController
 from .similarity import SimilarityController
 
 __all__ = ["CONTROLLERS", "create_app"]
@@ -85,6 +87,8 @@ def create_app(
             MapController,
             PreviewController,
             SimilarityController,
+            SelectionController,
+            GroupController,
             *PAGE_HANDLERS,
             login,
             *route_handlers,

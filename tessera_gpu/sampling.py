@@ -6,8 +6,6 @@ ascending row indices, so the same request and seed always give the same episode
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import re
 from collections.abc import Callable
@@ -19,6 +17,7 @@ import numpy as np
 
 from tessera_gpu.backends import Backend
 from tessera_gpu.errors import Conflict, InvalidRequest
+from tessera_gpu.exports import export_ids
 from tessera_gpu.filters import DUPLICATES_FIELD, FilterContext, filter_rows, parse_filter
 from tessera_gpu.io.dataset import Dataset, Field
 
@@ -46,8 +45,6 @@ MAX_SAMPLE = 200_000
 COVERAGE_QUERY_ROWS = 5_000
 _METHODS = ("kmeans", "stratified", "random")
 _ALLOCATIONS = ("proportional", "equal")
-_FORMATS = {"txt": "text/plain; charset=utf-8", "csv": "text/csv; charset=utf-8",
-            "json": "application/json"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -493,48 +490,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def export_sample(dataset: Dataset, manifest: Manifest, fmt: str) -> tuple[bytes, str]:
-    """The sample as ``txt`` (one id a line), ``csv`` (id + metadata) or ``json`` (manifest)."""
-    if fmt not in _FORMATS:
-        raise InvalidRequest(f"format must be txt, csv or json, got {fmt!r}")
-    ids = manifest.episode_ids
-    if fmt == "txt":
-        body = "".join(f"{i}\n" for i in ids).encode("utf-8")
-    elif fmt == "json":
-        body = msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
-    else:
-        body = _csv_text(dataset, ids).encode("utf-8")
-    return body, _FORMATS[fmt]
-
-
-def _csv_text(dataset: Dataset, ids: list[str]) -> str:
-    rows = []
-    for eid in ids:
-        index = dataset.index_of(eid)
-        if index is None:
-            raise InvalidRequest(f"episode {eid!r} of this sample is not in {dataset.name}")
-        rows.append(index)
-    index_array = np.asarray(rows, dtype=np.int64)
-    columns = [f for f in dataset.fields.values() if f.filterable]
-    cells = [_csv_column(f, index_array) for f in columns]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["episode_id", *(f.name for f in columns)])
-    writer.writerows(zip(ids, *cells, strict=True))
-    return buf.getvalue()
-
-
-def _csv_column(fld: Field, rows: np.ndarray) -> list[str]:
-    """A field's cells as CSV text: its JSON values, with true/false and empty for null."""
-    return [_csv_cell(v) for v in fld.json_values(rows)]
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
+def export_sample(
+    dataset: Dataset,
+    manifest: Manifest,
+    fmt: str,
+    *,
+    by: str | None = None,
+    tau: float | None = None,
+) -> tuple[bytes, str]:
+    """The sample as a file (:mod:`tessera_gpu.exports`; ``json`` is the manifest)."""
+    document = msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
+    return export_ids(dataset, manifest.episode_ids, fmt, document=document, by=by, tau=tau)
 
 
 def export_filename(manifest: Manifest, fmt: str) -> str:
@@ -546,4 +512,9 @@ def export_filename(manifest: Manifest, fmt: str) -> str:
     if method == "stratified":
         method += f"-{manifest.params.stratify_by}"
     method = re.sub(r"[^A-Za-z0-9._-]+", "_", method)
-    return f"{name}-{method}-{manifest.n}-seed{manifest.seed}.{fmt}"
+    return f"{name}-{method}-{manifest.n}-seed{manifest.seed}.{file_extension(fmt)}"
+
+
+def file_extension(fmt: str) -> str:
+    """``lerobot.json`` and ``weights.csv`` for those exports; the format itself otherwise."""
+    return {"lerobot": "lerobot.json", "weights": "weights.csv"}.get(fmt, fmt)

@@ -293,7 +293,9 @@ def test_exports(ds: Dataset) -> None:
     assert rows[0]["success"] == str(first["success"]).lower()
     assert float(rows[0]["gripper_force"]) == first["gripper_force"]
     assert export_filename(manifest, "txt") == "episodes-random-5-seed0.txt"  # dataset's name
-    with pytest.raises(InvalidRequest, match=r"^format must be txt, csv or json, got 'xml'$"):
+    with pytest.raises(
+        InvalidRequest, match=r"^format must be txt, csv, json, lerobot, weights: got 'xml'$"
+    ):
         export_sample(ds, manifest, "xml")
 
 

@@ -138,6 +138,10 @@ from tessera_gpu.cli.similar import similar  # noqa: E402
 
 cli.add_command(similar)
 
+from tessera_gpu.cli.export import export  # noqa: E402
+
+cli.add_command(export)
+
 
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="tessera")

@@ -1,8 +1,8 @@
 """The catalog: one SQLite database in the data directory (``catalog.sqlite``).
 
 It holds what Tessera must never lose: the registered datasets, the sample manifests, the last
-job of each kind per dataset, and the named selections. Uploaded files and cached maps stay
-files beside it (:mod:`.datadir`).
+job of each kind per dataset, and the named selections (their provenance and episode ids).
+Uploaded files and cached maps stay files beside it (:mod:`.datadir`).
 
 * stdlib :mod:`sqlite3` in WAL mode with ``synchronous=FULL``: a write that returned is on disk,
   and a ``kill -9`` at any moment loses nothing that was committed.
@@ -30,9 +30,17 @@ from typing import Any, Literal
 
 import msgspec
 
-from tessera_gpu.errors import NotFound
+from tessera_gpu.errors import Conflict, NotFound
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Catalog", "DatasetEntry", "JobRecord", "now"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Catalog",
+    "DatasetEntry",
+    "JobRecord",
+    "SelectionRecord",
+    "now",
+]
 
 log = logging.getLogger("tessera.catalog")
 
@@ -67,6 +75,18 @@ MIGRATIONS: tuple[str, ...] = (
         info TEXT NOT NULL DEFAULT '{}',
         updated_at TEXT NOT NULL,
         PRIMARY KEY (dataset_id, kind)
+    );
+    """,
+    # 2: named selections (their episode ids are stored, not their filter)
+    """
+    CREATE TABLE selections (
+        dataset_id TEXT NOT NULL REFERENCES datasets (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        source TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        episode_ids BLOB NOT NULL,
+        PRIMARY KEY (dataset_id, name)
     );
     """,
 )
@@ -110,6 +130,18 @@ class JobRecord:
     error: str | None
     info: dict[str, Any]
     updated_at: str
+
+
+@dataclass(frozen=True)
+class SelectionRecord:
+    """A named selection: its provenance (``source``), size, and (when read whole) its ids."""
+
+    dataset_id: str
+    name: str
+    created_at: str
+    source: dict[str, Any]
+    count: int
+    episode_ids: tuple[str, ...] | None = None
 
 
 class Catalog:
@@ -272,6 +304,57 @@ class Catalog:
             )
             for r in rows
         ]
+
+    # ---- selections -------------------------------------------------------------------------
+
+    def add_selection(
+        self, dataset_id: str, name: str, source: dict[str, Any], episode_ids: list[str]
+    ) -> SelectionRecord:
+        """Keep a new selection; 409 when the dataset already has one of that name."""
+        created = now()
+        blob = "\n".join(episode_ids).encode("utf-8")
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO selections (dataset_id, name, created_at, source, count, "
+                    "episode_ids) VALUES (?, ?, ?, ?, ?, ?)",
+                    (dataset_id, name, created, _json(source), len(episode_ids), blob),
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(
+                f"A selection named {name!r} already exists: delete it first, or pick another name",
+                code="selection_exists",
+            ) from None
+        return SelectionRecord(dataset_id, name, created, source, len(episode_ids))
+
+    def selections(self, dataset_id: str) -> list[SelectionRecord]:
+        """A dataset's selections (without their ids), oldest first."""
+        rows = self._rows(
+            "SELECT dataset_id, name, created_at, source, count FROM selections "
+            "WHERE dataset_id = ? ORDER BY created_at, name",
+            dataset_id,
+        )
+        return [SelectionRecord(**{**r, "source": json.loads(r["source"])}) for r in rows]
+
+    def selection(self, dataset_id: str, name: str) -> SelectionRecord:
+        """One selection with its episode ids; 404 when there is none of that name."""
+        rows = self._rows(
+            "SELECT * FROM selections WHERE dataset_id = ? AND name = ?", dataset_id, name
+        )
+        if not rows:
+            raise NotFound(f"Selection not found: {name!r}", code="selection_not_found")
+        r = rows[0]
+        blob = bytes(r.pop("episode_ids"))
+        ids = tuple(blob.decode("utf-8").split("\n")) if blob else ()
+        return SelectionRecord(**{**r, "source": json.loads(r["source"])}, episode_ids=ids)
+
+    def remove_selection(self, dataset_id: str, name: str) -> None:
+        with self._transaction() as db:
+            gone = db.execute(
+                "DELETE FROM selections WHERE dataset_id = ? AND name = ?", (dataset_id, name)
+            ).rowcount
+        if not gone:
+            raise NotFound(f"Selection not found: {name!r}", code="selection_not_found")
 
     # ---- the old layout ---------------------------------------------------------------------
 

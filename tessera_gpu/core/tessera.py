@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable
@@ -33,7 +34,8 @@ import numpy as np
 
 from tessera_gpu import __version__
 from tessera_gpu.backends import Backend, get_backend, on_gpu
-from tessera_gpu.core.catalog import Catalog, DatasetEntry, now
+from tessera_gpu.clustering import kmeans
+from tessera_gpu.core.catalog import Catalog, DatasetEntry, SelectionRecord, now
 from tessera_gpu.core.datadir import DataDir
 from tessera_gpu.core.jobs import ProjectionJobs, ProjectionStatus
 from tessera_gpu.core.tasks import Tasks, TaskStatus
@@ -46,13 +48,14 @@ from tessera_gpu.errors import (
     TesseraError,
     Unavailable,
 )
+from tessera_gpu.exports import export_ids, rows_of
 from tessera_gpu.filters import MAP_FIELD, FilterContext, filter_mask, parse_filter
 from tessera_gpu.io.artifacts import ArtifactStore
 from tessera_gpu.io.dataset import Dataset, DatasetFacts, Field, load_dataset
 from tessera_gpu.io.files import file_sha256
 from tessera_gpu.io.isolation import validate_isolated
 from tessera_gpu.io.safety import Limits, check_file_on_disk
-from tessera_gpu.projection.cache import ProjectionCache
+from tessera_gpu.projection.cache import ProjectionCache, backend_tag
 from tessera_gpu.projection.project import Progress, Projection, ProjectionParams, project_cached
 from tessera_gpu.render.maps import MapCache, ProjectionMaps
 from tessera_gpu.sampling import (
@@ -62,7 +65,9 @@ from tessera_gpu.sampling import (
     draw_sample,
     export_filename,
     export_sample,
+    file_extension,
 )
+from tessera_gpu.selections import Selection, SelectionRequest, combine
 from tessera_gpu.settings import Settings
 from tessera_gpu.similarity import (
     DEFAULT_THRESHOLD,
@@ -73,6 +78,7 @@ from tessera_gpu.similarity import (
     derived_fields,
     load_or_build,
 )
+from tessera_gpu.summary import Summary, summarize
 
 __all__ = [
     "ID_LENGTH",
@@ -92,6 +98,10 @@ __all__ = [
 log = logging.getLogger("tessera.core")
 ID_LENGTH = 16  # hex digits of the file's SHA-256
 SIMILARITY = "similarity"  # the analysis job that builds the similarity index
+CLUSTERS = "clusters"  # the analysis job behind the ``cluster`` field
+CLUSTER_VERSION = "tessera-kmeans-1"
+DEFAULT_CLUSTERS = 20
+MAX_CLUSTERS = 1_000
 MAX_GROUPS_PAGE = 1_000
 
 
@@ -188,6 +198,8 @@ class Tessera:
         self.jobs = ProjectionJobs(self.backend, self.cache, listener=self._record_job)
         self.tasks = Tasks(listener=self._record_task)
         self.graphs = ArtifactStore(self.data.cache_dir, ".knn")
+        self.clusterings = ArtifactStore(self.data.cache_dir, ".clusters")
+        self._selection_masks: dict[tuple[str, str], np.ndarray] = {}
         self._versions: dict[str, int] = {}
         self.maps = MapCache(gpu=on_gpu(self.backend))
         self.uploads = UploadSlots()
@@ -371,12 +383,15 @@ class Tessera:
         self.maps.forget(dataset_id)
         with self._lock:
             self._versions.pop(dataset_id, None)
+            for key in [k for k in self._selection_masks if k[0] == dataset_id]:
+                del self._selection_masks[key]
         self.catalog.remove_dataset(dataset_id)
         if live.entry.source == "upload":
             self.data.upload_path(dataset_id).unlink(missing_ok=True)
         if live.dataset.embeddings_hash is not None and not shared:
             self.cache.forget(live.dataset.embeddings_hash)  # every map, whatever its params
             self.graphs.forget(live.dataset.embeddings_hash)
+            self.clusterings.forget(live.dataset.embeddings_hash)
 
     def holds(self, dataset_id: str) -> bool:
         """Whether any memory is still held for ``dataset_id`` (after :meth:`delete`: False)."""
@@ -446,7 +461,10 @@ class Tessera:
             keep_one = functools.partial(self._keep_one, live.id)
         with self._lock:
             version = str(self._versions.get(live.id, 0))
-        return FilterContext(coords=coords, keep_one=keep_one, version=version)
+        selections = functools.partial(self._selection_mask, live)
+        return FilterContext(
+            coords=coords, selections=selections, keep_one=keep_one, version=version
+        )
 
     # ---- similarity -------------------------------------------------------------------------
 
@@ -507,6 +525,11 @@ class Tessera:
         assert live.dataset.embeddings is not None
         index = self._ready_index(dataset_id)
         return index.keep_mask(live.dataset.embeddings, threshold, mask)[0]
+
+    def _bump(self, dataset_id: str) -> None:
+        """What filters refer to changed (a selection, a derived field): drop cached masks."""
+        with self._lock:
+            self._versions[dataset_id] = self._versions.get(dataset_id, 0) + 1
 
     def _set_derived(self, dataset_id: str, fields: dict[str, Field]) -> None:
         """Give a dataset derived fields (a field of the file's own with the name wins)."""
@@ -574,6 +597,144 @@ class Tessera:
 
     # ---- episodes, filters, samples ---------------------------------------------------------
 
+    # ---- selections -------------------------------------------------------------------------
+
+    def create_selection(self, dataset_id: str, body: Any) -> Selection:
+        """Make a named selection (see :mod:`tessera_gpu.selections`) and keep it."""
+        live = self.get(dataset_id)
+        request = SelectionRequest.from_dict(body)
+        ds = live.dataset
+        if request.kind == "op":
+            mask = combine(
+                str(request.op), [self._selection_mask(live, [n]) for n in request.of or []]
+            )
+        elif request.kind == "filter":
+            ctx = self.context(dataset_id)
+            mask = filter_mask(ds, parse_filter(request.filter, ds, context=ctx), context=ctx)
+        elif request.kind == "episode_ids":
+            mask = np.zeros(ds.n_episodes, dtype=bool)
+            mask[rows_of(ds, request.episode_ids or [])] = True
+        elif request.kind == "sample":
+            mask = np.zeros(ds.n_episodes, dtype=bool)
+            mask[rows_of(ds, self.sample(dataset_id, str(request.sample_id)).episode_ids)] = True
+        else:
+            spec = request.duplicates or {}
+            raw = [
+                *(spec.get("filter") or []),
+                {
+                    "field": "duplicates",
+                    "op": "keep_one",
+                    "value": spec.get("threshold", DEFAULT_THRESHOLD),
+                },
+            ]
+            ctx = self.context(dataset_id)
+            mask = filter_mask(ds, parse_filter(raw, ds, context=ctx), context=ctx)
+        ids = ds.episode_ids[mask].tolist()
+        record = self.catalog.add_selection(dataset_id, request.name, request.source(), ids)
+        with self._lock:
+            self._selection_masks[(dataset_id, request.name)] = mask
+        self._bump(dataset_id)
+        return _selection(record)
+
+    def selections(self, dataset_id: str) -> list[Selection]:
+        self.get(dataset_id)
+        return [_selection(r) for r in self.catalog.selections(dataset_id)]
+
+    def selection(self, dataset_id: str, name: str) -> Selection:
+        self.get(dataset_id)
+        return _selection(self.catalog.selection(dataset_id, name))
+
+    def delete_selection(self, dataset_id: str, name: str) -> None:
+        self.get(dataset_id)
+        self.catalog.remove_selection(dataset_id, name)
+        with self._lock:
+            self._selection_masks.pop((dataset_id, name), None)
+        self._bump(dataset_id)
+
+    def _selection_mask(self, live: Live, names: list[str]) -> np.ndarray:
+        """The union of named selections as a mask; 400 naming the unknown ones."""
+        known = {r.name for r in self.catalog.selections(live.id)}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InvalidRequest(
+                f"unknown selection{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
+                f"selections: {', '.join(sorted(known)) or '(none)'}",
+                code="unknown_selection",
+            )
+        out = np.zeros(live.dataset.n_episodes, dtype=bool)
+        for name in names:
+            with self._lock:
+                mask = self._selection_masks.get((live.id, name))
+            if mask is None:
+                ids = self.catalog.selection(live.id, name).episode_ids or ()
+                mask = np.zeros(live.dataset.n_episodes, dtype=bool)
+                rows = [r for r in map(live.dataset.index_of, ids) if r is not None]
+                mask[rows] = True
+                with self._lock:
+                    self._selection_masks[(live.id, name)] = mask
+            out |= mask
+        return out
+
+    def export_selection(
+        self, live: Live, name: str, fmt: str, *, by: str | None = None, tau: float | None = None
+    ) -> tuple[bytes, str, str]:
+        """A selection as a file: its bytes, media type and download name."""
+        record = self.catalog.selection(live.id, name)
+        document = msgspec.json.format(msgspec.json.encode(
+            {**msgspec.to_builtins(_selection(record)), "dataset_id": live.id,
+             "dataset_name": live.dataset.name, "episode_ids": list(record.episode_ids or ())}
+        ), indent=2) + b"\n"  # fmt: skip
+        content, media = export_ids(live.dataset, list(record.episode_ids or ()), fmt,
+                                    document=document, by=by, tau=tau)  # fmt: skip
+        label = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{live.dataset.name}-{name}").strip("._")
+        return content, media, f"{label or 'selection'}.{file_extension(fmt)}"
+
+    # ---- groups and clusters ----------------------------------------------------------------
+
+    def group_summary(self, dataset_id: str, body: Any) -> Summary:
+        """The matching episodes split by a field (see :mod:`tessera_gpu.summary`)."""
+        live = self.get(dataset_id)
+        request = SummaryRequest.from_dict(body)
+        mask = None
+        if request.filter:
+            ctx = self.context(dataset_id)
+            conditions = parse_filter(request.filter, live.dataset, context=ctx)
+            mask = filter_mask(live.dataset, conditions, context=ctx)
+        return summarize(live.dataset, mask, request.group_by, bins=request.bins)
+
+    def clusters(self, dataset_id: str, k: int = DEFAULT_CLUSTERS, seed: int = 0) -> TaskStatus:
+        """Start (or join) K-means over the embeddings; its labels become the ``cluster``
+        field (``c01`` the largest cluster). 409 in metadata-only mode."""
+        live = self.get(dataset_id)
+        dataset = live.dataset
+        if dataset.embeddings is None:
+            raise Conflict("This dataset is metadata-only: clusters need embeddings",
+                           code="metadata_only")  # fmt: skip
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= MAX_CLUSTERS:
+            raise InvalidRequest(f"k must be an integer from 2 to {MAX_CLUSTERS:,}: got {k!r}")
+        if k > dataset.n_episodes:
+            raise InvalidRequest(f"k = {k:,} is more than the {dataset.n_episodes:,} episodes")
+        params = {"k": k, "seed": seed}
+
+        def run(progress: Callable[[str, float], None]) -> np.ndarray:
+            progress("kmeans", 0.05)
+            tag = backend_tag(self.backend)
+            key = ArtifactStore.key(str(dataset.embeddings_hash), {**params, "backend": tag},
+                                    CLUSTER_VERSION)  # fmt: skip
+            found = self.clusterings.load(key)
+            if found is not None:
+                labels = found[0]["labels"]
+            else:
+                device = self.jobs.device_array(dataset_id, dataset)
+                result = kmeans(device, k, backend=self.backend, seed=seed)
+                labels = result.labels
+                info = {"k": k, "seed": seed, "inertia": result.inertia}
+                self.clusterings.store(key, {"labels": labels}, info)
+            self._set_derived(dataset_id, {"cluster": cluster_field(labels, k)})
+            return labels
+
+        return self.tasks.submit(dataset_id, CLUSTERS, params, run)
+
     def episode(self, dataset_id: str, index: int) -> Episode:
         ds = self.get(dataset_id).dataset
         check_episode(ds, index)
@@ -636,15 +797,26 @@ class Tessera:
         return [msgspec.json.decode(m, type=Manifest) for m in stored]
 
     def sample(self, dataset_id: str, sample_id: str) -> Manifest:
-        self.get(dataset_id)
-        stored = self.catalog.sample_manifest(dataset_id, sample_id)
+        return self.sample_of(self.get(dataset_id), sample_id)
+
+    def sample_of(self, live: Live, sample_id: str) -> Manifest:
+        """A kept sample of a loaded dataset (registered or not: the CLI's case)."""
+        stored = self.catalog.sample_manifest(live.id, sample_id)
         return msgspec.json.decode(stored, type=Manifest)
 
-    def export(self, dataset_id: str, sample_id: str, fmt: str) -> tuple[bytes, str, str]:
+    def export(
+        self,
+        dataset_id: str,
+        sample_id: str,
+        fmt: str,
+        *,
+        by: str | None = None,
+        tau: float | None = None,
+    ) -> tuple[bytes, str, str]:
         """The sample file's bytes, media type and download name."""
         live = self.get(dataset_id)
         manifest = self.sample(dataset_id, sample_id)
-        content, media_type = export_sample(live.dataset, manifest, fmt)
+        content, media_type = export_sample(live.dataset, manifest, fmt, by=by, tau=tau)
         return content, media_type, export_filename(manifest, fmt)
 
 
@@ -670,6 +842,37 @@ class DuplicatesRequest(msgspec.Struct, forbid_unknown_fields=True):
         if request.offset < 0:
             raise InvalidRequest(f"offset must be 0 or more: got {request.offset}")
         return request
+
+
+class SummaryRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST .../summary``: the field to split by, a filter, and optional equal-width bins
+    (number fields; the default is quantile bins)."""
+
+    group_by: str
+    filter: list[Any] | None = None
+    bins: int | None = None
+
+    @classmethod
+    def from_dict(cls, body: Any) -> SummaryRequest:
+        try:
+            return msgspec.convert(body, cls)
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(f"summary request: {exc}") from None
+
+
+def cluster_field(labels: np.ndarray, k: int) -> Field:
+    """K-means labels as the ``cluster`` category field: ``c01`` the largest cluster."""
+    counts = np.bincount(labels, minlength=k)
+    order = np.argsort(-counts, kind="stable")
+    rank = np.empty(k, dtype=np.int32)
+    rank[order] = np.arange(k, dtype=np.int32)
+    width = len(str(k))
+    names = tuple(f"c{i + 1:0{width}d}" for i in range(k))
+    return Field("cluster", "category", rank[labels].astype(np.int32), names)
+
+
+def _selection(record: SelectionRecord) -> Selection:
+    return Selection(record.name, record.count, record.created_at, record.source)
 
 
 def _keep_with(

@@ -24,11 +24,13 @@ __all__ = [
     "CATEGORY_PALETTE",
     "DENSITY_PALETTE",
     "NUMBER_PALETTE",
+    "SELECTION_COLOR",
     "ColorBy",
     "Legend",
     "LegendEntry",
     "color_by",
     "legend",
+    "membership",
     "shade",
 ]
 
@@ -39,6 +41,8 @@ MIN_ALPHA = 160  # alpha of the sparsest non-empty pixel when colouring by a fie
 MAX_COLORS = 40  # categories with their own colour; rarer ones share OTHER_COLOR
 OTHER_COLOR = "#8a8a8a"
 BOOL_COLORS = ("#97ff00", "#d60000")  # glasbey_light's lime and red: true, false
+MEMBERSHIP_COLORS = ("#ff4fd8", "#5b6170")  # in a selection: magenta; the rest: slate
+SELECTION_COLOR = "selection:"  # ?color_by=selection:NAME colours by membership
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +87,14 @@ def color_by(dataset: Dataset, name: str | None) -> ColorBy:
         codes = np.where(fld.values, 0, 1).astype(np.int32)
         return ColorBy("category", name, codes=codes, labels=("true", "false"), colors=BOOL_COLORS)
     return _category(name, fld.values, fld.categories)
+
+
+def membership(selection: str, mask: np.ndarray) -> ColorBy:
+    """Colour by whether an episode is in a named selection (``?color_by=selection:NAME``)."""
+    codes = np.where(mask, 0, 1).astype(np.int32)
+    labels = (f"in {selection}", f"not in {selection}")
+    return ColorBy("category", f"{SELECTION_COLOR}{selection}", codes=codes, labels=labels,
+                   colors=MEMBERSHIP_COLORS)  # fmt: skip
 
 
 def _category(name: str, raw: np.ndarray, labels: tuple[str, ...]) -> ColorBy:

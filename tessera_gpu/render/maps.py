@@ -21,7 +21,7 @@ import numpy as np
 from tessera_gpu.errors import Conflict, InvalidRequest, Unavailable
 from tessera_gpu.filters import FilterContext, filter_mask, parse_filter
 from tessera_gpu.io.dataset import Dataset
-from tessera_gpu.render.colors import ColorBy, color_by
+from tessera_gpu.render.colors import SELECTION_COLOR, ColorBy, color_by, membership
 from tessera_gpu.render.nearest import NearestIndex
 from tessera_gpu.render.tiles import TileIndex, compile_kernels
 
@@ -98,9 +98,15 @@ class ProjectionMaps:
         return key, mask
 
     def color_by(self, name: str | None) -> ColorBy:
+        """The colouring for ``name``: a field, density, or ``selection:NAME`` (membership)."""
         key = name or "density"
         with self._lock:
             spec = self._specs.get(key)
+        if spec is None and key.startswith(SELECTION_COLOR) and key not in self.dataset.fields:
+            selection = key.removeprefix(SELECTION_COLOR)
+            if self.context.selections is None:
+                raise InvalidRequest("colouring by a selection needs a registered dataset")
+            spec = membership(selection, self.context.selections([selection]))
         if spec is None:
             spec = color_by(self.dataset, name)
             with self._lock:

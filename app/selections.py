@@ -1,0 +1,109 @@
+"""Named selections: make one (from a filter, ids, a sample, the near-duplicate keepers, or a
+set operation), list, read, delete and export them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from litestar import Controller, Response, delete, get, post
+from litestar.params import Body, PathParameter, QueryParameter
+
+from tessera_gpu.selections import MAX_NAME, Selection
+
+from .maps import DatasetId, TesseraDep
+
+__all__ = ["EXPORT_FORMATS", "ExportBy", "ExportFormat", "ExportTau", "SelectionController",
+           "download"]  # fmt: skip
+
+SelectionName = Annotated[str, PathParameter(description="The selection's name.",
+                                             max_length=MAX_NAME * 4)]  # fmt: skip
+EXPORT_FORMATS = ("txt", "csv", "json", "lerobot", "weights")
+ExportFormat = Annotated[
+    Literal["txt", "csv", "json", "lerobot", "weights"],
+    QueryParameter(
+        name="format",
+        description="txt: an id a line; csv: ids and metadata; json: the record; lerobot: "
+        '{"episodes": [...]} (or one list per dataset); weights: episode_id,weight by field '
+        "`by` with exponent `tau`.",
+    ),
+]
+ExportBy = Annotated[
+    str | None,
+    QueryParameter(description="weights: the field whose groups are balanced.", max_length=256),
+]
+ExportTau = Annotated[
+    float | None,
+    QueryParameter(description="weights: 1 keeps the natural mix, 0 makes the groups equal."),
+]
+SELECTION_DOC = (
+    '{"name": ..., and one of: "filter": [...] | "episode_ids": [...] | "sample_id": ... | '
+    '"duplicates": {"threshold": 0.05, "filter": [...]} (the keepers) | "op": "union"|'
+    '"intersect"|"difference", "of": [name, ...]}'
+)
+
+
+def download(content: bytes, media_type: str, filename: str) -> Response[bytes]:
+    """A file download (Litestar adds the charset to text types itself)."""
+    return Response(
+        content,
+        media_type=media_type.split(";")[0],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+class SelectionController(Controller):
+    """Named, persisted sets of episodes of a dataset."""
+
+    path = "/api/datasets/{dataset_id:str}/selections"
+    tags = ("selections",)
+
+    @post("/", operation_id="createSelection", summary="Make a named selection", status_code=201,
+          sync_to_thread=True)  # fmt: skip
+    def create(
+        self,
+        tessera: TesseraDep,
+        dataset_id: DatasetId,
+        data: Annotated[dict[str, Any], Body(description=SELECTION_DOC)],
+    ) -> Selection:
+        """Keep a set of episodes under a name (1 to 100 characters, no '/'); its ids are
+        stored, not its filter. 409 when the name is taken; 400 naming unknown selections in
+        an operation, or for a difference of fewer than two."""
+        return tessera.create_selection(dataset_id, data)
+
+    @get("/", operation_id="listSelections", summary="List selections", sync_to_thread=True)
+    def list_selections(self, tessera: TesseraDep, dataset_id: DatasetId) -> list[Selection]:
+        """Every selection of the dataset, oldest first, with its size and provenance."""
+        return tessera.selections(dataset_id)
+
+    @get("/{name:str}", operation_id="getSelection", summary="One selection",
+         sync_to_thread=True)  # fmt: skip
+    def get_selection(
+        self, tessera: TesseraDep, dataset_id: DatasetId, name: SelectionName
+    ) -> Selection:
+        """The selection's size, creation time and provenance."""
+        return tessera.selection(dataset_id, name)
+
+    @delete("/{name:str}", operation_id="deleteSelection", summary="Delete a selection",
+            sync_to_thread=True)  # fmt: skip
+    def delete_selection(
+        self, tessera: TesseraDep, dataset_id: DatasetId, name: SelectionName
+    ) -> None:
+        """Forget the selection (filters that name it then answer 400)."""
+        tessera.delete_selection(dataset_id, name)
+
+    @get("/{name:str}/export", operation_id="exportSelection", summary="Download a selection",
+         sync_to_thread=True, media_type="text/plain")  # fmt: skip
+    def export(
+        self,
+        tessera: TesseraDep,
+        dataset_id: DatasetId,
+        name: SelectionName,
+        format: ExportFormat = "txt",
+        by: ExportBy = None,
+        tau: ExportTau = None,
+    ) -> Response[bytes]:
+        """The selection as a file download: txt, csv, json, lerobot or weights."""
+        content, media_type, filename = tessera.export_selection(
+            tessera.get(dataset_id), name, format, by=by, tau=tau
+        )
+        return download(content, media_type, filename)
