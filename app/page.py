@@ -173,6 +173,9 @@ def map_document(
     dots = plot.scatter("x", "y", source=samples, size=8, fill_color=SAMPLE_COLOR,
                         line_color="#111318", line_width=1.2, name="sample_points",
                         nonselection_fill_alpha=0.25, nonselection_line_alpha=0.25)  # fmt: skip
+    outline = ColumnDataSource({"x": [], "y": []}, name="outline")
+    plot.scatter("x", "y", source=outline, size=5, fill_alpha=0, line_color="#ffffff",
+                 line_alpha=0.8, line_width=1, name="outline_points")  # fmt: skip
     similar = ColumnDataSource({"x": [], "y": [], "episode_id": []}, name="similar")
     plot.scatter("x", "y", source=similar, size=15, fill_alpha=0, line_color=SIMILAR_COLOR,
                  line_width=2.2, name="similar_points")  # fmt: skip

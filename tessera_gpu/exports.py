@@ -80,7 +80,7 @@ def export_ids(
         if by is None:
             raise InvalidRequest("the weights export needs by=FIELD (the groups to balance)")
         weights = mixture_weights(dataset, ids, by=by, tau=1.0 if tau is None else tau)
-        rows = "".join(f"{eid},{w!r}\n" for eid, w in zip(ids, weights, strict=True))
+        rows = "".join(f"{eid},{float(w)!r}\n" for eid, w in zip(ids, weights, strict=True))
         body = ("episode_id,weight\n" + rows).encode("utf-8")
     return body, FORMATS[fmt]
 

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,7 +298,8 @@ def test_upload_of_an_invalid_file_shows_the_error(page: Any, server: dict, tmp_
 def test_metadata_only_dataset_explains_and_samples(page: Any, server: dict) -> None:
     page.goto(f"{server['base']}/datasets/{server['meta']}")
     page.wait_for_selector("text=metadata-only")
-    assert "no embeddings" in page.inner_text("#map-status")
+    page.wait_for_selector('#overview .chart[data-chart="task"]')  # the distributions
+    assert "no embeddings" in page.inner_text("#overview")
     assert page.locator('#sample-method option[value="kmeans"]').is_disabled()
     page.select_option("#sample-method", "random")
     page.fill("#sample-n", "10")
@@ -384,3 +386,58 @@ def test_duplicates_panel_counts_live_and_keeps_one_per_group(page: Any, server:
     page.click("#dup-keep")
     page.wait_for_selector(f"text={300 - expected['removed']} of 300 episodes match")
     assert "one per near-duplicate group" in page.inner_text("#pinned-chips")
+
+
+# ---- curation: selections, K-means without them, the LeRobot hand-off ------------------------
+
+
+def test_a_lasso_becomes_a_selection_excluded_from_a_kmeans_sample(page: Any, server: dict) -> None:
+    open_map(page, server)
+    page.wait_for_selector("text=300 of 300 episodes match")
+    page.locator(".bk-tool-icon-lasso-select").first.click()
+    box = page.locator("#map-root").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    path = [(-150, -150), (120, -140), (140, 130), (-130, 150), (-150, -150)]
+    page.mouse.move(cx + path[0][0], cy + path[0][1])
+    page.mouse.down()
+    for dx, dy in path[1:]:
+        page.mouse.move(cx + dx, cy + dy, steps=8)
+    page.mouse.up()
+    page.wait_for_selector("#selection-chip:not([hidden])")
+    page.wait_for_function(
+        "() => !/^300 of/.test(document.getElementById('match-count').innerText)"
+    )
+    lassoed = int(page.inner_text("#match-count b").replace(",", ""))
+    assert 0 < lassoed < 300
+    page.click("#selection-save-open")
+    page.fill("#selection-name", "bad grasp")
+    page.click("#selection-save button[type=submit]")
+    row = page.locator('.sel-row[data-selection="bad grasp"]')
+    row.wait_for()
+    assert row.locator(".count").inner_text() == str(lassoed)
+    page.keyboard.press("Escape")  # clear the lasso; the selection stays
+    page.wait_for_selector("text=300 of 300 episodes match")
+    row.locator(".state").click()  # only these
+    page.wait_for_selector(f"text={lassoed} of 300 episodes match")
+    row.locator(".state").click()  # exclude them
+    page.wait_for_selector(f"text={300 - lassoed} of 300 episodes match")
+    page.select_option("#sample-method", "kmeans")
+    page.fill("#sample-n", "20")
+    page.click("#sample-generate")
+    page.wait_for_selector("#sample-result:not([hidden])", timeout=60_000)
+    sample_id = page.get_attribute("#export-json", "href").split("/samples/")[1].split("/")[0]
+    base, demo = server["base"], server["demo"]
+    manifest = api(base, f"/api/datasets/{demo}/samples/{sample_id}")
+    excluded = {"field": "selection", "op": "not_in", "value": ["bad grasp"]}
+    assert excluded in manifest["filter"]
+    export = api(base, f"/api/datasets/{demo}/selections/bad%20grasp/export?format=json")
+    assert not set(export["episode_ids"]) & set(manifest["episode_ids"])
+    with page.expect_download() as download:
+        page.click("#export-lerobot")
+    lerobot = json.loads(Path(download.value.path()).read_text())
+    ids = json.dumps([{"field": "episode_id", "op": "in", "value": manifest["episode_ids"]}])
+    pts = api(base, f"/api/datasets/{demo}/points?fields=dataset&filter={urllib.parse.quote(ids)}")
+    expected: dict[str, list[int]] = {}
+    for eid, name in zip(pts["episode_id"], pts["fields"]["dataset"], strict=True):
+        expected.setdefault(name, []).append(int(eid.rsplit("_", 1)[1]))  # bridge_000012 -> 12
+    assert lerobot == {"datasets": {k: sorted(v) for k, v in sorted(expected.items())}}

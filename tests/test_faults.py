@@ -231,6 +231,18 @@ def test_killed_during_catalog_writes_keeps_every_committed_write(
                     answered[r.json()["sample_id"]] = r.json()
 
     in_flight: list[str] = []  # the dataset whose last request got no answer (the kill's)
+    selections: dict[str, dict[str, Any]] = {}
+
+    def write_selections() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            body = {"name": f"sel {i}", "filter": [{"field": "episode_length", "op": "gt",
+                                                      "value": 50 + i}]}  # fmt: skip
+            with contextlib.suppress(httpx.TransportError):
+                r = first.post(f"/api/datasets/{dataset_id}/selections", json=body)
+                if r.status_code == 201:
+                    selections[body["name"]] = r.json()
 
     def register_and_delete() -> None:
         ids = [hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in extra]
@@ -254,11 +266,12 @@ def test_killed_during_catalog_writes_keeps_every_committed_write(
     servers.remove(first)
     first = Server(data_dir, [], tmp_path / "first.log", extra_args=["--allow-path", str(allowed)])
     servers.append(first)
-    workers = [threading.Thread(target=write_samples), threading.Thread(target=register_and_delete)]
+    workers = [threading.Thread(target=f)
+               for f in (write_samples, register_and_delete, write_selections)]  # fmt: skip
     for w in workers:
         w.start()
     deadline = time.monotonic() + 60
-    while len(answered) < 15 and time.monotonic() < deadline:
+    while (len(answered) < 15 or len(selections) < 5) and time.monotonic() < deadline:
         time.sleep(0.05)
     first.kill()  # mid-write: the clients are still posting
     stop.set()
@@ -274,6 +287,11 @@ def test_killed_during_catalog_writes_keeps_every_committed_write(
     assert len(stored) - len(answered) <= 1
     for sample_id, manifest in answered.items():
         assert stored[sample_id] == manifest
+    kept = {s["name"]: s for s in second.get(f"/api/datasets/{dataset_id}/selections")}
+    assert set(selections) <= set(kept)
+    assert len(kept) - len(selections) <= 1
+    for name, made in selections.items():
+        assert kept[name] == made
     listed = {d["id"] for d in second.get("/api/datasets")}
     for other_id, kept in registered.items():
         if other_id not in in_flight:  # a request cut by the kill may have landed, or not

@@ -7,6 +7,9 @@ import { buildColorPicker, clearSelection, deviceName, initMap, openMap, zoom } 
 import { clearEpisode } from "./preview.js";
 import { buildSampling, initSampling, listStrataFields } from "./sampling.js";
 import { buildCuration, initCuration } from "./curation.js";
+import { initSelections, loadSelections } from "./selections.js";
+import { buildGroups, initGroups } from "./groups.js";
+import { initOverview } from "./overview.js";
 import { initUpload } from "./upload.js";
 
 const $ = (id) => document.getElementById(id);
@@ -16,6 +19,9 @@ async function boot() {
   initMap();
   initSampling();
   initCuration();
+  initSelections();
+  initGroups();
+  initOverview();
   initUpload();
   initKeyboard();
   initPanels();
@@ -58,7 +64,7 @@ function showNoDataset(problem) {
 
 function openDataset(summary) {
   const fromUrl = readUrl();
-  update({ dataset: summary, ...fromUrl, sample: null });
+  update({ dataset: summary, ...fromUrl, sample: null, selections: [], selectionsLoaded: false });
   const dim = summary.dim ? `${summary.dim}-d` : "metadata-only";
   $("dataset-facts").textContent = `${fmt(summary.n_episodes)} episodes · ${dim} · ${deviceName(state.health.backend)}`;
   document.title = `${summary.name} · Tessera`;
@@ -68,6 +74,8 @@ function openDataset(summary) {
   clearEpisode();
   openMap();
   buildCuration();
+  buildGroups();
+  loadSelections().then(buildColorPicker).catch(() => {});
 }
 
 // A job added fields (uniqueness, duplicate_group, cluster): list them where fields are listed.
@@ -75,7 +83,11 @@ window.addEventListener("tessera:fields", () => {
   buildFilters();
   buildColorPicker();
   listStrataFields();
+  buildGroups();
 });
+
+// A groups-table row set a field condition: show it in the filter panel.
+window.addEventListener("tessera:conditions", () => buildFilters());
 
 const NOT_TYPING = new Set(["checkbox", "radio", "button", "submit", "reset", "file", "range"]);
 

@@ -23,21 +23,24 @@ function showTab(name) {
   for (const b of document.querySelectorAll(".drawer-tabs .tab")) {
     b.setAttribute("aria-selected", String(b.dataset.tab === name));
   }
-  $("tab-similar").hidden = name !== "similar";
-  $("tab-duplicates").hidden = name !== "duplicates";
+  for (const tab of ["similar", "duplicates", "groups"]) $(`tab-${tab}`).hidden = name !== tab;
   $("drawer-toggle").textContent = name ? "▾" : "▴";
   window.dispatchEvent(new Event("resize")); // Bokeh re-lays out the map
+  window.dispatchEvent(new CustomEvent("tessera:tab", { detail: name }));
   if (name === "duplicates") refreshDuplicates();
 }
 
-/** Show the drawer for a dataset with embeddings, and follow its similarity job. */
+/** Show the drawer (similar and near-duplicates need embeddings; groups always work), and
+ * follow the similarity job. */
 export function buildCuration() {
   clearTimeout(pollTimer);
   const full = state.dataset.mode !== "metadata-only";
-  $("drawer").hidden = !full;
+  $("drawer").hidden = false;
+  $("tab-button-similar").hidden = !full;
+  $("tab-button-duplicates").hidden = !full;
   $("find-similar").hidden = true;
   update({ similar: null, similarity: null });
-  showTab(null);
+  showTab(full ? null : "groups");
   if (full) pollSimilarity();
 }
 
@@ -202,7 +205,10 @@ export function initCuration() {
   for (const b of document.querySelectorAll(".drawer-tabs .tab")) {
     b.addEventListener("click", () => showTab(open === b.dataset.tab ? null : b.dataset.tab));
   }
-  $("drawer-toggle").addEventListener("click", () => showTab(open ? null : "similar"));
+  $("drawer-toggle").addEventListener("click", () => {
+    const first = state.dataset && state.dataset.mode === "metadata-only" ? "groups" : "similar";
+    showTab(open ? null : first);
+  });
   $("find-similar").addEventListener("click", () => {
     const index = Number($("find-similar").dataset.index);
     if (Number.isInteger(index)) findSimilar(index);

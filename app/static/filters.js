@@ -153,7 +153,8 @@ function describePinned(c) {
 
 function renderPinned() {
   const box = document.getElementById("pinned-chips");
-  box.replaceChildren(...state.pinned.map((c) => el("div", { class: "chip", "data-field": c.field },
+  const shown = state.pinned.filter((c) => c.field !== "selection"); // the list shows those
+  box.replaceChildren(...shown.map((c) => el("div", { class: "chip", "data-field": c.field },
     el("span", {}, describePinned(c)),
     el("button", { type: "button", class: "link", title: "Remove this condition",
                    onclick: () => pin(c.field, null) }, "remove"))));

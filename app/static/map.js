@@ -4,6 +4,7 @@
 import { apiUrl, debounce, el, filterParam, fmt, getJSON, postJSON } from "./api.js";
 import { filterConditions, on, state, update } from "./state.js";
 import { hoverAt, hoverEnd } from "./preview.js";
+import { showOverview } from "./overview.js";
 
 let models = null;        // {plot, tiles, samples, selection, xRange, yRange}
 let tileToken = "";       // names the projection in tile URLs
@@ -19,10 +20,11 @@ export function openMap() {
   $("map-hint").hidden = true;
   update({ mapReady: false });
   if (state.dataset.mode === "metadata-only") {
-    showStatus(`<b>No map for this dataset.</b> It is metadata-only: the file has no embeddings, and the map is drawn from embeddings.
-      <small>Filters, stratified and random sampling, and export all work.</small>`);
+    $("map-status").hidden = true;
+    showOverview(); // the distributions, in place of the map
     return;
   }
+  $("overview").hidden = true;
   poll();
 }
 
@@ -112,7 +114,7 @@ async function embed() {
   const doc = window.Bokeh.documents[window.Bokeh.documents.length - 1];
   const find = (name) => doc.get_model_by_name(name);
   models = { plot: find("map"), tiles: find("tiles"), samples: find("sample"),
-             similar: find("similar"), selection: find("selection"),
+             similar: find("similar"), outline: find("outline"), selection: find("selection"),
              xRange: find("x_range"), yRange: find("y_range") };
   $("map-controls").hidden = false;
   $("map-hint").hidden = false;
@@ -149,6 +151,13 @@ export function buildColorPicker() {
   };
   add("category", ["category", "bool"]);
   add("number (mean)", ["int", "float"]);
+  if (state.selections && state.selections.length) {
+    const group = el("optgroup", { label: "selection (in / not in)" });
+    for (const s of state.selections) group.append(el("option", { value: `selection:${s.name}` }, s.name));
+    select.append(group);
+  }
+  const pending = state.colorBy.startsWith("selection:") && !state.selectionsLoaded;
+  if (pending) select.append(el("option", { value: state.colorBy }, state.colorBy.slice(10)));
   const known = [...select.options].some((o) => o.value === state.colorBy);
   if (!known) update({ colorBy: "density" });
   select.value = state.colorBy;
@@ -203,6 +212,16 @@ export async function ringEpisodes(ids) {
   models.similar.data = { x: pts.x, y: pts.y, episode_id: pts.episode_id };
 }
 
+/** Outline the episodes a filter matches (a group hovered in the groups table); null clears. */
+let outlineSeq = 0;
+export async function outlineGroup(conditions) {
+  if (!models || !models.outline) return;
+  const seq = ++outlineSeq;
+  if (!conditions) { models.outline.data = { x: [], y: [] }; return; }
+  const pts = await getJSON(apiUrl(state.dataset.id, "/points", { filter: JSON.stringify(conditions), limit: 5000 }));
+  if (seq === outlineSeq) models.outline.data = { x: pts.x, y: pts.y };
+}
+
 /** Zoom around the centre by `factor` (< 1 zooms in). */
 export function zoom(factor) {
   if (!models) return;
@@ -236,7 +255,7 @@ window.tessera = {
       const { x0, x1, y0, y1 } = geometry;
       polygon = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]];
     } else if (geometry.type === "poly") {
-      polygon = geometry.x.map((x, i) => [x, geometry.y[i]]);
+      polygon = Array.from(geometry.x, (x, i) => [x, geometry.y[i]]); // x is a typed array
       const step = Math.ceil(polygon.length / 500); // the API takes at most 2,000 vertices
       polygon = polygon.filter((_, i) => i % step === 0);
     }

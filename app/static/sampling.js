@@ -92,7 +92,7 @@ function showResult(manifest) {
     el("br"), el("span", { class: "note" }, `from ${fmt(manifest.matched)} matching · seed ${manifest.seed} · id ${id}`));
   showCoverage(manifest.stats && manifest.stats.coverage);
   showStrata(manifest.stats);
-  for (const fmtName of ["txt", "csv", "json"]) {
+  for (const fmtName of ["txt", "csv", "json", "lerobot"]) {
     $(`export-${fmtName}`).href = apiUrl(state.dataset.id, `/samples/${encodeURIComponent(id)}/export`, { format: fmtName });
   }
 }

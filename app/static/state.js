@@ -15,6 +15,8 @@ export const state = {
   count: null,          // {count, total} of the current filter
   sample: null,         // the last sample manifest
   similar: null,        // the last "find similar" answer
+  selections: [],       // GET .../selections
+  selectionsLoaded: false,
   similarity: null,     // the similarity job's status (GET .../similarity)
   mapReady: false,
 };

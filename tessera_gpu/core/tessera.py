@@ -605,9 +605,9 @@ class Tessera:
         request = SelectionRequest.from_dict(body)
         ds = live.dataset
         if request.kind == "op":
-            mask = combine(
-                str(request.op), [self._selection_mask(live, [n]) for n in request.of or []]
-            )
+            names = list(request.of or [])
+            self._selection_mask(live, names)  # first, a 400 naming every unknown one
+            mask = combine(str(request.op), [self._selection_mask(live, [n]) for n in names])
         elif request.kind == "filter":
             ctx = self.context(dataset_id)
             mask = filter_mask(ds, parse_filter(request.filter, ds, context=ctx), context=ctx)

@@ -1,0 +1,163 @@
+// The "Groups" tab: the matching episodes split by a field (or by K-means clusters) in a
+// sortable table: count, success rate, episode length, top values. A row filters the map to
+// its group on click and is outlined on the map on hover. K-means over the embeddings makes a
+// `cluster` field.
+
+import { apiUrl, debounce, el, fmt, getJSON, postJSON } from "./api.js";
+import { filterConditions, on, state, update } from "./state.js";
+import { outlineGroup } from "./map.js";
+
+const $ = (id) => document.getElementById(id);
+let sortKey = "count";
+let ascending = false;
+let last = null; // the last summary shown
+let seq = 0;
+let clusterTimer = null;
+
+/** Fields a table can be split by: categories and bools, then numbers (quantile bins). */
+function groupable() {
+  const f = state.dataset.fields;
+  return [...f.filter((x) => x.kind === "category" || x.kind === "bool"),
+          ...f.filter((x) => x.kind === "int" || x.kind === "float")];
+}
+
+export function buildGroups() {
+  const select = $("group-by");
+  const chosen = select.value;
+  select.replaceChildren(...groupable().map((f) => el("option", { value: f.name },
+    f.kind === "int" || f.kind === "float" ? `${f.name} (quantiles)` : f.name)));
+  const names = [...select.options].map((o) => o.value);
+  select.value = names.includes(chosen) ? chosen : (names.includes("task") ? "task" : names[0] || "");
+  const mapless = state.dataset.mode === "metadata-only";
+  $("clusters-box").hidden = mapless;
+  $("groups-note").textContent = mapless ? "click a row to filter to it"
+    : "click a row to filter to it · hover to outline it on the map";
+  $("clusters-state").textContent = "";
+  refreshGroups();
+}
+
+export const refreshGroups = debounce(async () => {
+  if (!state.dataset || $("tab-groups").hidden || !$("group-by").value) return;
+  const mine = ++seq;
+  const body = { group_by: $("group-by").value, filter: filterConditions() };
+  let summary;
+  try {
+    summary = await postJSON(apiUrl(state.dataset.id, "/summary"), body);
+  } catch (err) {
+    if (mine === seq) $("group-table").replaceChildren(el("caption", { class: "error" }, err.message));
+    return;
+  }
+  if (mine === seq) { last = summary; render(); }
+}, 120);
+
+const COLUMNS = [
+  ["value", "group", (g) => g.value],
+  ["count", "episodes", (g) => g.count],
+  ["success_rate", "success", (g) => g.success_rate],
+  ["length", "length (median)", (g) => g.episode_length ? g.episode_length.median : null],
+  ["top", "top values", () => null],
+];
+
+function render() {
+  const table = $("group-table");
+  if (!last) return;
+  const has = { success_rate: last.groups.some((g) => g.success_rate !== undefined),
+                length: last.groups.some((g) => g.episode_length) };
+  const columns = COLUMNS.filter(([key]) => has[key] !== false);
+  const getter = (columns.find(([key]) => key === sortKey) || COLUMNS[1])[2];
+  const rows = [...last.groups].sort((a, b) => {
+    const x = getter(a);
+    const y = getter(b);
+    const cmp = typeof x === "string" ? x.localeCompare(y) : (x ?? -1) - (y ?? -1);
+    return ascending ? cmp : -cmp;
+  });
+  const head = el("tr", {}, ...columns.map(([key, label]) => el("th", {
+    class: key === sortKey ? `sorted${ascending ? " asc" : ""}` : null,
+    onclick: () => { if (key === "top") return; ascending = key === sortKey ? !ascending : key === "value"; sortKey = key; render(); },
+  }, label)));
+  table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows.map((g) => row(g, columns))));
+}
+
+function row(g, columns) {
+  const cells = columns.map(([key]) => {
+    if (key === "value") return el("td", {}, el("b", {}, g.value));
+    if (key === "count") return el("td", {}, fmt(g.count), el("span", { class: "note" }, ` ${(100 * g.count / last.matched).toFixed(1)}%`));
+    if (key === "success_rate") {
+      return el("td", {}, el("span", { class: "rate", style: `width:${Math.round(50 * g.success_rate)}px` }),
+        `${(100 * g.success_rate).toFixed(0)}%`);
+    }
+    if (key === "length") return el("td", {}, g.episode_length && g.episode_length.median !== null ? String(+g.episode_length.median.toFixed(1)) : "–");
+    const tops = Object.entries(g.top).slice(0, 2).map(([field, values]) =>
+      `${field}: ${values.slice(0, 3).map(([v, n]) => `${v} ${fmt(n)}`).join(", ")}`);
+    return el("td", { class: "top", title: tops.join(" · ") }, tops.join(" · "));
+  });
+  return el("tr", {
+    class: "row", "data-value": g.value,
+    onclick: () => filterTo(g.value),
+    onmouseenter: () => outlineGroup([...filterConditions(), condition(g.value)]).catch(() => {}),
+    onmouseleave: () => outlineGroup(null).catch(() => {}),
+  }, ...cells);
+}
+
+/** The filter condition that matches one group of the table. */
+function condition(value) {
+  const field = state.dataset.fields.find((f) => f.name === $("group-by").value);
+  if (field.kind === "bool") return { field: field.name, op: "eq", value: value === "true" };
+  if (field.kind === "int" || field.kind === "float") {
+    const m = value.match(/^\[([^,]+), ([^)\]]+)([)\]])$/);
+    if (m) {
+      const lo = Number(m[1]);
+      const hi = Number(m[2]);
+      if (m[3] === "]") return { field: field.name, op: "between", value: [lo, hi] };
+      return { field: field.name, op: "between", value: [lo, field.kind === "int" ? hi - 1 : hi - 1e-9 * Math.abs(hi || 1)] };
+    }
+  }
+  return { field: field.name, op: "in", value: [value] };
+}
+
+function filterTo(value) {
+  const cond = condition(value);
+  const conditions = state.conditions.filter((c) => c.field !== cond.field);
+  update({ conditions: [...conditions, cond] });
+  outlineGroup(null).catch(() => {});
+  window.dispatchEvent(new CustomEvent("tessera:conditions"));
+}
+
+async function runClusters() {
+  const k = Number($("clusters-k").value);
+  let status;
+  try {
+    status = await postJSON(apiUrl(state.dataset.id, "/clusters"), { k });
+  } catch (err) {
+    $("clusters-state").textContent = err.message;
+    return;
+  }
+  followClusters(status);
+}
+
+async function followClusters(status) {
+  clearTimeout(clusterTimer);
+  const id = state.dataset.id;
+  if (status.status === "done") {
+    $("clusters-state").textContent = `k = ${status.params.k}`;
+    const summary = await getJSON(apiUrl(id));
+    if (!state.dataset || state.dataset.id !== id) return;
+    update({ dataset: { ...state.dataset, fields: summary.fields } });
+    window.dispatchEvent(new CustomEvent("tessera:fields"));
+    $("group-by").value = "cluster";
+    refreshGroups();
+    return;
+  }
+  if (status.status === "failed") { $("clusters-state").textContent = status.error; return; }
+  $("clusters-state").textContent = `clustering… ${Math.round(100 * status.progress)}%`;
+  clusterTimer = setTimeout(async () => {
+    if (state.dataset && state.dataset.id === id) followClusters(await getJSON(apiUrl(id, "/clusters")));
+  }, 600);
+}
+
+export function initGroups() {
+  $("group-by").addEventListener("change", refreshGroups);
+  $("clusters-run").addEventListener("click", runClusters);
+  on(["conditions", "pinned", "polygon"], () => refreshGroups());
+  window.addEventListener("tessera:tab", (e) => { if (e.detail === "groups") refreshGroups(); });
+}
