@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.api import free_port  # noqa: E402
+from benchmarks.server import tessera_server, wait_for  # noqa: E402
 from benchmarks.similarity import planted  # noqa: E402
 
 FILTER = [
@@ -83,17 +82,8 @@ def timed(call: Callable[[], httpx.Response], repeats: int) -> dict[str, float]:
             "p95_ms": round(times[int(0.95 * (len(times) - 1))], 2)}  # fmt: skip
 
 
-def wait(client: httpx.Client, url: str, timeout: float = 3600) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status: dict[str, Any] = client.get(url).json()
-            if status.get("status") in ("done", "failed"):
-                return status
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
+def _finished(status: dict[str, Any]) -> bool:
+    return status.get("status") in ("done", "failed")
 
 
 def measure(client: httpx.Client, base: str, rows: int, repeats: int) -> dict[str, Any]:
@@ -125,7 +115,7 @@ def measure(client: httpx.Client, base: str, rows: int, repeats: int) -> dict[st
         lambda: client.post(f"{base}/duplicates", json=body), max(3, repeats // 5)
     )
     client.post(f"{base}/clusters", json={"k": 20}).raise_for_status()
-    out["cluster k=20 job s"] = wait(client, f"{base}/clusters")["elapsed_s"]
+    out["cluster k=20 job s"] = wait_for(client, f"{base}/clusters", _finished)["elapsed_s"]
     return out
 
 
@@ -141,36 +131,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "curation.h5"
         rows = make_file(path, args.episodes, args.dim)
-        port = free_port()
-        log = (Path(tmp) / "server.log").open("wb")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tessera_gpu.cli", "serve", str(path), "--port", str(port),
-             "--data-dir", str(Path(tmp) / "data"), "--device", "cpu"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
         started = time.perf_counter()
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900) as client:
-                deadline = time.monotonic() + 600
-                while True:
-                    try:
-                        datasets = client.get("/api/datasets").json()
-                        if datasets:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("server")
-                    time.sleep(0.5)
-                base = f"/api/datasets/{datasets[0]['id']}"
-                similarity = wait(client, f"{base}/similarity")
-                projection = wait(client, f"{base}/projection")
-                ready_s = time.perf_counter() - started
-                results = measure(client, base, rows, args.repeats)
-        finally:
-            server.terminate()
-            server.wait(30)
-            log.close()
+        with tessera_server(str(path), folder=Path(tmp)) as client:
+            datasets = wait_for(client, "/api/datasets", bool, timeout=600)
+            base = f"/api/datasets/{datasets[0]['id']}"
+            similarity = wait_for(client, f"{base}/similarity", _finished)
+            projection = wait_for(client, f"{base}/projection", _finished)
+            ready_s = time.perf_counter() - started
+            results = measure(client, base, rows, args.repeats)
     report = {"episodes": rows, "dim": args.dim, "repeats": args.repeats,
               "ready_s": round(ready_s, 1), "similarity_job_s": similarity["elapsed_s"],
               "projection_job_s": projection["elapsed_s"], "requests": results}  # fmt: skip

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.api import free_port, make_file  # noqa: E402
+from benchmarks.api import make_file  # noqa: E402
+from benchmarks.server import tessera_server, wait_for  # noqa: E402
 
 TARGET_RATIO = 1.5
 
@@ -42,17 +42,8 @@ def proc_memory(pid: int) -> dict[str, float]:
     return {"rss_mb": round(fields["VmRSS"], 1), "peak_mb": round(fields["VmHWM"], 1)}
 
 
-def wait(client: httpx.Client, url: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status: dict[str, Any] = client.get(url).json()
-        except httpx.TransportError:
-            status = {}
-        if status.get("status") in ("done", "failed"):
-            return status
-        time.sleep(0.2)
-    raise TimeoutError(url)
+def _finished(status: dict[str, Any]) -> bool:
+    return status.get("status") in ("done", "failed")
 
 
 def cycle(client: httpx.Client, path: Path, timeout: float) -> dict[str, Any]:
@@ -62,7 +53,7 @@ def cycle(client: httpx.Client, path: Path, timeout: float) -> dict[str, Any]:
     r.raise_for_status()
     dataset_id = r.json()["id"]
     base = f"/api/datasets/{dataset_id}"
-    status = wait(client, f"{base}/projection", timeout)
+    status = wait_for(client, f"{base}/projection", _finished, timeout=timeout)
     if status["status"] != "done":
         raise RuntimeError(f"projection failed: {status}")
     projected = time.perf_counter()
@@ -99,32 +90,13 @@ def main() -> None:
         folder.mkdir()
         data = folder / "memory.h5"
         make_file(data, episodes=args.episodes, dim=args.dim)
-        port = free_port()
-        argv = [sys.executable, "-m", "tessera_gpu.cli", "serve", "--port", str(port),
-                "--data-dir", str(Path(tmp) / "data"), "--device", "cpu",
-                "--allow-path", str(folder)]  # fmt: skip
-        log = (Path(tmp) / "server.log").open("wb")
-        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
-                deadline = time.monotonic() + 120
-                while True:
-                    try:
-                        client.get("/api/health").raise_for_status()
-                        break
-                    except httpx.TransportError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
-                start = proc_memory(server.pid)
-                for i in range(1, args.cycles + 1):
-                    timings = cycle(client, data, args.timeout)
-                    rows.append({"cycle": i, **timings, **proc_memory(server.pid)})
-                    print(f"cycle {i}: {rows[-1]}", flush=True)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-            log.close()
+        with tessera_server("--allow-path", str(folder), folder=Path(tmp), timeout=300) as client:
+            pid = client.server_pid  # type: ignore[attr-defined]
+            start = proc_memory(pid)
+            for i in range(1, args.cycles + 1):
+                timings = cycle(client, data, args.timeout)
+                rows.append({"cycle": i, **timings, **proc_memory(pid)})
+                print(f"cycle {i}: {rows[-1]}", flush=True)
     ratio = rows[-1]["peak_mb"] / rows[0]["peak_mb"]
     report = {
         "episodes": args.episodes,

@@ -149,64 +149,33 @@ def sklearn_pairs(x: np.ndarray) -> tuple[set[tuple[int, int]], float]:
 
 def http_latency(x: np.ndarray, repeats: int) -> dict[str, Any]:
     """p50 of find-similar through a real server, once the similarity graph exists."""
-    import subprocess
     import tempfile
 
-    import httpx
-
-    from benchmarks.api import free_port
+    from benchmarks.server import tessera_server, wait_for
     from tessera_gpu.io.writer import write_dataset
+
+    def done(status: dict[str, Any]) -> bool:
+        return status.get("status") == "done"
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "similar.h5"
         write_dataset(path, embeddings=x, episode_ids=[f"ep_{i:07d}" for i in range(len(x))])
-        port = free_port()
-        log = (Path(tmp) / "server.log").open("wb")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tessera_gpu.cli", "serve", str(path), "--port", str(port),
-             "--data-dir", str(Path(tmp) / "data"), "--device", "cpu"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
-                dataset_id = _wait(client, "/api/datasets", lambda d: d and d[0]["id"])
-                base = f"/api/datasets/{dataset_id}"
-                _wait(client, f"{base}/similarity", lambda s: s["status"] == "done")
-                _wait(client, f"{base}/projection", lambda s: s["status"] == "done")
-                rng = np.random.default_rng(0)
-                out = {}
-                for k in (10, 500):
-                    times = []
-                    for row in rng.integers(0, len(x), repeats):
-                        t0 = time.perf_counter()
-                        r = client.get(f"{base}/episodes/{int(row)}/similar", params={"k": k})
-                        times.append(time.perf_counter() - t0)
-                        r.raise_for_status()
-                    out[f"k{k}_p50_ms"] = round(1000 * statistics.median(times), 2)
-                return out
-        finally:
-            server.terminate()
-            server.wait(30)
-            log.close()
-
-
-def _wait(client: Any, url: str, ok: Any, timeout: float = 1800) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            found = ok(client.get(url).json())
-            if found:
-                return found
-        except (httpx_errors(), ValueError, KeyError, IndexError):  # still starting
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def httpx_errors() -> type[Exception]:
-    import httpx
-
-    return httpx.HTTPError
+        with tessera_server(str(path), folder=Path(tmp)) as client:
+            dataset_id = wait_for(client, "/api/datasets", bool, timeout=1800)[0]["id"]
+            base = f"/api/datasets/{dataset_id}"
+            wait_for(client, f"{base}/similarity", done)
+            wait_for(client, f"{base}/projection", done)
+            rng = np.random.default_rng(0)
+            out = {}
+            for k in (10, 500):
+                times = []
+                for row in rng.integers(0, len(x), repeats):
+                    t0 = time.perf_counter()
+                    r = client.get(f"{base}/episodes/{int(row)}/similar", params={"k": k})
+                    times.append(time.perf_counter() - t0)
+                    r.raise_for_status()
+                out[f"k{k}_p50_ms"] = round(1000 * statistics.median(times), 2)
+            return out
 
 
 def measure(n: int, dim: int, groups: int, baseline: bool) -> dict[str, Any]:

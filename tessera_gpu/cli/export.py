@@ -53,14 +53,11 @@ def export(
     """Write a selection (or a sample) of FILE, e.g. for lerobot-train --dataset.episodes."""
     if (selection is None) == (sample_id is None):
         raise InvalidRequest("give --selection NAME or --sample ID (one of them)")
-    core = Tessera(Settings.load())
-    try:
+    with Tessera(Settings.load()) as core:
         live = core.load(file)
         if selection is not None:
             content, _, _ = core.export_selection(live, selection, fmt, by=by, tau=tau)
         else:
             manifest = core.sample_of(live, str(sample_id))
             content, _ = export_sample(live.dataset, manifest, fmt, by=by, tau=tau)
-    finally:
-        core.close()
     write_output(out, content)

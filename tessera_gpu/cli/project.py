@@ -79,8 +79,7 @@ def project(
     from tessera_gpu.projection import ProjectionCache, ProjectionParams
 
     settings = Settings.load({"device": device})
-    core = Tessera(settings)
-    try:
+    with Tessera(settings) as core:
         live = core.load(file)
         if live.dataset.embeddings is None:
             raise Conflict(f"{file.name} has no embeddings (metadata-only): nothing to project")
@@ -96,8 +95,6 @@ def project(
                     task, description=stage, completed=fraction
                 ),
             )
-    finally:
-        core.close()
     out = output or _default_output(file)
     write_output(out, _npy_bytes(result.coords))
     backend = core.backend

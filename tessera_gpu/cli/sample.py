@@ -86,14 +86,11 @@ def sample(
         }
     )
     backend = get_backend(device if method == "kmeans" or dedup is not None else "cpu")
-    core = Tessera(Settings.load({"device": device}), backend=backend)
-    try:
+    with Tessera(Settings.load({"device": device}), backend=backend) as core:
         live = core.load(file)
         index = core.similarity_now(live) if dedup is not None else None
         manifest = core.draw(live, request, similarity=index)
         content, _ = export_sample(live.dataset, manifest, fmt)
-    finally:
-        core.close()
     write_output(out, content)
     dedup_cut = manifest.stats.dedup
     cut = ""

@@ -49,8 +49,7 @@ def similar(
     from tessera_gpu.cli.project import progress_bar
     from tessera_gpu.core.tessera import Neighbor, SimilarEpisodes
 
-    core = Tessera(Settings.load({"device": device}))
-    try:
+    with Tessera(Settings.load({"device": device})) as core:
         live = core.load(file)
         row = live.dataset.index_of(episode_id)
         if row is None:
@@ -65,12 +64,11 @@ def similar(
         mask = None
         if where:
             ds = live.dataset
-            conditions = parse_filter([parse_where(w) for w in where], ds)
-            mask = filter_mask(ds, conditions)
+            ctx = core.context_for(live, similarity=index)  # selections, dedup
+            conditions = parse_filter([parse_where(w) for w in where], ds, context=ctx)
+            mask = filter_mask(ds, conditions, context=ctx)
         assert live.dataset.embeddings is not None  # similarity_now refused otherwise
         rows, dist = index.similar(live.dataset.embeddings, row, k, mask)
-    finally:
-        core.close()
     ids = live.dataset.episode_ids
     neighbors = [Neighbor(int(r), str(ids[r]), float(d)) for r, d in zip(rows, dist, strict=True)]
     answer = SimilarEpisodes(index=row, episode_id=episode_id, metric="cosine", neighbors=neighbors)

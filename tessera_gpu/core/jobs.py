@@ -9,7 +9,6 @@ generation: the old run stops at its next progress report and its result is drop
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import msgspec
 import numpy as np
 
 from tessera_gpu.backends import Backend
+from tessera_gpu.core.worker import QueueWorker
 from tessera_gpu.errors import TesseraError, Unavailable
 from tessera_gpu.io.dataset import Dataset
 from tessera_gpu.projection.cache import ProjectionCache
@@ -90,12 +90,15 @@ class JobState:
 MAX_QUEUED = 32
 
 
-class ProjectionJobs:
+class ProjectionJobs(QueueWorker[tuple[str, int]]):
     """A queue of projection jobs served by one thread, and the results kept per dataset."""
+
+    thread_name = "tessera-projection"
 
     def __init__(
         self, backend: Backend, cache: ProjectionCache, *, listener: JobListener | None = None
     ) -> None:
+        super().__init__()
         self.backend = backend
         self.cache = cache
         self.listener = listener
@@ -104,25 +107,8 @@ class ProjectionJobs:
         self._work: dict[str, tuple[Dataset, ProjectionParams]] = {}
         self._device: dict[str, Any] = {}
         self._device_lock = threading.Lock()  # one copy to the device per dataset
-        self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
 
     # ---- control ----------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name="tessera-projection")
-            self._thread.daemon = True  # a UMAP run cannot be interrupted; never block exit
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to stop (a running job ends at its next progress report)."""
-        self._stopping = True
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def check_room(self) -> None:
         """503 (``queue_full``, with Retry-After) when :data:`MAX_QUEUED` jobs already wait."""
@@ -140,7 +126,7 @@ class ProjectionJobs:
             generation = old.generation + 1 if old else 1
             self._states[dataset_id] = JobState(generation=generation)
             self._work[dataset_id] = (dataset, params)
-        self._queue.put((dataset_id, generation))
+        self._enqueue((dataset_id, generation))
         self._tell(dataset_id, params, "queued", None, {})
 
     def forget(self, dataset_id: str) -> None:
@@ -199,12 +185,8 @@ class ProjectionJobs:
 
     # ---- the worker -------------------------------------------------------------------------
 
-    def _serve(self) -> None:
-        while not self._stopping:
-            item = self._queue.get()
-            if item is None:
-                return
-            self._run(*item)
+    def _handle(self, item: tuple[str, int]) -> None:
+        self._run(*item)
 
     def _current(self, dataset_id: str, generation: int) -> JobState | None:
         state = self._states.get(dataset_id)

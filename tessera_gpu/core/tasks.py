@@ -10,7 +10,6 @@ read :meth:`Tasks.status` (the HTTP routes answer 202 with it until the task is 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from tessera_gpu.core.worker import QueueWorker
 from tessera_gpu.errors import TesseraError
 
 __all__ = ["TaskStatus", "Tasks"]
@@ -71,31 +71,17 @@ class _Task:
         )  # fmt: skip
 
 
-class Tasks:
+class Tasks(QueueWorker[tuple[str, str, int]]):
     """Analysis tasks of every dataset, run one at a time by one worker thread."""
 
+    thread_name = "tessera-analysis"
+
     def __init__(self, listener: TaskListener | None = None) -> None:
+        super().__init__()
         self.listener = listener
         self._tasks: dict[tuple[str, str], _Task] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[str, str, int] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
         self._generations = 0
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._stopping = False
-            self._thread = threading.Thread(target=self._serve, name="tessera-analysis")
-            self._thread.daemon = True
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping = True
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def submit(self, dataset_id: str, kind: str, params: dict[str, Any], run: Run) -> TaskStatus:
         """Ask for a task; the same one queued, running or done is joined, not repeated."""
@@ -107,7 +93,7 @@ class Tasks:
             task = _Task(kind, dict(params), run, self._generations)
             self._tasks[(dataset_id, kind)] = task
             status = task.to_status()
-        self._queue.put((dataset_id, kind, task.generation))
+        self._enqueue((dataset_id, kind, task.generation))
         self._tell(dataset_id, task)
         return status
 
@@ -139,12 +125,8 @@ class Tasks:
 
     # ---- the worker -------------------------------------------------------------------------
 
-    def _serve(self) -> None:
-        while not self._stopping:
-            item = self._queue.get()
-            if item is None:
-                return
-            self._run(*item)
+    def _handle(self, item: tuple[str, str, int]) -> None:
+        self._run(*item)
 
     def _current(self, dataset_id: str, kind: str, generation: int) -> _Task | None:
         task = self._tasks.get((dataset_id, kind))

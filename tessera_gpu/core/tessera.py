@@ -229,6 +229,12 @@ class Tessera:
         self.tasks.stop()
         self.catalog.close()
 
+    def __enter__(self) -> Tessera:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _restore(self, entry: DatasetEntry) -> None:
         try:
             path = self._file_of(entry)
@@ -453,6 +459,19 @@ class Tessera:
     def _context_of(
         self, live: Live, coords: np.ndarray | None, similarity: SimilarityIndex | None = None
     ) -> FilterContext:
+        """What filters can refer to for ``live`` (registered or not: the CLI's case)."""
+        return self.context_for(live, coords=coords, similarity=similarity)
+
+    def context_for(
+        self,
+        live: Live,
+        *,
+        coords: np.ndarray | None = None,
+        similarity: SimilarityIndex | None = None,
+    ) -> FilterContext:
+        """What filters on ``live`` can refer to beyond its fields: the map ``coords``, its
+        named selections, and the near-duplicate cut (of ``similarity``, else of the server's
+        similarity job). Works for a dataset the CLI loaded without registering it."""
         keep_one = None
         embeddings = live.dataset.embeddings
         if embeddings is not None and similarity is not None:
