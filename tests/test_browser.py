@@ -188,8 +188,8 @@ def loneliest_point(base: str, dataset_id: str) -> tuple[str, float, float]:
     return pts["episode_id"][i], float(xy[i, 0]), float(xy[i, 1])
 
 
-def test_hover_plays_the_episode_preview(page: Any, server: dict) -> None:
-    open_map(page, server)
+def hover_loneliest_episode(page: Any, server: dict) -> str:
+    """Move the cursor onto the loneliest episode until its card shows it; return its id."""
     episode_id, x, y = loneliest_point(server["base"], server["demo"])
     sx, sy = page.evaluate(TO_SCREEN, [x, y])
     page.mouse.move(sx - 60, sy - 60)
@@ -197,6 +197,12 @@ def test_hover_plays_the_episode_preview(page: Any, server: dict) -> None:
     page.wait_for_function(
         "(id) => document.getElementById('episode-id').innerText === id", arg=episode_id
     )
+    return episode_id
+
+
+def test_hover_plays_the_episode_preview(page: Any, server: dict) -> None:
+    open_map(page, server)
+    hover_loneliest_episode(page, server)
     page.wait_for_function(
         "() => { const i = document.getElementById('preview-img');"
         " return !i.hidden && i.complete && i.naturalWidth > 0; }"
@@ -329,13 +335,7 @@ RINGED = """() => Bokeh.documents[Bokeh.documents.length - 1]
 def test_find_similar_rings_the_answer_and_becomes_a_filter(page: Any, server: dict) -> None:
     wait_for_similarity(server["base"], server["demo"])
     open_map(page, server)
-    episode_id, x, y = loneliest_point(server["base"], server["demo"])
-    sx, sy = page.evaluate(TO_SCREEN, [x, y])
-    page.mouse.move(sx - 60, sy - 60)
-    page.mouse.move(sx, sy, steps=4)
-    page.wait_for_function(
-        "(id) => document.getElementById('episode-id').innerText === id", arg=episode_id
-    )
+    episode_id = hover_loneliest_episode(page, server)
     page.click("#find-similar")
     tiles = page.locator("#similar-strip .tile")
     tiles.nth(12).wait_for()

@@ -13,10 +13,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tessera_gpu.backends import MODES
+from tessera_gpu.cli.options import device_option
 from tessera_gpu.cli.output import write_output
 from tessera_gpu.errors import Conflict
-from tessera_gpu.settings import Settings, env_var
+from tessera_gpu.settings import Settings
 
 __all__ = ["project"]
 
@@ -43,14 +43,7 @@ def _npy_bytes(coords: np.ndarray) -> bytes:
 
 @click.command("project")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    envvar=env_var("device"),
-    type=click.Choice(MODES),
-    help="auto (the GPU if one works), gpu (fail without one) or cpu.",
-)
+@device_option("The backend that projects")
 @click.option(
     "-o",
     "--output",

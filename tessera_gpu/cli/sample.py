@@ -12,12 +12,13 @@ from pathlib import Path
 import click
 import msgspec
 
-from tessera_gpu.backends import MODES, get_backend
+from tessera_gpu.backends import get_backend
+from tessera_gpu.cli.options import device_option
 from tessera_gpu.cli.output import write_output
 from tessera_gpu.core import Tessera
 from tessera_gpu.filters import parse_where
 from tessera_gpu.sampling import SampleRequest, export_sample
-from tessera_gpu.settings import Settings, env_var
+from tessera_gpu.settings import Settings
 
 __all__ = ["sample"]
 
@@ -48,14 +49,7 @@ __all__ = ["sample"]
     help="First cut every near-duplicate group (cosine distance <= THRESHOLD, e.g. 0.05) "
     "to its keeper.",
 )
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    envvar=env_var("device"),
-    type=click.Choice(MODES),
-    help="Backend for K-means: auto (the GPU if one works), gpu or cpu.",
-)
+@device_option("The backend for K-means and the near-duplicate graph")
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write here (atomically) instead of to stdout.")  # fmt: skip
 @click.option("--format", "fmt", default="txt", show_default=True,

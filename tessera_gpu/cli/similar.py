@@ -11,12 +11,12 @@ from pathlib import Path
 import click
 import msgspec
 
-from tessera_gpu.backends import MODES
+from tessera_gpu.cli.options import device_option
 from tessera_gpu.cli.output import write_output
 from tessera_gpu.core import Tessera
 from tessera_gpu.errors import NotFound
 from tessera_gpu.filters import filter_mask, parse_filter, parse_where
-from tessera_gpu.settings import Settings, env_var
+from tessera_gpu.settings import Settings
 from tessera_gpu.similarity import MAX_SIMILAR
 
 __all__ = ["similar"]
@@ -29,8 +29,7 @@ __all__ = ["similar"]
               help="How many similar episodes.")  # fmt: skip
 @click.option("--where", multiple=True, metavar="COND",
               help="Only among episodes matching this condition (repeatable, ANDed).")  # fmt: skip
-@click.option("--device", default="auto", show_default=True, envvar=env_var("device"),
-              type=click.Choice(MODES), help="Backend that builds the kNN graph.")  # fmt: skip
+@device_option("The backend that builds the kNN graph")
 @click.option("--format", "fmt", default="txt", show_default=True,
               type=click.Choice(["txt", "json"]),
               help="txt: id and distance a line; json: the HTTP route's answer.")  # fmt: skip
