@@ -53,3 +53,23 @@ def _routes() -> list[tuple[str, str]]:
 def test_every_api_route_is_documented() -> None:
     missing = [f"{m} {p}" for m, p in _routes() if f"`{m} {p}`" not in README]
     assert not missing, f"README's API reference lacks: {missing}"
+
+
+def test_the_readmes_python_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's code blocks that make a file and use the library, run as written."""
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    make = next(b for b in blocks if "write_dataset(" in b)
+    use = next(b for b in blocks if "Tessera(" in b)
+    monkeypatch.chdir(tmp_path)
+    small = make.replace("n = 1000", "n = 200")  # the same code, fewer episodes to encode
+    assert small != make
+    exec(compile(small, "README: making a file", "exec"), {})
+    printed: list[str] = []
+    namespace = {"print": lambda *a: printed.append(" ".join(map(str, a)))}
+    exec(
+        compile(use.replace("/tmp/tessera", str(tmp_path / "data")), "README: library", "exec"),
+        namespace,
+    )
+    dataset_id, first_ids = printed[0].split(" ", 1)
+    assert len(dataset_id) == 16
+    assert first_ids.startswith("['ep_")
