@@ -65,7 +65,8 @@ class DaskEngine:
     ``limits`` bound every file a worker reads (as ``load_dataset``'s); ``retries`` is how
     often a task that raised runs again; ``partition_bytes`` and ``round_bytes`` bound a task's
     share of the embeddings and a kNN round's routed rows (default: a quarter of the workers'
-    memory). Raises :class:`Unavailable` when the scheduler cannot be reached.
+    memory). ``rapids`` forces the ``cuml.dask`` branch on or off (default: on when every
+    worker has cuML). Raises :class:`Unavailable` when the scheduler cannot be reached.
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class DaskEngine:
         timeout: float = 10.0,
         partition_bytes: int | None = None,
         round_bytes: int | None = None,
+        rapids: bool | None = None,
     ) -> None:
         from tessera_gpu.distributed.refs import PARTITION_BYTES
 
@@ -85,6 +87,7 @@ class DaskEngine:
         self.timeout = timeout
         self.partition_bytes = partition_bytes or PARTITION_BYTES
         self._round_bytes = round_bytes
+        self._rapids = rapids
         if isinstance(address_or_client, str):
             self.client = _connect(address_or_client, timeout)
             self._owns = True
@@ -130,6 +133,15 @@ class DaskEngine:
         total = sum(limits) if all(limits) else 8 * 2**30
         return max(total // 4, 64 * 2**20)
 
+    def uses_rapids(self) -> bool:
+        """Whether K-means and kNN go to ``cuml.dask`` (:mod:`.rapids`): GPU workers with cuML."""
+        if self._rapids is None:
+            from tessera_gpu.distributed.rapids import cluster_has_cuml
+
+            with self._translated():
+                self._rapids = cluster_has_cuml(self)
+        return self._rapids
+
     def describe(self) -> dict[str, Any]:
         """The scheduler's address and its workers: count, threads, memory, GPUs."""
         workers = self._workers()
@@ -139,6 +151,7 @@ class DaskEngine:
             "threads": sum(int(w.get("nthreads", 0)) for w in workers.values()),
             "memory_limit": sum(int(w.get("memory_limit") or 0) for w in workers.values()),
             "gpus": sum(int(w.get("resources", {}).get("GPU", 0)) for w in workers.values()),
+            "cuml_dask": self.uses_rapids(),
         }
 
     # ---- futures ----------------------------------------------------------------------------
@@ -254,6 +267,12 @@ class DaskEngine:
 
         if k < 1:
             raise InvalidRequest(f"k must be at least 1: got {k}")
+        if self.uses_rapids():  # GPU workers with RAPIDS
+            from tessera_gpu.distributed.rapids import rapids_knn
+
+            refs = self.refs(parts)
+            with self._translated():
+                return rapids_knn(self, refs, min(k, refs[-1].stop), metric=metric)
         return distributed_knn(self, self.refs(parts), k, metric=metric, seed=seed,
                                progress=progress)  # fmt: skip
 
@@ -269,8 +288,12 @@ class DaskEngine:
     ) -> KMeansResult:
         """:func:`tessera_gpu.clustering.kmeans` on the cluster: same result type; labels in
         the order of ``rows`` (default: all rows)."""
-        from tessera_gpu.distributed.kmeans import distributed_kmeans
+        from tessera_gpu.distributed.kmeans import distributed_kmeans, rapids_kmeans_of
 
+        if self.uses_rapids():  # GPU workers with RAPIDS
+            with self._translated():
+                return rapids_kmeans_of(self, self.refs(parts), k, rows=rows, seed=seed,
+                                        n_iter=n_iter)  # fmt: skip
         return distributed_kmeans(self, self.refs(parts), k, rows=rows, seed=seed,
                                   n_iter=n_iter, progress=progress)  # fmt: skip
 

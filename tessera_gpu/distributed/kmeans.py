@@ -192,22 +192,32 @@ def _updated(centroids: np.ndarray, total: Step) -> np.ndarray:
     return out
 
 
+def _sorted_rows(rows: np.ndarray | None, n_total: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(rows sorted, the sorting order or None when rows is None: all rows)``, checked."""
+    if rows is None:
+        return np.arange(n_total, dtype=np.int64), None
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+        raise InvalidRequest("row indices must be a 1-D array of integers")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_total):
+        raise InvalidRequest(f"row index out of range for {n_total:,} rows")
+    order = np.argsort(rows, kind="stable")
+    return rows.astype(np.int64)[order], order
+
+
+def _in_given_order(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    if order is None:
+        return values
+    out = np.empty_like(values)
+    out[order] = values
+    return out
+
+
 class _Rows:
     """A job's rows, read once and kept on the workers: ``blocks`` in global row order."""
 
     def __init__(self, engine: DaskEngine, refs: list[ShardRef], rows: np.ndarray | None) -> None:
-        n_total = refs[-1].stop
-        if rows is None:
-            self.sorted = np.arange(n_total, dtype=np.int64)
-            self.order = None
-        else:
-            rows = np.asarray(rows)
-            if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
-                raise InvalidRequest("row indices must be a 1-D array of integers")
-            if rows.size and (rows.min() < 0 or rows.max() >= n_total):
-                raise InvalidRequest(f"row index out of range for {n_total:,} rows")
-            self.order = np.argsort(rows, kind="stable")
-            self.sorted = rows.astype(np.int64)[self.order]
+        self.sorted, self.order = _sorted_rows(rows, refs[-1].stop)
         locals_ = split_rows(refs, self.sorted)
         self.blocks = [
             engine.submit(read_block, ref, engine.limits, None if rows is None else local,
@@ -222,11 +232,7 @@ class _Rows:
         return len(self.sorted)
 
     def in_given_order(self, values: np.ndarray) -> np.ndarray:
-        if self.order is None:
-            return values
-        out = np.empty_like(values)
-        out[self.order] = values
-        return out
+        return _in_given_order(values, self.order)
 
     def sample(self, engine: DaskEngine, seed: int) -> list[Any]:
         """Up to SEED_ROWS rows, all of them when fewer, in row order, as futures."""
@@ -374,3 +380,28 @@ def distributed_diversity_sample(
         todo = _greedy_pick(cand, dist, todo, taken, picked)
         count = min(count * 4, job.n)
     return picked
+
+
+def rapids_kmeans_of(
+    engine: DaskEngine,
+    refs: list[ShardRef],
+    k: int,
+    *,
+    rows: np.ndarray | None,
+    seed: int,
+    n_iter: int,
+) -> KMeansResult:
+    """K-means with ``cuml.dask`` (GPU workers with RAPIDS, :mod:`.rapids`), same result type."""
+    from tessera_gpu.distributed.rapids import rapids_kmeans
+
+    ordered, order = _sorted_rows(rows, refs[-1].stop)
+    if not 1 <= k <= len(ordered):
+        raise InvalidRequest(
+            f"K-means needs 1 <= k <= {len(ordered):,} (the number of rows): got k={k:,}"
+        )
+    locals_: list[np.ndarray | None] = (
+        [None] * len(refs) if rows is None else list(split_rows(refs, ordered))
+    )
+    fit = rapids_kmeans(engine, refs, k, sorted_rows=ordered, locals_=locals_, seed=seed,
+                        n_iter=n_iter)  # fmt: skip
+    return KMeansResult(fit.centroids, _in_given_order(fit.labels, order), fit.inertia)

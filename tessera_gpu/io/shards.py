@@ -182,17 +182,14 @@ def load_shards(
 ) -> Dataset:
     """Validate every file and join them into one :class:`Dataset` (see the module docstring).
 
-    ``paths`` may hold globs. ``max_episodes`` caps the total (422 ``too_many_episodes``).
-    Raises :class:`~tessera_gpu.errors.InvalidDataset` (422) naming the files on a clash, and
-    :class:`~tessera_gpu.errors.InsufficientStorage` (507) when the embeddings cannot fit.
+    ``paths`` may hold globs; a file named twice is read once. ``max_episodes`` caps the
+    total (422 ``too_many_episodes``). Raises :class:`~tessera_gpu.errors.InvalidDataset`
+    (422) naming the files on a clash, and :class:`~tessera_gpu.errors.InsufficientStorage`
+    (507) when the embeddings cannot fit.
     """
     files = expand_paths(paths)
     if not files:
         raise InvalidRequest("No files given: a dataset needs at least one")
-    reals = [os.path.realpath(p) for p in files]
-    if len(set(reals)) != len(reals):
-        twice = next(p for p, r in zip(files, reals, strict=True) if reals.count(r) > 1)
-        raise InvalidRequest(f"{twice} is listed twice")
     labels = shard_labels(files)
     limits = limits or Limits()
     shards = _load_each(files, labels, limits, max_episodes)
