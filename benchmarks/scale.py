@@ -155,6 +155,7 @@ def main() -> None:
     t0 = time.perf_counter()
     x = clustered_embeddings(args.n, args.dim, seed=0)
     report: dict[str, Any] = {
+        "load_average_at_start": os.getloadavg()[0],  # the machine is shared
         "n": args.n,
         "dim": args.dim,
         "shards": args.shards,

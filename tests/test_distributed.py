@@ -318,6 +318,24 @@ def test_a_job_whose_workers_keep_dying_fails_clearly(
     assert error.message.endswith("The job can be started again")
 
 
+def test_compose_starts_a_scheduler_workers_and_a_server_on_one_data_path() -> None:
+    import yaml
+
+    compose = Path(__file__).resolve().parents[1] / "docker" / "compose.dask.yml"
+    services = yaml.safe_load(compose.read_text())["services"]
+    assert services["scheduler"]["entrypoint"] == ["dask", "scheduler"]
+    assert services["worker"]["entrypoint"] == ["dask", "worker", "tcp://scheduler:8786"]
+    assert services["gpu-worker"]["entrypoint"][:3] == ["dask", "cuda", "worker"]
+    assert services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0][
+        "capabilities"
+    ] == ["gpu"]
+    server = services["tessera"]
+    assert server["command"][-2:] == ["--dask", "tcp://scheduler:8786"]
+    mounts = {name: s.get("volumes", []) for name, s in services.items()}
+    for name in ("worker", "gpu-worker", "tessera"):
+        assert any(m.endswith(":/datasets:ro") for m in mounts[name]), name
+
+
 @on_worker
 def explode() -> None:
     raise RuntimeError("boom")
