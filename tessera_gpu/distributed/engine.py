@@ -170,12 +170,19 @@ class DaskEngine:
             return list(self.client.gather(list(futures)))
 
     def as_completed(self, futures: Sequence[Any]) -> Iterator[Any]:
-        """The futures' results in the order they finish."""
+        """The futures' results in the order they finish (only Dask's errors are translated,
+        not the caller's, raised at the ``yield``)."""
         from dask.distributed import as_completed
 
         with self._translated():
-            for future in as_completed(list(futures)):
-                yield future.result()
+            finished = as_completed(list(futures))
+        while True:
+            with self._translated():
+                future = next(finished, None)
+                result = None if future is None else future.result()
+            if future is None:
+                return
+            yield result
 
     def _translated(self) -> Any:
         return _Translate(self)

@@ -310,7 +310,7 @@ def distributed_knn(
             best.fold(rows, idx, dist)
             done += 1
             report("knn", 0.1 + 0.9 * done / max(total, 1))
-        del routed, searches
+        del routed, searches, pieces  # this round's rows leave the workers
     best.self_first()
     plan = engine.gather([plan_f])[0]
     space = f"pca{REDUCE_TO}" if plan.pca is not None else ("unit" if metric == "cosine" else "raw")
