@@ -14,6 +14,8 @@ Values: bools are JSON ``true``/``false`` (or the strings ``"true"``/``"false"``
 finite ints or floats (never bools); category and string values are strings. A category value
 that the dataset does not hold is allowed and matches no episode (so ``ne`` matches every
 episode): a saved filter stays valid across datasets, exactly as for free-text string fields.
+A row with no value for a field (one of a joined dataset's files lacks it: ``Field.missing``)
+matches no condition on that field, ``ne`` and ``not_in`` included.
 
 Pseudo-fields (a real metadata field of the same name wins):
 
@@ -290,7 +292,10 @@ def filter_mask(
             ids = Field(EPISODE_ID_FIELD, "string", dataset.episode_ids)
             mask &= _field_mask(ids, cond.op, cond.value)
         else:
-            mask &= _field_mask(dataset.fields[cond.field], cond.op, cond.value)
+            fld = dataset.fields[cond.field]
+            mask &= _field_mask(fld, cond.op, cond.value)
+            if fld.missing is not None:
+                mask &= ~fld.missing
     for cond in conditions:
         if cond.op == "keep_one":
             assert ctx.keep_one is not None  # parse_filter refused it otherwise

@@ -230,6 +230,9 @@ def strata_of(dataset: Dataset, name: str | None, *, missing_ok: bool = False) -
     if fld.kind == "category":
         return Strata(name, fld.values, fld.categories)
     if fld.kind == "bool":
+        if fld.missing is not None and fld.missing.any():  # a joined file lacks the field
+            codes = np.where(fld.missing, 2, fld.values).astype(np.int32)
+            return Strata(name, codes, ("false", "true", "missing"))
         return Strata(name, fld.values.astype(np.int32), ("false", "true"))
     return _quantile_strata(fld)
 

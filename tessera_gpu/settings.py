@@ -86,6 +86,19 @@ SETTINGS: tuple[Setting, ...] = (
         "localhost, 127.0.0.1 and [::1] are accepted (a wildcard bind accepts any).",
         multiple=True,
     ),
+    Setting(
+        "dask",
+        None,
+        "Address of a Dask scheduler (e.g. tcp://scheduler:8786): the embedding-space work "
+        "(kNN graph, K-means, projection placement, duplicates) runs on its workers, which "
+        "read the files themselves from shared storage. Without it everything runs in-process.",
+    ),
+    Setting(
+        "max_episodes_dask",
+        10_000_000,
+        "Most episodes in one dataset when --dask is set (without it, free memory is the limit).",
+        parse=int,
+    ),
 )
 
 
@@ -114,6 +127,8 @@ class Settings:
     token: str | None = field(default=None, repr=False)
     insecure: bool = False
     allowed_host: tuple[str, ...] = ()
+    dask: str | None = None
+    max_episodes_dask: int = 10_000_000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "token", self.token or None)
@@ -123,6 +138,8 @@ class Settings:
         object.__setattr__(self, "allow_path", tuple(Path(p).expanduser() for p in self.allow_path))
         object.__setattr__(self, "port", int(self.port))
         object.__setattr__(self, "max_upload_mb", float(self.max_upload_mb))
+        object.__setattr__(self, "dask", (self.dask or "").strip() or None)
+        object.__setattr__(self, "max_episodes_dask", int(self.max_episodes_dask))
         _check(self)
 
     @property
@@ -170,6 +187,10 @@ def _check(s: Settings) -> None:
     if not s.max_upload_mb > 0:
         raise InvalidRequest(
             f"max_upload_mb must be more than 0: got {s.max_upload_mb}", code="bad_setting"
+        )
+    if s.max_episodes_dask < 1:
+        raise InvalidRequest(
+            f"max_episodes_dask must be at least 1: got {s.max_episodes_dask}", code="bad_setting"
         )
 
 

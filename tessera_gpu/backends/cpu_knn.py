@@ -7,6 +7,8 @@ Two methods share one kernel (:func:`_merge_block`, which folds a block of squar
 * :func:`cell_probe_knn` -- the rows are cut into ``n_cells`` k-means cells; each query scans
   the cells of its ``n_probe`` nearest centroids.  Unlike an IVF index, the scan of a cell is
   one GEMM of *all* queries that probe it against its members, so it runs at BLAS speed.
+* :func:`probe_search` -- the same scan for queries that are not rows of the data, over cells
+  laid out by the caller (new points placed on a map; one group of cells on a Dask worker).
 
 Neighbour lists include the query itself; distances are Euclidean, recomputed exactly
 (not through the norm identity) for the final k, so a row's distance to itself is 0.
@@ -21,7 +23,13 @@ from tessera_gpu.backends.cpu_kmeans import lloyd
 from tessera_gpu.backends.cpu_pca import fit_pca
 from tessera_gpu.projection.parallel import kernel
 
-__all__ = ["cell_probe_knn", "exact_knn", "nearest_centroids", "reranked_search"]
+__all__ = [
+    "cell_probe_knn",
+    "exact_knn",
+    "nearest_centroids",
+    "probe_search",
+    "reranked_search",
+]
 
 _BLOCK_BYTES = 32 * 2**20  # GEMM output per block (smaller blocks starve BLAS)
 
@@ -204,3 +212,34 @@ def reranked_search(
     _, candidates = _blocked_search(pca.apply(data), pca.apply(queries), min(len(data), k + margin))
     idx, dist = _sorted_by_distance(_exact_distances(data, queries, candidates), candidates)
     return np.ascontiguousarray(idx[:, :k]), np.ascontiguousarray(dist[:, :k])
+
+
+def probe_search(
+    data: np.ndarray, ptr: np.ndarray, queries: np.ndarray, probes: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of ``data`` for each query, among the cells the query probes.
+
+    ``data`` is sorted by cell (cell ``c`` is ``data[ptr[c]:ptr[c + 1]]``); ``probes[q]`` lists
+    the cells query ``q`` scans (``-1``: none). Each cell is one GEMM of all its askers against
+    its members. Returns ``(indices into data (q, k), squared distances (q, k))``, nearest
+    first; ``-1`` / ``inf`` where fewer than ``k`` were scanned. The squared distances come from
+    the norm identity: re-rank them where exact values matter.
+    """
+    best_d, best_i = _empty(len(queries), k)
+    d_norms, q_norms = _sq_norms(data), _sq_norms(queries)
+    flat = probes.ravel()
+    ok = flat >= 0
+    cells = flat[ok]
+    askers = np.flatnonzero(ok) // max(1, probes.shape[1])
+    order = np.argsort(cells, kind="stable")
+    cells, askers = cells[order], askers[order].astype(np.int64)
+    a_ptr = _ranges(cells, len(ptr) - 1)
+    for cell in range(len(ptr) - 1):
+        start, stop = int(ptr[cell]), int(ptr[cell + 1])
+        q_rows = askers[a_ptr[cell] : a_ptr[cell + 1]]
+        if stop == start or len(q_rows) == 0:
+            continue
+        gram = queries[q_rows] @ data[start:stop].T
+        cols = np.arange(start, stop, dtype=np.int64)
+        _merge_block(gram, q_rows, q_norms[q_rows], cols, d_norms[start:stop], best_d, best_i)
+    return best_i, best_d  # _merge_block keeps each list sorted

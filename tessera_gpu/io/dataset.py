@@ -3,10 +3,15 @@
 Validation happens once, here, at the door; everything downstream trusts a ``Dataset``.
 The rules are the format spec's nine (``shared/spec/embedding-format.md``), with
 metadata-only mode (no ``embeddings``) allowed, plus the safety checks in :mod:`.safety`.
+
+A dataset joined from several files (:mod:`.shards`) lists them as :class:`Part` s, so a
+preview is read from its own file; :func:`read_embedding_rows` is the same validated read of a
+row range, for a Dask worker that reads its share of the embeddings itself.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -31,7 +36,16 @@ from tessera_gpu.io.safety import (
     resolve_member,
 )
 
-__all__ = ["Dataset", "DatasetFacts", "Field", "FieldKind", "FieldSummary", "load_dataset"]
+__all__ = [
+    "Dataset",
+    "DatasetFacts",
+    "Field",
+    "FieldKind",
+    "FieldSummary",
+    "Part",
+    "load_dataset",
+    "read_embedding_rows",
+]
 
 FieldKind = Literal["bool", "int", "float", "category", "string", "array"]
 
@@ -48,12 +62,17 @@ class Field:
     ``values`` holds bool / int64 / float64 arrays for those kinds, int32 codes into
     ``categories`` for a category, an object array of str for a string, and the raw
     ``(N, ...)`` array for an ``array`` field (kept, not filterable).
+
+    ``missing`` (None, or a bool mask of length N) marks rows that have no value: those of a
+    joined file that lacks the field (:mod:`.shards` says what their ``values`` hold). No
+    filter condition matches them, and their JSON value is null.
     """
 
     name: str
     kind: FieldKind
     values: np.ndarray
     categories: tuple[str, ...] = ()
+    missing: np.ndarray | None = None
 
     @property
     def filterable(self) -> bool:
@@ -64,6 +83,13 @@ class Field:
 
         The one conversion from a field to JSON: hover cards, point overlays and CSV
         exports all go through it."""
+        out = self._json(rows)
+        if self.missing is not None:
+            for i in np.flatnonzero(self.missing[rows]).tolist():
+                out[i] = None
+        return out
+
+    def _json(self, rows: np.ndarray) -> list[Any]:
         values = self.values[rows]
         if self.kind == "category":
             return np.asarray(self.categories, dtype=object)[values].tolist() if rows.size else []
@@ -78,21 +104,24 @@ class Field:
         return self.json_values(np.array([index], dtype=np.int64))[0]
 
     def summary(self) -> FieldSummary:
-        """The field's kind plus value counts (category, bool) or min/max (numbers)."""
+        """The field's kind plus value counts (category, bool) or min/max (numbers), over the
+        rows that have a value."""
         out = FieldSummary(name=self.name, kind=self.kind)
+        values = self.values if self.missing is None else self.values[~self.missing]
         if self.kind == "category":
-            counts = np.bincount(self.values, minlength=len(self.categories))
+            counts = np.bincount(values, minlength=len(self.categories))
             order = np.argsort(-counts, kind="stable")
-            out.values = {self.categories[i]: int(counts[i]) for i in order}
+            shown = order if self.missing is None else order[counts[order] > 0]
+            out.values = {self.categories[i]: int(counts[i]) for i in shown}
         elif self.kind == "bool":
-            n_true = int(np.count_nonzero(self.values))
-            out.values = {"true": n_true, "false": int(self.values.size - n_true)}
+            n_true = int(np.count_nonzero(values))
+            out.values = {"true": n_true, "false": int(values.size - n_true)}
         elif self.kind in ("int", "float"):
-            finite = self.values[np.isfinite(self.values)] if self.kind == "float" else self.values
+            finite = values[np.isfinite(values)] if self.kind == "float" else values
             out.min = finite.min().item() if finite.size else None
             out.max = finite.max().item() if finite.size else None
         elif self.kind == "string":
-            out.n_unique = len(set(self.values.tolist()))
+            out.n_unique = len(set(values.tolist()))
         else:
             out.shape = list(self.values.shape[1:])
         return out
@@ -125,9 +154,31 @@ class DatasetFacts(msgspec.Struct):
     file_size: int
 
 
+@dataclass(frozen=True)
+class Part:
+    """One file of a dataset: the dataset's rows ``start..stop`` are the file's rows
+    ``0..stop - start``. ``dim`` is the file's embedding width (None: metadata-only)."""
+
+    path: Path
+    start: int
+    stop: int
+    dim: int | None
+    has_thumbnails: bool = False
+    has_gifs: bool = False
+
+    @property
+    def n_rows(self) -> int:
+        return self.stop - self.start
+
+
 @dataclass(eq=False)
 class Dataset:
-    """A validated episode file. Embeddings are in memory; previews are read lazily."""
+    """A validated episode file. Embeddings are in memory; previews are read lazily.
+
+    ``parts`` is empty for one file read whole (``path``); a dataset joined from several
+    files (:func:`~.shards.load_shards`), or whose embeddings stay on disk for Dask workers
+    (``embeddings`` None while ``dim`` is not), lists its files there.
+    """
 
     path: Path
     name: str
@@ -139,6 +190,7 @@ class Dataset:
     has_gifs: bool
     file_size: int
     _id_index: dict[str, int] | None = field(default=None, repr=False)
+    parts: tuple[Part, ...] = ()
 
     @property
     def n_episodes(self) -> int:
@@ -146,11 +198,13 @@ class Dataset:
 
     @property
     def dim(self) -> int | None:
-        return None if self.embeddings is None else int(self.embeddings.shape[1])
+        if self.embeddings is not None:
+            return int(self.embeddings.shape[1])
+        return self.parts[0].dim if self.parts else None
 
     @property
     def mode(self) -> Literal["full", "metadata-only"]:
-        return "full" if self.embeddings is not None else "metadata-only"
+        return "full" if self.dim is not None else "metadata-only"
 
     def index_of(self, episode_id: str) -> int | None:
         if self._id_index is None:
@@ -171,8 +225,14 @@ class Dataset:
     def _preview(self, name: str, index: int) -> bytes | None:
         if not 0 <= index < self.n_episodes:
             raise IndexError(index)
-        with _reading(self.path), open_hdf5(self.path) as f:
-            data = np.asarray(f[name][index], dtype=np.uint8)
+        path, row = self.path, index
+        if self.parts:
+            part = self.parts[bisect.bisect_right([p.start for p in self.parts], index) - 1]
+            if not (part.has_thumbnails if name == "thumbnails" else part.has_gifs):
+                return None
+            path, row = part.path, index - part.start
+        with _reading(path), open_hdf5(path) as f:
+            data = np.asarray(f[name][row], dtype=np.uint8)
         return data.tobytes() if data.size else None
 
     def summary(self) -> DatasetFacts:
@@ -189,12 +249,19 @@ class Dataset:
 
 
 def load_dataset(
-    path: str | Path, *, limits: Limits | None = None, name: str | None = None
+    path: str | Path,
+    *,
+    limits: Limits | None = None,
+    name: str | None = None,
+    read_embeddings: bool = True,
 ) -> Dataset:
     """Validate ``path`` and load it. Raises a :class:`~.errors.TesseraError` on any problem.
 
     ``limits.max_file_bytes`` applies the upload size limit (none by default, since a file
-    on the server's own disk is bounded by N and D alone).
+    on the server's own disk is bounded by N and D alone). ``read_embeddings=False`` checks
+    everything but the embeddings' values and leaves them on disk: ``embeddings`` is None
+    and one :class:`Part` carries D (Dask workers read them with :func:`read_embedding_rows`,
+    which checks that every row is finite).
     """
     path = Path(path)
     limits = limits or Limits()
@@ -210,8 +277,9 @@ def load_dataset(
             if preview in members:
                 _check_preview(members[preview], preview, n)
         embeddings, digest = (None, None)
-        if dim is not None:
+        if dim is not None and read_embeddings:
             embeddings, digest = _read_embeddings(members["embeddings"])
+        thumbs, gifs = "thumbnails" in members, "gifs" in members
         return Dataset(
             path=path,
             name=name or path.stem,
@@ -219,10 +287,57 @@ def load_dataset(
             embeddings=embeddings,
             embeddings_hash=digest,
             fields=fields,
-            has_thumbnails="thumbnails" in members,
-            has_gifs="gifs" in members,
+            has_thumbnails=thumbs,
+            has_gifs=gifs,
             file_size=size,
+            parts=() if read_embeddings else (Part(path, 0, n, dim, thumbs, gifs),),
         )
+
+
+def read_embedding_rows(
+    path: str | Path,
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    limits: Limits | None = None,
+    shape: tuple[int, int] | None = None,
+    out: np.ndarray | None = None,
+    hasher: Any = None,
+) -> np.ndarray:
+    """Rows ``start..stop`` of a file's embeddings as float32 (C order), through the same
+    checks as :func:`load_dataset`: the safety checks, the declared shapes, the storage of
+    ``/embeddings``, and every row finite. Nothing else of the file is read.
+
+    ``shape``, the ``(N, D)`` seen when the file was registered, refuses a file changed
+    since. ``out`` (``stop - start`` rows) receives the rows in place; ``hasher`` (xxh3) is fed
+    each block as it is read.
+    """
+    path = Path(path)
+    limits = limits or Limits()
+    check_file_on_disk(path, limits)
+    with _reading(path), open_hdf5(path) as f:
+        members = _schema_members(f, limits)
+        n, dim = _check_shapes(members, limits)
+        if dim is None:
+            raise InvalidDataset(f"{path.name} has no embeddings", code="missing_embeddings")
+        if shape is not None and (n, dim) != tuple(shape):
+            raise InvalidDataset(
+                f"{path.name} changed since it was registered: it now holds {n:,} x {dim:,} "
+                f"embeddings, not {shape[0]:,} x {shape[1]:,}; register it again",
+                code="file_changed",
+            )
+        stop = n if stop is None else stop
+        if not 0 <= start <= stop <= n:
+            raise InvalidDataset(
+                f"rows {start:,}..{stop:,} are not in {path.name} ({n:,} rows)",
+                code="file_changed",
+            )
+        dset = members["embeddings"]
+        check_storage(dset, "/embeddings", limits)
+        if out is None:
+            out = np.empty((stop - start, dim), dtype=np.float32)
+        _copy_rows(dset, out, start, hasher)
+    return out
 
 
 @contextmanager
@@ -405,17 +520,26 @@ def _read_embeddings(dset: h5py.Dataset) -> tuple[np.ndarray, str]:
     out = np.empty((n, dim), dtype=np.float32)
     hasher = xxhash.xxh3_128()  # content key for the projection cache; ~8 GB/s
     hasher.update(f"{n}x{dim}".encode())
-    staging = None if dset.dtype == np.float32 else np.empty((BLOCK_ROWS, dim), dset.dtype)
-    for start in range(0, n, BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, n)
-        if staging is None:
-            dset.read_direct(out, np.s_[start:stop], np.s_[start:stop])
-        else:
-            dset.read_direct(staging, np.s_[start:stop], np.s_[0 : stop - start])
-            out[start:stop] = staging[: stop - start]
-        _check_finite(out[start:stop], start)
-        hasher.update(out[start:stop].data)  # the block's buffer, no copy
+    _copy_rows(dset, out, 0, hasher)
     return out, hasher.hexdigest()
+
+
+def _copy_rows(dset: h5py.Dataset, out: np.ndarray, start: int, hasher: Any) -> None:
+    """``dset[start : start + len(out)]`` into ``out``, block by block (bounded temporary
+    memory): each block checked finite (rows numbered as in the file) and fed to ``hasher``."""
+    n, dim = out.shape
+    staging = None if dset.dtype == np.float32 else np.empty((BLOCK_ROWS, dim), dset.dtype)
+    for lo in range(0, n, BLOCK_ROWS):
+        hi = min(lo + BLOCK_ROWS, n)
+        source = np.s_[start + lo : start + hi]
+        if staging is None:
+            dset.read_direct(out, source, np.s_[lo:hi])
+        else:
+            dset.read_direct(staging, source, np.s_[0 : hi - lo])
+            out[lo:hi] = staging[: hi - lo]
+        _check_finite(out[lo:hi], start + lo)
+        if hasher is not None:
+            hasher.update(out[lo:hi].data)  # the block's buffer, no copy
 
 
 def _check_finite(block: np.ndarray, offset: int) -> None:

@@ -85,6 +85,10 @@ def color_by(dataset: Dataset, name: str | None) -> ColorBy:
         return ColorBy("number", name, values=values, span=span)
     if fld.kind == "bool":  # true first, in green; false in red, whatever their counts
         codes = np.where(fld.values, 0, 1).astype(np.int32)
+        if fld.missing is not None and fld.missing.any():  # a joined file lacks the field
+            codes[fld.missing] = 2
+            return ColorBy("category", name, codes=codes, labels=("true", "false", "missing"),
+                           colors=(*BOOL_COLORS, OTHER_COLOR))  # fmt: skip
         return ColorBy("category", name, codes=codes, labels=("true", "false"), colors=BOOL_COLORS)
     return _category(name, fld.values, fld.categories)
 
