@@ -140,14 +140,17 @@ def draw_sample(
     backend: Backend | None = None,
     device_embeddings: Any = None,
     context: FilterContext | None = None,
+    diverse: Diverse | None = None,
 ) -> Sample:
     """Draw ``request`` from ``dataset``; the same request and seed give the same ids.
 
     ``backend``/``device_embeddings`` are used by ``kmeans`` only (made on the CPU backend when
     absent); ``context`` is what pseudo-field conditions refer to (the finished map, the
-    selections, the similarity graph that ``dedup_threshold`` needs).
+    selections, the similarity graph that ``dedup_threshold`` needs). ``diverse`` draws the
+    K-means picks elsewhere -- on a Dask cluster, where the embeddings are -- and then the
+    sample reports no coverage (measuring it would bring vectors back).
     """
-    if request.method == "kmeans" and dataset.embeddings is None:
+    if request.method == "kmeans" and dataset.dim is None:
         raise Conflict("K-means sampling needs embeddings: this dataset is metadata-only")
     strata = strata_of(dataset, request.stratify_by)
     stats: dict[str, Any] = {}
@@ -170,9 +173,13 @@ def draw_sample(
     elif request.method == "stratified":
         assert strata is not None  # SampleRequest requires stratify_by for this method
         indices = np.sort(np.concatenate(_per_stratum(rows, strata, request, _random_in(request))))
+    elif diverse is not None:
+        indices, _ = _kmeans_sample(diverse, None, rows, strata, request)
     else:
         backend, x = _embeddings_on(dataset, backend, device_embeddings)
-        indices, coverage = _kmeans_sample(x, rows, strata, request, backend)
+        indices, coverage = _kmeans_sample(
+            _diverse_on(x, backend), _coverage_on(x, backend), rows, strata, request
+        )
         stats.update(coverage)
     stats_field = strata or strata_of(dataset, _DEFAULT_STRATA, missing_ok=True)
     stats["per_stratum_field"] = stats_field.name if stats_field else None
@@ -328,37 +335,56 @@ def _embeddings_on(
 
         backend = get_backend("cpu")
     if device_embeddings is None:
-        assert dataset.embeddings is not None  # draw_sample refuses K-means without them
+        if dataset.embeddings is None:  # left on disk for a Dask cluster that is not here
+            raise Conflict("K-means sampling of this dataset needs its Dask cluster (--dask)")
         device_embeddings = backend.to_device(dataset.embeddings)
     return backend, device_embeddings
 
 
-def _kmeans_sample(
-    x: Any, rows: np.ndarray, strata: Strata | None, request: SampleRequest, backend: Backend
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """A K-means diversity sample of ``rows`` (within each stratum, by the allocation, when
-    ``strata`` is given), and its coverage: overall, and per stratum."""
+#: ``(rows, n, seed) -> n`` rows of ``rows`` chosen by K-means diversity (any order).
+Diverse = Callable[[np.ndarray, int, int], np.ndarray]
+#: ``(rows, picked, request) -> `` the coverage of ``rows`` by ``picked``.
+Cover = Callable[[np.ndarray, np.ndarray, "SampleRequest"], dict[str, Any]]
+
+
+def _diverse_on(x: Any, backend: Backend) -> Diverse:
     from tessera_gpu.clustering import diversity_sample
 
+    return lambda rows, n, seed: diversity_sample(x, n, backend=backend, rows=rows, seed=seed)
+
+
+def _coverage_on(x: Any, backend: Backend) -> Cover:
+    return lambda rows, picked, request: _coverage(x, rows, picked, request, backend)
+
+
+def _kmeans_sample(
+    diverse: Diverse,
+    cover: Cover | None,
+    rows: np.ndarray,
+    strata: Strata | None,
+    request: SampleRequest,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A K-means diversity sample of ``rows`` (within each stratum, by the allocation, when
+    ``strata`` is given), and its coverage (with ``cover``): overall, and per stratum."""
     if strata is None:
-        picked = diversity_sample(x, request.n, backend=backend, rows=rows, seed=request.seed)
+        picked = diverse(rows, request.n, request.seed)
         indices = np.sort(np.asarray(picked, dtype=np.int64))
-        return indices, {"coverage": _coverage(x, rows, indices, request, backend)}
+        return indices, {} if cover is None else {"coverage": cover(rows, indices, request)}
     per: dict[str, Any] = {}
 
     def pick(group: np.ndarray, k: int, _: int) -> np.ndarray:
         if k == group.size:  # the whole stratum: nothing to choose
             chosen = group
         else:
-            drawn = diversity_sample(x, k, backend=backend, rows=group, seed=request.seed)
-            chosen = np.sort(np.asarray(drawn, dtype=np.int64))
-        label = strata.labels[int(strata.codes[group[0]])]
-        per[label] = _coverage(x, group, chosen, request, backend)
+            chosen = np.sort(np.asarray(diverse(group, k, request.seed), dtype=np.int64))
+        if cover is not None:
+            per[strata.labels[int(strata.codes[group[0]])]] = cover(group, chosen, request)
         return chosen
 
     indices = np.sort(np.concatenate(_per_stratum(rows, strata, request, pick)))
-    overall = _coverage(x, rows, indices, request, backend)
-    return indices, {"coverage": overall, "coverage_per_stratum": per}
+    if cover is None:
+        return indices, {}
+    return indices, {"coverage": cover(rows, indices, request), "coverage_per_stratum": per}
 
 
 def _coverage(

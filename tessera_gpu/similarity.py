@@ -13,11 +13,16 @@ Near-duplicate groups at a threshold ``t`` are the connected components of the g
 with cosine distance ``<= t`` (both ends in the filter); each group's **keeper** is the member
 nearest the mean of the group's unit vectors. Groups are listed largest first, the keeper
 first, the others in index order. ``uniqueness`` is the cosine distance to the 10th neighbour.
+
+A dataset whose embeddings stay on a Dask cluster gets a *graph-only* index
+(:func:`load_or_build_graph`: ``reduced`` and ``norms`` are None): its graph comes from the
+cluster, groups fetch only their members' vectors (``vectors`` may be a function of rows), and
+:meth:`SimilarityIndex.similar_in_graph` answers from the graph when it can; the core asks the
+cluster for an exact scan when it cannot.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +32,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from tessera_gpu.backends import Backend
+from tessera_gpu.backends import Backend, Neighbors
 from tessera_gpu.backends.cpu_cosine import cosine_distances, normalized_pca, row_norms
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.io.artifacts import ArtifactStore
@@ -41,10 +46,12 @@ __all__ = [
     "UNIQUENESS_K",
     "Groups",
     "SimilarityIndex",
+    "Vectors",
     "build_index",
     "check_threshold",
     "derived_fields",
     "load_or_build",
+    "load_or_build_graph",
 ]
 
 SIMILARITY_VERSION = "tessera-cosine-1"
@@ -54,6 +61,12 @@ DEFAULT_THRESHOLD = 0.05
 MAX_SIMILAR = 1_000
 _EXACT_BATCH = 512
 _BOUND_SLACK = 1e-4  # float32 rounding of the bounds: err on the side of checking more rows
+_KEEPER_BATCH = 65_536  # member rows fetched at once to choose keepers
+
+#: A function giving the vectors of some rows (float32, in that order): a cluster's embeddings.
+Rows = Callable[[np.ndarray], np.ndarray]
+#: The embeddings: in memory, or a :data:`Rows` function.
+Vectors = np.ndarray | Rows
 
 
 @dataclass(frozen=True)
@@ -80,8 +93,8 @@ class SimilarityIndex:
 
     indices: np.ndarray  # (n, k) int32, the row itself first
     distances: np.ndarray  # (n, k) float32 cosine distances, exact
-    reduced: np.ndarray  # (n, c) float32: unit rows in PCA space (distances are lower bounds)
-    norms: np.ndarray  # (n,) float32
+    reduced: np.ndarray | None  # (n, c) float32: unit rows in PCA space (lower bounds); or None
+    norms: np.ndarray | None  # (n,) float32; None for a graph-only index
     info: dict[str, Any] = field(default_factory=dict)
     _edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _sq: np.ndarray | None = field(default=None, repr=False)
@@ -98,7 +111,9 @@ class SimilarityIndex:
         """The ``k`` rows nearest ``row`` by cosine distance (itself excluded), among ``mask``:
         ``(rows int64, distances float32)``, nearest first, ties by row. Exact: candidates are
         taken in order of their lower bound and checked on the full vectors until no unchecked
-        row can be nearer than the k-th found."""
+        row can be nearer than the k-th found. Needs the in-memory index (``reduced``)."""
+        if self.reduced is None or self.norms is None:
+            raise ValueError("a graph-only index answers with similar_in_graph")
         allowed = np.ones(self.n, dtype=bool) if mask is None else mask.copy()
         allowed[row] = False
         n_allowed = int(np.count_nonzero(allowed))
@@ -120,8 +135,25 @@ class SimilarityIndex:
             return batch[keep].astype(np.int64), dist[keep]
         return self._similar_slow(embeddings, row, k, bound, allowed)
 
+    def similar_in_graph(
+        self, row: int, k: int, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``row``'s ``k`` nearest among ``mask`` from its graph neighbours alone (distances
+        exact, as the graph's); None when fewer than ``k`` of them are allowed."""
+        rows = self.indices[row, 1:].astype(np.int64)
+        dist = self.distances[row, 1:]
+        ok = (rows >= 0) & (rows != row)
+        if mask is not None:
+            ok &= mask[np.where(rows >= 0, rows, 0)]
+        rows, dist = rows[ok], dist[ok]
+        if rows.size < k:
+            return None
+        keep = np.lexsort((rows, dist))[:k]
+        return rows[keep], dist[keep].astype(np.float32)
+
     def _bounds(self, row: int) -> np.ndarray:
         """Lower bounds of every row's cosine distance to ``row`` (from the PCA space)."""
+        assert self.reduced is not None
         if self._sq is None:
             self._sq = np.einsum("ij,ij->i", self.reduced, self.reduced)
         dot = self.reduced @ self.reduced[row]
@@ -132,6 +164,7 @@ class SimilarityIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Candidates in order of their bounds, checked in batches until none left unchecked
         can be nearer than the k-th found."""
+        assert self.norms is not None
         order = np.argsort(bound, kind="stable")
         order = order[allowed[order]]
         best_rows = np.zeros(0, dtype=np.int64)
@@ -167,10 +200,9 @@ class SimilarityIndex:
             self._edges = (lo[order], hi[order], dist[order])
         return self._edges
 
-    def groups(
-        self, embeddings: np.ndarray, threshold: float, mask: np.ndarray | None = None
-    ) -> Groups:
-        """Near-duplicate groups at ``threshold`` among ``mask`` (see the module docstring)."""
+    def groups(self, vectors: Vectors, threshold: float, mask: np.ndarray | None = None) -> Groups:
+        """Near-duplicate groups at ``threshold`` among ``mask`` (see the module docstring);
+        ``vectors`` (or a function of rows) give the members' vectors, to choose keepers."""
         lo, hi, dist = self.edges()
         cut = int(np.searchsorted(dist, threshold, side="right"))
         lo, hi = lo[:cut], hi[:cut]
@@ -187,14 +219,14 @@ class SimilarityIndex:
             shape=(members.size, members.size),
         )
         _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
-        return Groups(threshold, _keepers_first(embeddings, self.norms, members, labels))
+        return Groups(threshold, _keepers_first(_rows_of(vectors), members, labels))
 
     def keep_mask(
-        self, embeddings: np.ndarray, threshold: float, mask: np.ndarray | None = None
+        self, vectors: Vectors, threshold: float, mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, int]:
         """``mask`` with every group cut to its keeper, and how many rows that removed."""
         out = np.ones(self.n, dtype=bool) if mask is None else mask.copy()
-        removed = self.groups(embeddings, threshold, mask).removed()
+        removed = self.groups(vectors, threshold, mask).removed()
         out[removed] = False
         return out, int(removed.size)
 
@@ -207,23 +239,34 @@ class SimilarityIndex:
         return self.distances[:, UNIQUENESS_K].astype(np.float64)
 
 
-def _keepers_first(
-    embeddings: np.ndarray, norms: np.ndarray, members: np.ndarray, labels: np.ndarray
-) -> list[np.ndarray]:
+def _rows_of(vectors: Vectors) -> Rows:
+    if callable(vectors):
+        return vectors
+    return lambda rows: vectors[rows]
+
+
+def _keepers_first(take: Rows, members: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
     """Groups of ``members`` by ``labels``: largest first (ties: smallest keeper), each with
-    the member nearest its unit-vector mean first, then the others in index order."""
+    the member nearest its unit-vector mean first, then the others in index order. The
+    members' vectors are fetched with ``take``, a batch of groups at a time."""
     order = np.lexsort((members, labels))
     rows, labels = members[order], labels[order]
     starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
     bounds = np.r_[starts, rows.size]
-    groups = []
-    safe = np.where(norms > 0, norms, 1.0).astype(np.float32)
-    for a, b in itertools.pairwise(bounds):
-        group = rows[a:b]
-        unit = embeddings[group] / safe[group, None]
-        score = unit @ unit.mean(axis=0)
-        keeper = int(group[int(np.argmax(score))])
-        groups.append(np.array([keeper, *[int(r) for r in group if r != keeper]], dtype=np.int64))
+    spans = np.column_stack([bounds[:-1], bounds[1:]])
+    batch_of = spans[:, 0] // _KEEPER_BATCH  # whole groups, about _KEEPER_BATCH rows a batch
+    groups: list[np.ndarray] = []
+    for batch in np.split(spans, np.flatnonzero(np.diff(batch_of)) + 1):
+        a, b = int(batch[0, 0]), int(batch[-1, 1])
+        vectors = np.asarray(take(rows[a:b]), dtype=np.float32)
+        norms = row_norms(vectors)
+        unit = vectors / np.where(norms > 0, norms, np.float32(1.0))[:, None]
+        for lo, hi in batch.tolist():
+            group, u = rows[lo:hi], unit[lo - a : hi - a]
+            keeper = int(group[int(np.argmax(u @ u.mean(axis=0)))])
+            groups.append(
+                np.array([keeper, *[int(r) for r in group if r != keeper]], dtype=np.int64)
+            )
     groups.sort(key=lambda g: (-len(g), int(g[0])))
     return groups
 
@@ -309,6 +352,8 @@ def load_or_build(
     index = build_index(embeddings, device, backend, seed=seed, progress=progress)
     stored = False
     if store is not None and key is not None:
+        assert index.reduced is not None
+        assert index.norms is not None
         arrays = {"indices": index.indices, "distances": index.distances,
                   "reduced": index.reduced, "norms": index.norms}  # fmt: skip
         stored = store.store(key, arrays, index.info)
@@ -316,13 +361,53 @@ def load_or_build(
     return index
 
 
+def load_or_build_graph(
+    store: ArtifactStore | None,
+    content_hash: str | None,
+    knn: Callable[[int], Neighbors],
+    *,
+    engine: str,
+    progress: Progress | None = None,
+) -> SimilarityIndex:
+    """A graph-only index (no ``reduced``, no ``norms``): the graph from ``knn(k)`` (a
+    cluster's cosine kNN), served from / stored to ``store`` under ``engine``'s name (its
+    graph may differ from the in-memory one's: it is approximate)."""
+    params = {"k": GRAPH_K, "seed": 0, "engine": engine}
+    key = ArtifactStore.key(content_hash, params, SIMILARITY_VERSION) if content_hash else None
+    if store is not None and key is not None:
+        found = store.load(key)
+        if found is not None:
+            arrays, cached = found
+            if progress is not None:
+                progress("done", 1.0)
+            return SimilarityIndex(arrays["indices"], arrays["distances"], None, None,
+                                   info={**cached, "cache": "hit"})  # fmt: skip
+    started = time.perf_counter()
+    nb = knn(GRAPH_K)
+    info: dict[str, Any] = {
+        "algorithm": SIMILARITY_VERSION, "metric": "cosine", "k": int(nb.indices.shape[1]),
+        "knn": nb.method, "backend": engine,
+        "timings": {"knn": round(time.perf_counter() - started, 3)},
+    }  # fmt: skip
+    index = SimilarityIndex(
+        indices=np.ascontiguousarray(nb.indices, dtype=np.int32),
+        distances=np.ascontiguousarray(nb.distances, dtype=np.float32),
+        reduced=None, norms=None, info=info,
+    )  # fmt: skip
+    stored = False
+    if store is not None and key is not None:
+        stored = store.store(key, {"indices": index.indices, "distances": index.distances}, info)
+    index.info["cache"] = "stored" if stored else "off"
+    return index
+
+
 def derived_fields(
-    index: SimilarityIndex, embeddings: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD
+    index: SimilarityIndex, vectors: Vectors, *, threshold: float = DEFAULT_THRESHOLD
 ) -> dict[str, Field]:
     """``uniqueness`` (float) and ``duplicate_group`` (int: 0 = none, else the group's number,
     1 for the largest) as ordinary metadata fields."""
     labels = np.zeros(index.n, dtype=np.int64)
-    for number, group in enumerate(index.groups(embeddings, threshold).groups, 1):
+    for number, group in enumerate(index.groups(vectors, threshold).groups, 1):
         labels[group] = number
     return {
         "uniqueness": Field("uniqueness", "float", index.uniqueness()),

@@ -14,8 +14,11 @@ memory. What the server receives is small and already has the shape of the in-pr
 ===================  ===================================================  =======================
 method               between workers                                      back to the server
 ===================  ===================================================  =======================
+``hash_files``       nothing                                              a SHA-256 per file
 ``check``            nothing                                              a digest per partition
 ``take``             nothing                                              the rows asked for
+``nearest``          the query vector, out                                ``k`` candidates per
+                                                                          partition
 ``cosine_knn/knn``   a 50k-row sample; each row ~1.5x (to its cell        ``k`` neighbours and
                      groups; :mod:`.knn`)                                 distances per row
 ``kmeans``           centroids out and partial sums back, per iteration   centroids, labels,
@@ -215,6 +218,15 @@ class DaskEngine:
             hasher.update(digest.encode())
         return str(hasher.hexdigest())
 
+    def hash_files(self, paths: Sequence[str | Path]) -> list[str]:
+        """Each file's SHA-256, computed on the workers (the files are read where they lie,
+        in parallel, not through the server)."""
+        from tessera_gpu.distributed.refs import file_digest
+
+        return [str(d) for d in self.gather(
+            [self.submit(file_digest, str(p), name="hash") for p in paths]
+        )]  # fmt: skip
+
     def load_shards(
         self,
         paths: Sequence[str | Path],
@@ -239,9 +251,12 @@ class DaskEngine:
     def take(self, parts: Sequence[Part], rows: np.ndarray) -> np.ndarray:
         """The vectors of ``rows`` (any order, a few thousand at most: they come to the
         server), float32 ``(len(rows), D)`` in that order."""
+        return self.take_refs(self.refs(parts), rows)
+
+    def take_refs(self, refs: Sequence[Any], rows: np.ndarray) -> np.ndarray:
+        """:meth:`take` on a dataset's partitions."""
         from tessera_gpu.distributed.refs import split_rows, take_rows
 
-        refs = self.refs(parts)
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= refs[-1].stop):
             raise InvalidRequest(f"row index out of range for {refs[-1].stop:,} rows")
@@ -282,6 +297,15 @@ class DaskEngine:
                 return rapids_knn(self, refs, min(k, refs[-1].stop), metric=metric)
         return distributed_knn(self, self.refs(parts), k, metric=metric, seed=seed,
                                progress=progress)  # fmt: skip
+
+    def nearest(
+        self, parts: Sequence[Part], row: int, k: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact: the ``k`` rows nearest ``row`` by cosine distance (itself excluded) among
+        ``allowed``, nearest first: a scan of every partition where it lies."""
+        from tessera_gpu.distributed.knn import exact_nearest
+
+        return exact_nearest(self, self.refs(parts), row, k, allowed)
 
     def kmeans(
         self,

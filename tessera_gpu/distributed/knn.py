@@ -327,3 +327,54 @@ def _first(pair: tuple[Any, Any]) -> Any:
 
 def _second(pair: tuple[Any, Any]) -> Any:
     return pair[1]
+
+
+@on_worker
+def nearest_in_ref(
+    ref: ShardRef, limits: Any, query: np.ndarray, k: int, local: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` rows of the ref (or of its ``local`` rows) nearest ``query`` by cosine
+    distance: ``(global rows int64, distances float32)``, unordered."""
+    block = read_block(ref, limits, local)
+    if block.rows.size == 0:
+        return block.rows, np.zeros(0, dtype=np.float32)
+    q = np.asarray(query, dtype=np.float32)
+    q_norm = float(np.linalg.norm(q)) or 1.0
+    norms = _safe(row_norms(block.x))
+    dist = np.clip(1.0 - (block.x @ q) / (norms * q_norm), 0.0, 2.0).astype(np.float32)
+    if dist.size > k:
+        keep = np.argpartition(dist, k - 1)[:k]
+        return block.rows[keep], dist[keep]
+    return block.rows, dist
+
+
+def exact_nearest(
+    engine: DaskEngine,
+    refs: list[ShardRef],
+    row: int,
+    k: int,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact: the ``k`` rows nearest ``row`` by cosine distance (itself excluded), among
+    ``allowed``, nearest first (ties by row). Every partition is scanned where it lies; only
+    the query vector goes out and ``k`` candidates per partition come back."""
+    query = engine.take_refs(refs, np.array([row], dtype=np.int64))[0]
+    shared = engine.scatter(query)
+    futures = []
+    for ref in refs:
+        local = None
+        if allowed is not None:
+            local = np.flatnonzero(allowed[ref.start : ref.stop])
+            if local.size == 0:
+                continue
+        futures.append(engine.submit(nearest_in_ref, ref, engine.limits, shared, k + 1, local,
+                                     name="similar"))  # fmt: skip
+    found = engine.gather(futures)
+    if not found:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    rows = np.concatenate([f[0] for f in found]).astype(np.int64)
+    dist = np.concatenate([f[1] for f in found]).astype(np.float32)
+    other = rows != row
+    rows, dist = rows[other], dist[other]
+    keep = np.lexsort((rows, dist))[:k]
+    return rows[keep], dist[keep]

@@ -28,6 +28,7 @@ import xxhash
 from tessera_gpu.backends import Backend, get_backend
 from tessera_gpu.errors import TesseraError
 from tessera_gpu.io.dataset import Part, read_embedding_rows
+from tessera_gpu.io.files import file_sha256
 from tessera_gpu.io.safety import Limits
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "ShardRef",
     "TaskFailed",
     "digest_block",
+    "file_digest",
     "on_worker",
     "partitions",
     "read_block",
@@ -187,3 +189,9 @@ def digest_block(ref: ShardRef, limits: Limits) -> str:
     hasher = xxhash.xxh3_128()
     _read(ref, limits, hasher)
     return str(hasher.hexdigest())
+
+
+@on_worker
+def file_digest(path: str) -> str:
+    """The SHA-256 of a whole file, read where it lies: a dataset's id comes from it."""
+    return file_sha256(path)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,8 +254,12 @@ def load_dataset(
     limits: Limits | None = None,
     name: str | None = None,
     read_embeddings: bool = True,
+    check_memory: Callable[[int, int], None] | None = None,
 ) -> Dataset:
     """Validate ``path`` and load it. Raises a :class:`~.errors.TesseraError` on any problem.
+
+    ``check_memory(n, d)`` runs before the embeddings are read, to refuse what cannot fit
+    (:func:`~.shards.check_fits_in_memory`: a 507).
 
     ``limits.max_file_bytes`` applies the upload size limit (none by default, since a file
     on the server's own disk is bounded by N and D alone). ``read_embeddings=False`` checks
@@ -278,6 +282,8 @@ def load_dataset(
                 _check_preview(members[preview], preview, n)
         embeddings, digest = (None, None)
         if dim is not None and read_embeddings:
+            if check_memory is not None:
+                check_memory(n, dim)
             embeddings, digest = _read_embeddings(members["embeddings"])
         thumbs, gifs = "thumbnails" in members, "gifs" in members
         return Dataset(

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -179,13 +179,15 @@ def load_shards(
     limits: Limits | None = None,
     load_embeddings: bool = True,
     max_episodes: int | None = None,
+    check_memory: Callable[[int, int], None] = check_fits_in_memory,
 ) -> Dataset:
     """Validate every file and join them into one :class:`Dataset` (see the module docstring).
 
     ``paths`` may hold globs; a file named twice is read once. ``max_episodes`` caps the
-    total (422 ``too_many_episodes``). Raises :class:`~tessera_gpu.errors.InvalidDataset`
-    (422) naming the files on a clash, and :class:`~tessera_gpu.errors.InsufficientStorage`
-    (507) when the embeddings cannot fit.
+    total (422 ``too_many_episodes``); ``check_memory(n, d)`` refuses embeddings that cannot
+    fit before they are read (default: :func:`check_fits_in_memory` on host memory). Raises
+    :class:`~tessera_gpu.errors.InvalidDataset` (422) naming the files on a clash, and
+    :class:`~tessera_gpu.errors.InsufficientStorage` (507) when the embeddings cannot fit.
     """
     files = expand_paths(paths)
     if not files:
@@ -201,7 +203,7 @@ def load_shards(
     )
     embeddings, digest = None, None
     if dim is not None and load_embeddings:
-        embeddings, digest = _read_embeddings(parts, labels, limits)
+        embeddings, digest = _read_embeddings(parts, labels, limits, check_memory)
     return Dataset(
         path=files[0],
         name=name or (files[0].stem if len(files) == 1 else f"{files[0].stem} +{len(files) - 1}"),
@@ -291,12 +293,15 @@ def _joined_ids(shards: list[Dataset], labels: list[str], starts: np.ndarray) ->
 
 
 def _read_embeddings(
-    parts: tuple[Part, ...], labels: list[str], limits: Limits
+    parts: tuple[Part, ...],
+    labels: list[str],
+    limits: Limits,
+    check_memory: Callable[[int, int], None],
 ) -> tuple[np.ndarray, str]:
     """Every shard's embeddings, checked again as they are read, into one array; its hash."""
     n, dim = parts[-1].stop, parts[0].dim
     assert dim is not None
-    check_fits_in_memory(n, dim)
+    check_memory(n, dim)
     out = np.empty((n, dim), dtype=np.float32)
     hasher = xxhash.xxh3_128()
     hasher.update(f"{n}x{dim}".encode())  # as load_dataset hashes one file

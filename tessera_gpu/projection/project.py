@@ -32,7 +32,14 @@ from tessera_gpu.errors import InvalidRequest
 if TYPE_CHECKING:
     from tessera_gpu.projection.cache import ProjectionCache
 
-__all__ = ["Progress", "Projection", "ProjectionParams", "project", "project_cached"]
+__all__ = [
+    "Progress",
+    "Projection",
+    "ProjectionParams",
+    "cached_projection",
+    "project",
+    "project_cached",
+]
 
 Progress = Callable[[str, float], None]
 _SHARES = {"knn": (0.0, 0.35), "graph": (0.35, 0.4), "init": (0.4, 0.45), "layout": (0.45, 1.0)}
@@ -219,17 +226,35 @@ def project_cached(
 
     ``info["cache"]`` says ``"hit"``, ``"stored"`` or ``"off"``.
     """
-    if cache is None or not content_hash:
-        result = project(x, backend=backend, params=params, progress=progress)
-        return Projection(result.coords, {**result.info, "cache": "off"})
     from tessera_gpu.projection.cache import backend_tag
 
-    key = cache.key(content_hash, params, backend=backend_tag(backend))
+    return cached_projection(
+        lambda: project(x, backend=backend, params=params, progress=progress),
+        cache=cache, content_hash=content_hash, params=params, tag=backend_tag(backend),
+        progress=progress,
+    )  # fmt: skip
+
+
+def cached_projection(
+    compute: Callable[[], Projection],
+    *,
+    cache: ProjectionCache | None,
+    content_hash: str | None,
+    params: ProjectionParams,
+    tag: str,
+    progress: Progress | None = None,
+) -> Projection:
+    """``compute()`` served from / stored to ``cache`` under ``(content_hash, params, tag)``
+    (``tag`` names what computed it: a backend, or a Dask cluster's landmark projection)."""
+    if cache is None or not content_hash:
+        result = compute()
+        return Projection(result.coords, {**result.info, "cache": "off"})
+    key = cache.key(content_hash, params, backend=tag)
     hit = cache.load(key)
     if hit is not None:
         if progress is not None:
             progress("done", 1.0)
         return Projection(hit.coords, {**hit.info, "cache": "hit"})
-    result = project(x, backend=backend, params=params, progress=progress)
+    result = compute()
     stored = cache.store(key, result)
     return Projection(result.coords, {**result.info, "cache": "stored" if stored else "off"})
