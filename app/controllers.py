@@ -6,6 +6,7 @@ Slow calls (loading, hashing, filtering, sampling) run in a worker thread
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from typing import Annotated, Any
@@ -21,7 +22,13 @@ from litestar.params import Body, PathParameter
 from tessera_gpu import __version__
 from tessera_gpu.backends import Backend, backend_summary
 from tessera_gpu.core import Count, DatasetSummary, Episode, Live, ProjectionStatus, Tessera
-from tessera_gpu.errors import InsufficientStorage, InvalidRequest, UnsupportedMediaType
+from tessera_gpu.errors import (
+    InsufficientStorage,
+    InvalidRequest,
+    TesseraError,
+    UnsupportedMediaType,
+)
+from tessera_gpu.io.shards import MAX_SHARDS
 from tessera_gpu.sampling import Manifest
 
 from .openapi_docs import DatasetRegistration
@@ -39,7 +46,8 @@ __all__ = [
 
 #: Largest JSON body (filters, sample requests); uploads have their own limit.
 MAX_JSON_BYTES = 8_000_000
-MAX_PATH_BODY = 64 * 1024
+MAX_PATH_BODY = 256 * 1024
+MAX_NAME = 200  # characters of a dataset's display name
 #: Free disk kept beyond an upload's size (the registry, caches and samples need room too).
 DISK_MARGIN = 64 * 1024 * 1024
 TesseraDep = NamedDependency[Tessera]
@@ -85,13 +93,27 @@ class HostMemory(msgspec.Struct):
     host_available_gib: float | None = None
 
 
-class Health(msgspec.Struct):
+class DaskInfo(msgspec.Struct, omit_defaults=True):
+    """The Dask cluster (``--dask``): its scheduler, workers, threads, memory (bytes), GPUs,
+    and whether K-means and kNN go to ``cuml.dask``; ``error`` when it cannot be reached."""
+
+    scheduler: str
+    workers: int = 0
+    threads: int = 0
+    memory_limit: int = 0
+    gpus: int = 0
+    cuml_dask: bool = False
+    error: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class Health(msgspec.Struct, omit_defaults=True):
     status: str
     version: str
     backend: BackendInfo
     hdf5_version: str
     datasets: int
     memory: HostMemory
+    dask: DaskInfo | msgspec.UnsetType = msgspec.UNSET
 
 
 class HealthController(Controller):
@@ -100,11 +122,12 @@ class HealthController(Controller):
     path = "/api/health"
     tags = ("health",)
 
-    @get("/", operation_id="getHealth", summary="Server health", sync_to_thread=False)
+    @get("/", operation_id="getHealth", summary="Server health", sync_to_thread=True)
     def health(self, tessera: TesseraDep) -> Health:
         """Version, compute backend (name, device, GPU memory; ``standin`` when the numpy stand-in
-        runs the GPU tier, ``gpu_fallback`` when no GPU was usable), host memory, HDF5 version."""
-        return Health(
+        runs the GPU tier, ``gpu_fallback`` when no GPU was usable), host memory, HDF5 version;
+        with ``--dask``, the cluster (status ``degraded`` when it cannot be reached)."""
+        out = Health(
             status="ok",
             version=__version__,
             backend=_backend_info(tessera.backend),
@@ -112,6 +135,13 @@ class HealthController(Controller):
             datasets=len(tessera.all()),
             memory=_host_memory(),
         )
+        if tessera.engine is not None:
+            try:
+                out.dask = msgspec.convert(tessera.engine.describe(), DaskInfo)
+            except TesseraError as exc:
+                out.dask = DaskInfo(scheduler=tessera.engine.address, error=exc.message)
+                out.status = "degraded"
+        return out
 
 
 def _backend_info(backend: Backend) -> BackendInfo:
@@ -156,19 +186,26 @@ class DatasetController(Controller):
     async def add_dataset(
         self, request: Request[Any, Any, Any], tessera: TesseraDep
     ) -> DatasetSummary:
-        """Upload an HDF5 file as the multipart field ``file``, or register a file on the
-        server's disk with JSON ``{"path": ...}`` (only under an ``--allow-path`` directory).
+        """Upload an HDF5 file as the multipart field ``file``, or register files on the
+        server's disk (only under an ``--allow-path`` directory) with JSON ``{"path": ...}``,
+        or ``{"paths": [...], "name": ...}`` to join several into one dataset (one map; each
+        episode's file in the ``source`` field). A glob such as ``shards/*.h5`` joins its
+        matches.
 
-        The file is validated before it is kept; the same bytes always give the same dataset.
-        Answers 413 (over the upload limit), 415 (not HDF5), 422 (breaks the format; the code
-        names the rule) or 403 (a path outside the allowed directories).
+        Each file is validated before it is kept; the same bytes always give the same dataset.
+        Answers 413 (over the upload limit), 415 (not HDF5), 422 (breaks the format, or files
+        that do not join: a different D, embeddings in some only, an episode id in two; the
+        message names the files), 403 (a path outside the allowed directories), 404 (a glob
+        matching nothing) or 507 (embeddings too large for memory without ``--dask``).
         """
         content_type, options = request.content_type
         if content_type == RequestEncodingType.MULTI_PART:
             live = await _receive(request, tessera, options.get("boundary"))
         elif content_type == "application/json":
-            path = _path_from(await _small_body(request))
-            live = await anyio.to_thread.run_sync(tessera.register_path, path)
+            asked = _paths_from(await _small_body(request))
+            live = await anyio.to_thread.run_sync(
+                functools.partial(tessera.register_paths, asked.paths or [], name=asked.name)
+            )
         else:
             raise UnsupportedMediaType(
                 "Send the file as multipart/form-data (field 'file'), or JSON {\"path\": ...}; "
@@ -229,17 +266,37 @@ async def _small_body(request: Request[Any, Any, Any]) -> bytes:
     return bytes(body)
 
 
-def _path_from(body: bytes) -> str:
+class PathsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``{"path": ...}`` or ``{"paths": [...], "name": ...}``."""
+
+    path: str | None = None
+    paths: list[str] | None = None
+    name: str | None = None
+
+
+def _paths_from(body: bytes) -> PathsRequest:
+    """The files to register (``paths`` filled either way) and the name, checked."""
+    usage = 'The JSON body must be {"path": "/path/to/file.h5"} or {"paths": [...], "name": ...}'
     try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("path"), str) or not data["path"]:
-        raise InvalidRequest('The JSON body must be {"path": "/path/to/file.h5"}')
-    path: str = data["path"]
-    if "\x00" in path:
+        asked = msgspec.json.decode(body, type=PathsRequest)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidRequest(f"{usage}: {exc}") from None
+    if (asked.path is None) == (asked.paths is None):
+        raise InvalidRequest(usage)
+    paths = [asked.path] if asked.path is not None else list(asked.paths or [])
+    if not paths or not all(paths):
+        raise InvalidRequest(f"{usage}: a path is empty")
+    if len(paths) > MAX_SHARDS:
+        raise InvalidRequest(f"Too many paths: {len(paths):,} > {MAX_SHARDS:,}")
+    if any("\x00" in p for p in paths):
         raise InvalidRequest("The path contains a NUL byte")
-    return path
+    if asked.name is not None:
+        name = "".join(ch for ch in asked.name if ch.isprintable()).strip()
+        if not name or len(name) > MAX_NAME:
+            raise InvalidRequest(f"name must be 1 to {MAX_NAME} printable characters")
+        asked.name = name
+    asked.paths = paths
+    return asked
 
 
 class ProjectionRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -7,10 +7,11 @@ registers the files it was given, and starts the projection worker; at shutdown 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from litestar import Litestar
@@ -22,6 +23,9 @@ from tessera_gpu import __version__, configure_process
 from tessera_gpu.backends import Backend
 from tessera_gpu.core import Tessera
 from tessera_gpu.settings import Settings
+
+if TYPE_CHECKING:
+    from tessera_gpu.distributed import DaskEngine
 
 from .access_log import access_log_middleware
 from .auth import auth_middleware_factory, login
@@ -58,20 +62,23 @@ def create_app(
     settings: Settings | None = None,
     *,
     files: Iterable[str | Path] = (),
+    join: str | None = None,
     backend: Backend | None = None,
+    engine: DaskEngine | None = None,
     route_handlers: Sequence[Any] = (),
 ) -> Litestar:
     """The app for ``settings`` (default: from the environment); ``files`` are registered by
-    path at start. ``backend`` overrides ``get_backend(settings.device)``;
+    path at start (with ``join``, as one dataset of that name). ``backend`` overrides
+    ``get_backend(settings.device)``, ``engine`` the Dask cluster of ``settings.dask``;
     ``route_handlers`` adds handlers next to the API. The app's core is ``app.state.tessera``.
     """
     configure_process()
     settings = settings or Settings.load()
-    tessera = Tessera(settings, backend=backend)
+    tessera = Tessera(settings, backend=backend, engine=engine)
     paths = [Path(f) for f in files]
 
     async def start() -> None:
-        await anyio.to_thread.run_sync(tessera.open, paths)
+        await anyio.to_thread.run_sync(functools.partial(tessera.open, paths, join=join))
 
     async def stop() -> None:
         datasets = len(tessera.all())

@@ -54,12 +54,20 @@ _UPLOAD = Schema(
 )
 _PATH = Schema(
     type=OpenAPIType.OBJECT,
-    required=["path"],
+    description='{"path": ...} or {"paths": [...]}: one dataset, joined across the files.',
     properties={
         "path": Schema(
             type=OpenAPIType.STRING,
-            description="A file on the server, inside an --allow-path directory.",
-        )
+            description="A file on the server, inside an --allow-path directory (a glob such "
+            "as shards/*.h5 joins its matches).",
+        ),
+        "paths": Schema(
+            type=OpenAPIType.ARRAY,
+            items=Schema(type=OpenAPIType.STRING),
+            description="Files (or globs) joined into one dataset: one map across them, each "
+            "episode's file in the 'source' field. Same D in every file; unique episode ids.",
+        ),
+        "name": Schema(type=OpenAPIType.STRING, description="The dataset's display name."),
     },
 )
 

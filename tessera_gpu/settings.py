@@ -99,6 +99,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Most episodes in one dataset when --dask is set (without it, free memory is the limit).",
         parse=int,
     ),
+    Setting(
+        "dask_landmarks",
+        200_000,
+        "With --dask, the map is fitted on this many episodes (landmarks) and the rest are "
+        "placed among them on the workers.",
+        parse=int,
+    ),
 )
 
 
@@ -129,6 +136,7 @@ class Settings:
     allowed_host: tuple[str, ...] = ()
     dask: str | None = None
     max_episodes_dask: int = 10_000_000
+    dask_landmarks: int = 200_000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "token", self.token or None)
@@ -140,6 +148,7 @@ class Settings:
         object.__setattr__(self, "max_upload_mb", float(self.max_upload_mb))
         object.__setattr__(self, "dask", (self.dask or "").strip() or None)
         object.__setattr__(self, "max_episodes_dask", int(self.max_episodes_dask))
+        object.__setattr__(self, "dask_landmarks", int(self.dask_landmarks))
         _check(self)
 
     @property
@@ -191,6 +200,10 @@ def _check(s: Settings) -> None:
     if s.max_episodes_dask < 1:
         raise InvalidRequest(
             f"max_episodes_dask must be at least 1: got {s.max_episodes_dask}", code="bad_setting"
+        )
+    if not 4 <= s.dask_landmarks <= 1_000_000:
+        raise InvalidRequest(
+            f"dask_landmarks must be 4 to 1,000,000: got {s.dask_landmarks}", code="bad_setting"
         )
 
 

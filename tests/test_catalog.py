@@ -172,19 +172,26 @@ def test_an_import_interrupted_after_its_commit_is_not_done_twice(data: DataDir)
 
 
 def test_an_older_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version-1 database (written as version 1 wrote it) is brought up to date at open:
+    its datasets stay, and the later columns get their defaults."""
+    import sqlite3
+
     from tessera_gpu.core import catalog as module
 
     path = tmp_path / "c.sqlite"
     monkeypatch.setattr(module, "MIGRATIONS", module.MIGRATIONS[:1])
-    old = module.Catalog(path)
-    old.put_dataset(entry("aaaa"))
-    old.close()
-    monkeypatch.setattr(
-        module, "MIGRATIONS", (*module.MIGRATIONS, "CREATE TABLE extra (x INTEGER);")
-    )
+    module.Catalog(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO datasets (id, name, source, path, file_hash, size, mtime_ns, added_at) "
+            "VALUES ('aaaa', 'old', 'path', '/data/old.h5', 'aaaa', 1, 2, '2026-01-01')"
+        )
+    db.close()
+    monkeypatch.undo()
     new = module.Catalog(path)
-    assert new.version == 2
-    assert [e.id for e in new.datasets()] == ["aaaa"]
+    assert new.version == SCHEMA_VERSION
+    (old,) = new.datasets()
+    assert (old.id, old.name, old.shards, old.projection) == ("aaaa", "old", [], {})
     new.close()
 
 

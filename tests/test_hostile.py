@@ -428,7 +428,7 @@ DATASET_CASES: list[tuple[str, str, str, Any, int, str]] = [
         "register_body_too_long",
         "POST",
         "/api/datasets",
-        {"path": "a" * 70_000},
+        {"path": "a" * 270_000},
         400,
         "invalid_request",
     ),

@@ -42,7 +42,7 @@ def _npy_bytes(coords: np.ndarray) -> bytes:
 
 
 @click.command("project")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @device_option("The backend that projects")
 @click.option(
     "-o",
@@ -59,22 +59,32 @@ def _npy_bytes(coords: np.ndarray) -> bytes:
     default=None,
     help="Projection cache [default: the data directory's, <TESSERA_DATA_DIR>/cache].",
 )
+@click.option(
+    "--dask",
+    metavar="ADDRESS",
+    default=None,
+    help="Project on this Dask cluster (tcp://host:8786): landmarks fitted on one worker, the "
+    "rest placed on all; the workers read the files. [env: TESSERA_DASK]",
+)
 def project(
-    file: Path,
+    files: tuple[Path, ...],
     device: str,
     output: Path | None,
     seed: int,
     no_cache: bool,
     cache_dir: Path | None,
+    dask: str | None,
 ) -> None:
-    """Project FILE's embeddings to 2-D with UMAP and save the (N, 2) float32 map."""
+    """Project the embeddings of FILES (one file, or several joined into one map; a quoted glob
+    too) to 2-D with UMAP and save the (N, 2) float32 map, rows in file order."""
     from tessera_gpu.core import Tessera
     from tessera_gpu.projection import ProjectionCache, ProjectionParams
 
-    settings = Settings.load({"device": device})
+    settings = Settings.load({"device": device, "dask": dask})
+    file = files[0]
     with Tessera(settings) as core:
-        live = core.load(file)
-        if live.dataset.embeddings is None:
+        live = core.load(list(files))
+        if live.dataset.dim is None:
             raise Conflict(f"{file.name} has no embeddings (metadata-only): nothing to project")
         cache = None if no_cache else ProjectionCache(cache_dir) if cache_dir else core.cache
         start = time.perf_counter()
@@ -91,8 +101,10 @@ def project(
     out = output or _default_output(file)
     write_output(out, _npy_bytes(result.coords))
     backend = core.backend
+    where = f"Dask at {settings.dask}" if settings.dask else backend.device
+    how = result.info.get("algorithm", "umap") if settings.dask else backend.name
     click.echo(
-        f"projected {live.dataset.n_episodes:,} episodes on {backend.device} ({backend.name}, "
+        f"projected {live.dataset.n_episodes:,} episodes on {where} ({how}, "
         f"kNN {result.info.get('knn', '-')}, cache {result.info.get('cache', 'off')}) "
         f"in {time.perf_counter() - start:.1f} s -> {out}",
         err=True,

@@ -66,27 +66,46 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.command()
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--demo", is_flag=True, help="Also serve the built-in demo dataset (built once).")
+@click.option(
+    "--join",
+    metavar="NAME",
+    default=None,
+    help="Register FILES as one dataset named NAME: one map across them, each episode's file "
+    "in the 'source' field (same D in every file, unique episode ids). A quoted glob such as "
+    "'shards/*.h5' is expanded here.",
+)
 @setting_options
-def serve(files: tuple[Path, ...], demo: bool, **flags: Any) -> None:
+def serve(files: tuple[Path, ...], demo: bool, join: str | None, **flags: Any) -> None:
     """Serve FILES (HDF5 episode files, registered by path) and the data directory's datasets."""
     import uvicorn
     from tessera_app.access_log import configure_logging
     from tessera_app.main import create_app
 
+    from tessera_gpu.io.shards import expand_paths
+
     configure_logging()
     settings, login_url = login_token(Settings.load(flags))
     check_exposure(settings)
-    for path in files:
+    if join is not None and (not files or demo):
+        raise click.UsageError("--join NAME needs the FILES to join (and no --demo)")
+    paths = expand_paths(files)  # a quoted glob is expanded here
+    for path in paths:
         check_file_on_disk(path, Limits())  # a typo or a wrong file: one clear line, no server
-    paths = list(files)
     if demo:
         paths.append(ensure_demo(settings.data_dir))
-    app = create_app(settings, files=paths)
-    backend = app.state.tessera.backend
+    app = create_app(settings, files=paths, join=join)
+    core = app.state.tessera
+    backend = core.backend
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     click.echo(
         f"Tessera {__version__} on {backend.name} ({backend.device}), data in {settings.data_dir}"
     )
+    if core.engine is not None:
+        cluster = core.engine.describe()
+        click.echo(
+            f"Dask scheduler {cluster['scheduler']}: {cluster['workers']} workers, "
+            f"{cluster['threads']} threads{', cuml.dask' if cluster['cuml_dask'] else ''}"
+        )
     click.echo(f"Serving at http://{host}:{settings.port}/  (API docs: /api/schema)")
     if login_url is not None:  # stdout only, once: never logged, never written to a file
         click.echo(f"No --token given, so this run made one. Log in once: {login_url}")

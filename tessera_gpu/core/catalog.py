@@ -89,6 +89,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (dataset_id, name)
     );
     """,
+    # 3: a dataset joined from several files lists them: [{path, file_hash, size, mtime_ns}]
+    """
+    ALTER TABLE datasets ADD COLUMN shards TEXT NOT NULL DEFAULT '[]';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 LEGACY_IMPORTED = "legacy_import"
@@ -112,6 +116,10 @@ class DatasetEntry:
     mtime_ns: int
     added_at: str
     projection: dict[str, Any] = field(default_factory=dict)  # parameters asked for, if any
+    #: The files of a dataset joined from several (each ``{path, file_hash, size, mtime_ns}``,
+    #: in row order); empty for one file. ``path`` is then the first, ``file_hash`` the hash of
+    #: the files' hashes, ``size`` their sum.
+    shards: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> DatasetEntry:
@@ -403,11 +411,13 @@ def _json(value: Any) -> str:
 
 
 def _entry(row: dict[str, Any]) -> DatasetEntry:
-    return DatasetEntry(**{**row, "projection": json.loads(row["projection"])})
+    return DatasetEntry(**{**row, "projection": json.loads(row["projection"]),
+                           "shards": json.loads(row["shards"])})  # fmt: skip
 
 
 def _upsert_dataset(db: sqlite3.Connection, entry: DatasetEntry) -> None:
-    values = {**asdict(entry), "projection": _json(entry.projection)}
+    values = {**asdict(entry), "projection": _json(entry.projection),
+              "shards": _json(entry.shards)}  # fmt: skip
     names = list(values)
     updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "id")
     # The column names are DatasetEntry's own fields; every value is bound.

@@ -1,7 +1,10 @@
 """Projection jobs: one worker thread per device projects datasets one at a time.
 
 A job moves a dataset's embeddings to the device once (kept for K-means sampling), then runs
-``project_cached``, reporting stage, progress and elapsed time. Requests never wait for it;
+``project_cached``, reporting stage, progress and elapsed time. A dataset whose embeddings stay
+on a Dask cluster (``Dataset.embeddings`` None, ``dim`` set) is projected there instead:
+landmarks fitted on one worker, the rest placed on all (:meth:`.DaskEngine.project`); only the
+coordinates come back. Requests never wait for it;
 they read :meth:`ProjectionJobs.status`. Restarting a dataset's projection bumps its
 generation: the old run stops at its next progress report and its result is dropped.
 """
@@ -13,17 +16,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
 
 from tessera_gpu.backends import Backend
 from tessera_gpu.core.worker import QueueWorker
-from tessera_gpu.errors import TesseraError, Unavailable
+from tessera_gpu.errors import Conflict, TesseraError, Unavailable
 from tessera_gpu.io.dataset import Dataset
 from tessera_gpu.projection.cache import ProjectionCache
-from tessera_gpu.projection.project import ProjectionParams, project_cached
+from tessera_gpu.projection.project import ProjectionParams, cached_projection, project_cached
+
+if TYPE_CHECKING:
+    from tessera_gpu.distributed import DaskEngine
 
 __all__ = ["JobState", "ProjectionJobs", "ProjectionStatus"]
 
@@ -96,12 +102,20 @@ class ProjectionJobs(QueueWorker[tuple[str, int]]):
     thread_name = "tessera-projection"
 
     def __init__(
-        self, backend: Backend, cache: ProjectionCache, *, listener: JobListener | None = None
+        self,
+        backend: Backend,
+        cache: ProjectionCache,
+        *,
+        listener: JobListener | None = None,
+        engine: DaskEngine | None = None,
+        landmarks: int = 200_000,
     ) -> None:
         super().__init__()
         self.backend = backend
         self.cache = cache
         self.listener = listener
+        self.engine = engine
+        self.landmarks = landmarks
         self._lock = threading.Lock()
         self._states: dict[str, JobState] = {}
         self._work: dict[str, tuple[Dataset, ProjectionParams]] = {}
@@ -222,6 +236,8 @@ class ProjectionJobs(QueueWorker[tuple[str, int]]):
                     raise _Superseded
                 state.stage, state.progress = stage, min(max(float(fraction), 0.0), 1.0)
 
+        if dataset.embeddings is None:  # on the Dask cluster, where the embeddings are
+            return self._project_on_cluster(dataset, params, progress)
         x = self.device_array(dataset_id, dataset)
         with self._lock:
             if self._current(dataset_id, generation) is None:
@@ -235,6 +251,20 @@ class ProjectionJobs(QueueWorker[tuple[str, int]]):
             content_hash=dataset.embeddings_hash,
             progress=progress,
         )
+        return np.asarray(result.coords, dtype=np.float32), dict(result.info)
+
+    def _project_on_cluster(
+        self, dataset: Dataset, params: ProjectionParams, progress: Callable[[str, float], None]
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        engine = self.engine
+        if engine is None:
+            raise Conflict("This dataset's embeddings are on a Dask cluster: start with --dask")
+        landmarks = self.landmarks
+        result = cached_projection(
+            lambda: engine.project(dataset.parts, params, landmarks=landmarks, progress=progress),
+            cache=self.cache, content_hash=dataset.embeddings_hash, params=params,
+            tag=f"dask-landmarks-{landmarks}", progress=progress,
+        )  # fmt: skip
         return np.asarray(result.coords, dtype=np.float32), dict(result.info)
 
     def _finish(

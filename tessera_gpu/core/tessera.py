@@ -8,7 +8,10 @@ Both the CLI and the web app go through it (the way datasette's ``Datasette`` se
 * the projection jobs and the device arrays they made (:class:`.ProjectionJobs`);
 * the analysis jobs and their results: the similarity graph (:class:`.Tasks`);
 * the in-memory map caches: tile index, k-d tree, rendered tiles (:class:`.MapCache`);
-* the upload limiter (:class:`.UploadSlots`).
+* the upload limiter (:class:`.UploadSlots`);
+* with ``--dask``, the cluster (:class:`~tessera_gpu.distributed.DaskEngine`): datasets are
+  then registered with their embeddings left on disk (``Dataset.embeddings`` None, ``dim``
+  set), and their kNN graph, map, K-means and samples are computed where the files are.
 
 Whatever holds memory for a dataset is owned here, so :meth:`Tessera.delete` releases it all.
 Methods are synchronous and may be slow (loading, hashing, sampling): the HTTP layer calls them
@@ -19,15 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -55,8 +59,15 @@ from tessera_gpu.io.dataset import Dataset, DatasetFacts, Field, load_dataset
 from tessera_gpu.io.files import file_sha256
 from tessera_gpu.io.isolation import validate_isolated
 from tessera_gpu.io.safety import Limits, check_file_on_disk
+from tessera_gpu.io.shards import check_fits_in_memory, expand_paths, load_shards
 from tessera_gpu.projection.cache import ProjectionCache, backend_tag
-from tessera_gpu.projection.project import Progress, Projection, ProjectionParams, project_cached
+from tessera_gpu.projection.project import (
+    Progress,
+    Projection,
+    ProjectionParams,
+    cached_projection,
+    project_cached,
+)
 from tessera_gpu.render.maps import MapCache, ProjectionMaps
 from tessera_gpu.sampling import (
     Manifest,
@@ -74,11 +85,16 @@ from tessera_gpu.similarity import (
     GRAPH_K,
     MAX_SIMILAR,
     SimilarityIndex,
+    Vectors,
     check_threshold,
     derived_fields,
     load_or_build,
+    load_or_build_graph,
 )
 from tessera_gpu.summary import Summary, summarize
+
+if TYPE_CHECKING:
+    from tessera_gpu.distributed import DaskEngine
 
 __all__ = [
     "ID_LENGTH",
@@ -183,19 +199,32 @@ class Tessera:
     """One data directory's datasets, jobs and caches. ``open()`` before use, ``close()`` after.
 
     ``backend`` overrides ``get_backend(settings.device)``; ``isolate`` validates files that
-    come over HTTP in a child process first.
+    come over HTTP in a child process first. ``engine`` is the Dask cluster to use (default:
+    one connected to ``settings.dask`` when set; a scheduler that cannot be reached is a 503
+    ``dask_unavailable`` here, before anything starts).
     """
 
     def __init__(
-        self, settings: Settings, *, backend: Backend | None = None, isolate: bool = True
+        self,
+        settings: Settings,
+        *,
+        backend: Backend | None = None,
+        isolate: bool = True,
+        engine: DaskEngine | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend or get_backend(settings.device)
         self.isolate = isolate
+        if engine is None and settings.dask:
+            from tessera_gpu.distributed import DaskEngine
+
+            engine = DaskEngine(settings.dask)
+        self.engine = engine
         self.data = DataDir(settings.data_dir)
         self.catalog = Catalog(self.data.catalog_path)
         self.cache = ProjectionCache(self.data.cache_dir)
-        self.jobs = ProjectionJobs(self.backend, self.cache, listener=self._record_job)
+        self.jobs = ProjectionJobs(self.backend, self.cache, listener=self._record_job,
+                                   engine=engine, landmarks=settings.dask_landmarks)  # fmt: skip
         self.tasks = Tasks(listener=self._record_task)
         self.graphs = ArtifactStore(self.data.cache_dir, ".knn")
         self.clusterings = ArtifactStore(self.data.cache_dir, ".clusters")
@@ -208,9 +237,10 @@ class Tessera:
 
     # ---- life cycle -------------------------------------------------------------------------
 
-    def open(self, files: Iterable[str | Path] = ()) -> None:
+    def open(self, files: Iterable[str | Path] = (), *, join: str | None = None) -> None:
         """Start up: sweep stale temp files, import an old-layout data directory, reload every
-        dataset, start the projection worker, register ``files``."""
+        dataset, start the projection worker, register ``files`` (each on its own, or with
+        ``join`` one dataset of that name across them all)."""
         for stale in self.data.sweep():
             log.info("removed stale temporary file %s", stale)
         self.catalog.import_legacy(self.data.root)
@@ -218,16 +248,21 @@ class Tessera:
         self.tasks.start()
         for entry in self.catalog.datasets():
             self._restore(entry)
-        for path in files:
+        groups = [list(files)] if join is not None else [[f] for f in files]
+        for group in groups:
+            if not group:
+                continue
             try:
-                self.register_path(path, check_allowed=False)
+                self.register_paths(group, name=join, check_allowed=False)
             except TesseraError as exc:  # the server still serves the others
-                log.error("could not register %s: %s", path, exc.message)
+                log.error("could not register %s: %s", ", ".join(map(str, group)), exc.message)
 
     def close(self) -> None:
         self.jobs.stop()
         self.tasks.stop()
         self.catalog.close()
+        if self.engine is not None:
+            self.engine.close()
 
     def __enter__(self) -> Tessera:
         return self
@@ -237,12 +272,39 @@ class Tessera:
 
     def _restore(self, entry: DatasetEntry) -> None:
         try:
+            if entry.shards:
+                entry = self._rehash_shards(entry)
+                files = [Path(s["path"]) for s in entry.shards]
+                self._add(entry, self._load_files(files, entry.name, joined=True), save=False)
+                return
             path = self._file_of(entry)
             if entry.source == "path" and _changed(entry, path):
                 entry = self._rehash(entry, path)
-            self._add(entry, load_dataset(path, name=entry.name), save=False)
+            if entry.source == "path":
+                dataset = self._load_files([path], entry.name, joined=False)
+            else:
+                dataset = load_dataset(path, name=entry.name, check_memory=self._check_memory)
+            self._add(entry, dataset, save=False)
         except Exception as exc:  # one unreadable dataset must not stop the server
             log.warning("could not reload dataset %s (%s): %s", entry.id, entry.path, exc)
+
+    def _rehash_shards(self, entry: DatasetEntry) -> DatasetEntry:
+        """A joined dataset's entry with the hash of every file that changed renewed."""
+        shards = [dict(s) for s in entry.shards]
+        stale = [s for s in shards if _changed_file(s, Path(s["path"]))]
+        if not stale:
+            return entry
+        for s, digest in zip(stale, self._hash_files([Path(s["path"]) for s in stale]),
+                             strict=True):  # fmt: skip
+            log.warning("%s changed since it was registered; its samples predate it", s["path"])
+            st = Path(s["path"]).stat()
+            s.update(file_hash=digest, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        new = dataclasses.replace(
+            entry, shards=shards, file_hash=_joined_hash([s["file_hash"] for s in shards]),
+            size=sum(s["size"] for s in shards), mtime_ns=max(s["mtime_ns"] for s in shards),
+        )  # fmt: skip
+        self.catalog.put_dataset(new)
+        return new
 
     def _file_of(self, entry: DatasetEntry) -> Path:
         """Uploads are found in the data directory wherever it has moved; paths are absolute."""
@@ -272,32 +334,88 @@ class Tessera:
 
     # ---- registration -----------------------------------------------------------------------
 
-    def load(self, path: str | Path) -> Live:
-        """A file loaded as the server would register it (same id), without registering it:
-        what the CLI works on."""
-        real = Path(os.path.realpath(path))
-        check_file_on_disk(real, Limits())
-        digest = file_sha256(real)
-        dataset = load_dataset(real, name=Path(path).stem)
-        return Live(_entry_for(digest, dataset, "path", real), dataset)
+    def load(self, path: str | Path | list[str | Path], name: str | None = None) -> Live:
+        """A file (or files and globs, joined) loaded as the server would register it (same
+        id), without registering it: what the CLI works on."""
+        patterns = path if isinstance(path, list) else [path]
+        files = [Path(os.path.realpath(f)) for f in expand_paths(patterns)]
+        for real in files:
+            check_file_on_disk(real, Limits())
+        hashes = self._hash_files(files)
+        joined = len(files) > 1 or self.engine is not None
+        stem = Path(patterns[0]).stem if len(files) == 1 else None
+        dataset = self._load_files(files, name or stem, joined=joined)
+        return Live(_entry_for(files, hashes, dataset, "path"), dataset)
 
     def register_path(self, path: str | Path, *, check_allowed: bool = True) -> Live:
-        """Register a file on the server's disk (by path, not copied)."""
-        real = Path(os.path.realpath(path))
+        """Register a file on the server's disk (by path, not copied); a glob joins the files
+        it matches (:meth:`register_paths`)."""
+        return self.register_paths([path], check_allowed=check_allowed)
+
+    def register_paths(
+        self,
+        patterns: Sequence[str | Path],
+        *,
+        name: str | None = None,
+        check_allowed: bool = True,
+    ) -> Live:
+        """Register one dataset from files on the server's disk (by path, not copied): one
+        file as it is, several (or a glob's matches) joined into one map, every episode with
+        its file in the ``source`` field (:func:`~tessera_gpu.io.shards.load_shards`). Each
+        file is validated on its own. ``check_allowed`` confines them to ``--allow-path``.
+
+        The id is the file's SHA-256 (one file) or the SHA-256 of the files' hashes in order.
+        With ``--dask`` the files are hashed and their embeddings checked on the workers, and
+        the embeddings stay on disk.
+        """
         if check_allowed:
-            self._check_allowed(str(path), real)
-        known = self._known_path(real)
+            for pattern in patterns:
+                self._check_pattern(str(pattern))
+        matched = expand_paths(patterns)
+        files = [Path(os.path.realpath(f)) for f in matched]
+        if check_allowed:
+            for asked, real in zip(matched, files, strict=True):
+                self._check_allowed(str(asked), real)
+        known = self._known_files(files)
         if known is not None:
             return known
-        check_file_on_disk(real, Limits())  # missing, not a file, not HDF5: before hashing
-        digest = file_sha256(real)
-        found = self._find(digest[:ID_LENGTH])
+        for real in files:  # missing, not a file, not HDF5: before hashing
+            check_file_on_disk(real, Limits())
+        hashes = self._hash_files(files)
+        found = self._find(_dataset_hash(hashes)[:ID_LENGTH])
         if found is not None:
             return found
         if check_allowed and self.isolate:
-            validate_isolated(real)
-        dataset = load_dataset(real)
-        return self._add(_entry_for(digest, dataset, "path", real), dataset)
+            for real in files:
+                validate_isolated(real)
+        joined = len(files) > 1 or self.engine is not None
+        dataset = self._load_files(files, name, joined=joined)
+        return self._add(_entry_for(files, hashes, dataset, "path"), dataset)
+
+    def _hash_files(self, files: list[Path]) -> list[str]:
+        """Each file's SHA-256: on the Dask workers when there are some (where the files lie),
+        else here."""
+        if self.engine is not None:
+            return self.engine.hash_files(files)
+        return [file_sha256(f) for f in files]
+
+    def _load_files(self, files: list[Path], name: str | None, *, joined: bool) -> Dataset:
+        """Validate and load files as one dataset: one file as it is (``joined`` False), else
+        joined with a ``source`` field; with ``--dask`` the embeddings stay on disk."""
+        if self.engine is not None:
+            cap = self.settings.max_episodes_dask
+            return self.engine.load_shards(files, name=name, max_episodes=cap)
+        if not joined:
+            return load_dataset(files[0], name=name, check_memory=self._check_memory)
+        return load_shards(files, name=name, check_memory=self._check_memory)
+
+    def _check_memory(self, n: int, d: int) -> None:
+        """507 unless ``n x d`` embeddings fit in free host memory (and GPU memory, on one)."""
+        device_free = None
+        if on_gpu(self.backend):
+            free_gib = self.backend.describe().get("gpu_memory_free_gib")
+            device_free = None if free_gib is None else int(float(free_gib) * 2**30)
+        check_fits_in_memory(n, d, device_free_bytes=device_free)
 
     def register_upload(self, upload: Upload) -> Live:
         """Validate a received upload and move it into place; the same bytes, the same dataset."""
@@ -309,13 +427,26 @@ class Tessera:
             limits = Limits(max_file_bytes=self.settings.max_upload_bytes)
             if self.isolate:
                 validate_isolated(upload.path, limits=limits)
-            dataset = load_dataset(upload.path, limits=limits, name=_stem(upload.filename))
+            dataset = load_dataset(upload.path, limits=limits, name=_stem(upload.filename),
+                                   check_memory=self._check_memory)  # fmt: skip
             final = self.data.upload_path(dataset_id)
             os.replace(upload.path, final)
         finally:
             upload.discard()
         dataset = dataclasses.replace(dataset, path=final)
-        return self._add(_entry_for(upload.sha256, dataset, "upload", final), dataset)
+        return self._add(_entry_for([final], [upload.sha256], dataset, "upload"), dataset)
+
+    def _check_pattern(self, pattern: str) -> None:
+        """A glob from a client: no ``..``, and its fixed folder inside the allowed
+        directories, before anything is listed (a plain path is checked once resolved)."""
+        if "\x00" in pattern:
+            raise InvalidRequest("The path contains a NUL byte")
+        if not set("*?[") & set(pattern):
+            return
+        if ".." in Path(pattern).parts:
+            raise Forbidden(f"Path not allowed: a glob may not contain '..': {pattern}")
+        fixed = os.path.dirname(re.split(r"[*?\[]", pattern, maxsplit=1)[0]) or "."
+        self._check_allowed(pattern, Path(os.path.realpath(fixed)))
 
     def _check_allowed(self, asked: str, real: Path) -> None:
         roots = [os.path.realpath(r) for r in self.settings.allow_path]
@@ -327,11 +458,21 @@ class Tessera:
         if not any(os.path.commonpath([root, real]) == root for root in roots):
             raise Forbidden(f"Path not allowed: {asked} is outside the --allow-path directories")
 
-    def _known_path(self, real: Path) -> Live | None:
+    def _known_files(self, files: list[Path]) -> Live | None:
+        """The dataset registered from exactly these files, none changed since; else None."""
+        wanted = [str(f) for f in files]
         with self._lock:
             for live in self._live.values():
                 e = live.entry
-                if e.source == "path" and e.path == str(real) and not _changed(e, real):
+                if e.source != "path":
+                    continue
+                if e.shards:
+                    paths = [s["path"] for s in e.shards]
+                    if paths == wanted and not any(
+                        _changed_file(s, Path(s["path"])) for s in e.shards
+                    ):
+                        return live
+                elif [e.path] == wanted and not _changed(e, files[0]):
                     return live
         return None
 
@@ -346,7 +487,7 @@ class Tessera:
             live = self._live[entry.id] = Live(entry, dataset)
         if save:
             self.catalog.put_dataset(entry)
-        if dataset.embeddings is not None:
+        if dataset.dim is not None:
             self.jobs.submit(entry.id, dataset, ProjectionParams(**entry.projection))
             self._start_similarity(live)
         return live
@@ -411,7 +552,7 @@ class Tessera:
     def project(self, dataset_id: str, params: dict[str, Any]) -> ProjectionStatus:
         """(Re)start the projection; ``params`` (n_neighbors, min_dist, seed) are remembered."""
         live = self.get(dataset_id)
-        if live.dataset.embeddings is None:
+        if live.dataset.dim is None:
             raise Conflict("This dataset is metadata-only: there are no embeddings to project")
         projection = ProjectionParams(**params)  # checks them before anything is saved
         self.jobs.check_room()
@@ -431,10 +572,19 @@ class Tessera:
         progress: Progress | None = None,
     ) -> Projection:
         """Project a loaded dataset in this thread (what ``tessera project`` does; the server's
-        jobs run the same :func:`project_cached` in their worker)."""
-        if live.dataset.embeddings is None:
+        jobs run the same :func:`project_cached` in their worker, or on the Dask cluster)."""
+        dataset = live.dataset
+        if dataset.dim is None:
             raise Conflict("This dataset is metadata-only: there are no embeddings to project")
-        x = self.backend.to_device(live.dataset.embeddings)
+        if dataset.embeddings is None:
+            engine, landmarks = self._engine(), self.settings.dask_landmarks
+            return cached_projection(
+                lambda: engine.project(dataset.parts, params, landmarks=landmarks,
+                                       progress=progress),
+                cache=cache, content_hash=dataset.embeddings_hash, params=params,
+                tag=f"dask-landmarks-{landmarks}", progress=progress,
+            )  # fmt: skip
+        x = self.backend.to_device(dataset.embeddings)
         return project_cached(
             x, backend=self.backend, params=params, cache=cache,
             content_hash=live.dataset.embeddings_hash, progress=progress,
@@ -473,10 +623,9 @@ class Tessera:
         named selections, and the near-duplicate cut (of ``similarity``, else of the server's
         similarity job). Works for a dataset the CLI loaded without registering it."""
         keep_one = None
-        embeddings = live.dataset.embeddings
-        if embeddings is not None and similarity is not None:
-            keep_one = functools.partial(_keep_with, similarity, embeddings)
-        elif embeddings is not None:
+        if live.dataset.dim is not None and similarity is not None:
+            keep_one = functools.partial(_keep_with, similarity, self._vectors(live))
+        elif live.dataset.dim is not None:
             keep_one = functools.partial(self._keep_one, live.id)
         with self._lock:
             version = str(self._versions.get(live.id, 0))
@@ -487,23 +636,45 @@ class Tessera:
 
     # ---- similarity -------------------------------------------------------------------------
 
+    def _engine(self) -> DaskEngine:
+        """The Dask cluster, for a dataset whose embeddings are on it."""
+        if self.engine is None:
+            raise Conflict("This dataset's embeddings are left on disk for a Dask cluster: "
+                           "start Tessera with --dask ADDRESS", code="dask_required")  # fmt: skip
+        return self.engine
+
+    def _vectors(self, live: Live) -> Vectors:
+        """The embeddings in memory, or a function fetching rows from the Dask cluster."""
+        dataset = live.dataset
+        if dataset.embeddings is not None:
+            return dataset.embeddings
+        return functools.partial(self._engine().take, dataset.parts)
+
     def _start_similarity(self, live: Live) -> TaskStatus:
         dataset_id, dataset = live.id, live.dataset
-        if dataset.embeddings is None:
+        if dataset.dim is None:
             raise Conflict(
                 "This dataset is metadata-only: similarity needs embeddings",
                 code="metadata_only",
             )
-        embeddings = dataset.embeddings
+        vectors = self._vectors(live)
 
         def run(progress: Callable[[str, float], None]) -> SimilarityIndex:
-            device = self.jobs.device_array(dataset_id, dataset)
-            index = load_or_build(
-                self.graphs, dataset.embeddings_hash, embeddings, device, self.backend,
-                progress=progress,
-            )  # fmt: skip
+            if dataset.embeddings is None:  # on the Dask cluster
+                engine = self._engine()
+                index = load_or_build_graph(
+                    self.graphs, dataset.embeddings_hash,
+                    lambda k: engine.cosine_knn(dataset.parts, k, progress=progress),
+                    engine="dask", progress=progress,
+                )  # fmt: skip
+            else:
+                device = self.jobs.device_array(dataset_id, dataset)
+                index = load_or_build(
+                    self.graphs, dataset.embeddings_hash, dataset.embeddings, device,
+                    self.backend, progress=progress,
+                )  # fmt: skip
             progress("fields", 0.95)
-            self._set_derived(dataset_id, derived_fields(index, embeddings))
+            self._set_derived(dataset_id, derived_fields(index, vectors))
             return index
 
         return self.tasks.submit(dataset_id, SIMILARITY, {"k": GRAPH_K}, run)
@@ -541,9 +712,8 @@ class Tessera:
 
     def _keep_one(self, dataset_id: str, threshold: float, mask: np.ndarray) -> np.ndarray:
         live = self.get(dataset_id)
-        assert live.dataset.embeddings is not None
         index = self._ready_index(dataset_id)
-        return index.keep_mask(live.dataset.embeddings, threshold, mask)[0]
+        return index.keep_mask(self._vectors(live), threshold, mask)[0]
 
     def _bump(self, dataset_id: str) -> None:
         """What filters refer to changed (a selection, a derived field): drop cached masks."""
@@ -570,7 +740,8 @@ class Tessera:
         self, dataset_id: str, index: int, k: int, raw_filter: Any = None
     ) -> SimilarEpisodes | TaskStatus:
         """The ``k`` nearest episodes of episode ``index`` (cosine, full space), among the
-        filter's matches; the job's status while the similarity graph is being built."""
+        filter's matches; the job's status while the similarity graph is being built. On a
+        Dask cluster: from the graph when its neighbours suffice, else an exact scan there."""
         live = self.get(dataset_id)
         check_episode(live.dataset, index)
         if not 1 <= k <= MAX_SIMILAR:
@@ -583,8 +754,12 @@ class Tessera:
             ctx = self.context(dataset_id)
             mask = filter_mask(live.dataset, parse_filter(raw_filter, live.dataset, context=ctx),
                                context=ctx)  # fmt: skip
-        assert live.dataset.embeddings is not None
-        rows, dist = found.similar(live.dataset.embeddings, index, k, mask)
+        if live.dataset.embeddings is not None:
+            rows, dist = found.similar(live.dataset.embeddings, index, k, mask)
+        else:
+            got = found.similar_in_graph(index, k, mask)
+            rows, dist = got or self._engine().nearest(live.dataset.parts, index, k,
+                                                       allowed=mask)  # fmt: skip
         ids = live.dataset.episode_ids
         return SimilarEpisodes(
             index=index, episode_id=str(ids[index]), metric="cosine",
@@ -605,8 +780,7 @@ class Tessera:
             ctx = self.context(dataset_id)
             conditions = parse_filter(request.filter, live.dataset, context=ctx)
             mask = filter_mask(live.dataset, conditions, context=ctx)
-        assert live.dataset.embeddings is not None
-        groups = found.groups(live.dataset.embeddings, request.threshold, mask)
+        groups = found.groups(self._vectors(live), request.threshold, mask)
         page = groups.groups[request.offset : request.offset + request.limit]
         return DuplicateGroups(
             threshold=request.threshold, metric="cosine", n_groups=len(groups.groups),
@@ -726,7 +900,7 @@ class Tessera:
         field (``c01`` the largest cluster). 409 in metadata-only mode."""
         live = self.get(dataset_id)
         dataset = live.dataset
-        if dataset.embeddings is None:
+        if dataset.dim is None:
             raise Conflict("This dataset is metadata-only: clusters need embeddings",
                            code="metadata_only")  # fmt: skip
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= MAX_CLUSTERS:
@@ -737,15 +911,19 @@ class Tessera:
 
         def run(progress: Callable[[str, float], None]) -> np.ndarray:
             progress("kmeans", 0.05)
-            tag = backend_tag(self.backend)
+            on_cluster = dataset.embeddings is None
+            tag = "dask" if on_cluster else backend_tag(self.backend)
             key = ArtifactStore.key(str(dataset.embeddings_hash), {**params, "backend": tag},
                                     CLUSTER_VERSION)  # fmt: skip
             found = self.clusterings.load(key)
             if found is not None:
                 labels = found[0]["labels"]
             else:
-                device = self.jobs.device_array(dataset_id, dataset)
-                result = kmeans(device, k, backend=self.backend, seed=seed)
+                if on_cluster:
+                    result = self._engine().kmeans(dataset.parts, k, seed=seed, progress=progress)
+                else:
+                    device = self.jobs.device_array(dataset_id, dataset)
+                    result = kmeans(device, k, backend=self.backend, seed=seed)
                 labels = result.labels
                 info = {"k": k, "seed": seed, "inertia": result.inertia}
                 self.clusterings.store(key, {"labels": labels}, info)
@@ -774,7 +952,7 @@ class Tessera:
         if dedup_threshold is None:
             return Count(count=int(np.count_nonzero(mask)), total=ds.n_episodes)
         threshold = check_threshold(dedup_threshold, "dedup_threshold")
-        if ds.embeddings is None:
+        if ds.dim is None:
             raise Conflict("This dataset is metadata-only: dedup needs embeddings",
                            code="metadata_only")  # fmt: skip
         kept = self._keep_one(dataset_id, threshold, mask)
@@ -788,15 +966,23 @@ class Tessera:
         :meth:`create_sample` both come here, so the same request gives the same manifest.
         ``similarity`` serves ``dedup_threshold`` (default: the server's job's index)."""
         coords, info = self.jobs.result(live.id)
-        if request.dedup_threshold is not None and live.dataset.embeddings is None:
+        dataset = live.dataset
+        if request.dedup_threshold is not None and dataset.dim is None:
             raise Conflict("This dataset is metadata-only: dedup needs embeddings",
                            code="metadata_only")  # fmt: skip
+        diverse = None
+        if dataset.embeddings is None and dataset.dim is not None:  # on the Dask cluster
+            engine = self._engine()
+            diverse = lambda rows, n, seed: engine.diversity_sample(  # noqa: E731
+                dataset.parts, n, rows=rows, seed=seed
+            )
         drawn = draw_sample(
-            live.dataset,
+            dataset,
             request,
             backend=self.backend,
             device_embeddings=self.jobs.device_embeddings(live.id),
             context=self._context_of(live, coords, similarity),
+            diverse=diverse,
         )
         return build_manifest(
             live.dataset, request, drawn, dataset_id=live.id, dataset_hash=live.entry.file_hash,
@@ -895,9 +1081,9 @@ def _selection(record: SelectionRecord) -> Selection:
 
 
 def _keep_with(
-    similarity: SimilarityIndex, embeddings: np.ndarray, threshold: float, mask: np.ndarray
+    similarity: SimilarityIndex, vectors: Vectors, threshold: float, mask: np.ndarray
 ) -> np.ndarray:
-    return similarity.keep_mask(embeddings, threshold, mask)[0]
+    return similarity.keep_mask(vectors, threshold, mask)[0]
 
 
 def check_episode(dataset: Dataset, index: int) -> None:
@@ -910,21 +1096,42 @@ def check_episode(dataset: Dataset, index: int) -> None:
         )
 
 
-def _entry_for(digest: str, dataset: Dataset, source: str, path: Path) -> DatasetEntry:
-    st = path.stat()
+def _entry_for(files: list[Path], hashes: list[str], dataset: Dataset, source: str) -> DatasetEntry:
+    """The catalog entry of ``files`` (one, or the shards of a joined dataset)."""
+    stats = [f.stat() for f in files]
+    shards = []
+    if len(files) > 1:
+        shards = [{"path": str(f), "file_hash": h, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+                  for f, h, st in zip(files, hashes, stats, strict=True)]  # fmt: skip
+    digest = _dataset_hash(hashes)
     return DatasetEntry(
         id=digest[:ID_LENGTH], name=dataset.name, source=source,  # type: ignore[arg-type]
-        path=str(path), file_hash=digest, size=st.st_size, mtime_ns=st.st_mtime_ns,
-        added_at=now(),
+        path=str(files[0]), file_hash=digest, size=sum(st.st_size for st in stats),
+        mtime_ns=max(st.st_mtime_ns for st in stats), added_at=now(), shards=shards,
     )  # fmt: skip
 
 
+def _dataset_hash(hashes: list[str]) -> str:
+    """A dataset's hash: its file's SHA-256, or for several the SHA-256 of theirs in order."""
+    return hashes[0] if len(hashes) == 1 else _joined_hash(hashes)
+
+
+def _joined_hash(hashes: list[str]) -> str:
+    return hashlib.sha256(("tessera-shards-1\n" + "\n".join(hashes)).encode()).hexdigest()
+
+
 def _changed(entry: DatasetEntry, path: Path) -> bool:
+    return _changed_file({"size": entry.size, "mtime_ns": entry.mtime_ns}, path)
+
+
+def _changed_file(known: dict[str, Any], path: Path) -> bool:
+    """Whether ``path``'s size or mtime differs from ``known``'s (a missing file: no; its
+    load reports it)."""
     try:
         st = path.stat()
     except OSError:
-        return False  # load_dataset reports the missing file
-    return (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns)
+        return False
+    return (st.st_size, st.st_mtime_ns) != (known["size"], known["mtime_ns"])
 
 
 def _stem(filename: str) -> str:
