@@ -5,7 +5,10 @@
    embeddings -- medians, speed-up, trustworthiness (k=15, a fixed 5,000-row subsample) and
    Tessera's peak RSS relative to the embeddings;
 3. K-means diversity sample (n clusters, one episode each) vs scikit-learn
-   ``KMeans(n_clusters=n, n_init=1)`` -- time and inertia.
+   ``KMeans(n_clusters=n, n_init=1)`` -- time and inertia;
+4. near-duplicate groups on data with planted duplicates (benchmarks/similarity.py) vs
+   scikit-learn's exact radius search -- time, planted recall, recall and precision against
+   the exact pairs (the 200k run and the HTTP latencies: ``python benchmarks/similarity.py``).
 
 Every timed job runs in its own process (benchmarks/worker.py), after a warm-up run on the
 first rows that takes JIT compilation out of both sides' timings; medians of 3 runs up to
@@ -268,6 +271,11 @@ def _markdown(results: dict[str, Any]) -> str:
          "| Tessera kNN |\n|---|---|---:|---:|---:|---:|---:|---:|---|",
          "| {data} | {n:,} x {d} | {tessera_s} | {umap_s} | {speedup}x | {trust_tessera} | "
          "{trust_umap} | {rss_over_data} | {knn} |"),
+        ("duplicates", "Near-duplicate groups (planted) vs scikit-learn radius search",
+         "| N x D | planted pairs | Tessera s | sklearn s | speed-up | planted recall | "
+         "recall / precision vs exact |\n|---|---:|---:|---:|---:|---:|---|",
+         "| {rows:,} x {dim} | {planted_pairs:,} | {tessera_total_s} | {sklearn_radius_s} | "
+         "{speedup}x | {planted_recall} | {recall_vs_brute} / {precision_vs_brute} |"),
         ("kmeans", "K-means diversity sample vs scikit-learn KMeans(n_init=1)",
          "| data | N x D | n | Tessera s | sklearn s | speed-up | inertia ratio |\n"
          "|---|---|---:|---:|---:|---:|---:|",
@@ -275,7 +283,7 @@ def _markdown(results: dict[str, Any]) -> str:
          "{inertia_ratio} |"),
     ]  # fmt: skip
     for key, title, header, row in sections:
-        if results[key]:  # a partial run (--only-real, or killed) shows what it measured
+        if results.get(key):  # a partial run (--only-real, or killed) shows what it measured
             lines += ["", f"## {title}", "", header, *(row.format(**r) for r in results[key])]
     return "\n".join(lines) + "\n"
 
@@ -316,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         "mode": mode,
         "environment": _environment(args.device),
     }
-    results.update(load=[], projection=[], kmeans=[])
+    results.update(load=[], projection=[], kmeans=[], duplicates=[])
     print(json.dumps(results["environment"], indent=1), flush=True)
     stem = args.out / ("compute" if mode == "full" else f"compute-{mode}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -347,6 +355,13 @@ def main(argv: list[str] | None = None) -> None:
     results["kmeans"].append(
         bench_kmeans("clustered", cached_clustered(km_n, km_d), km_k, device=args.device)
     )
+    save()
+    from benchmarks.similarity import measure
+
+    dup_n, dup_d, dup_groups = {"smoke": (2_000, 64, 20), "quick": (10_000, 512, 50)}.get(
+        mode, (20_000, 2048, 100)
+    )
+    results["duplicates"].append(measure(dup_n, dup_d, dup_groups, baseline=True))
     save()
     print(_markdown(results))
 

@@ -54,8 +54,14 @@ def test_smoke_run_goes_end_to_end(tmp_path: Path) -> None:
     [kmeans] = results["kmeans"]
     assert kmeans["k"] == 20, kmeans
     assert 0.8 < kmeans["inertia_ratio"] < 1.25, kmeans
+    [dups] = results["duplicates"]
+    assert dups["dim"] == 64
+    assert dups["rows"] > 2000  # the copies come on top
+    assert dups["planted_recall"] == 1.0, dups
+    assert dups["recall_vs_brute"] >= 0.99, dups
+    assert dups["sklearn_radius_s"] > 0
     for title in ("File load + validation", "Projection: Tessera vs umap-learn",
-                  "K-means diversity sample"):  # fmt: skip
+                  "K-means diversity sample", "Near-duplicate groups"):  # fmt: skip
         assert f"## {title}" in table
 
 
