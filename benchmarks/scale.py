@@ -74,7 +74,7 @@ def on_cluster(paths: list[Path], n_per_file: int, landmarks: int) -> dict[str, 
 
     out: dict[str, Any] = {}
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           memory_limit="4GB", dashboard_address=None)  # fmt: skip
+                           memory_limit="4GB", dashboard_address=":0")  # fmt: skip
     with Client(cluster) as client:
         engine = DaskEngine(client, limits=Limits(max_episodes=n_per_file), round_bytes=512 * 2**20)
         pids = client.run(os.getpid)

@@ -54,9 +54,9 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory, embeddings: np.ndarray) 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
-    with distributed.Client(cluster) as c:
+    with distributed.Client(cluster, set_as_default=False) as c:  # as the server does
         yield c
     cluster.close()
 

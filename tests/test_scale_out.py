@@ -203,9 +203,9 @@ N_SHARD, D, SHARDS, PLANTED = 700, 32, 3, 6
 def cluster_client() -> Iterator[Any]:
     distributed = pytest.importorskip("dask.distributed", reason="the dask extra is not installed")
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
-    with distributed.Client(cluster) as c:
+    with distributed.Client(cluster, set_as_default=False) as c:  # as the server does
         yield c
     cluster.close()
 

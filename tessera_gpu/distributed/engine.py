@@ -178,7 +178,7 @@ class DaskEngine:
         from dask.distributed import as_completed
 
         with self._translated():
-            finished = as_completed(list(futures))
+            finished = as_completed(list(futures), loop=self.client.loop)  # not a default client
         while True:
             with self._translated():
                 future = next(finished, None)
