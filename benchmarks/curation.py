@@ -51,6 +51,7 @@ def make_file(path: Path, n: int, dim: int) -> int:
     from tessera_gpu.io.writer import write_dataset
 
     x, _ = planted(n, dim, groups=max(10, n // 200))
+    x = x[:200_000]  # a file holds at most 200,000 episodes: the last copies are cut
     rows = len(x)
     rng = np.random.default_rng(0)
     write_dataset(
