@@ -99,6 +99,20 @@ def test_knn_recall_on_wide_data(gpu: Backend, k: int) -> None:
     assert np.all(np.diff(dist, axis=1) >= 0)
 
 
+def test_a_search_wider_than_the_kernel_is_exact(gpu: Backend) -> None:
+    """k + margin beyond the kernel's 256 slots (a diversity sample widening its candidates)
+    takes the partition path, with the same exact answer."""
+    from tessera_gpu.backends.cupy_device import KMAX_STEPS
+
+    assert NumpyDevice.max_topk == KMAX_STEPS[-1]
+    x, _ = clustered(1_500, 24, seed=4)
+    dev = gpu.dev  # type: ignore[attr-defined]
+    idx, dist = exact_search(dev, dev.xp.asarray(x), dev.xp.asarray(x[:40]), 300)
+    truth_idx, truth_dist = brute_knn(x, x[:40], 300)
+    np.testing.assert_allclose(gpu.to_host(dist), truth_dist, rtol=1e-5, atol=1e-5)
+    assert (gpu.to_host(idx) == truth_idx).mean() > 0.99
+
+
 def test_knn_with_fewer_rows_than_k(gpu: Backend) -> None:
     x = clustered(7, 80, seed=32)[0]
     idx, dist = gpu.knn(gpu.to_device(x), 15)

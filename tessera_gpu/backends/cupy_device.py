@@ -184,6 +184,7 @@ class CupyDevice:
     name = "cupy"
     standin: str | None = None
     block_bytes = 1 << 30  # GEMM output per query block
+    max_topk = KMAX_STEPS[-1]  # the kernel's longest list; wider searches partition instead
 
     def __init__(self, cp: Any = None) -> None:
         if cp is None:

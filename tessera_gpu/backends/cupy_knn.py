@@ -32,7 +32,12 @@ def sq_norms(dev: Any, a: Any) -> Any:
 
 
 def topk_candidates(dev: Any, data: Any, queries: Any, kk: int) -> Any:
-    """Indices ``(q, kk)`` of the ``kk`` rows of ``data`` with the smallest GEMM distances."""
+    """Indices ``(q, kk)`` of the ``kk`` rows of ``data`` with the smallest GEMM distances.
+
+    Beyond the kernel's longest list (``dev.max_topk``, 256) -- a wide search, as when a
+    diversity sample's centroids compete for the same episodes and it widens its candidates
+    8, 32, 128, 512, ... -- each block is partitioned instead (``argpartition``: a sort on a
+    GPU; slower, rare, and exact the same, since the candidates are re-ranked anyway)."""
     xp = dev.xp
     dn = sq_norms(dev, data)
     qn = sq_norms(dev, queries)
@@ -40,7 +45,11 @@ def topk_candidates(dev: Any, data: Any, queries: Any, kk: int) -> Any:
     out = xp.empty((len(queries), kk), dtype=xp.int64)
     for start in range(0, len(queries), step):
         gram = dev.matmul(queries[start : start + step], data.T)
-        _, idx = dev.topk(gram, qn[start : start + step], dn, kk)
+        if kk > dev.max_topk:
+            d2 = (qn[start : start + step, None] + dn[None, :]) - 2 * gram
+            idx = xp.argpartition(d2, kk - 1, axis=1)[:, :kk]
+        else:
+            _, idx = dev.topk(gram, qn[start : start + step], dn, kk)
         out[start : start + step] = idx
     return out
 

@@ -98,6 +98,7 @@ class NumpyDevice:
 
     name = "numpy"
     standin: str | None = "numpy"
+    max_topk = 256  # as the GPU kernel's (KMAX_STEPS[-1]): wider searches take the same path
     # Smaller GEMM blocks than on a GPU: the host has far less memory to spare, and tests
     # then cross block boundaries on small data.
     block_bytes = 64 << 20
