@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -17,6 +19,19 @@ import pytest
 from PIL import Image
 
 TASKS = ("pick", "place", "stack")
+
+
+@contextlib.contextmanager
+def local_dask_client() -> Iterator[Any]:
+    """A ``Client`` of a LocalCluster of 2 worker processes, 1 thread each. It is not the
+    default client, as a server's is not: code that needs one fails here as it would there."""
+    distributed = pytest.importorskip("dask.distributed", reason="the dask extra is not installed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    with distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+    cluster.close()
 
 
 def free_port() -> int:

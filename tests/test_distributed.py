@@ -32,6 +32,8 @@ distributed = pytest.importorskip("dask.distributed", reason="the dask extra is 
 from tessera_gpu.distributed import DaskEngine  # noqa: E402
 from tessera_gpu.distributed.refs import on_worker  # noqa: E402
 
+from .conftest import local_dask_client  # noqa: E402
+
 N, D, SHARDS = 3_000, 48, 3
 PARAMS = ProjectionParams(n_epochs=200)
 
@@ -53,12 +55,8 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory, embeddings: np.ndarray) 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    )
-    with distributed.Client(cluster, set_as_default=False) as c:  # as the server does
+    with local_dask_client() as c:
         yield c
-    cluster.close()
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from tessera_gpu.io.writer import write_dataset
 from tessera_gpu.settings import Settings
 
 from .api_calls import TEST_HOSTS, Client, wait_for_projection
+from .conftest import local_dask_client
 
 pytest_plugins = ("tests.api_fixtures",)
 pytestmark = pytest.mark.anyio
@@ -201,13 +202,8 @@ N_SHARD, D, SHARDS, PLANTED = 700, 32, 3, 6
 
 @pytest.fixture(scope="module")
 def cluster_client() -> Iterator[Any]:
-    distributed = pytest.importorskip("dask.distributed", reason="the dask extra is not installed")
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    )
-    with distributed.Client(cluster, set_as_default=False) as c:  # as the server does
+    with local_dask_client() as c:
         yield c
-    cluster.close()
 
 
 @pytest.fixture(scope="module")

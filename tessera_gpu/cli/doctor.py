@@ -26,7 +26,8 @@ __all__ = ["diagnose", "doctor"]
 PACKAGES = {
     "cuml": ("cuml", ("cuml-cu13", "cuml-cu12", "cuml")),
     "cupy": ("cupy", ("cupy-cuda13x", "cupy-cuda12x", "cupy")),
-    "faiss": ("faiss", ("faiss-cpu", "faiss-gpu", "faiss")),
+    "dask": ("dask", ("dask",)),
+    "dask-cuda": ("dask_cuda", ("dask-cuda", "dask_cuda")),
     "umap-learn": ("umap", ("umap-learn",)),
     "pynndescent": ("pynndescent", ("pynndescent",)),
     "datashader": ("datashader", ("datashader",)),
