@@ -124,6 +124,13 @@ def test_a_glob_matching_nothing_is_refused(tmp_path: Path) -> None:
     assert info.value.code == "no_match"
 
 
+def test_a_file_whose_name_looks_like_a_glob_is_itself(tmp_path: Path) -> None:
+    odd = shard(tmp_path / "run[1].h5", 3, prefix="r")
+    shard(tmp_path / "run1.h5", 3, prefix="s")  # what run[1].h5 would match as a glob
+    assert expand_paths([str(odd)]) == [odd]
+    assert expand_paths([str(tmp_path / "run[0-9].h5")]) == [tmp_path / "run1.h5"]
+
+
 def test_a_file_named_twice_is_read_once(two: tuple[Path, Path]) -> None:
     a, b = two
     ds = load_shards([a, b, a.parent / "." / "a.h5"])

@@ -91,13 +91,14 @@ _GLOB_CHARS = frozenset("*?[")
 def expand_paths(patterns: Sequence[str | Path]) -> list[Path]:
     """Paths and globs (``shards/*.h5``, ``**`` too) as a list of files: each glob's matches
     sorted, in the order the patterns come, each file once. A glob matching nothing is a 404
-    (``no_match``); a plain path is kept for :func:`load_shards` to check."""
+    (``no_match``); a plain path (or one that exists as written, ``[`` and all) is kept for
+    :func:`load_shards` to check."""
     out: list[Path] = []
     seen: set[str] = set()
     for pattern in patterns:
         text = os.fspath(pattern)
-        if _GLOB_CHARS & set(text):
-            matches = sorted(glob.glob(text, recursive=True))
+        if _GLOB_CHARS & set(text) and not os.path.lexists(text):  # a file named a[1].h5 is
+            matches = sorted(glob.glob(text, recursive=True))  # itself, not a glob
             if not matches:
                 raise NotFound(f"No file matches {text}", code="no_match")
         else:
