@@ -26,12 +26,17 @@ from tessera_gpu.core.worker import QueueWorker
 from tessera_gpu.errors import Conflict, TesseraError, Unavailable
 from tessera_gpu.io.dataset import Dataset
 from tessera_gpu.projection.cache import ProjectionCache
-from tessera_gpu.projection.project import ProjectionParams, cached_projection, project_cached
+from tessera_gpu.projection.project import (
+    Projection,
+    ProjectionParams,
+    cached_projection,
+    project_cached,
+)
 
 if TYPE_CHECKING:
     from tessera_gpu.distributed import DaskEngine
 
-__all__ = ["JobState", "ProjectionJobs", "ProjectionStatus"]
+__all__ = ["JobState", "ProjectionJobs", "ProjectionStatus", "dask_required"]
 
 log = logging.getLogger("tessera.jobs")
 
@@ -237,7 +242,8 @@ class ProjectionJobs(QueueWorker[tuple[str, int]]):
                 state.stage, state.progress = stage, min(max(float(fraction), 0.0), 1.0)
 
         if dataset.embeddings is None:  # on the Dask cluster, where the embeddings are
-            return self._project_on_cluster(dataset, params, progress)
+            result = self.project_on_cluster(dataset, params, cache=self.cache, progress=progress)
+            return np.asarray(result.coords, dtype=np.float32), dict(result.info)
         x = self.device_array(dataset_id, dataset)
         with self._lock:
             if self._current(dataset_id, generation) is None:
@@ -253,19 +259,25 @@ class ProjectionJobs(QueueWorker[tuple[str, int]]):
         )
         return np.asarray(result.coords, dtype=np.float32), dict(result.info)
 
-    def _project_on_cluster(
-        self, dataset: Dataset, params: ProjectionParams, progress: Callable[[str, float], None]
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    def project_on_cluster(
+        self,
+        dataset: Dataset,
+        params: ProjectionParams,
+        *,
+        cache: ProjectionCache | None,
+        progress: Callable[[str, float], None] | None = None,
+    ) -> Projection:
+        """The map of a dataset whose embeddings are on the Dask cluster: ``landmarks`` rows
+        fitted on one worker, the rest placed on all; cached under ``dask-landmarks-N``."""
         engine = self.engine
         if engine is None:
-            raise Conflict("This dataset's embeddings are on a Dask cluster: start with --dask")
+            raise dask_required()
         landmarks = self.landmarks
-        result = cached_projection(
+        return cached_projection(
             lambda: engine.project(dataset.parts, params, landmarks=landmarks, progress=progress),
-            cache=self.cache, content_hash=dataset.embeddings_hash, params=params,
+            cache=cache, content_hash=dataset.embeddings_hash, params=params,
             tag=f"dask-landmarks-{landmarks}", progress=progress,
         )  # fmt: skip
-        return np.asarray(result.coords, dtype=np.float32), dict(result.info)
 
     def _finish(
         self,
@@ -317,6 +329,12 @@ class ProjectionJobs(QueueWorker[tuple[str, int]]):
             self.listener(dataset_id, asdict(params), status, error, _recorded(info))
         except Exception:  # the record is an audit trail: a failed write must not stop jobs
             log.exception("could not record the projection job of %s", dataset_id)
+
+
+def dask_required() -> Conflict:
+    """The answer for a dataset left on disk for a Dask cluster when there is none."""
+    return Conflict("This dataset's embeddings are left on disk for a Dask cluster: start "
+                    "Tessera with --dask ADDRESS", code="dask_required")  # fmt: skip
 
 
 def _recorded(info: dict[str, Any]) -> dict[str, Any]:

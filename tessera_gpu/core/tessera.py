@@ -41,7 +41,7 @@ from tessera_gpu.backends import Backend, get_backend, on_gpu
 from tessera_gpu.clustering import kmeans
 from tessera_gpu.core.catalog import Catalog, DatasetEntry, SelectionRecord, now
 from tessera_gpu.core.datadir import DataDir
-from tessera_gpu.core.jobs import ProjectionJobs, ProjectionStatus
+from tessera_gpu.core.jobs import ProjectionJobs, ProjectionStatus, dask_required
 from tessera_gpu.core.tasks import Tasks, TaskStatus
 from tessera_gpu.core.uploads import Upload, UploadSlots
 from tessera_gpu.errors import (
@@ -65,7 +65,6 @@ from tessera_gpu.projection.project import (
     Progress,
     Projection,
     ProjectionParams,
-    cached_projection,
     project_cached,
 )
 from tessera_gpu.render.maps import MapCache, ProjectionMaps
@@ -576,14 +575,8 @@ class Tessera:
         dataset = live.dataset
         if dataset.dim is None:
             raise Conflict("This dataset is metadata-only: there are no embeddings to project")
-        if dataset.embeddings is None:
-            engine, landmarks = self._engine(), self.settings.dask_landmarks
-            return cached_projection(
-                lambda: engine.project(dataset.parts, params, landmarks=landmarks,
-                                       progress=progress),
-                cache=cache, content_hash=dataset.embeddings_hash, params=params,
-                tag=f"dask-landmarks-{landmarks}", progress=progress,
-            )  # fmt: skip
+        if dataset.embeddings is None:  # on the Dask cluster, as the server's jobs do
+            return self.jobs.project_on_cluster(dataset, params, cache=cache, progress=progress)
         x = self.backend.to_device(dataset.embeddings)
         return project_cached(
             x, backend=self.backend, params=params, cache=cache,
@@ -639,8 +632,7 @@ class Tessera:
     def _engine(self) -> DaskEngine:
         """The Dask cluster, for a dataset whose embeddings are on it."""
         if self.engine is None:
-            raise Conflict("This dataset's embeddings are left on disk for a Dask cluster: "
-                           "start Tessera with --dask ADDRESS", code="dask_required")  # fmt: skip
+            raise dask_required()
         return self.engine
 
     def _vectors(self, live: Live) -> Vectors:
