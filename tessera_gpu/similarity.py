@@ -302,7 +302,8 @@ def build_index(
     reduced, _ = normalized_pca(embeddings, norms, seed=seed)
     report("knn", 0.15)
     graph_started = time.perf_counter()
-    nb = backend.cosine_knn(device, min(k, len(embeddings)), seed=seed)
+    nb = backend.cosine_knn(device, min(k, len(embeddings)), seed=seed,
+                            reduction=(norms, reduced))  # fmt: skip
     report("knn", 0.9)
     info = {
         "algorithm": SIMILARITY_VERSION,

@@ -97,7 +97,18 @@ class Backend(Protocol):
 
     def neighbors(self, x: Any, k: int, *, seed: int = 0) -> Neighbors: ...
 
-    def cosine_knn(self, x: Any, k: int, *, seed: int = 0) -> Neighbors: ...
+    def cosine_knn(
+        self,
+        x: Any,
+        k: int,
+        *,
+        seed: int = 0,
+        reduction: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> Neighbors:
+        """``reduction``: ``(norms, reduced)`` of ``x`` on the host (:func:`.cpu_cosine.
+        normalized_pca`, same seed) when the caller has them: the CPU tier takes its
+        candidates from them; a GPU searches exactly and needs none."""
+        ...
 
     def kmeans(
         self, x: Any, k: int, *, rows: np.ndarray | None, seed: int, n_iter: int

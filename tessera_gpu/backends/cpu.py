@@ -102,10 +102,19 @@ class CpuBackend:
         idx, dist, cells = cell_probe_knn(data, k, n_cells=n_cells, n_probe=n_probe, seed=seed)
         return Neighbors(idx, dist, f"{prefix}cell-probe({n_cells}x{n_probe})", cells)
 
-    def cosine_knn(self, x: np.ndarray, k: int, *, seed: int = 0) -> Neighbors:
+    def cosine_knn(
+        self,
+        x: np.ndarray,
+        k: int,
+        *,
+        seed: int = 0,
+        reduction: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> Neighbors:
         """Each row's ``k`` nearest rows by cosine distance (itself first), with exact
-        distances: PCA-64 candidates re-ranked on the full vectors (:mod:`.cpu_cosine`)."""
-        idx, dist, method = cosine_knn(x, k, seed=seed)
+        distances: PCA-64 candidates re-ranked on the full vectors (:mod:`.cpu_cosine`);
+        ``reduction`` (norms, reduced) is reused rather than computed again."""
+        norms, reduced = reduction if reduction is not None else (None, None)
+        idx, dist, method = cosine_knn(x, k, seed=seed, norms=norms, reduced=reduced)
         return Neighbors(idx, dist, method)
 
     def knn(

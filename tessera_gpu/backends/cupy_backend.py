@@ -91,9 +91,17 @@ class CupyBackend:
         method = "exact-gpu" if self.standin is None else f"exact-{self.standin}-standin"
         return Neighbors(host(idx), host(dist), method, cells)
 
-    def cosine_knn(self, x: Any, k: int, *, seed: int = 0) -> Neighbors:
+    def cosine_knn(
+        self,
+        x: Any,
+        k: int,
+        *,
+        seed: int = 0,
+        reduction: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> Neighbors:
         """Each row's ``k`` nearest rows by cosine distance (itself first): an exact search of
-        the unit rows on the device (cosine distance = half the squared Euclidean one)."""
+        the unit rows on the device (cosine distance = half the squared Euclidean one); an
+        exact search needs no ``reduction``."""
         xp = self.dev.xp
         norms = xp.sqrt(sq_norms(self.dev, x))
         unit = x / xp.where(norms > 0, norms, xp.float32(1.0))[:, None]
