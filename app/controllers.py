@@ -15,7 +15,6 @@ import anyio.to_thread
 import h5py
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, PathParameter
 
@@ -31,6 +30,7 @@ from tessera_gpu.errors import (
 from tessera_gpu.io.shards import MAX_SHARDS
 from tessera_gpu.sampling import Manifest
 
+from .maps import DatasetId, EpisodeIndex, TesseraDep
 from .openapi_docs import DatasetRegistration
 from .selections import ExportBy, ExportFormat, ExportTau, download
 from .uploads import MULTIPART_OVERHEAD, receive_upload, too_large
@@ -50,11 +50,6 @@ MAX_PATH_BODY = 256 * 1024
 MAX_NAME = 200  # characters of a dataset's display name
 #: Free disk kept beyond an upload's size (the registry, caches and samples need room too).
 DISK_MARGIN = 64 * 1024 * 1024
-TesseraDep = NamedDependency[Tessera]
-DatasetId = Annotated[
-    str,
-    PathParameter(description="The dataset's id (from its file's content hash).", max_length=64),
-]
 SampleId = Annotated[str, PathParameter(description="The sample's id.", max_length=64)]
 FILTER_DOC = (
     'A filter: {"filter": [{"field": "task", "op": "eq", "value": "pick"}, ...]}; all '
@@ -359,7 +354,7 @@ class EpisodeController(Controller):
         self,
         tessera: TesseraDep,
         dataset_id: DatasetId,
-        index: Annotated[int, PathParameter(ge=0, description="Row of the episode, from 0.")],
+        index: EpisodeIndex,
     ) -> Episode:
         """The episode's id, its metadata, and whether it has a thumbnail and a GIF."""
         return tessera.episode(dataset_id, index)

@@ -41,7 +41,10 @@ PREVIEW_HEADERS = {
 }
 TesseraDep = NamedDependency[Tessera]
 
-DatasetId = Annotated[str, PathParameter(description="The dataset's id.", max_length=64)]
+DatasetId = Annotated[
+    str,
+    PathParameter(description="The dataset's id (from its files' content hash).", max_length=64),
+]
 EpisodeIndex = Annotated[int, PathParameter(ge=0, description="Row of the episode, from 0.")]
 FilterParam = Annotated[
     str | None,

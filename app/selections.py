@@ -12,12 +12,10 @@ from tessera_gpu.selections import MAX_NAME, Selection
 
 from .maps import DatasetId, TesseraDep
 
-__all__ = ["EXPORT_FORMATS", "ExportBy", "ExportFormat", "ExportTau", "SelectionController",
-           "download"]  # fmt: skip
+__all__ = ["ExportBy", "ExportFormat", "ExportTau", "SelectionController", "download"]
 
 SelectionName = Annotated[str, PathParameter(description="The selection's name.",
                                              max_length=MAX_NAME * 4)]  # fmt: skip
-EXPORT_FORMATS = ("txt", "csv", "json", "lerobot", "weights")
 ExportFormat = Annotated[
     Literal["txt", "csv", "json", "lerobot", "weights"],
     QueryParameter(

@@ -46,7 +46,6 @@ def similar(
 ) -> None:
     """The K episodes of FILE most similar to EPISODE_ID (cosine, full embedding space)."""
     from tessera_gpu.cli.project import progress_bar
-    from tessera_gpu.core.tessera import Neighbor, SimilarEpisodes
 
     with Tessera(Settings.load({"device": device})) as core:
         live = core.load(file)
@@ -66,11 +65,7 @@ def similar(
             ctx = core.context_for(live, similarity=index)  # selections, dedup
             conditions = parse_filter([parse_where(w) for w in where], ds, context=ctx)
             mask = filter_mask(ds, conditions, context=ctx)
-        assert live.dataset.embeddings is not None  # similarity_now refused otherwise
-        rows, dist = index.similar(live.dataset.embeddings, row, k, mask)
-    ids = live.dataset.episode_ids
-    neighbors = [Neighbor(int(r), str(ids[r]), float(d)) for r, d in zip(rows, dist, strict=True)]
-    answer = SimilarEpisodes(index=row, episode_id=episode_id, metric="cosine", neighbors=neighbors)
+        answer = core.similar_in(live, index, row, k, mask)
     if fmt == "json":
         content = msgspec.json.format(msgspec.json.encode(answer), indent=2) + b"\n"
     else:

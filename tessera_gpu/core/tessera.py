@@ -53,7 +53,13 @@ from tessera_gpu.errors import (
     Unavailable,
 )
 from tessera_gpu.exports import export_ids, rows_of
-from tessera_gpu.filters import MAP_FIELD, FilterContext, filter_mask, parse_filter
+from tessera_gpu.filters import (
+    DUPLICATES_FIELD,
+    MAP_FIELD,
+    FilterContext,
+    filter_mask,
+    parse_filter,
+)
 from tessera_gpu.io.artifacts import ArtifactStore
 from tessera_gpu.io.dataset import Dataset, DatasetFacts, Field, load_dataset
 from tessera_gpu.io.files import file_sha256
@@ -274,13 +280,13 @@ class Tessera:
             if entry.shards:
                 entry = self._rehash_shards(entry)
                 files = [Path(s["path"]) for s in entry.shards]
-                self._add(entry, self._load_files(files, entry.name, joined=True), save=False)
+                self._add(entry, self._load_files(files, entry.name), save=False)
                 return
             path = self._file_of(entry)
             if entry.source == "path" and _changed(entry, path):
                 entry = self._rehash(entry, path)
             if entry.source == "path":
-                dataset = self._load_files([path], entry.name, joined=False)
+                dataset = self._load_files([path], entry.name)
             else:
                 dataset = load_dataset(path, name=entry.name, check_memory=self._check_memory)
             self._add(entry, dataset, save=False)
@@ -341,9 +347,8 @@ class Tessera:
         for real in files:
             check_file_on_disk(real, Limits())
         hashes = self._hash_files(files)
-        joined = len(files) > 1 or self.engine is not None
         stem = Path(patterns[0]).stem if len(files) == 1 else None
-        dataset = self._load_files(files, name or stem, joined=joined)
+        dataset = self._load_files(files, name or stem)
         return Live(_entry_for(files, hashes, dataset, "path"), dataset)
 
     def register_path(self, path: str | Path, *, check_allowed: bool = True) -> Live:
@@ -387,8 +392,7 @@ class Tessera:
         if check_allowed and self.isolate:
             for real in files:
                 validate_isolated(real)
-        joined = len(files) > 1 or self.engine is not None
-        dataset = self._load_files(files, name, joined=joined)
+        dataset = self._load_files(files, name)
         return self._add(_entry_for(files, hashes, dataset, "path"), dataset)
 
     def _hash_files(self, files: list[Path]) -> list[str]:
@@ -398,13 +402,14 @@ class Tessera:
             return self.engine.hash_files(files)
         return [file_sha256(f) for f in files]
 
-    def _load_files(self, files: list[Path], name: str | None, *, joined: bool) -> Dataset:
-        """Validate and load files as one dataset: one file as it is (``joined`` False), else
-        joined with a ``source`` field; with ``--dask`` the embeddings stay on disk."""
+    def _load_files(self, files: list[Path], name: str | None) -> Dataset:
+        """Validate and load files as one dataset: one file as it is, several joined with a
+        ``source`` field; with ``--dask`` the embeddings stay on disk (a ``source`` field
+        even for one file)."""
         if self.engine is not None:
             cap = self.settings.max_episodes_dask
             return self.engine.load_shards(files, name=name, max_episodes=cap)
-        if not joined:
+        if len(files) == 1:
             return load_dataset(files[0], name=name, check_memory=self._check_memory)
         return load_shards(files, name=name, check_memory=self._check_memory)
 
@@ -597,13 +602,15 @@ class Tessera:
         """What a dataset's filters can refer to beyond its fields: the finished map, and
         (with embeddings) the near-duplicate cut of the similarity graph."""
         live = self.get(dataset_id)
-        return self._context_of(live, self.jobs.coords(dataset_id) if coords is None else coords)
+        return self.context_for(
+            live, coords=self.jobs.coords(dataset_id) if coords is None else coords
+        )
 
-    def _context_of(
-        self, live: Live, coords: np.ndarray | None, similarity: SimilarityIndex | None = None
-    ) -> FilterContext:
-        """What filters can refer to for ``live`` (registered or not: the CLI's case)."""
-        return self.context_for(live, coords=coords, similarity=similarity)
+    def _mask(self, live: Live, raw_filter: Any) -> np.ndarray:
+        """The rows of a registered dataset that a request's filter matches (all, for none)."""
+        ctx = self.context(live.id)
+        ds = live.dataset
+        return filter_mask(ds, parse_filter(raw_filter, ds, context=ctx), context=ctx)
 
     def context_for(
         self,
@@ -741,11 +748,15 @@ class Tessera:
         found = self.similarity(dataset_id)
         if not isinstance(found, SimilarityIndex):
             return found
-        mask = None
-        if raw_filter:
-            ctx = self.context(dataset_id)
-            mask = filter_mask(live.dataset, parse_filter(raw_filter, live.dataset, context=ctx),
-                               context=ctx)  # fmt: skip
+        mask = self._mask(live, raw_filter) if raw_filter else None
+        return self.similar_in(live, found, index, k, mask)
+
+    def similar_in(
+        self, live: Live, found: SimilarityIndex, index: int, k: int, mask: np.ndarray | None
+    ) -> SimilarEpisodes:
+        """:meth:`similar`'s answer from a similarity index (the server's job's, or the one
+        the CLI built). On a Dask cluster: from the graph when its neighbours suffice, else an
+        exact scan there."""
         if live.dataset.embeddings is not None:
             rows, dist = found.similar(live.dataset.embeddings, index, k, mask)
         else:
@@ -767,11 +778,7 @@ class Tessera:
         found = self.similarity(dataset_id)
         if not isinstance(found, SimilarityIndex):
             return found
-        mask = None
-        if request.filter:
-            ctx = self.context(dataset_id)
-            conditions = parse_filter(request.filter, live.dataset, context=ctx)
-            mask = filter_mask(live.dataset, conditions, context=ctx)
+        mask = self._mask(live, request.filter) if request.filter else None
         groups = found.groups(self._vectors(live), request.threshold, mask)
         page = groups.groups[request.offset : request.offset + request.limit]
         return DuplicateGroups(
@@ -794,8 +801,7 @@ class Tessera:
             self._selection_mask(live, names)  # first, a 400 naming every unknown one
             mask = combine(str(request.op), [self._selection_mask(live, [n]) for n in names])
         elif request.kind == "filter":
-            ctx = self.context(dataset_id)
-            mask = filter_mask(ds, parse_filter(request.filter, ds, context=ctx), context=ctx)
+            mask = self._mask(live, request.filter)
         elif request.kind == "episode_ids":
             mask = np.zeros(ds.n_episodes, dtype=bool)
             mask[rows_of(ds, request.episode_ids or [])] = True
@@ -804,16 +810,9 @@ class Tessera:
             mask[rows_of(ds, self.sample(dataset_id, str(request.sample_id)).episode_ids)] = True
         else:
             spec = request.duplicates or {}
-            raw = [
-                *(spec.get("filter") or []),
-                {
-                    "field": "duplicates",
-                    "op": "keep_one",
-                    "value": spec.get("threshold", DEFAULT_THRESHOLD),
-                },
-            ]
-            ctx = self.context(dataset_id)
-            mask = filter_mask(ds, parse_filter(raw, ds, context=ctx), context=ctx)
+            keep_one = {"field": DUPLICATES_FIELD, "op": "keep_one",
+                        "value": spec.get("threshold", DEFAULT_THRESHOLD)}  # fmt: skip
+            mask = self._mask(live, [*(spec.get("filter") or []), keep_one])
         ids = ds.episode_ids[mask].tolist()
         record = self.catalog.add_selection(dataset_id, request.name, request.source(), ids)
         with self._lock:
@@ -880,11 +879,7 @@ class Tessera:
         """The matching episodes split by a field (see :mod:`tessera_gpu.summary`)."""
         live = self.get(dataset_id)
         request = SummaryRequest.from_dict(body)
-        mask = None
-        if request.filter:
-            ctx = self.context(dataset_id)
-            conditions = parse_filter(request.filter, live.dataset, context=ctx)
-            mask = filter_mask(live.dataset, conditions, context=ctx)
+        mask = self._mask(live, request.filter) if request.filter else None
         return summarize(live.dataset, mask, request.group_by, bins=request.bins)
 
     def clusters(self, dataset_id: str, k: int = DEFAULT_CLUSTERS, seed: int = 0) -> TaskStatus:
@@ -938,9 +933,9 @@ class Tessera:
     def count(
         self, dataset_id: str, raw_filter: Any, dedup_threshold: float | None = None
     ) -> Count:
-        ds = self.get(dataset_id).dataset
-        ctx = self.context(dataset_id)
-        mask = filter_mask(ds, parse_filter(raw_filter, ds, context=ctx), context=ctx)
+        live = self.get(dataset_id)
+        ds = live.dataset
+        mask = self._mask(live, raw_filter)
         if dedup_threshold is None:
             return Count(count=int(np.count_nonzero(mask)), total=ds.n_episodes)
         threshold = check_threshold(dedup_threshold, "dedup_threshold")
@@ -973,7 +968,7 @@ class Tessera:
             request,
             backend=self.backend,
             device_embeddings=self.jobs.device_embeddings(live.id),
-            context=self._context_of(live, coords, similarity),
+            context=self.context_for(live, coords=coords, similarity=similarity),
             diverse=diverse,
         )
         return build_manifest(
