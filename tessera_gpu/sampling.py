@@ -18,7 +18,7 @@ import numpy as np
 from tessera_gpu.backends import Backend
 from tessera_gpu.errors import Conflict, InvalidRequest
 from tessera_gpu.exports import export_ids
-from tessera_gpu.filters import DUPLICATES_FIELD, FilterContext, filter_rows, parse_filter
+from tessera_gpu.filters import DUPLICATES_FIELD, FilterContext, filter_mask, parse_filter
 from tessera_gpu.io.dataset import Dataset, Field
 
 __all__ = [
@@ -154,13 +154,17 @@ def draw_sample(
         raise Conflict("K-means sampling needs embeddings: this dataset is metadata-only")
     strata = strata_of(dataset, request.stratify_by)
     stats: dict[str, Any] = {}
-    rows = filter_rows(dataset, parse_filter(list(request.filter), dataset, context=context),
+    mask = filter_mask(dataset, parse_filter(list(request.filter), dataset, context=context),
                        context=context)  # fmt: skip
-    if request.dedup_threshold is not None:
-        conditions = parse_filter(request.conditions, dataset, context=context)
-        kept = filter_rows(dataset, conditions, context=context)
-        stats["dedup"] = {"threshold": request.dedup_threshold, "removed": rows.size - kept.size}
-        rows = kept
+    if request.dedup_threshold is not None:  # the last of request.conditions, applied to mask
+        (dedup,) = parse_filter(request.conditions[-1:], dataset, context=context)
+        assert context is not None  # parse_filter refuses keep_one without one
+        assert context.keep_one is not None
+        kept = context.keep_one(float(dedup.value), mask)
+        removed = int(np.count_nonzero(mask)) - int(np.count_nonzero(kept))
+        stats["dedup"] = {"threshold": request.dedup_threshold, "removed": removed}
+        mask = kept
+    rows = np.flatnonzero(mask).astype(np.int64)
     matched = int(rows.size)
     if matched == 0:
         raise InvalidRequest("no episodes match the filter")
@@ -222,7 +226,7 @@ def strata_of(dataset: Dataset, name: str | None, *, missing_ok: bool = False) -
         return None
     fld = dataset.fields.get(name)
     if fld is None or fld.kind in ("string", "array"):
-        if missing_ok or (fld is None and missing_ok):
+        if missing_ok:
             return None
         if fld is None:
             names = ", ".join(f.name for f in dataset.fields.values()

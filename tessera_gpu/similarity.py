@@ -33,7 +33,12 @@ import scipy.sparse
 import scipy.sparse.csgraph
 
 from tessera_gpu.backends import Backend, Neighbors
-from tessera_gpu.backends.cpu_cosine import cosine_distances, normalized_pca, row_norms
+from tessera_gpu.backends.cpu_cosine import (
+    cosine_distances,
+    normalized_pca,
+    row_norms,
+    safe_norms,
+)
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.io.artifacts import ArtifactStore
 from tessera_gpu.io.dataset import Field
@@ -260,7 +265,7 @@ def _keepers_first(take: Rows, members: np.ndarray, labels: np.ndarray) -> list[
         a, b = int(batch[0, 0]), int(batch[-1, 1])
         vectors = np.asarray(take(rows[a:b]), dtype=np.float32)
         norms = row_norms(vectors)
-        unit = vectors / np.where(norms > 0, norms, np.float32(1.0))[:, None]
+        unit = vectors / safe_norms(norms)[:, None]
         for lo, hi in batch.tolist():
             group, u = rows[lo:hi], unit[lo - a : hi - a]
             keeper = int(group[int(np.argmax(u @ u.mean(axis=0)))])

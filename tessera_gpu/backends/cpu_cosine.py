@@ -27,6 +27,7 @@ __all__ = [
     "cosine_knn",
     "normalized_pca",
     "row_norms",
+    "safe_norms",
 ]
 
 REDUCE_TO = 64
@@ -52,7 +53,7 @@ def row_norms(x: np.ndarray) -> np.ndarray:
     return np.asarray(_norms(x), dtype=np.float32)
 
 
-def _safe(norms: np.ndarray) -> np.ndarray:
+def safe_norms(norms: np.ndarray) -> np.ndarray:
     """Norms to divide by: a zero row stays a zero vector (cosine distance 1 to all)."""
     return np.where(norms > 0, norms, np.float32(1.0)).astype(np.float32)
 
@@ -78,7 +79,7 @@ def cosine_distances(
     """Exact cosine distance of each pair ``(left[p], right[p])`` of rows (float32)."""
     left = np.ascontiguousarray(left, dtype=np.int64)
     right = np.ascontiguousarray(right, dtype=np.int64)
-    out = _pair_distances(x, _safe(norms), left, right)
+    out = _pair_distances(x, safe_norms(norms), left, right)
     return np.clip(out, 0.0, 2.0)
 
 
@@ -90,7 +91,7 @@ def normalized_pca(
 
     Euclidean distance in this space is a lower bound of the distance between the unit
     vectors (an orthonormal projection never lengthens a difference)."""
-    safe = _safe(norms)
+    safe = safe_norms(norms)
     n, d = x.shape
     if d <= 2 * n_components:
         return np.ascontiguousarray(x / safe[:, None], dtype=np.float32), None
@@ -155,7 +156,7 @@ def cosine_knn(
         method = f"{space}-cell-probe({n_cells}x8)"
     cand = self_first(np.ascontiguousarray(cand, dtype=np.int64))
     dist = np.empty(cand.shape, dtype=np.float32)
-    _rerank(x, _safe(norms), cand, dist)
+    _rerank(x, safe_norms(norms), cand, dist)
     dist[:, 0] = 0.0  # a row is at distance 0 from itself, whatever the rounding says
     np.clip(dist, 0.0, 2.0, out=dist)
     order = np.argsort(dist[:, 1:], axis=1, kind="stable") + 1

@@ -402,6 +402,6 @@ def rapids_kmeans_of(
     locals_: list[np.ndarray | None] = (
         [None] * len(refs) if rows is None else list(split_rows(refs, ordered))
     )
-    fit = rapids_kmeans(engine, refs, k, sorted_rows=ordered, locals_=locals_, seed=seed,
+    fit = rapids_kmeans(engine, refs, k, locals_=locals_, seed=seed,
                         n_iter=n_iter)  # fmt: skip
     return KMeansResult(fit.centroids, _in_given_order(fit.labels, order), fit.inertia)

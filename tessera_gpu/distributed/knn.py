@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tessera_gpu.backends import Neighbors
-from tessera_gpu.backends.cpu_cosine import _rerank, row_norms
+from tessera_gpu.backends.cpu_cosine import _rerank, row_norms, safe_norms
 from tessera_gpu.backends.cpu_kmeans import lloyd
 from tessera_gpu.backends.cpu_knn import _exact_distances, nearest_centroids, probe_search
 from tessera_gpu.backends.cpu_pca import Pca, fit_pca
@@ -68,7 +68,7 @@ class KnnPlan:
     n_groups: int
 
     def reduce(self, x: np.ndarray, norms: np.ndarray) -> np.ndarray:
-        rows = x / _safe(norms)[:, None] if self.metric == "cosine" else x
+        rows = x / safe_norms(norms)[:, None] if self.metric == "cosine" else x
         out = rows if self.pca is None else self.pca.apply(rows)
         return np.ascontiguousarray(out, dtype=np.float32)
 
@@ -82,10 +82,6 @@ class Piece:
     reduced: np.ndarray
     norms: np.ndarray
     probes: np.ndarray
-
-
-def _safe(norms: np.ndarray) -> np.ndarray:
-    return np.where(norms > 0, norms, np.float32(1.0)).astype(np.float32)
 
 
 def _bisect(points: np.ndarray, weights: np.ndarray, n_groups: int) -> np.ndarray:
@@ -114,7 +110,7 @@ def fit_plan(metric: str, n_cells: int, n_groups: int, seed: int, *blocks: np.nd
     """The plan from sample rows (see the module docstring, step 1)."""
     x = np.ascontiguousarray(np.vstack(blocks), dtype=np.float32)
     if metric == "cosine":
-        x = x / _safe(row_norms(x))[:, None]
+        x = x / safe_norms(row_norms(x))[:, None]
     n, d = x.shape
     pca = fit_pca(x, REDUCE_TO, seed=seed) if d > 2 * REDUCE_TO and n > 4 * REDUCE_TO else None
     reduced = x if pca is None else pca.apply(x)
@@ -184,7 +180,7 @@ def _candidates(group: Piece, ptr: np.ndarray, m: int, wanted: int, metric: str)
         return cand
     # GPU worker: an exact search of all the group's members on the device (CuPy tier or
     # cuML backend), on unit rows for cosine; the exact re-rank below stays on the host.
-    rows = group.full / _safe(group.norms)[:, None] if metric == "cosine" else group.full
+    rows = group.full / safe_norms(group.norms)[:, None] if metric == "cosine" else group.full
     device = backend.to_device(np.ascontiguousarray(rows[:m], dtype=np.float32))
     cand, _ = backend.nearest_rows(device, rows, min(wanted, m))
     return np.asarray(cand, dtype=np.int64)
@@ -206,7 +202,7 @@ def search_group(
     cand = _candidates(local, ptr, m, max(k, CANDIDATES), plan.metric)
     if plan.metric == "cosine":
         dist = np.empty(cand.shape, dtype=np.float32)
-        _rerank(local.full, _safe(local.norms), np.ascontiguousarray(cand), dist)
+        _rerank(local.full, safe_norms(local.norms), np.ascontiguousarray(cand), dist)
         np.clip(dist, 0.0, 2.0, out=dist)
     else:
         dist = _exact_distances(local.full, local.full, np.ascontiguousarray(cand))
@@ -340,7 +336,7 @@ def nearest_in_ref(
         return block.rows, np.zeros(0, dtype=np.float32)
     q = np.asarray(query, dtype=np.float32)
     q_norm = float(np.linalg.norm(q)) or 1.0
-    norms = _safe(row_norms(block.x))
+    norms = safe_norms(row_norms(block.x))
     dist = np.clip(1.0 - (block.x @ q) / (norms * q_norm), 0.0, 2.0).astype(np.float32)
     if dist.size > k:
         keep = np.argpartition(dist, k - 1)[:k]

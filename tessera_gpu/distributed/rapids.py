@@ -96,7 +96,6 @@ def rapids_kmeans(
     refs: list[ShardRef],
     k: int,
     *,
-    sorted_rows: np.ndarray | None,
     locals_: list[np.ndarray | None],
     seed: int,
     n_iter: int,
