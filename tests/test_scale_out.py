@@ -335,3 +335,19 @@ def test_project_on_a_dask_cluster_from_the_cli(
     assert result.exit_code == 1
     assert result.output.startswith("error: ")
     assert result.output.count("\n") == 1
+
+
+def test_a_map_on_its_way_on_the_cluster_is_not_ready_rather_than_metadata_only(
+    pair: tuple[Path, Path],
+) -> None:
+    """Embeddings left on disk for Dask workers are still embeddings: while their projection
+    runs, a tile is 503 ``projection_not_ready``, not 409 ``metadata_only``."""
+    from tessera_gpu.errors import Unavailable
+    from tessera_gpu.io.dataset import load_dataset
+    from tessera_gpu.render.maps import MapCache
+
+    on_disk = load_dataset(pair[0], read_embeddings=False)
+    assert (on_disk.embeddings, on_disk.mode) == (None, "full")
+    with pytest.raises(Unavailable) as info:
+        MapCache().get("d", on_disk, None)
+    assert info.value.code == "projection_not_ready"

@@ -102,15 +102,19 @@ class ProjectionMaps:
         key = name or "density"
         with self._lock:
             spec = self._specs.get(key)
-        if spec is None and key.startswith(SELECTION_COLOR) and key not in self.dataset.fields:
+        if spec is not None:
+            return spec
+        if key.startswith(SELECTION_COLOR) and key not in self.dataset.fields:
+            # kept like a field's: a new or deleted selection changes the context's version,
+            # and that gives the dataset new ProjectionMaps
             selection = key.removeprefix(SELECTION_COLOR)
             if self.context.selections is None:
                 raise InvalidRequest("colouring by a selection needs a registered dataset")
             spec = membership(selection, self.context.selections([selection]))
-        if spec is None:
+        else:
             spec = color_by(self.dataset, name)
-            with self._lock:
-                self._specs[key] = spec
+        with self._lock:
+            self._specs[key] = spec
         return spec
 
     def cached_tile(self, key: tuple[Any, ...]) -> bytes | None:
@@ -159,7 +163,7 @@ class MapCache:
         ``version``) keep the tile index and k-d tree and drop the cached masks and tiles."""
         context = context or FilterContext(coords=coords)
         if coords is None:
-            if dataset.embeddings is None:
+            if dataset.dim is None:  # (a Dask dataset has no embeddings here, but a map)
                 raise Conflict(
                     "This dataset is metadata-only: there is no map without embeddings",
                     code="metadata_only",
