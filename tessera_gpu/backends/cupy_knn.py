@@ -40,7 +40,7 @@ def topk_candidates(dev: Any, data: Any, queries: Any, kk: int) -> Any:
     GPU; slower, rare, and exact the same, since the candidates are re-ranked anyway)."""
     xp = dev.xp
     dn = sq_norms(dev, data)
-    qn = sq_norms(dev, queries)
+    qn = dn if queries is data else sq_norms(dev, queries)  # a graph asks about its own rows
     step = max(1, min(len(queries), dev.block_bytes // (4 * max(1, len(data)))))
     out = xp.empty((len(queries), kk), dtype=xp.int64)
     for start in range(0, len(queries), step):
