@@ -415,6 +415,8 @@ def test_a_lasso_becomes_a_selection_excluded_from_a_kmeans_sample(page: Any, se
     row = page.locator('.sel-row[data-selection="bad grasp"]')
     row.wait_for()
     assert row.locator(".count").inner_text() == str(lassoed)
+    # the colour picker lists the new selection at once, without reopening the dataset
+    page.wait_for_selector('#color-by option[value="selection:bad grasp"]', state="attached")
     page.keyboard.press("Escape")  # clear the lasso; the selection stays
     page.wait_for_selector("text=300 of 300 episodes match")
     row.locator(".state").click()  # only these

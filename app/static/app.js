@@ -75,7 +75,7 @@ function openDataset(summary) {
   openMap();
   buildCuration();
   buildGroups();
-  loadSelections().then(buildColorPicker).catch(() => {});
+  loadSelections().catch(() => {}); // the colour picker lists them when they arrive
 }
 
 // A job added fields (uniqueness, duplicate_group, cluster): list them where fields are listed.

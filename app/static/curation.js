@@ -4,7 +4,7 @@
 // job also gives the dataset its `uniqueness` and `duplicate_group` fields.
 
 import { apiUrl, debounce, el, filterParam, fmt, getJSON, postJSON } from "./api.js";
-import { filterConditions, on, pin, state, update } from "./state.js";
+import { filterConditions, on, pin, refreshFields, state, update } from "./state.js";
 import { ringEpisodes } from "./map.js";
 import { showEpisode } from "./preview.js";
 
@@ -65,14 +65,6 @@ async function pollSimilarity() {
     ? `similarity graph failed: ${status.error}`
     : `building the similarity graph · ${Math.round(100 * status.progress)}%`;
   if (status.status !== "failed") pollTimer = setTimeout(pollSimilarity, 800);
-}
-
-/** The job added fields (uniqueness, duplicate_group): rebuild what lists fields. */
-async function refreshFields(id) {
-  const summary = await getJSON(apiUrl(id));
-  if (!state.dataset || state.dataset.id !== id) return;
-  update({ dataset: { ...state.dataset, fields: summary.fields } });
-  window.dispatchEvent(new CustomEvent("tessera:fields"));
 }
 
 const ready = () => state.similarity && state.similarity.status === "done";
@@ -173,15 +165,30 @@ const refreshDuplicates = debounce(async () => {
   $("dup-more").hidden = answer.n_groups <= answer.groups.length;
 }, 150);
 
+// Episode ids of rows already shown: every slider step redraws the groups, mostly the same
+// members, so each id is fetched once per dataset.
+const episodeIds = new Map(); // "dataset:index" -> Promise of the episode id
+
+function episodeId(index) {
+  const key = `${state.dataset.id}:${index}`;
+  if (!episodeIds.has(key)) {
+    if (episodeIds.size > 5000) episodeIds.clear();
+    const id = getJSON(apiUrl(state.dataset.id, `/episodes/${index}`)).then((ep) => ep.episode_id);
+    id.catch(() => episodeIds.delete(key)); // a failed fetch is tried again next time
+    episodeIds.set(key, id);
+  }
+  return episodeIds.get(key);
+}
+
 function groupRow(group) {
   const members = group.slice(0, SHOWN_MEMBERS);
   const row = el("div", { class: "group" }, el("div", { class: "size" }, `${group.length} episodes`));
   for (const [i, index] of members.entries()) {
     const t = tile(index, `#${index}`, null, { keeper: i === 0 });
     row.append(t);
-    getJSON(apiUrl(state.dataset.id, `/episodes/${index}`)).then((ep) => {
-      t.querySelector(".tid").textContent = ep.episode_id;
-      t.title = ep.episode_id;
+    episodeId(index).then((id) => {
+      t.querySelector(".tid").textContent = id;
+      t.title = id;
     }).catch(() => {});
   }
   if (group.length > members.length) row.append(el("div", { class: "size" }, `+${group.length - members.length}`));

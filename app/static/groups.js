@@ -4,7 +4,7 @@
 // `cluster` field.
 
 import { apiUrl, debounce, el, fmt, getJSON, postJSON } from "./api.js";
-import { filterConditions, on, state, update } from "./state.js";
+import { filterConditions, on, refreshFields, state, update } from "./state.js";
 import { outlineGroup } from "./map.js";
 
 const $ = (id) => document.getElementById(id);
@@ -140,10 +140,7 @@ async function followClusters(status) {
   const id = state.dataset.id;
   if (status.status === "done") {
     $("clusters-state").textContent = `k = ${status.params.k}`;
-    const summary = await getJSON(apiUrl(id));
-    if (!state.dataset || state.dataset.id !== id) return;
-    update({ dataset: { ...state.dataset, fields: summary.fields } });
-    window.dispatchEvent(new CustomEvent("tessera:fields"));
+    if (!(await refreshFields(id))) return;
     $("group-by").value = "cluster";
     refreshGroups();
     return;

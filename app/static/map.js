@@ -273,5 +273,6 @@ export function initMap() {
   $("color-by").addEventListener("change", (e) => update({ colorBy: e.target.value }));
   on(["colorBy", "conditions", "pinned", "polygon", "mapReady"], () => { refreshTiles(); refreshLegend(); });
   on(["polygon", "mapReady"], drawSelection);
+  on("selections", (s) => { if (s.dataset) buildColorPicker(); }); // saved or deleted: list it
   on("count", (s) => { $("no-match").hidden = !(s.count && s.count.count === 0); });
 }

@@ -1,7 +1,7 @@
 // The page's state and the URL that holds it: dataset, filter, colour and view.
 // Anything that changes the state calls `update(...)`; listeners redraw what depends on it.
 
-import { debounce } from "./api.js";
+import { apiUrl, debounce, getJSON } from "./api.js";
 
 export const state = {
   health: null,         // GET /api/health
@@ -95,3 +95,13 @@ const writeUrl = debounce(() => {
   const url = `/datasets/${encodeURIComponent(state.dataset.id)}${qs ? "?" + qs : ""}`;
   if (url !== location.pathname + location.search) history.replaceState(null, "", url);
 }, 250);
+
+/** A job added fields (uniqueness, duplicate_group, cluster): read dataset `id`'s fields again
+ *  and tell whatever lists fields. False when another dataset was opened meanwhile. */
+export async function refreshFields(id) {
+  const summary = await getJSON(apiUrl(id));
+  if (!state.dataset || state.dataset.id !== id) return false;
+  update({ dataset: { ...state.dataset, fields: summary.fields } });
+  window.dispatchEvent(new CustomEvent("tessera:fields"));
+  return true;
+}
