@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,10 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.server import free_port  # noqa: E402
+
 TASKS = np.array(["pick", "place", "stack", "push", "open_drawer"])
 FILTER = [
     {"field": "success", "op": "eq", "value": True},
@@ -35,15 +38,7 @@ FILTER = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def make_file(path: Path, *, episodes: int, dim: int) -> None:
-    sys.path.insert(0, str(ROOT))
     from benchmarks.data import clustered_embeddings
     from tessera_gpu.io.writer import write_dataset
 

@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.server import tessera_server, wait_for  # noqa: E402
+from benchmarks.server import finished, tessera_server, wait_for  # noqa: E402
 from benchmarks.similarity import planted  # noqa: E402
 
 FILTER = [
@@ -83,10 +83,6 @@ def timed(call: Callable[[], httpx.Response], repeats: int) -> dict[str, float]:
             "p95_ms": round(times[int(0.95 * (len(times) - 1))], 2)}  # fmt: skip
 
 
-def _finished(status: dict[str, Any]) -> bool:
-    return status.get("status") in ("done", "failed")
-
-
 def measure(client: httpx.Client, base: str, rows: int, repeats: int) -> dict[str, Any]:
     names = iter(range(10**6))
     out: dict[str, Any] = {}
@@ -116,7 +112,7 @@ def measure(client: httpx.Client, base: str, rows: int, repeats: int) -> dict[st
         lambda: client.post(f"{base}/duplicates", json=body), max(3, repeats // 5)
     )
     client.post(f"{base}/clusters", json={"k": 20}).raise_for_status()
-    out["cluster k=20 job s"] = wait_for(client, f"{base}/clusters", _finished)["elapsed_s"]
+    out["cluster k=20 job s"] = wait_for(client, f"{base}/clusters", finished)["elapsed_s"]
     return out
 
 
@@ -136,8 +132,8 @@ def main() -> None:
         with tessera_server(str(path), folder=Path(tmp)) as client:
             datasets = wait_for(client, "/api/datasets", bool, timeout=600)
             base = f"/api/datasets/{datasets[0]['id']}"
-            similarity = wait_for(client, f"{base}/similarity", _finished)
-            projection = wait_for(client, f"{base}/projection", _finished)
+            similarity = wait_for(client, f"{base}/similarity", finished)
+            projection = wait_for(client, f"{base}/projection", finished)
             ready_s = time.perf_counter() - started
             results = measure(client, base, rows, args.repeats)
     report = {"episodes": rows, "dim": args.dim, "repeats": args.repeats,

@@ -119,3 +119,15 @@ def tile_to_dim(x: np.ndarray, dim: int, *, seed: int = 0) -> np.ndarray:
             block = x @ q.astype(np.float32)
         out[:, start:stop] = block[:, : stop - start]
     return out
+
+
+TRUST_ROWS = 5000  # rows trustworthiness is measured on (sklearn's is quadratic in them)
+
+
+def trustworthiness_at(x: np.ndarray, coords: np.ndarray, *, rows: int = TRUST_ROWS) -> float:
+    """scikit-learn's trustworthiness (k=15) of a map, on the same seeded ``rows`` rows of every
+    map of ``x`` (all of them when there are fewer), so maps of one input compare fairly."""
+    from sklearn.manifold import trustworthiness
+
+    picked = np.sort(np.random.default_rng(0).choice(len(x), min(len(x), rows), replace=False))
+    return float(trustworthiness(x[picked], coords[picked], n_neighbors=15))

@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGETS = {"knn_k15_s": 2.0, "projection_s": 10.0, "kmeans_s": 3.0}
 TRUST_GAP = 0.01  # the GPU map's trustworthiness may trail the CPU tier's by this much
-TRUST_ROWS = 5000
 NEEDED = [
     "numpy",
     "scipy",
@@ -95,14 +94,9 @@ def _timed(backend: Any, fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def _trust(x: np.ndarray, maps: dict[str, np.ndarray]) -> dict[str, float]:
-    from sklearn.manifold import trustworthiness
+    from benchmarks.data import trustworthiness_at
 
-    rng = np.random.default_rng(0)
-    rows = np.sort(rng.choice(len(x), min(len(x), TRUST_ROWS), replace=False))
-    return {
-        f"trust_{name}": round(float(trustworthiness(x[rows], c[rows], n_neighbors=15)), 4)
-        for name, c in maps.items()
-    }
+    return {f"trust_{name}": round(trustworthiness_at(x, c), 4) for name, c in maps.items()}
 
 
 def run(x: np.ndarray, *, kmeans_k: int, sample_n: int, cpu_trust: bool) -> dict[str, Any]:

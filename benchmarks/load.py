@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,17 +26,14 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.server import free_port  # noqa: E402
+
 MAX_REQUESTS_PER_CLIENT = 100_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_file(path: Path, *, episodes: int, dim: int) -> None:
-    sys.path.insert(0, str(ROOT))
     from benchmarks.data import clustered_embeddings  # seeded generator
     from tessera_gpu.io.writer import write_dataset
 

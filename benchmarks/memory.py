@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.api import make_file  # noqa: E402
-from benchmarks.server import tessera_server, wait_for  # noqa: E402
+from benchmarks.server import finished, tessera_server, wait_for  # noqa: E402
 
 TARGET_RATIO = 1.5
 
@@ -42,10 +42,6 @@ def proc_memory(pid: int) -> dict[str, float]:
     return {"rss_mb": round(fields["VmRSS"], 1), "peak_mb": round(fields["VmHWM"], 1)}
 
 
-def _finished(status: dict[str, Any]) -> bool:
-    return status.get("status") in ("done", "failed")
-
-
 def cycle(client: httpx.Client, path: Path, timeout: float) -> dict[str, Any]:
     """One dataset lifetime; returns its timings."""
     started = time.perf_counter()
@@ -53,7 +49,7 @@ def cycle(client: httpx.Client, path: Path, timeout: float) -> dict[str, Any]:
     r.raise_for_status()
     dataset_id = r.json()["id"]
     base = f"/api/datasets/{dataset_id}"
-    status = wait_for(client, f"{base}/projection", _finished, timeout=timeout)
+    status = wait_for(client, f"{base}/projection", finished, timeout=timeout)
     if status["status"] != "done":
         raise RuntimeError(f"projection failed: {status}")
     projected = time.perf_counter()

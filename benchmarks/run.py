@@ -42,9 +42,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.data import CACHE_DIR, cached_clustered, real_embeddings, tile_to_dim  # noqa: E402
+from benchmarks.data import (  # noqa: E402
+    CACHE_DIR,
+    cached_clustered,
+    real_embeddings,
+    tile_to_dim,
+    trustworthiness_at,
+)
 
-TRUST_ROWS = 5000
 REAL_ROWS = 20_000
 FULL_SIZES = ("20000x512", "20000x2048", "200000x512", "200000x2048")
 QUICK_SIZES = ("5000x512", "10000x2048")
@@ -141,15 +146,6 @@ def _worker(
     return result
 
 
-def _trust(x: np.ndarray, coords: np.ndarray) -> float:
-    from sklearn.manifold import trustworthiness
-
-    rows = np.arange(len(x))
-    if len(x) > TRUST_ROWS:
-        rows = np.sort(np.random.default_rng(0).choice(len(x), TRUST_ROWS, replace=False))
-    return float(trustworthiness(x[rows], coords[rows], n_neighbors=15))
-
-
 def bench_load(n: int, d: int) -> dict[str, Any]:
     """Write a clustered HDF5 file once, then time ``load_dataset`` (validation included)."""
     from tessera_gpu.io.dataset import load_dataset
@@ -190,8 +186,8 @@ def bench_projection(
         base = _worker("umap", path, repeat=repeat, coords=Path(tmp) / "u.npy")
         xs = np.asarray(x, dtype=np.float32)
         t_ours, t_base = (
-            _trust(xs, np.load(Path(tmp) / "t.npy")),
-            _trust(xs, np.load(Path(tmp) / "u.npy")),
+            trustworthiness_at(xs, np.load(Path(tmp) / "t.npy")),
+            trustworthiness_at(xs, np.load(Path(tmp) / "u.npy")),
         )
     last = ours["runs"][-1]
     return {

@@ -122,20 +122,16 @@ def map_latency(coords: np.ndarray, codes: np.ndarray) -> dict[str, float]:
 
 
 def quality(x: np.ndarray, landmark_map: np.ndarray, full_fit: bool) -> dict[str, Any]:
-    from sklearn.manifold import trustworthiness
-
+    from benchmarks.data import trustworthiness_at
     from tessera_gpu.backends import get_backend
     from tessera_gpu.projection.project import project
 
-    rows = np.sort(np.random.default_rng(0).choice(len(x), SUBSAMPLE, replace=False))
-    out: dict[str, Any] = {
-        "trust landmarks": float(trustworthiness(x[rows], landmark_map[rows], n_neighbors=15))
-    }
+    out: dict[str, Any] = {"trust landmarks": trustworthiness_at(x, landmark_map, rows=SUBSAMPLE)}
     if full_fit:
         t0 = time.perf_counter()
         full = project(x, backend=get_backend("cpu")).coords
         out["full fit in-process s"] = time.perf_counter() - t0
-        out["trust full fit"] = float(trustworthiness(x[rows], full[rows], n_neighbors=15))
+        out["trust full fit"] = trustworthiness_at(x, full, rows=SUBSAMPLE)
         out["trust gap"] = out["trust full fit"] - out["trust landmarks"]
     return out
 

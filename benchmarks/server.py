@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["free_port", "tessera_server", "wait_for"]
+__all__ = ["finished", "free_port", "tessera_server", "wait_for"]
 
 
 def free_port() -> int:
@@ -68,3 +68,8 @@ def wait_for(
             pass  # still starting
         time.sleep(every)
     raise TimeoutError(url)
+
+
+def finished(status: dict[str, Any]) -> bool:
+    """A job's status body says it ended (done or failed): what :func:`wait_for` waits for."""
+    return status.get("status") in ("done", "failed")
