@@ -138,6 +138,35 @@ def test_probe_names_the_cause(override: dict[str, Any], cause: str, words: str)
     assert words in found.reason
 
 
+class CompileException(Exception):
+    """CuPy's ``cupy.cuda.compiler.CompileException``: its text is NVRTC's log."""
+
+    def __init__(self, msg: str, source: str, name: str, options: tuple[str, ...]) -> None:
+        self._msg, self.source, self.name, self.options = msg, source, name, options
+        super().__init__()
+
+    def __str__(self) -> str:
+        return self._msg
+
+
+def test_a_kernel_that_does_not_compile_is_not_a_missing_toolkit() -> None:
+    log = (
+        '/tmp/tmp1/9f2c.cu(14): error: identifier "wrost" is undefined\n'
+        '1 error detected in the compilation of "/tmp/tmp1/9f2c.cu".'
+    )
+
+    def broken(source: str, name: str, options: tuple[str, ...] = ()) -> Any:
+        raise CompileException(log, source, name, (*options, "-ftz=true"))
+
+    found = probe(fake_cupy(RawKernel=broken))
+    assert found.cause == "kernel_error"
+    assert found.reason.startswith("a Tessera GPU kernel failed to compile (a bug to report, "
+                                   "not your setup): topk_rows")  # fmt: skip
+    assert 'identifier "wrost" is undefined' in found.reason  # the compiler's own log
+    assert "-ftz=true" in found.reason  # and the options it was given
+    assert "[ctk]" not in found.reason
+
+
 def test_probe_checks_the_kernel_against_its_emulation() -> None:
     def wrong_kernel(source: str, name: str, options: tuple[str, ...] = ()) -> Any:
         def launch(grid: Any, block: Any, args: tuple[Any, ...]) -> None:

@@ -7,7 +7,8 @@ lives here is what has no array-API equivalent (see :mod:`.standin` for the nump
 * :data:`TOPK_SOURCE`, a warp-per-row top-k kernel, compiled with NVRTC per list length
   (32, 64, 128 or 256: any ``k + margin`` up to 256 without sorting a distance block);
 * :func:`probe`: compiles and runs that kernel, a matmul and a small ``eigh`` before the tier
-  is chosen, and names the cause when one fails (no driver, no toolkit, unsupported GPU);
+  is chosen, and names the cause when one fails (no driver, no toolkit, unsupported GPU, or
+  ``kernel_error`` with the compiler's log when NVRTC refuses our own source);
 * the allocator: RAPIDS' RMM when ``rmm`` imports (cuML and cuDF then share one pool with
   CuPy), else CuPy's own pool, whose cached blocks the memory report counts as free.
 """
@@ -81,17 +82,19 @@ class Probe:
     """What the GPU probe found: ``ok``, a ``cause`` code when not, and a sentence."""
 
     ok: bool
-    cause: str  # "ok" | "no_cupy" | "no_driver" | "no_device" | "no_toolkit" | ...
+    cause: str  # "ok" | "no_cupy" | "no_driver" | "no_device" | "no_toolkit" | "kernel_error" | ...
     reason: str
 
 
 def _cause(exc: BaseException) -> str:
     """Sort a CUDA failure into no driver / no toolkit / unsupported GPU, from its message."""
+    if type(exc).__name__ == "CompileException":  # NVRTC ran and refused our source
+        return "kernel_error"
     text = f"{type(exc).__name__} {exc}".lower()
     if any(s in text for s in ("libcuda.", "insufficientdriver", "driver version", "nodriver")):
         return "no_driver"
     if any(s in text for s in ("nvrtc", "cublas", "cusolver", "curand", "cusparse", "libcudart",
-                               "cannot open shared object", "compileexception")):  # fmt: skip
+                               "cannot open shared object")):  # fmt: skip
         return "no_toolkit"
     if any(s in text for s in ("no kernel image", "ptx", "unsupported", "architecture")):
         return "unsupported_gpu"
@@ -106,11 +109,15 @@ _WORDS = {
     "no_toolkit": "CUDA toolkit libraries missing (pip install 'cupy-cuda13x[ctk]')",
     "unsupported_gpu": "unsupported GPU",
     "probe_failed": "the GPU probe failed",
+    "kernel_error": "a Tessera GPU kernel failed to compile (a bug to report, not your setup)",
 }
 
 
 def _failed(exc: BaseException) -> Probe:
     cause = _cause(exc)
+    if cause == "kernel_error":  # CuPy's CompileException: its text is the compiler's log
+        kernel, options = getattr(exc, "name", "?"), " ".join(getattr(exc, "options", ()))
+        return Probe(False, cause, f"{_WORDS[cause]}: {kernel} with {options}: {exc}")
     return Probe(False, cause, f"{_WORDS[cause]} ({type(exc).__name__}: {exc})")
 
 
