@@ -24,9 +24,21 @@ import numpy as np
 
 from tessera_gpu.backends.standin import topk_emulated
 
-__all__ = ["KMAX_STEPS", "TOPK_SOURCE", "CupyDevice", "Probe", "probe", "use_rmm"]
+__all__ = [
+    "CUPY_ADDS",
+    "KMAX_STEPS",
+    "TOPK_SOURCE",
+    "CupyDevice",
+    "Probe",
+    "kernel_builds",
+    "probe",
+    "use_rmm",
+]
 
 KMAX_STEPS = (32, 64, 128, 256)  # compiled list lengths; the smallest that holds kk is used
+# What CuPy 14 appends to every NVRTC compile, after our options (so it wins over ours): the
+# emulations flush subnormals for it (:func:`.standin.flush_subnormals`).
+CUPY_ADDS = ("-ftz=true",)
 WARPS_PER_BLOCK = 4
 
 TOPK_SOURCE = r"""
@@ -173,6 +185,15 @@ def _check_kernel(device: CupyDevice) -> None:
         raise RuntimeError("the top-k kernel disagrees with its numpy emulation")
 
 
+def _topk_options(kmax: int) -> tuple[str, ...]:
+    return (f"-DKMAX={kmax}", "--fmad=false")  # no fused multiply-add: the emulation's rounding
+
+
+def kernel_builds() -> list[tuple[str, str, tuple[str, ...]]]:
+    """``(name, source, options)`` of every kernel this module compiles."""
+    return [(f"topk_rows_{kmax}", TOPK_SOURCE, _topk_options(kmax)) for kmax in KMAX_STEPS]
+
+
 def use_rmm(cp: Any) -> str:
     """Route CuPy's allocations through RAPIDS' RMM when ``rmm`` imports; say which is used."""
     if importlib.util.find_spec("rmm") is None:
@@ -235,7 +256,7 @@ class CupyDevice:
 
     def _kernel(self, kmax: int) -> Any:
         if kmax not in self._kernels:
-            options = (f"-DKMAX={kmax}", "--fmad=false")  # the emulation's rounding, bit for bit
+            options = _topk_options(kmax)
             self._kernels[kmax] = self.cp.RawKernel(TOPK_SOURCE, "topk_rows", options=options)
         return self._kernels[kmax]
 

@@ -11,8 +11,9 @@ pieces differ between the two:
 * ``topk``: on a GPU a warp-per-row CUDA kernel (:mod:`.cupy_device`); here
   :func:`topk_emulated`, which runs the same algorithm -- a strided per-lane sorted list,
   then a 32-way merge that breaks ties by lane -- step for step in numpy, with the same
-  float32 arithmetic (the kernel is compiled with ``--fmad=false``), so both give the same
-  bits and the emulation can be tested against a full sort, ties included.
+  float32 arithmetic (the kernel is compiled with ``--fmad=false``, and CuPy adds
+  ``-ftz=true``: subnormals read and written as zero, :func:`flush_subnormals`), so both give
+  the same bits and the emulation can be tested against a full sort, ties included.
 * ``matmul``: cuBLAS on a GPU.  With ``CUPY_TF32=1`` cuBLAS rounds float32 inputs to TF32
   (10-bit mantissa); the stand-in rounds them the same way, so the claim that distances and
   inertia stay exact fp32 under TF32 is tested on the CPU too.
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LANES", "NumpyDevice", "round_to_tf32", "topk_emulated"]
+__all__ = ["LANES", "NumpyDevice", "flush_subnormals", "round_to_tf32", "topk_emulated"]
 
 LANES = 32  # threads of a CUDA warp: the kernel gives each lane every 32nd column
 
@@ -47,7 +48,9 @@ def topk_emulated(
     Slots a lane never fills hold ``inf`` and column ``-1``, as in the kernel.
     """
     rows, cols = gram.shape
-    d2 = (qn[:, None] + dn[None, :]) - np.float32(2.0) * gram  # the kernel's float32 steps
+    twice = flush_subnormals(np.float32(2.0) * flush_subnormals(gram))  # the kernel's steps
+    near = flush_subnormals(flush_subnormals(qn)[:, None] + flush_subnormals(dn)[None, :])
+    d2 = flush_subnormals(near - twice)
     d2[np.isnan(d2)] = np.inf  # the kernel's `d < worst` never admits a NaN
     width = -(-cols // LANES) * LANES
     padded = np.full((rows, width), np.inf, dtype=np.float32)
@@ -68,6 +71,14 @@ def topk_emulated(
     out_i = np.take_along_axis(lane_c.reshape(rows, LANES * kk), merged, 1).astype(np.int64)
     out_i[~np.isfinite(out_d)] = -1
     return out_d, out_i
+
+
+def flush_subnormals(a: np.ndarray) -> np.ndarray:
+    """float32 values with every subnormal replaced by a zero of its sign: what a kernel
+    compiled with ``-ftz=true`` (CuPy 14 adds it to every compile, after our own options,
+    so it wins) reads for a subnormal operand and writes for a subnormal result."""
+    a = np.asarray(a, dtype=np.float32)
+    return np.where(np.abs(a) < np.finfo(np.float32).tiny, np.copysign(np.float32(0), a), a)
 
 
 def _stable_smallest(v: np.ndarray, kk: int) -> np.ndarray:
