@@ -341,6 +341,16 @@ def test_cupy_pool_blocks_count_as_free() -> None:
     assert info["gpu_memory_free_gib"] == 101.0
 
 
+@pytest.mark.parametrize(
+    ("free_gib", "block_bytes"),
+    [(131, 8 << 30), (70, 70 << 26), (1, 128 << 20)],  # an H200; one half full; a small GPU
+)
+def test_query_blocks_are_sized_from_free_device_memory(free_gib: int, block_bytes: int) -> None:
+    """1/16 of the free memory (the pool's cached 1 GiB included), 128 MiB to 8 GiB."""
+    memory = {"cuda.runtime.memGetInfo": lambda: ((free_gib - 1) * 2**30, 141 * 2**30)}
+    assert cupy_device.CupyDevice(fake_cupy(**memory)).block_bytes == block_bytes
+
+
 def test_cuml_gets_the_cpu_tiers_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
     from tessera_gpu.backends.cuml_backend import CumlBackend, cuml_importable
     from tessera_gpu.projection.project import ProjectionParams, project

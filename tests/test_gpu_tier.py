@@ -114,7 +114,8 @@ def test_kernel_matches_its_emulation_bit_for_bit(gpu: Backend) -> None:
     if dev.standin:
         pytest.skip("needs a real GPU: the stand-in runs the emulation itself")
     rng = np.random.default_rng(1)
-    for cols, kk in ((70, 9), (4000, 31), (4000, 56), (4000, 116), (20000, 216)):
+    # Column counts on both sides of the unrolled rounds (4 x 32 columns) and their remainder.
+    for cols, kk in ((70, 9), (127, 9), (4000, 31), (4001, 56), (4127, 116), (20000, 216)):
         gram = rng.integers(0, 50, (64, cols)).astype(np.float32)
         qn, dn = rng.random(64).astype(np.float32), rng.random(cols).astype(np.float32)
         got = dev.topk(*(dev.asarray(a) for a in (gram, qn, dn)), kk)
