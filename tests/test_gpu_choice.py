@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from tessera_gpu import backends
 from tessera_gpu.backends import backend_summary, cupy_device, get_backend, gpu_probe, on_gpu
 from tessera_gpu.backends.cupy_device import Probe, probe, use_rmm
-from tessera_gpu.backends.standin import NumpyDevice, topk_emulated
+from tessera_gpu.backends.seeding import MAX_TRIALS, THREADS
+from tessera_gpu.backends.standin import NumpyDevice, kmeanspp_step_emulated, topk_emulated
 from tessera_gpu.errors import InvalidRequest, Unavailable
 
 from .backend_params import clustered
@@ -44,9 +45,13 @@ def fake_cupy(**overrides: Any) -> types.SimpleNamespace:
 
     def raw_kernel(source: str, name: str, options: tuple[str, ...] = ()) -> Any:
         assert "--fmad=false" in options
-        assert name == "topk_rows"
+        assert name in ("topk_rows", "kmeanspp_step")
 
         def launch(grid: Any, block: Any, args: tuple[Any, ...]) -> None:
+            if name == "kmeanspp_step":
+                assert block == (THREADS,)
+                kmeanspp_step_emulated(*args, blocks=grid[0])
+                return
             gram, qn, dn, _, _, kk, out_d, out_i = args
             out_d[...], out_i[...] = topk_emulated(gram, qn, dn, int(kk))
 
@@ -70,8 +75,14 @@ def fake_cupy(**overrides: Any) -> types.SimpleNamespace:
         asarray=lambda a: np.asarray(a).view(FakeArray),
         asnumpy=lambda a: np.asarray(a).view(np.ndarray),
         empty=np.empty,
+        full=np.full,
+        zeros=np.zeros,
+        ascontiguousarray=np.ascontiguousarray,
+        inf=np.inf,
         float32=np.float32,
+        float64=np.float64,
         int64=np.int64,
+        uint32=np.uint32,
         linalg=types.SimpleNamespace(eigh=np.linalg.eigh),
         get_default_memory_pool=lambda: types.SimpleNamespace(free_bytes=lambda: 2**30),
         __version__="14.2.0",
@@ -349,6 +360,18 @@ def test_query_blocks_are_sized_from_free_device_memory(free_gib: int, block_byt
     """1/16 of the free memory (the pool's cached 1 GiB included), 128 MiB to 8 GiB."""
     memory = {"cuda.runtime.memGetInfo": lambda: ((free_gib - 1) * 2**30, 141 * 2**30)}
     assert cupy_device.CupyDevice(fake_cupy(**memory)).block_bytes == block_bytes
+
+
+def test_the_gpu_device_seeds_with_one_launch_per_centre() -> None:
+    """CupyDevice's host loop (buffers, grid, k launches with the same arguments) on a fake
+    CuPy whose kernel is the emulation: the stand-in's centres, one launch per centre."""
+    x = clustered(2000, 24, seed=44)[0]
+    draws = np.random.default_rng(0).random((40, MAX_TRIALS))
+    device = cupy_device.CupyDevice(fake_cupy())
+    got = device.kmeanspp(x, 40, first=5, draws=draws, n_trials=5)
+    want = NumpyDevice().kmeanspp(x, 40, first=5, draws=draws, n_trials=5)
+    np.testing.assert_array_equal(got, want)
+    assert dict(device.launches.by_name) == {"kmeanspp_step": 40}
 
 
 def test_cuml_gets_the_cpu_tiers_parameters(monkeypatch: pytest.MonkeyPatch) -> None:

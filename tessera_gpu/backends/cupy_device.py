@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from tessera_gpu.backends.launches import LaunchCounter
+from tessera_gpu.backends.seeding import MAX_TRIALS, SEED_SOURCE, THREADS, seed_arguments
 from tessera_gpu.backends.standin import topk_emulated
 
 __all__ = [
@@ -207,9 +209,13 @@ def _topk_options(kmax: int) -> tuple[str, ...]:
     return (f"-DKMAX={kmax}", f"-DUNROLL={TOPK_UNROLL}", "--fmad=false")
 
 
+SEED_OPTIONS = (f"-DTMAX={MAX_TRIALS}", "--fmad=false")
+
+
 def kernel_builds() -> list[tuple[str, str, tuple[str, ...]]]:
     """``(name, source, options)`` of every kernel this module compiles."""
-    return [(f"topk_rows_{kmax}", TOPK_SOURCE, _topk_options(kmax)) for kmax in KMAX_STEPS]
+    topk = [(f"topk_rows_{kmax}", TOPK_SOURCE, _topk_options(kmax)) for kmax in KMAX_STEPS]
+    return [*topk, ("kmeanspp_step", SEED_SOURCE, SEED_OPTIONS)]
 
 
 def use_rmm(cp: Any) -> str:
@@ -237,7 +243,8 @@ class CupyDevice:
         self.cp = cp
         self.xp: Any = self.cp
         self.allocator = use_rmm(self.cp)
-        self._kernels: dict[int, Any] = {}
+        self._kernels: dict[Any, Any] = {}
+        self.launches = LaunchCounter()  # the kernels launched here (CuPy's own not counted)
 
     @property
     def label(self) -> str:
@@ -298,5 +305,23 @@ class CupyDevice:
         out_i = self.cp.empty((rows, kk), dtype=self.cp.int64)
         grid = (-(-rows // WARPS_PER_BLOCK),)
         args = (gram, qn, dn, np.int32(rows), np.int32(cols), np.int32(kk), out_d, out_i)
-        self._kernel(kmax)(grid, (32 * WARPS_PER_BLOCK,), args)
+        with self.launches.launch("topk_rows"):
+            self._kernel(kmax)(grid, (32 * WARPS_PER_BLOCK,), args)
         return out_d, out_i
+
+    def kmeanspp(
+        self, reduced: Any, k: int, *, first: int, draws: np.ndarray, n_trials: int
+    ) -> Any:
+        """Greedy k-means++ seeds (rows, device int64): ``k`` launches of one kernel with the
+        same arguments, its state in device memory (:mod:`.seeding`)."""
+        args, blocks = seed_arguments(
+            self.cp, reduced, k, first=first, draws=draws, n_trials=n_trials
+        )
+        if "seed" not in self._kernels:
+            self._kernels["seed"] = self.cp.RawKernel(
+                SEED_SOURCE, "kmeanspp_step", options=SEED_OPTIONS
+            )
+        for _ in range(k):
+            with self.launches.launch("kmeanspp_step"):
+                self._kernels["seed"]((blocks,), (THREADS,), args)
+        return args[11]
