@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu_bench import markdown
+from benchmarks.gpu_bench import floors, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,12 +50,29 @@ def test_rehearsal_passes_every_step(tmp_path: Path) -> None:
     assert "| kNN k=15, s | <= 2 |" in text
 
 
+def test_report_states_the_h200_floor_beside_an_unreachable_target() -> None:
+    """1.64e14 FLOP for the kNN's Gram matrix at 200k x 2048: 2.4 s in FP32 on an H200."""
+    assert floors(200_000, 2048, 5000, tf32=False) == {
+        "knn_floor_s": 2.445,
+        "kmeans_floor_s": 1.528,
+    }
+    assert floors(200_000, 2048, 5000, tf32=True)["knn_floor_s"] == 0.331
+    report = {"date": "d", "host": "h", "n": 200_000, "dim": 2048, "kmeans_k": 5000,
+              "standin": None, "steps": {}, "tests": None, "runs": {"tf32=0": None}}  # fmt: skip
+    text = markdown(report)
+    assert ("kNN k=15: the target (2 s) is below the FP32 floor at 200,000 x 2,048 on an H200 "
+            "(2.44 s at 67 TFLOP/s)") in text  # fmt: skip
+    assert "TF32 floor" not in text  # and none where the target can be met
+    assert "below the" not in markdown({**report, "n": 50_000})
+
+
 def test_report_shows_failed_steps_and_runs() -> None:
     report = {
         "date": "2026-12-01 00:00 UTC",
         "host": "h",
         "n": 10,
         "dim": 4,
+        "kmeans_k": 2,
         "standin": None,
         "steps": {"preflight": 0, "bench-fp32": 124},
         "tests": None,
@@ -64,5 +81,6 @@ def test_report_shows_failed_steps_and_runs() -> None:
     text = markdown(report)
     assert "| bench-fp32 | FAILED (exit 124) |" in text
     assert "| kNN k=15, s | <= 2 | 1.50 | failed |" in text
+    assert "| kNN GEMM at an H200's peak, s | floor | - | failed |" in text
     assert "| trustworthiness, GPU map | >= CPU - 0.01 | 0.9900 | failed |" in text
     assert "stand-in" not in text
