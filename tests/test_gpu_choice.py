@@ -40,6 +40,31 @@ class FakeArray(np.ndarray):
     """A 'device' array: a numpy array of another type, so to_host has something to convert."""
 
 
+class FakeStream:
+    """A CUDA stream whose capture records the kernel launches made in it, as a graph."""
+
+    capturing: list[Any] | None = None  # the launches being recorded, while one captures
+
+    def __init__(self, non_blocking: bool = False) -> None:
+        assert non_blocking  # graphs cannot be captured on the legacy default stream
+
+    def __enter__(self) -> FakeStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def begin_capture(self) -> None:
+        FakeStream.capturing = []
+
+    def end_capture(self) -> Any:
+        nodes, FakeStream.capturing = FakeStream.capturing or [], None
+        return types.SimpleNamespace(launch=lambda stream=None: [node() for node in nodes])
+
+    def synchronize(self) -> None:
+        pass
+
+
 def fake_cupy(**overrides: Any) -> types.SimpleNamespace:
     """Enough of CuPy's surface for the probe, on numpy; ``overrides`` break one piece."""
 
@@ -50,7 +75,8 @@ def fake_cupy(**overrides: Any) -> types.SimpleNamespace:
         def launch(grid: Any, block: Any, args: tuple[Any, ...]) -> None:
             if name == "kmeanspp_step":
                 assert block == (THREADS,)
-                kmeanspp_step_emulated(*args, blocks=grid[0])
+                step = lambda: kmeanspp_step_emulated(*args, blocks=grid[0])  # noqa: E731
+                (FakeStream.capturing.append if FakeStream.capturing is not None else apply)(step)
                 return
             gram, qn, dn, _, _, kk, out_d, out_i = args
             out_d[...], out_i[...] = topk_emulated(gram, qn, dn, int(kk))
@@ -65,8 +91,11 @@ def fake_cupy(**overrides: Any) -> types.SimpleNamespace:
     )
     cuda = types.SimpleNamespace(
         runtime=runtime,
-        Device=lambda i=0: types.SimpleNamespace(id=0, compute_capability="90"),
+        Device=lambda i=0: types.SimpleNamespace(
+            id=0, compute_capability="90", synchronize=lambda: None
+        ),
         set_allocator=lambda fn: None,
+        Stream=FakeStream,
     )
     cp = types.SimpleNamespace(
         cuda=cuda,
@@ -94,6 +123,10 @@ def fake_cupy(**overrides: Any) -> types.SimpleNamespace:
             target = getattr(target, part)
         setattr(target, last, value)
     return cp
+
+
+def apply(fn: Any) -> None:
+    fn()
 
 
 def _raise(exc: BaseException) -> Any:
@@ -362,16 +395,28 @@ def test_query_blocks_are_sized_from_free_device_memory(free_gib: int, block_byt
     assert cupy_device.CupyDevice(fake_cupy(**memory)).block_bytes == block_bytes
 
 
-def test_the_gpu_device_seeds_with_one_launch_per_centre() -> None:
-    """CupyDevice's host loop (buffers, grid, k launches with the same arguments) on a fake
-    CuPy whose kernel is the emulation: the stand-in's centres, one launch per centre."""
+@pytest.mark.parametrize("capture_fails", [False, True])
+def test_the_gpu_device_seeds_with_one_launch_per_batch_of_centres(capture_fails: bool) -> None:
+    """CupyDevice's host side (buffers, grid, the first step, then 64 steps captured as one
+    CUDA graph and replayed, the rest one by one) on a fake CuPy whose kernel is the
+    emulation: the stand-in's centres, 1 + 2 graph launches + 21 for k=150.  Where capture
+    fails, every step is launched on its own, with the same centres, and describe() says why."""
     x = clustered(2000, 24, seed=44)[0]
-    draws = np.random.default_rng(0).random((40, MAX_TRIALS))
-    device = cupy_device.CupyDevice(fake_cupy())
-    got = device.kmeanspp(x, 40, first=5, draws=draws, n_trials=5)
-    want = NumpyDevice().kmeanspp(x, 40, first=5, draws=draws, n_trials=5)
+    draws = np.random.default_rng(0).random((150, MAX_TRIALS))
+    cp = fake_cupy()
+    if capture_fails:
+        cp.cuda.Stream = type("NoCapture", (FakeStream,), {"begin_capture": _raise(
+            RuntimeError("cudaErrorStreamCaptureUnsupported"))})  # fmt: skip
+    device = cupy_device.CupyDevice(cp)
+    got = device.kmeanspp(x, 150, first=5, draws=draws, n_trials=5)
+    want = NumpyDevice().kmeanspp(x, 150, first=5, draws=draws, n_trials=5)
     np.testing.assert_array_equal(got, want)
-    assert dict(device.launches.by_name) == {"kmeanspp_step": 40}
+    if capture_fails:
+        assert dict(device.launches.by_name) == {"kmeanspp_step": 150}
+        assert "StreamCaptureUnsupported" in device.describe()["graph_fallback"]
+    else:
+        assert dict(device.launches.by_name) == {"kmeanspp_step": 22, "kmeanspp_graph": 2}
+        assert "graph_fallback" not in device.describe()
 
 
 def test_cuml_gets_the_cpu_tiers_parameters(monkeypatch: pytest.MonkeyPatch) -> None:

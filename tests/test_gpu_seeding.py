@@ -12,6 +12,7 @@ from tessera_gpu.backends.cupy_kmeans import lloyd, pca_reduce, seed_rows
 from tessera_gpu.backends.launches import LAUNCHES
 from tessera_gpu.backends.seeding import (
     BLOCK_ROWS,
+    GRAPH_STEPS,
     MAX_TRIALS,
     THREADS,
     default_trials,
@@ -30,25 +31,27 @@ def _launches_of(fn) -> dict[str, int]:  # type: ignore[no-untyped-def]
     return {k: v - before.get(k, 0) for k, v in LAUNCHES.by_name.items() if v != before.get(k, 0)}
 
 
-def test_seeding_is_one_launch_per_centre_and_uses_no_float_scan() -> None:
+def test_seeding_is_one_launch_per_batch_of_centres_and_uses_no_float_scan() -> None:
     dev = NumpyDevice()
     x = dev.asarray(clustered(3000, 48, seed=1)[0])
-    for k in (50, 200):
+    for k, steps, graphs in ((50, 50, 0), (200, 8, 3), (1000, 40, 15)):
         ops = _launches_of(lambda k=k: seed_rows(dev, x, k, seed=0))
-        assert ops["kmeanspp_step"] == k
-        assert sum(ops.values()) <= k + 4, ops  # a few fills and copies to set it up
+        assert ops["kmeanspp_step"] == steps  # 1, then 64 per graph, then the rest one by one
+        assert ops.get("kmeanspp_graph", 0) == graphs
+        assert steps + graphs * GRAPH_STEPS == k
+        assert sum(ops.values()) <= steps + graphs + 4, ops  # a few fills and copies first
         assert "cumsum" not in ops  # CUB's device scan: not run-to-run deterministic for floats
         assert "searchsorted" not in ops
 
 
-def test_a_whole_kmeans_costs_o1_launches_per_centre() -> None:
+def test_a_whole_kmeans_costs_o1_launches_per_batch_of_centres() -> None:
     """Seeding was ~8 device operations per centre on the stand-in (more kernels on CuPy);
-    now one, and a Lloyd iteration costs the same whatever k."""
+    now one per 64 centres, and a Lloyd iteration costs the same whatever k."""
     dev = NumpyDevice()
     x = dev.asarray(clustered(3000, 96, centres=12, seed=2, latent=8)[0])
     counts = {k: sum(_launches_of(lambda k=k: lloyd(dev, x, k, n_iter=3, seed=0)).values())
-              for k in (100, 300)}  # fmt: skip
-    assert counts[300] - counts[100] <= 1.2 * 200, counts
+              for k in (100, 1000)}  # fmt: skip
+    assert counts[1000] - counts[100] <= 900 / GRAPH_STEPS + 2 * GRAPH_STEPS, counts
 
 
 def _sample_order(n: int) -> np.ndarray:

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from tessera_gpu.backends.launches import LaunchCounter
-from tessera_gpu.backends.seeding import MAX_TRIALS, SEED_SOURCE, THREADS, seed_arguments
+from tessera_gpu.backends.seeding import (
+    MAX_TRIALS,
+    SEED_SOURCE,
+    THREADS,
+    run_steps,
+    seed_arguments,
+)
 from tessera_gpu.backends.standin import topk_emulated
 
 __all__ = [
@@ -245,6 +251,7 @@ class CupyDevice:
         self.allocator = use_rmm(self.cp)
         self._kernels: dict[Any, Any] = {}
         self.launches = LaunchCounter()  # the kernels launched here (CuPy's own not counted)
+        self.graph_fallback: str | None = None  # why seeding could not use a CUDA graph
 
     @property
     def label(self) -> str:
@@ -274,6 +281,7 @@ class CupyDevice:
             "cuda_runtime": self.cp.cuda.runtime.runtimeGetVersion(),
             "cupy": self.cp.__version__,
             "allocator": self.allocator,
+            **({"graph_fallback": self.graph_fallback} if self.graph_fallback else {}),
         }
 
     def asarray(self, a: np.ndarray) -> Any:
@@ -312,16 +320,41 @@ class CupyDevice:
     def kmeanspp(
         self, reduced: Any, k: int, *, first: int, draws: np.ndarray, n_trials: int
     ) -> Any:
-        """Greedy k-means++ seeds (rows, device int64): ``k`` launches of one kernel with the
-        same arguments, its state in device memory (:mod:`.seeding`)."""
-        args, blocks = seed_arguments(
-            self.cp, reduced, k, first=first, draws=draws, n_trials=n_trials
-        )
+        """Greedy k-means++ seeds (rows, device int64): ``k`` steps of one kernel with the same
+        arguments, replayed 64 at a time as a CUDA graph on a stream of their own
+        (:mod:`.seeding`)."""
         if "seed" not in self._kernels:
             self._kernels["seed"] = self.cp.RawKernel(
                 SEED_SOURCE, "kmeanspp_step", options=SEED_OPTIONS
             )
-        for _ in range(k):
-            with self.launches.launch("kmeanspp_step"):
-                self._kernels["seed"]((blocks,), (THREADS,), args)
+        kernel = self._kernels["seed"]
+        self.synchronize()  # ``reduced`` comes from the default stream
+        stream = self.cp.cuda.Stream(non_blocking=True)  # graphs are captured off the default
+        with stream:
+            args, blocks = seed_arguments(
+                self.cp, reduced, k, first=first, draws=draws, n_trials=n_trials
+            )
+
+            def launch() -> None:
+                kernel((blocks,), (THREADS,), args)
+
+            run_steps(k, launch, lambda steps: self._captured(stream, launch, steps), self.launches)
+        stream.synchronize()
         return args[11]
+
+    def _captured(self, stream: Any, launch: Any, steps: int) -> Any:
+        """``steps`` launches recorded as one CUDA graph (a replay function), or None when the
+        capture fails here: the steps then run one launch each, and ``describe()`` says why."""
+        try:
+            stream.begin_capture()
+            try:
+                for _ in range(steps):
+                    launch()
+            finally:
+                graph = stream.end_capture()
+        except Warning:
+            raise
+        except Exception as exc:  # a slower path with the same result, not a missing GPU
+            self.graph_fallback = f"{type(exc).__name__}: {exc}"
+            return None
+        return lambda: graph.launch(stream)

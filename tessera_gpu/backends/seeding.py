@@ -17,8 +17,9 @@ k-means++).  :data:`SEED_SOURCE` does a whole step in one launch, all trials at 
 
 Every sum runs in one order fixed by the data's shape, never by the thread schedule, so the
 same seed gives the same centres run after run (CUB's device scan, which the previous seeding
-used through ``cumsum``, does not promise that for floats).  The host loop launches the step
-``k`` times with the same arguments: all state lives in device memory.
+used through ``cumsum``, does not promise that for floats).  All state lives in device memory,
+so every launch has the same arguments: :func:`run_steps` captures ``GRAPH_STEPS`` of them as
+one CUDA graph and replays it, one launch per 64 centres.
 
 :func:`.standin.kmeanspp_step_emulated` is the same kernel, block after block, for the stand-in:
 the same float32 operations (no fused multiply-add, subnormals flushed as ``-ftz=true`` does)
@@ -28,16 +29,21 @@ and the same double sums in the same order, so both pick the same rows bit for b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from tessera_gpu.backends.launches import LaunchCounter
+
 __all__ = [
     "BLOCK_ROWS",
+    "GRAPH_STEPS",
     "MAX_TRIALS",
     "SEED_SOURCE",
     "THREADS",
     "default_trials",
+    "run_steps",
     "seed_arguments",
 ]
 
@@ -45,6 +51,7 @@ THREADS = 256
 ROWS_PER_THREAD = 4
 BLOCK_ROWS = THREADS * ROWS_PER_THREAD
 MAX_TRIALS = 16  # candidates per step the kernel holds (scikit-learn's 2 + ln k is 14 at 200k)
+GRAPH_STEPS = 64  # seeding steps one CUDA graph replays: one launch per 64 centres
 
 
 def default_trials(k: int) -> int:
@@ -231,6 +238,29 @@ extern "C" __global__ void __launch_bounds__(THREADS, 2) kmeanspp_step(
     }
 }
 """
+
+
+def run_steps(
+    k: int,
+    launch: Callable[[], None],
+    capture: Callable[[int], Callable[[], None] | None],
+    counter: LaunchCounter,
+) -> None:
+    """The host's whole part: ``launch`` the step ``k`` times.  Every launch has the same
+    arguments, so after the first (which compiles the kernel) ``capture(GRAPH_STEPS)`` may
+    record that many as one CUDA graph, replayed as one launch per ``GRAPH_STEPS`` centres;
+    when it cannot (None), and for the remainder, the step is launched on its own."""
+    with counter.launch("kmeanspp_step"):
+        launch()
+    done = 1
+    replay = capture(GRAPH_STEPS) if k - done >= GRAPH_STEPS else None
+    while replay is not None and k - done >= GRAPH_STEPS:
+        with counter.launch("kmeanspp_graph"):
+            replay()
+        done += GRAPH_STEPS
+    for _ in range(k - done):
+        with counter.launch("kmeanspp_step"):
+            launch()
 
 
 def seed_arguments(

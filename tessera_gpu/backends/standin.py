@@ -43,6 +43,7 @@ from tessera_gpu.backends.seeding import (
     MAX_TRIALS,
     ROWS_PER_THREAD,
     THREADS,
+    run_steps,
     seed_arguments,
 )
 
@@ -368,7 +369,16 @@ class NumpyDevice:
         args, blocks = seed_arguments(
             self.xp, reduced, k, first=first, draws=draws, n_trials=n_trials
         )
-        for _ in range(k):
-            with LAUNCHES.launch("kmeanspp_step"):
-                kmeanspp_step_emulated(*args, blocks=blocks)
+
+        def launch() -> None:
+            kmeanspp_step_emulated(*args, blocks=blocks)
+
+        def capture(steps: int) -> Any:  # the graph's replay: its steps, one after the other
+            def replay() -> None:
+                for _ in range(steps):
+                    launch()
+
+            return replay
+
+        run_steps(k, launch, capture, LAUNCHES)
         return args[11]  # type: ignore[no-any-return]
