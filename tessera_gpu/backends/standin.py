@@ -207,6 +207,31 @@ def _first_passing(values, left):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
+def _pick_thread(tp, left):  # pragma: no cover - compiled
+    """The kernel's warp search over a block's 256 thread sums: ``(thread, what is left)``."""
+    mine = np.zeros(_WARP, np.float64)
+    for lane in range(_WARP):
+        for e in range(_PER_LANE):
+            mine[lane] += tp[lane * _PER_LANE + e]
+    warp = _block_scan(mine)  # a warp's shuffle scan: the same Hillis-Steele steps
+    l1 = -1
+    for lane in range(_WARP):
+        if warp[lane] > left:
+            l1 = lane
+            break
+    if l1 < 0:
+        l1 = _WARP - 1
+        for lane in range(_WARP - 1, -1, -1):
+            if mine[lane] > 0.0:
+                l1 = lane
+                break
+    left -= warp[l1] - mine[l1]
+    hit, acc, pos = _first_passing(tp[l1 * _PER_LANE : (l1 + 1) * _PER_LANE], left)
+    e1 = hit if hit >= 0 else (pos if pos >= 0 else _PER_LANE - 1)
+    return l1 * _PER_LANE + e1, left - acc
+
+
+@numba.njit(cache=True)
 def _sample_row(
     target, incl, sums, part, tpart, mind, dist, best, nb, chunk, n
 ):  # pragma: no cover
@@ -227,27 +252,7 @@ def _sample_row(
     b1 = lo + hit if hit >= 0 else (lo + pos if pos >= 0 else (hi - 1 if hi > lo else nb - 1))
     left -= acc
     tp = tpart[(b1 * MAX_TRIALS + best) * THREADS : (b1 * MAX_TRIALS + best + 1) * THREADS]
-    mine = np.zeros(_WARP, np.float64)
-    for lane in range(_WARP):
-        for e in range(_PER_LANE):
-            mine[lane] += tp[lane * _PER_LANE + e]
-    warp = _block_scan(mine)  # a warp's shuffle scan: the same Hillis-Steele steps
-    l1 = -1
-    for lane in range(_WARP):
-        if warp[lane] > left:
-            l1 = lane
-            break
-    if l1 < 0:
-        l1 = _WARP - 1
-        for lane in range(_WARP - 1, -1, -1):
-            if mine[lane] > 0.0:
-                l1 = lane
-                break
-    left -= warp[l1] - mine[l1]
-    hit, acc, pos = _first_passing(tp[l1 * _PER_LANE : (l1 + 1) * _PER_LANE], left)
-    e1 = hit if hit >= 0 else (pos if pos >= 0 else _PER_LANE - 1)
-    left -= acc
-    t1 = l1 * _PER_LANE + e1
+    t1, left = _pick_thread(tp, left)
     acc, r1, rpos, valid = 0.0, -1, -1, -1
     for j in range(ROWS_PER_THREAD):
         r = b1 * BLOCK_ROWS + j * THREADS + t1
