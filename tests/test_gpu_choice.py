@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from tessera_gpu import backends
 from tessera_gpu.backends import backend_summary, cupy_device, get_backend, gpu_probe, on_gpu
 from tessera_gpu.backends.cupy_device import Probe, probe, use_rmm
-from tessera_gpu.backends.standin import NumpyDevice, topk_emulated
+from tessera_gpu.backends.seeding import MAX_TRIALS, THREADS
+from tessera_gpu.backends.standin import NumpyDevice, kmeanspp_step_emulated, topk_emulated
 from tessera_gpu.errors import InvalidRequest, Unavailable
 
 from .backend_params import clustered
@@ -39,14 +40,44 @@ class FakeArray(np.ndarray):
     """A 'device' array: a numpy array of another type, so to_host has something to convert."""
 
 
+class FakeStream:
+    """A CUDA stream whose capture records the kernel launches made in it, as a graph."""
+
+    capturing: list[Any] | None = None  # the launches being recorded, while one captures
+
+    def __init__(self, non_blocking: bool = False) -> None:
+        assert non_blocking  # graphs cannot be captured on the legacy default stream
+
+    def __enter__(self) -> FakeStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def begin_capture(self) -> None:
+        FakeStream.capturing = []
+
+    def end_capture(self) -> Any:
+        nodes, FakeStream.capturing = FakeStream.capturing or [], None
+        return types.SimpleNamespace(launch=lambda stream=None: [node() for node in nodes])
+
+    def synchronize(self) -> None:
+        pass
+
+
 def fake_cupy(**overrides: Any) -> types.SimpleNamespace:
     """Enough of CuPy's surface for the probe, on numpy; ``overrides`` break one piece."""
 
     def raw_kernel(source: str, name: str, options: tuple[str, ...] = ()) -> Any:
         assert "--fmad=false" in options
-        assert name == "topk_rows"
+        assert name in ("topk_rows", "kmeanspp_step")
 
         def launch(grid: Any, block: Any, args: tuple[Any, ...]) -> None:
+            if name == "kmeanspp_step":
+                assert block == (THREADS,)
+                step = lambda: kmeanspp_step_emulated(*args, blocks=grid[0])  # noqa: E731
+                (FakeStream.capturing.append if FakeStream.capturing is not None else apply)(step)
+                return
             gram, qn, dn, _, _, kk, out_d, out_i = args
             out_d[...], out_i[...] = topk_emulated(gram, qn, dn, int(kk))
 
@@ -60,8 +91,11 @@ def fake_cupy(**overrides: Any) -> types.SimpleNamespace:
     )
     cuda = types.SimpleNamespace(
         runtime=runtime,
-        Device=lambda i=0: types.SimpleNamespace(id=0, compute_capability="90"),
+        Device=lambda i=0: types.SimpleNamespace(
+            id=0, compute_capability="90", synchronize=lambda: None
+        ),
         set_allocator=lambda fn: None,
+        Stream=FakeStream,
     )
     cp = types.SimpleNamespace(
         cuda=cuda,
@@ -70,8 +104,14 @@ def fake_cupy(**overrides: Any) -> types.SimpleNamespace:
         asarray=lambda a: np.asarray(a).view(FakeArray),
         asnumpy=lambda a: np.asarray(a).view(np.ndarray),
         empty=np.empty,
+        full=np.full,
+        zeros=np.zeros,
+        ascontiguousarray=np.ascontiguousarray,
+        inf=np.inf,
         float32=np.float32,
+        float64=np.float64,
         int64=np.int64,
+        uint32=np.uint32,
         linalg=types.SimpleNamespace(eigh=np.linalg.eigh),
         get_default_memory_pool=lambda: types.SimpleNamespace(free_bytes=lambda: 2**30),
         __version__="14.2.0",
@@ -83,6 +123,10 @@ def fake_cupy(**overrides: Any) -> types.SimpleNamespace:
             target = getattr(target, part)
         setattr(target, last, value)
     return cp
+
+
+def apply(fn: Any) -> None:
+    fn()
 
 
 def _raise(exc: BaseException) -> Any:
@@ -136,6 +180,35 @@ def test_probe_names_the_cause(override: dict[str, Any], cause: str, words: str)
     assert not found.ok
     assert found.cause == cause
     assert words in found.reason
+
+
+class CompileException(Exception):
+    """CuPy's ``cupy.cuda.compiler.CompileException``: its text is NVRTC's log."""
+
+    def __init__(self, msg: str, source: str, name: str, options: tuple[str, ...]) -> None:
+        self._msg, self.source, self.name, self.options = msg, source, name, options
+        super().__init__()
+
+    def __str__(self) -> str:
+        return self._msg
+
+
+def test_a_kernel_that_does_not_compile_is_not_a_missing_toolkit() -> None:
+    log = (
+        '/tmp/tmp1/9f2c.cu(14): error: identifier "wrost" is undefined\n'
+        '1 error detected in the compilation of "/tmp/tmp1/9f2c.cu".'
+    )
+
+    def broken(source: str, name: str, options: tuple[str, ...] = ()) -> Any:
+        raise CompileException(log, source, name, (*options, "-ftz=true"))
+
+    found = probe(fake_cupy(RawKernel=broken))
+    assert found.cause == "kernel_error"
+    assert found.reason.startswith("a Tessera GPU kernel failed to compile (a bug to report, "
+                                   "not your setup): topk_rows")  # fmt: skip
+    assert 'identifier "wrost" is undefined' in found.reason  # the compiler's own log
+    assert "-ftz=true" in found.reason  # and the options it was given
+    assert "[ctk]" not in found.reason
 
 
 def test_probe_checks_the_kernel_against_its_emulation() -> None:
@@ -310,6 +383,40 @@ def test_cupy_pool_blocks_count_as_free() -> None:
     info = cupy_device.CupyDevice(fake_cupy()).describe()
     assert info["allocator"] == "cupy-pool"
     assert info["gpu_memory_free_gib"] == 101.0
+
+
+@pytest.mark.parametrize(
+    ("free_gib", "block_bytes"),
+    [(131, 8 << 30), (70, 70 << 26), (1, 128 << 20)],  # an H200; one half full; a small GPU
+)
+def test_query_blocks_are_sized_from_free_device_memory(free_gib: int, block_bytes: int) -> None:
+    """1/16 of the free memory (the pool's cached 1 GiB included), 128 MiB to 8 GiB."""
+    memory = {"cuda.runtime.memGetInfo": lambda: ((free_gib - 1) * 2**30, 141 * 2**30)}
+    assert cupy_device.CupyDevice(fake_cupy(**memory)).block_bytes == block_bytes
+
+
+@pytest.mark.parametrize("capture_fails", [False, True])
+def test_the_gpu_device_seeds_with_one_launch_per_batch_of_centres(capture_fails: bool) -> None:
+    """CupyDevice's host side (buffers, grid, the first step, then 64 steps captured as one
+    CUDA graph and replayed, the rest one by one) on a fake CuPy whose kernel is the
+    emulation: the stand-in's centres, 1 + 2 graph launches + 21 for k=150.  Where capture
+    fails, every step is launched on its own, with the same centres, and describe() says why."""
+    x = clustered(2000, 24, seed=44)[0]
+    draws = np.random.default_rng(0).random((150, MAX_TRIALS))
+    cp = fake_cupy()
+    if capture_fails:
+        cp.cuda.Stream = type("NoCapture", (FakeStream,), {"begin_capture": _raise(
+            RuntimeError("cudaErrorStreamCaptureUnsupported"))})  # fmt: skip
+    device = cupy_device.CupyDevice(cp)
+    got = device.kmeanspp(x, 150, first=5, draws=draws, n_trials=5)
+    want = NumpyDevice().kmeanspp(x, 150, first=5, draws=draws, n_trials=5)
+    np.testing.assert_array_equal(got, want)
+    if capture_fails:
+        assert dict(device.launches.by_name) == {"kmeanspp_step": 150}
+        assert "StreamCaptureUnsupported" in device.describe()["graph_fallback"]
+    else:
+        assert dict(device.launches.by_name) == {"kmeanspp_step": 22, "kmeanspp_graph": 2}
+        assert "graph_fallback" not in device.describe()
 
 
 def test_cuml_gets_the_cpu_tiers_parameters(monkeypatch: pytest.MonkeyPatch) -> None:

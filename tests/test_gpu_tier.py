@@ -7,6 +7,11 @@ that emulation on a real GPU (``real_gpu``).
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
@@ -14,6 +19,7 @@ from sklearn.manifold import trustworthiness
 
 from tessera_gpu.backends import Backend, gpu_probe
 from tessera_gpu.backends import cupy_backend as cupy_backend_module
+from tessera_gpu.backends.cupy_device import CUPY_ADDS, kernel_builds
 from tessera_gpu.backends.cupy_kmeans import segment_sums
 from tessera_gpu.backends.cupy_knn import exact_search
 from tessera_gpu.backends.standin import NumpyDevice, round_to_tf32, topk_emulated
@@ -69,13 +75,47 @@ def test_topk_emulation_fills_missing_slots_like_the_kernel() -> None:
     assert np.isinf(d[1, 2])
 
 
+def test_topk_emulation_flushes_subnormals_as_the_kernel_does() -> None:
+    """CuPy 14 compiles every kernel with -ftz=true, after our options: the kernel's float
+    arithmetic reads a subnormal as 0 and writes 0 for a subnormal result.  So do these
+    distances, which IEEE arithmetic would keep apart: they tie at 0, ordered by lane."""
+    tiny = np.float32(2.0**-140)  # subnormal: below float32's smallest normal, 2**-126
+    dn = tiny * np.arange(64, 0, -1, dtype=np.float32)  # IEEE order: column 63 first
+    gram = np.zeros((2, 64), np.float32)
+    gram[1] = -tiny  # 2 * g is subnormal: 0 under ftz
+    qn = np.array([0.0, 2.0**-127], np.float32)  # a subnormal row norm reads as 0
+    d, i = topk_emulated(gram, qn, dn, 8)
+    assert not d.any()
+    lanes_first = [0, 32, 1, 33, 2, 34, 3, 35]  # equal values: lowest lane, then column
+    assert i.tolist() == [lanes_first, lanes_first]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs the CUDA compiler (nvcc)")
+def test_kernels_compile_with_cupys_options_to_flushing_unfused_arithmetic(tmp_path: Path) -> None:
+    """nvcc (NVRTC's front end) with the options CuPy 14 compiles our kernels with, for the
+    H200 (sm_90): every float32 operation flushes subnormals and none is fused, which is
+    what the emulation assumes (no GPU needed to check that)."""
+    for name, source, options in kernel_builds():
+        cu = tmp_path / f"{name}.cu"
+        cu.write_text(source)
+        args = ["nvcc", "-ptx", "-arch=sm_90", *options, *CUPY_ADDS, str(cu), "-o", f"{cu}.ptx"]
+        run = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, f"{name}: {run.stderr}"
+        ops = set(re.findall(r"\b(?:add|sub|mul|fma|div|min|max|setp\.\w+)\.[\w.]*f32\b",
+                             Path(f"{cu}.ptx").read_text()))  # fmt: skip
+        assert ops, name
+        assert all(".ftz" in op for op in ops), (name, ops)
+        assert not any(op.startswith("fma") for op in ops), (name, ops)
+
+
 @pytest.mark.real_gpu
 def test_kernel_matches_its_emulation_bit_for_bit(gpu: Backend) -> None:
     dev = gpu.dev  # type: ignore[attr-defined]
     if dev.standin:
         pytest.skip("needs a real GPU: the stand-in runs the emulation itself")
     rng = np.random.default_rng(1)
-    for cols, kk in ((70, 9), (4000, 31), (4000, 56), (4000, 116), (20000, 216)):
+    # Column counts on both sides of the unrolled rounds (4 x 32 columns) and their remainder.
+    for cols, kk in ((70, 9), (127, 9), (4000, 31), (4001, 56), (4127, 116), (20000, 216)):
         gram = rng.integers(0, 50, (64, cols)).astype(np.float32)
         qn, dn = rng.random(64).astype(np.float32), rng.random(cols).astype(np.float32)
         got = dev.topk(*(dev.asarray(a) for a in (gram, qn, dn)), kk)
@@ -243,7 +283,7 @@ def test_the_probe_saw_no_warning_turned_error() -> None:
     """On this machine the probe's verdict is a GPU, the stand-in, or a named cause."""
     status = gpu_probe()
     assert status.cause in {"ok", "standin", "no_cupy", "no_driver", "no_device", "no_toolkit",
-                            "unsupported_gpu", "probe_failed"}  # fmt: skip
+                            "unsupported_gpu", "probe_failed", "kernel_error"}  # fmt: skip
     assert status.reason
 
 

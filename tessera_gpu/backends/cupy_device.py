@@ -7,7 +7,8 @@ lives here is what has no array-API equivalent (see :mod:`.standin` for the nump
 * :data:`TOPK_SOURCE`, a warp-per-row top-k kernel, compiled with NVRTC per list length
   (32, 64, 128 or 256: any ``k + margin`` up to 256 without sorting a distance block);
 * :func:`probe`: compiles and runs that kernel, a matmul and a small ``eigh`` before the tier
-  is chosen, and names the cause when one fails (no driver, no toolkit, unsupported GPU);
+  is chosen, and names the cause when one fails (no driver, no toolkit, unsupported GPU, or
+  ``kernel_error`` with the compiler's log when NVRTC refuses our own source);
 * the allocator: RAPIDS' RMM when ``rmm`` imports (cuML and cuDF then share one pool with
   CuPy), else CuPy's own pool, whose cached blocks the memory report counts as free.
 """
@@ -21,12 +22,38 @@ from typing import Any
 
 import numpy as np
 
+from tessera_gpu.backends.launches import LaunchCounter
+from tessera_gpu.backends.seeding import (
+    MAX_TRIALS,
+    SEED_SOURCE,
+    THREADS,
+    run_steps,
+    seed_arguments,
+)
 from tessera_gpu.backends.standin import topk_emulated
 
-__all__ = ["KMAX_STEPS", "TOPK_SOURCE", "CupyDevice", "Probe", "probe", "use_rmm"]
+__all__ = [
+    "CUPY_ADDS",
+    "KMAX_STEPS",
+    "TOPK_SOURCE",
+    "CupyDevice",
+    "Probe",
+    "kernel_builds",
+    "probe",
+    "use_rmm",
+]
 
 KMAX_STEPS = (32, 64, 128, 256)  # compiled list lengths; the smallest that holds kk is used
+# What CuPy 14 appends to every NVRTC compile, after our options (so it wins over ours): the
+# emulations flush subnormals for it (:func:`.standin.flush_subnormals`).
+CUPY_ADDS = ("-ftz=true",)
 WARPS_PER_BLOCK = 4
+TOPK_UNROLL = 4  # columns a lane loads at once in the top-k kernel
+# The GEMM block of one query block: a fraction of the free device memory (on an H200 with
+# the embeddings loaded, 4-8 GiB: 5,000-10,000 queries against 200,000 rows, enough warps to
+# fill 132 SMs); the partition path for wide searches holds a few such blocks at once.
+BLOCK_SHARE = 16
+BLOCK_BYTES_RANGE = (128 << 20, 8 << 30)
 
 TOPK_SOURCE = r"""
 extern "C" __global__ void topk_rows(
@@ -43,16 +70,26 @@ extern "C" __global__ void topk_rows(
     const float q = qn[row];
     const float* g = gram + (size_t)row * n_cols;
     float worst = bd[kk - 1];
-    for (int c = lane; c < n_cols; c += 32) {
-        const float d = q + dn[c] - 2.0f * g[c];
-        if (d < worst) {
-            int p = kk - 1;
-            while (p > 0 && bd[p - 1] > d) { bd[p] = bd[p - 1]; bi[p] = bi[p - 1]; --p; }
-            bd[p] = d;
-            bi[p] = c;
-            worst = bd[kk - 1];
-        }
+#define TOPK_CONSIDER(D, C) do { const float d_ = (D);                                     \
+        if (d_ < worst) {                                                                   \
+            int p = kk - 1;                                                                 \
+            while (p > 0 && bd[p - 1] > d_) { bd[p] = bd[p - 1]; bi[p] = bi[p - 1]; --p; } \
+            bd[p] = d_;                                                                     \
+            bi[p] = (C);                                                                    \
+            worst = bd[kk - 1];                                                             \
+        } } while (0)
+    int c = lane;
+    // UNROLL columns per lane per round, all loaded before the first is compared: the loads
+    // are in flight together instead of one g[c] / dn[c] pair per data-dependent insert.
+    for (; c + 32 * (UNROLL - 1) < n_cols; c += 32 * UNROLL) {
+        float gv[UNROLL], dv[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) { gv[u] = g[c + 32 * u]; dv[u] = dn[c + 32 * u]; }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) TOPK_CONSIDER(q + dv[u] - 2.0f * gv[u], c + 32 * u);
     }
+    for (; c < n_cols; c += 32) TOPK_CONSIDER(q + dn[c] - 2.0f * g[c], c);
+#undef TOPK_CONSIDER
     int head = 0;
     for (int r = 0; r < kk; ++r) {
         float v = head < kk ? bd[head] : __int_as_float(0x7f800000);
@@ -81,17 +118,19 @@ class Probe:
     """What the GPU probe found: ``ok``, a ``cause`` code when not, and a sentence."""
 
     ok: bool
-    cause: str  # "ok" | "no_cupy" | "no_driver" | "no_device" | "no_toolkit" | ...
+    cause: str  # "ok" | "no_cupy" | "no_driver" | "no_device" | "no_toolkit" | "kernel_error" | ...
     reason: str
 
 
 def _cause(exc: BaseException) -> str:
     """Sort a CUDA failure into no driver / no toolkit / unsupported GPU, from its message."""
+    if type(exc).__name__ == "CompileException":  # NVRTC ran and refused our source
+        return "kernel_error"
     text = f"{type(exc).__name__} {exc}".lower()
     if any(s in text for s in ("libcuda.", "insufficientdriver", "driver version", "nodriver")):
         return "no_driver"
     if any(s in text for s in ("nvrtc", "cublas", "cusolver", "curand", "cusparse", "libcudart",
-                               "cannot open shared object", "compileexception")):  # fmt: skip
+                               "cannot open shared object")):  # fmt: skip
         return "no_toolkit"
     if any(s in text for s in ("no kernel image", "ptx", "unsupported", "architecture")):
         return "unsupported_gpu"
@@ -106,11 +145,15 @@ _WORDS = {
     "no_toolkit": "CUDA toolkit libraries missing (pip install 'cupy-cuda13x[ctk]')",
     "unsupported_gpu": "unsupported GPU",
     "probe_failed": "the GPU probe failed",
+    "kernel_error": "a Tessera GPU kernel failed to compile (a bug to report, not your setup)",
 }
 
 
 def _failed(exc: BaseException) -> Probe:
     cause = _cause(exc)
+    if cause == "kernel_error":  # CuPy's CompileException: its text is the compiler's log
+        kernel, options = getattr(exc, "name", "?"), " ".join(getattr(exc, "options", ()))
+        return Probe(False, cause, f"{_WORDS[cause]}: {kernel} with {options}: {exc}")
     return Probe(False, cause, f"{_WORDS[cause]} ({type(exc).__name__}: {exc})")
 
 
@@ -166,6 +209,21 @@ def _check_kernel(device: CupyDevice) -> None:
         raise RuntimeError("the top-k kernel disagrees with its numpy emulation")
 
 
+def _topk_options(kmax: int) -> tuple[str, ...]:
+    # No fused multiply-add: the emulation's rounding.  A lane's columns stay in their order,
+    # so the unrolling changes no result.
+    return (f"-DKMAX={kmax}", f"-DUNROLL={TOPK_UNROLL}", "--fmad=false")
+
+
+SEED_OPTIONS = (f"-DTMAX={MAX_TRIALS}", "--fmad=false")
+
+
+def kernel_builds() -> list[tuple[str, str, tuple[str, ...]]]:
+    """``(name, source, options)`` of every kernel this module compiles."""
+    topk = [(f"topk_rows_{kmax}", TOPK_SOURCE, _topk_options(kmax)) for kmax in KMAX_STEPS]
+    return [*topk, ("kmeanspp_step", SEED_SOURCE, SEED_OPTIONS)]
+
+
 def use_rmm(cp: Any) -> str:
     """Route CuPy's allocations through RAPIDS' RMM when ``rmm`` imports; say which is used."""
     if importlib.util.find_spec("rmm") is None:
@@ -183,7 +241,6 @@ class CupyDevice:
 
     name = "cupy"
     standin: str | None = None
-    block_bytes = 1 << 30  # GEMM output per query block
     max_topk = KMAX_STEPS[-1]  # the kernel's longest list; wider searches partition instead
 
     def __init__(self, cp: Any = None) -> None:
@@ -192,7 +249,9 @@ class CupyDevice:
         self.cp = cp
         self.xp: Any = self.cp
         self.allocator = use_rmm(self.cp)
-        self._kernels: dict[int, Any] = {}
+        self._kernels: dict[Any, Any] = {}
+        self.launches = LaunchCounter()  # the kernels launched here (CuPy's own not counted)
+        self.graph_fallback: str | None = None  # why seeding could not use a CUDA graph
 
     @property
     def label(self) -> str:
@@ -200,17 +259,29 @@ class CupyDevice:
         name = props["name"]
         return name.decode() if isinstance(name, bytes) else str(name)
 
-    def describe(self) -> dict[str, Any]:
-        """Free/total GPU memory in GiB (blocks cached by CuPy's pool count as free)."""
+    def _memory(self) -> tuple[int, int]:
+        """Free and total device memory in bytes (blocks cached by CuPy's pool count as free)."""
         free, total = self.cp.cuda.runtime.memGetInfo()
         if self.allocator == "cupy-pool":
             free += self.cp.get_default_memory_pool().free_bytes()
+        return int(free), int(total)
+
+    @property
+    def block_bytes(self) -> int:
+        """GEMM output per query block: 1/16 of free memory, between 128 MiB and 8 GiB."""
+        low, high = BLOCK_BYTES_RANGE
+        return max(low, min(high, self._memory()[0] // BLOCK_SHARE))
+
+    def describe(self) -> dict[str, Any]:
+        """Free/total GPU memory in GiB (blocks cached by CuPy's pool count as free)."""
+        free, total = self._memory()
         return {
             "gpu_memory_free_gib": round(free / 2**30, 2),
             "gpu_memory_total_gib": round(total / 2**30, 2),
             "cuda_runtime": self.cp.cuda.runtime.runtimeGetVersion(),
             "cupy": self.cp.__version__,
             "allocator": self.allocator,
+            **({"graph_fallback": self.graph_fallback} if self.graph_fallback else {}),
         }
 
     def asarray(self, a: np.ndarray) -> Any:
@@ -228,7 +299,7 @@ class CupyDevice:
 
     def _kernel(self, kmax: int) -> Any:
         if kmax not in self._kernels:
-            options = (f"-DKMAX={kmax}", "--fmad=false")  # the emulation's rounding, bit for bit
+            options = _topk_options(kmax)
             self._kernels[kmax] = self.cp.RawKernel(TOPK_SOURCE, "topk_rows", options=options)
         return self._kernels[kmax]
 
@@ -242,5 +313,48 @@ class CupyDevice:
         out_i = self.cp.empty((rows, kk), dtype=self.cp.int64)
         grid = (-(-rows // WARPS_PER_BLOCK),)
         args = (gram, qn, dn, np.int32(rows), np.int32(cols), np.int32(kk), out_d, out_i)
-        self._kernel(kmax)(grid, (32 * WARPS_PER_BLOCK,), args)
+        with self.launches.launch("topk_rows"):
+            self._kernel(kmax)(grid, (32 * WARPS_PER_BLOCK,), args)
         return out_d, out_i
+
+    def kmeanspp(
+        self, reduced: Any, k: int, *, first: int, draws: np.ndarray, n_trials: int
+    ) -> Any:
+        """Greedy k-means++ seeds (rows, device int64): ``k`` steps of one kernel with the same
+        arguments, replayed 64 at a time as a CUDA graph on a stream of their own
+        (:mod:`.seeding`)."""
+        if "seed" not in self._kernels:
+            self._kernels["seed"] = self.cp.RawKernel(
+                SEED_SOURCE, "kmeanspp_step", options=SEED_OPTIONS
+            )
+        kernel = self._kernels["seed"]
+        self.synchronize()  # ``reduced`` comes from the default stream
+        stream = self.cp.cuda.Stream(non_blocking=True)  # graphs are captured off the default
+        with stream:
+            args, blocks = seed_arguments(
+                self.cp, reduced, k, first=first, draws=draws, n_trials=n_trials
+            )
+
+            def launch() -> None:
+                kernel((blocks,), (THREADS,), args)
+
+            run_steps(k, launch, lambda steps: self._captured(stream, launch, steps), self.launches)
+        stream.synchronize()
+        return args[11]
+
+    def _captured(self, stream: Any, launch: Any, steps: int) -> Any:
+        """``steps`` launches recorded as one CUDA graph (a replay function), or None when the
+        capture fails here: the steps then run one launch each, and ``describe()`` says why."""
+        try:
+            stream.begin_capture()
+            try:
+                for _ in range(steps):
+                    launch()
+            finally:
+                graph = stream.end_capture()
+        except Warning:
+            raise
+        except Exception as exc:  # a slower path with the same result, not a missing GPU
+            self.graph_fallback = f"{type(exc).__name__}: {exc}"
+            return None
+        return lambda: graph.launch(stream)

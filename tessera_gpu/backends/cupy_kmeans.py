@@ -1,8 +1,10 @@
 """Lloyd's K-means for the CuPy tier, written once against ``dev.xp`` (cupy, or numpy).
 
-* Seeding: k-means++ (D^2 sampling) run on a 64-dim PCA of the rows, where each of the k
-  sequential steps touches ``n x 64`` floats instead of ``n x D``; the seeds are rows, so
-  the centroids start in the full space.
+* Seeding: greedy k-means++ (D^2 sampling, the best of ``n_trials`` candidates per centre)
+  run on a 64-dim PCA of the rows, where each of the k sequential steps touches ``n x 64``
+  floats instead of ``n x D``: one kernel launch per centre, all trials at once, every sum
+  in a fixed order (:mod:`.seeding`); the seeds are rows, so the centroids start in the
+  full space.
 * Iterations: blocked GEMM distances + ``argmin``; centroid sums by :func:`segment_sums`,
   which sorts the rows by label and differences a float64 running sum.  It adds in the same
   order on every run, unlike ``cupyx.scatter_add``'s float32 atomics, so the same seed gives
@@ -19,12 +21,14 @@ from typing import Any
 import numpy as np
 
 from tessera_gpu.backends.cupy_knn import sq_norms
+from tessera_gpu.backends.seeding import MAX_TRIALS, default_trials
 
 __all__ = ["assign", "exact_inertia", "lloyd", "pca_reduce", "seed_rows", "segment_sums"]
 
 GRAM_BYTES = 1 << 29
 SUM_BYTES = 1 << 28  # float64 running sums per column block
 REDUCE_TO = 64
+SEED_TRIALS: int | None = None  # candidates per k-means++ centre; None: 2 + ln k (scikit-learn)
 
 
 def pca_reduce(
@@ -46,22 +50,15 @@ def pca_reduce(
     return dev.matmul(data, basis) - dev.matmul(mean[None, :], basis)
 
 
-def seed_rows(dev: Any, reduced: Any, k: int, *, seed: int) -> Any:
-    """k-means++ seeding; returns ``k`` row indices (device int64)."""
-    xp = dev.xp
+def seed_rows(dev: Any, reduced: Any, k: int, *, seed: int, n_trials: int | None = None) -> Any:
+    """Greedy k-means++ seeding, ``n_trials`` candidates per centre (None: ``SEED_TRIALS``,
+    else scikit-learn's ``2 + ln k``); returns ``k`` row indices (device int64).  One kernel
+    launch per centre on a GPU (:mod:`.seeding`), the same centres on the stand-in."""
+    trials = n_trials or SEED_TRIALS or default_trials(k)
     rng = np.random.default_rng(seed)
-    n = len(reduced)
-    draws = dev.asarray(rng.random(k))
-    chosen = xp.empty(k, dtype=xp.int64)
-    chosen[0] = int(rng.integers(n))
-    mind = xp.full(n, xp.inf, dtype=xp.float32)
-    for j in range(1, k):
-        diff = reduced - reduced[chosen[j - 1]]
-        xp.minimum(mind, (diff * diff).sum(axis=1), out=mind)
-        cum = xp.cumsum(mind, dtype=xp.float64)
-        pick = xp.searchsorted(cum, (draws[j] * cum[-1])[None], side="right")
-        chosen[j] = xp.minimum(pick[0], n - 1)
-    return chosen
+    first = int(rng.integers(len(reduced)))
+    draws = rng.random((k, MAX_TRIALS))
+    return dev.kmeanspp(reduced, k, first=first, draws=draws, n_trials=trials)
 
 
 def assign(dev: Any, data: Any, centroids: Any) -> tuple[Any, Any]:
@@ -125,10 +122,13 @@ def _update(dev: Any, data: Any, labels: Any, mind: Any, centroids: Any) -> None
         centroids[xp.flatnonzero(~filled)] = data[far]
 
 
-def lloyd(dev: Any, data: Any, k: int, *, n_iter: int, seed: int) -> tuple[Any, Any, float]:
+def lloyd(
+    dev: Any, data: Any, k: int, *, n_iter: int, seed: int, n_trials: int | None = None
+) -> tuple[Any, Any, float]:
     """``(centroids, labels, inertia)`` on device; stops early once labels are stable."""
     xp = dev.xp
-    start = seed_rows(dev, pca_reduce(dev, data, REDUCE_TO, seed=seed), k, seed=seed)
+    reduced = pca_reduce(dev, data, REDUCE_TO, seed=seed)
+    start = seed_rows(dev, reduced, k, seed=seed, n_trials=n_trials)
     centroids = data[start].astype(xp.float32, copy=True)
     labels, mind = assign(dev, data, centroids)
     for _ in range(n_iter):

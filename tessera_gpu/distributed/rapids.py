@@ -8,7 +8,8 @@ CPU worker the numba and BLAS kernels, which CI tests.
 GPU only, and run by no CI here: the workers read their partitions onto their GPUs (the
 loader's checks, then ``cupy.asarray``), ``dask.array`` stitches those futures together, and
 
-* ``cuml.dask.cluster.KMeans`` (scalable k-means++, Lloyd with NCCL all-reduce) fits it;
+* ``cuml.dask.cluster.KMeans`` (scalable k-means++, Lloyd with NCCL all-reduce) fits it, and
+  its ``predict`` gives the labels in partition order;
 * ``cuml.dask.neighbors.NearestNeighbors`` (brute force, exact) searches every row against
   every row; for cosine on unit rows, where cosine distance is half the squared Euclidean one.
 
@@ -108,6 +109,9 @@ def rapids_kmeans(
     x = _dask_array(engine, refs, locals_, unit=False)
     model = KMeans(client=engine.client, n_clusters=k, random_state=seed, max_iter=max(n_iter, 1))
     model.fit(x)
-    labels = cp.asnumpy(model.labels_.compute()).astype(np.int64)
+    # Not ``labels_``: in cuML 25.12 it is one CuPy array of the workers' labels, worker after
+    # worker, out of row order when a worker holds partitions that are not neighbours.
+    # ``predict`` maps over the partitions in order (one more assignment pass on the GPUs).
+    labels = cp.asnumpy(model.predict(x).compute()).astype(np.int64)
     centroids = cp.asnumpy(model.cluster_centers_).astype(np.float32)
     return KMeansResult(centroids, labels, float(model.inertia_))
