@@ -47,7 +47,6 @@ __all__ = [
 #: Largest JSON body (filters, sample requests); uploads have their own limit.
 MAX_JSON_BYTES = 8_000_000
 MAX_PATH_BODY = 256 * 1024
-MAX_NAME = 200  # characters of a dataset's display name
 #: Free disk kept beyond an upload's size (the registry, caches and samples need room too).
 DISK_MARGIN = 64 * 1024 * 1024
 SampleId = Annotated[str, PathParameter(description="The sample's id.", max_length=64)]
@@ -270,7 +269,7 @@ class PathsRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _paths_from(body: bytes) -> PathsRequest:
-    """The files to register (``paths`` filled either way) and the name, checked."""
+    """The files to register (``paths`` filled either way); the core checks the name."""
     usage = 'The JSON body must be {"path": "/path/to/file.h5"} or {"paths": [...], "name": ...}'
     try:
         asked = msgspec.json.decode(body, type=PathsRequest)
@@ -285,11 +284,6 @@ def _paths_from(body: bytes) -> PathsRequest:
         raise InvalidRequest(f"Too many paths: {len(paths):,} > {MAX_SHARDS:,}")
     if any("\x00" in p for p in paths):
         raise InvalidRequest("The path contains a NUL byte")
-    if asked.name is not None:
-        name = "".join(ch for ch in asked.name if ch.isprintable()).strip()
-        if not name or len(name) > MAX_NAME:
-            raise InvalidRequest(f"name must be 1 to {MAX_NAME} printable characters")
-        asked.name = name
     asked.paths = paths
     return asked
 

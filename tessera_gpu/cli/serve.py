@@ -19,6 +19,7 @@ from tessera_gpu import __version__
 from tessera_gpu.backends import MODES
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.io.safety import Limits, check_file_on_disk
+from tessera_gpu.names import check_dataset_name
 from tessera_gpu.settings import SETTINGS, Setting, Settings
 
 __all__ = ["DEMO_FILE", "check_exposure", "login_token", "serve", "setting_options"]
@@ -88,6 +89,8 @@ def serve(files: tuple[Path, ...], demo: bool, join: str | None, **flags: Any) -
     check_exposure(settings)
     if join is not None and (not files or demo):
         raise click.UsageError("--join NAME needs the FILES to join (and no --demo)")
+    if join is not None:
+        join = check_dataset_name(join).strip()
     paths = expand_paths(files)  # a quoted glob is expanded here
     for path in paths:
         check_file_on_disk(path, Limits())  # a typo or a wrong file: one clear line, no server

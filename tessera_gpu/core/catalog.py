@@ -21,7 +21,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +44,29 @@ __all__ = [
 
 log = logging.getLogger("tessera.catalog")
 
-MIGRATIONS: tuple[str, ...] = (
+
+def _ids_as_json(db: sqlite3.Connection) -> None:
+    """Migration 4: newline-joined selection ids become a JSON array. A selection whose
+    stored count disagrees with its split blob held an id with a newline: it is kept as it
+    was read, and named in the log."""
+    rows = db.execute("SELECT dataset_id, name, count, episode_ids FROM selections").fetchall()
+    for dataset_id, name, count, blob in rows:
+        ids = bytes(blob).decode("utf-8").split("\n") if blob else []
+        if len(ids) != count:
+            log.warning(
+                "selection %r of dataset %s held %d ids, but %d were stored: an id held a "
+                "newline (such files are now refused); make the selection again",
+                name, dataset_id, count, len(ids),
+            )  # fmt: skip
+        db.execute(
+            "UPDATE selections SET episode_ids = ? WHERE dataset_id = ? AND name = ?",
+            (msgspec.json.encode(ids), dataset_id, name),
+        )
+
+
+Migration = str | Callable[[sqlite3.Connection], None]  # SQL, or a step run in the transaction
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: datasets, samples, jobs
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,6 +115,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE datasets ADD COLUMN shards TEXT NOT NULL DEFAULT '[]';
     """,
+    # 4: a selection's ids as a JSON array (they were joined by newlines, which an id holding
+    # one split)
+    _ids_as_json,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 LEGACY_IMPORTED = "legacy_import"
@@ -188,19 +213,28 @@ class Catalog:
             return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
-        for number, script in enumerate(MIGRATIONS, 1):
+        for number, step in enumerate(MIGRATIONS, 1):
             if self.version >= number:
                 continue
             with self._lock:
-                try:
-                    self._db.executescript(
-                        f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
-                    )
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
+                if callable(step):
+                    with self._transaction() as db:
+                        step(db)
+                        db.execute(f"PRAGMA user_version = {number}")
+                else:
+                    self._script(step, number)
             log.info("catalog schema migrated to version %d", number)
+
+    def _script(self, script: str, number: int) -> None:
+        """Run one SQL migration in its own transaction (executescript would commit ours)."""
+        try:
+            self._db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -320,7 +354,7 @@ class Catalog:
     ) -> SelectionRecord:
         """Keep a new selection; 409 when the dataset already has one of that name."""
         created = now()
-        blob = "\n".join(episode_ids).encode("utf-8")
+        blob = msgspec.json.encode(episode_ids)
         try:
             with self._transaction() as db:
                 db.execute(
@@ -352,8 +386,7 @@ class Catalog:
         if not rows:
             raise NotFound(f"Selection not found: {name!r}", code="selection_not_found")
         r = rows[0]
-        blob = bytes(r.pop("episode_ids"))
-        ids = tuple(blob.decode("utf-8").split("\n")) if blob else ()
+        ids = tuple(msgspec.json.decode(r.pop("episode_ids"), type=list[str]))
         return SelectionRecord(**{**r, "source": json.loads(r["source"])}, episode_ids=ids)
 
     def remove_selection(self, dataset_id: str, name: str) -> None:

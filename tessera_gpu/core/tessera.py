@@ -66,6 +66,7 @@ from tessera_gpu.io.files import file_sha256
 from tessera_gpu.io.isolation import validate_isolated
 from tessera_gpu.io.safety import Limits, check_file_on_disk
 from tessera_gpu.io.shards import check_fits_in_memory, expand_paths, load_shards
+from tessera_gpu.names import MAX_DATASET_NAME, check_dataset_name, without_unprintable
 from tessera_gpu.projection.cache import ProjectionCache, backend_tag
 from tessera_gpu.projection.project import (
     Progress,
@@ -372,6 +373,8 @@ class Tessera:
         With ``--dask`` the files are hashed and their embeddings checked on the workers, and
         the embeddings stay on disk.
         """
+        if name is not None:
+            name = check_dataset_name(name).strip()
         if check_allowed:
             for pattern in patterns:
                 self._check_pattern(str(pattern))
@@ -382,13 +385,13 @@ class Tessera:
                 self._check_allowed(str(asked), real)
         known = self._known_files(files)
         if known is not None:
-            return known
+            return _named_as(known, name)
         for real in files:  # missing, not a file, not HDF5: before hashing
             check_file_on_disk(real, Limits())
         hashes = self._hash_files(files)
         found = self._find(_dataset_hash(hashes)[:ID_LENGTH])
         if found is not None:
-            return found
+            return _named_as(found, name)
         if check_allowed and self.isolate:
             for real in files:
                 validate_isolated(real)
@@ -1063,6 +1066,18 @@ def cluster_field(labels: np.ndarray, k: int) -> Field:
     return Field("cluster", "category", rank[labels].astype(np.int32), names)
 
 
+def _named_as(live: Live, name: str | None) -> Live:
+    """The dataset these files already are, unless it was asked for under another name:
+    renaming it would change it for every client, so that is a 409 naming it."""
+    if name is None or name == live.entry.name:
+        return live
+    raise Conflict(
+        f"These files are already registered as dataset {live.entry.name!r} (id {live.id}): "
+        f"use it, or delete it first to register them as {name!r}",
+        code="dataset_exists",
+    )
+
+
 def _selection(record: SelectionRecord) -> Selection:
     return Selection(record.name, record.count, record.created_at, record.source)
 
@@ -1125,8 +1140,7 @@ def _stem(filename: str) -> str:
     """A display name from a client's file name: no folders, no control characters."""
     name = Path(filename.replace("\\", "/")).name
     stem = Path(name).stem if name.lower().endswith((".h5", ".hdf5")) else name
-    clean = "".join(ch for ch in stem if ch.isprintable()).strip()
-    return clean[:200] or "upload"
+    return without_unprintable(stem).strip()[:MAX_DATASET_NAME] or "upload"
 
 
 def _map_used(

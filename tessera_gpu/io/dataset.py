@@ -35,6 +35,7 @@ from tessera_gpu.io.safety import (
     open_hdf5,
     resolve_member,
 )
+from tessera_gpu.names import unprintable_id
 
 __all__ = [
     "Dataset",
@@ -469,6 +470,9 @@ def _read_episode_ids(dset: h5py.Dataset) -> np.ndarray:
         raise InvalidDataset(
             f"episode_ids must be non-empty: row {int(empty[0])} is empty", code="empty_episode_id"
         )
+    problem = unprintable_id(ids.tolist())
+    if problem is not None:
+        raise InvalidDataset(problem, code="unprintable_episode_id")
     if len(set(ids.tolist())) != ids.size:
         dup, count = Counter(ids.tolist()).most_common(1)[0]
         rows = np.flatnonzero(ids == dup)[:2].tolist()
