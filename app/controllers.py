@@ -100,6 +100,16 @@ class DaskInfo(msgspec.Struct, omit_defaults=True):
     error: str | msgspec.UnsetType = msgspec.UNSET
 
 
+class CatalogHealth(msgspec.Struct, omit_defaults=True):
+    """The catalog (datasets, samples, selections): ``ok``, or ``damaged`` with ``error`` (what
+    the integrity check or a failed read found; writes are then refused); ``backups`` is how
+    many copies of it the data directory keeps."""
+
+    status: str
+    backups: int
+    error: str | msgspec.UnsetType = msgspec.UNSET
+
+
 class Health(msgspec.Struct, omit_defaults=True):
     status: str
     version: str
@@ -107,6 +117,7 @@ class Health(msgspec.Struct, omit_defaults=True):
     hdf5_version: str
     datasets: int
     memory: HostMemory
+    catalog: CatalogHealth
     dask: DaskInfo | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -119,15 +130,21 @@ class HealthController(Controller):
     @get("/", operation_id="getHealth", summary="Server health", sync_to_thread=True)
     def health(self, tessera: TesseraDep) -> Health:
         """Version, compute backend (name, device, GPU memory; ``standin`` when the numpy stand-in
-        runs the GPU tier, ``gpu_fallback`` when no GPU was usable), host memory, HDF5 version;
-        with ``--dask``, the cluster (status ``degraded`` when it cannot be reached)."""
+        runs the GPU tier, ``gpu_fallback`` when no GPU was usable), host memory, HDF5 version,
+        the catalog (status ``degraded`` when it is damaged, with the reason); with ``--dask``,
+        the cluster (status ``degraded`` when it cannot be reached)."""
+        problem = tessera.catalog.check()
+        catalog = CatalogHealth(status="ok", backups=len(tessera.catalog.backed_up()))
+        if problem is not None:
+            catalog.status, catalog.error = "damaged", problem
         out = Health(
-            status="ok",
+            status="ok" if problem is None else "degraded",
             version=__version__,
             backend=_backend_info(tessera.backend),
             hdf5_version=h5py.version.hdf5_version,
             datasets=len(tessera.all()),
             memory=_host_memory(),
+            catalog=catalog,
         )
         if tessera.engine is not None:
             try:

@@ -55,6 +55,7 @@ async def test_health(client: Client) -> None:
         "backend": {"name": backend.name, "device": backend.device},
         "hdf5_version": h5py.version.hdf5_version,
         "datasets": 0,
+        "catalog": {"status": "ok", "backups": 0},
     }
 
 

@@ -109,6 +109,8 @@ def serve(files: tuple[Path, ...], demo: bool, join: str | None, **flags: Any) -
             f"Dask scheduler {cluster['scheduler']}: {cluster['workers']} workers, "
             f"{cluster['threads']} threads{', cuml.dask' if cluster['cuml_dask'] else ''}"
         )
+    if core.catalog.problem is not None:
+        click.echo(f"warning: {core.catalog.damaged('reads go on, writes are refused').message}")
     click.echo(f"Serving at http://{host}:{settings.port}/  (API docs: /api/schema)")
     if login_url is not None:  # stdout only, once: never logged, never written to a file
         click.echo(f"No --token given, so this run made one. Log in once: {login_url}")

@@ -39,7 +39,7 @@ import numpy as np
 from tessera_gpu import __version__
 from tessera_gpu.backends import Backend, get_backend, on_gpu
 from tessera_gpu.clustering import kmeans
-from tessera_gpu.core.catalog import Catalog, DatasetEntry, SelectionRecord, now
+from tessera_gpu.core.catalog import DatasetEntry, SelectionRecord, now, open_catalog
 from tessera_gpu.core.datadir import DataDir
 from tessera_gpu.core.jobs import ProjectionJobs, ProjectionStatus, dask_required
 from tessera_gpu.core.tasks import Tasks, TaskStatus
@@ -221,13 +221,18 @@ class Tessera:
         self.settings = settings
         self.backend = backend or get_backend(settings.device)
         self.isolate = isolate
+        self.data = DataDir(settings.data_dir)
+        self._hold = self.data.share()  # released by close(); restore-catalog waits for it
+        try:
+            self.catalog = open_catalog(self.data)
+        except BaseException:
+            self._hold.close()
+            raise
         if engine is None and settings.dask:
             from tessera_gpu.distributed import DaskEngine
 
             engine = DaskEngine(settings.dask)
         self.engine = engine
-        self.data = DataDir(settings.data_dir)
-        self.catalog = Catalog(self.data.catalog_path)
         self.cache = ProjectionCache(self.data.cache_dir)
         self.jobs = ProjectionJobs(self.backend, self.cache, listener=self._record_job,
                                    engine=engine, landmarks=settings.dask_landmarks)  # fmt: skip
@@ -249,7 +254,9 @@ class Tessera:
         ``join`` one dataset of that name across them all)."""
         for stale in self.data.sweep():
             log.info("removed stale temporary file %s", stale)
-        self.catalog.import_legacy(self.data.root)
+        if self.catalog.problem is None:
+            self.catalog.import_legacy(self.data.root)
+            self.catalog.backup("start")
         self.jobs.start()
         self.tasks.start()
         for entry in self.catalog.datasets():
@@ -266,7 +273,9 @@ class Tessera:
     def close(self) -> None:
         self.jobs.stop()
         self.tasks.stop()
+        self.catalog.backup("shutdown")
         self.catalog.close()
+        self._hold.close()
         if self.engine is not None:
             self.engine.close()
 
@@ -309,7 +318,7 @@ class Tessera:
             entry, shards=shards, file_hash=_joined_hash([s["file_hash"] for s in shards]),
             size=sum(s["size"] for s in shards), mtime_ns=max(s["mtime_ns"] for s in shards),
         )  # fmt: skip
-        self.catalog.put_dataset(new)
+        self._save_quietly(new)
         return new
 
     def _file_of(self, entry: DatasetEntry) -> Path:
@@ -322,21 +331,32 @@ class Tessera:
             log.warning("%s changed since it was registered; its samples predate it", path)
         st = path.stat()
         new = dataclasses.replace(entry, file_hash=digest, size=st.st_size, mtime_ns=st.st_mtime_ns)
-        self.catalog.put_dataset(new)
+        self._save_quietly(new)
         return new
+
+    def _save_quietly(self, entry: DatasetEntry) -> None:
+        """Keep a reloaded dataset's new hash; a damaged catalog keeps the old one (logged)."""
+        try:
+            self.catalog.put_dataset(entry)
+        except Unavailable as exc:
+            log.warning("%s: %s", entry.id, exc.message)
 
     def _record_job(
         self, dataset_id: str, params: dict[str, Any], status: str, error: str | None,
         info: dict[str, Any],
     ) -> None:  # fmt: skip
-        self.catalog.record_job(
-            dataset_id, "projection", params=params, status=status, error=error, info=info
-        )
+        self._record_task(dataset_id, "projection", params, status, error, info)
 
     def _record_task(
-        self, dataset_id: str, kind: str, params: dict[str, Any], status: str, error: str | None
-    ) -> None:
-        self.catalog.record_job(dataset_id, kind, params=params, status=status, error=error)
+        self, dataset_id: str, kind: str, params: dict[str, Any], status: str, error: str | None,
+        info: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """A job's state into the catalog; a damaged one only loses it (logged), not the job."""
+        try:
+            self.catalog.record_job(dataset_id, kind, params=params, status=status, error=error,
+                                    info=info)  # fmt: skip
+        except Unavailable as exc:
+            log.warning("%s job of %s not recorded: %s", kind, dataset_id, exc.message)
 
     # ---- registration -----------------------------------------------------------------------
 
@@ -386,6 +406,7 @@ class Tessera:
         known = self._known_files(files)
         if known is not None:
             return _named_as(known, name)
+        self.catalog.check_writable()
         for real in files:  # missing, not a file, not HDF5: before hashing
             check_file_on_disk(real, Limits())
         hashes = self._hash_files(files)
@@ -431,6 +452,7 @@ class Tessera:
             found = self._find(dataset_id)
             if found is not None:
                 return found
+            self.catalog.check_writable()
             limits = Limits(max_file_bytes=self.settings.max_upload_bytes)
             if self.isolate:
                 validate_isolated(upload.path, limits=limits)
@@ -526,6 +548,7 @@ class Tessera:
         """Forget a dataset and release its memory: its maps, its job and device array, its
         samples, its cache, and its upload (never a file registered by path)."""
         live = self.get(dataset_id)
+        self.catalog.check_writable()
         with self._lock:
             self._live.pop(dataset_id, None)
             shared = any(
@@ -562,6 +585,7 @@ class Tessera:
         if live.dataset.dim is None:
             raise Conflict("This dataset is metadata-only: there are no embeddings to project")
         projection = ProjectionParams(**params)  # checks them before anything is saved
+        self.catalog.check_writable()
         self.jobs.check_room()
         entry = dataclasses.replace(live.entry, projection=dict(params))
         with self._lock:
@@ -798,6 +822,7 @@ class Tessera:
         """Make a named selection (see :mod:`tessera_gpu.selections`) and keep it."""
         live = self.get(dataset_id)
         request = SelectionRequest.from_dict(body)
+        self.catalog.check_writable()
         ds = live.dataset
         if request.kind == "op":
             names = list(request.of or [])
@@ -982,14 +1007,17 @@ class Tessera:
 
     def create_sample(self, dataset_id: str, body: Any) -> Manifest:
         """Draw a sample, keep its manifest in the catalog and return it."""
-        manifest = self.draw(self.get(dataset_id), SampleRequest.from_dict(body))
+        live, request = self.get(dataset_id), SampleRequest.from_dict(body)
+        self.catalog.check_writable()
+        manifest = self.draw(live, request)
         self.catalog.add_sample(dataset_id, manifest.sample_id, manifest.created_at, manifest)
         return manifest
 
     def samples(self, dataset_id: str) -> list[Manifest]:
         self.get(dataset_id)
         stored = self.catalog.sample_manifests(dataset_id)
-        return [msgspec.json.decode(m, type=Manifest) for m in stored]
+        with self.catalog.guarded("reading its samples"):
+            return [msgspec.json.decode(m, type=Manifest) for m in stored]
 
     def sample(self, dataset_id: str, sample_id: str) -> Manifest:
         return self.sample_of(self.get(dataset_id), sample_id)
@@ -997,7 +1025,8 @@ class Tessera:
     def sample_of(self, live: Live, sample_id: str) -> Manifest:
         """A kept sample of a loaded dataset (registered or not: the CLI's case)."""
         stored = self.catalog.sample_manifest(live.id, sample_id)
-        return msgspec.json.decode(stored, type=Manifest)
+        with self.catalog.guarded(f"reading sample {sample_id}"):
+            return msgspec.json.decode(stored, type=Manifest)
 
     def export(
         self,
