@@ -65,7 +65,7 @@ from tessera_gpu.io.dataset import Dataset, DatasetFacts, Field, load_dataset
 from tessera_gpu.io.files import file_sha256
 from tessera_gpu.io.isolation import validate_isolated
 from tessera_gpu.io.safety import Limits, check_file_on_disk
-from tessera_gpu.io.shards import check_fits_in_memory, expand_paths, load_shards
+from tessera_gpu.io.shards import check_fits_in_memory, expand_paths, glob_root, load_shards
 from tessera_gpu.names import MAX_DATASET_NAME, check_dataset_name, without_unprintable
 from tessera_gpu.projection.cache import ProjectionCache, backend_tag
 from tessera_gpu.projection.project import (
@@ -474,8 +474,7 @@ class Tessera:
             return
         if ".." in Path(pattern).parts:
             raise Forbidden(f"Path not allowed: a glob may not contain '..': {pattern}")
-        fixed = os.path.dirname(re.split(r"[*?\[]", pattern, maxsplit=1)[0]) or "."
-        self._check_allowed(pattern, Path(os.path.realpath(fixed)))
+        self._check_allowed(pattern, Path(os.path.realpath(glob_root(pattern))))
 
     def _check_allowed(self, asked: str, real: Path) -> None:
         roots = [os.path.realpath(r) for r in self.settings.allow_path]
