@@ -348,8 +348,9 @@ def test_a_field_of_different_kinds_names_the_files(tmp_path: Path) -> None:
 def test_missing_fields_take_values_that_say_so(two: tuple[Path, Path]) -> None:
     ds = load_shards(list(two))
     everything = np.arange(7)
-    assert ds.fields["length"].kind == "float"  # an int missing somewhere becomes float + NaN
+    assert ds.fields["length"].kind == "int"  # still int where one file lacks it
     assert ds.fields["length"].json_values(everything) == [10, 20, 30, 40, None, None, None]
+    assert all(type(v) is int for v in ds.fields["length"].json_values(everything)[:4])
     assert ds.fields["speed"].json_values(everything) == [None] * 4 + [1.5, 2.5, 3.5]
     assert ds.fields["ok"].json_values(everything) == [True, False, True, False, None, None, None]
     assert ds.fields["note"].json_values(everything) == ["w", "x", "y", "z", None, None, None]
@@ -359,8 +360,30 @@ def test_missing_fields_take_values_that_say_so(two: tuple[Path, Path]) -> None:
     assert ds.fields["task"].missing is None  # every shard has it
     summary = {f.name: f for f in ds.summary().fields}
     assert summary["ok"].values == {"true": 2, "false": 2}
-    assert (summary["length"].min, summary["length"].max) == (10, 40)
+    assert (summary["length"].kind, summary["length"].min, summary["length"].max) == ("int", 10, 40)
+    assert type(summary["length"].min) is int
     assert summary["note"].values == {"w": 1, "x": 1, "y": 1, "z": 1}  # not "(missing)"
+
+
+def test_an_int_field_one_file_lacks_stays_int_and_missing_everywhere(
+    two: tuple[Path, Path],
+) -> None:
+    """It used to turn into a float field: a filter's values, the page's range and the
+    exports then showed 10.0 for 10."""
+    ds = load_shards(list(two))
+    assert rows(ds, {"field": "length", "op": "ge", "value": 20}) == [1, 2, 3]
+    assert rows(ds, {"field": "length", "op": "ne", "value": 20}) == [0, 2, 3]  # not missing
+    assert rows(ds, {"field": "length", "op": "in", "value": [10, 40]}) == [0, 3]
+    assert (ds.fields["length"].kind, ds.metadata_at(1)["length"]) == ("int", 20)
+    assert type(ds.metadata_at(1)["length"]) is int  # 20, not 20.0 (hover card, CSV)
+    assert ds.metadata_at(5)["length"] is None
+    colour = color_by(ds, "length")  # a number: the missing rows are NaN (drawn grey)
+    assert colour.span == (10.0, 40.0)
+    assert np.isnan(colour.values[4:]).all()
+    strata = strata_of(ds, "length")
+    assert strata is not None
+    assert strata.labels[-1] == "missing"
+    assert (strata.codes[4:] == len(strata.labels) - 1).all()
 
 
 @pytest.mark.parametrize(

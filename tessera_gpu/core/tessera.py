@@ -863,27 +863,35 @@ class Tessera:
         self._bump(dataset_id)
 
     def _selection_mask(self, live: Live, names: list[str]) -> np.ndarray:
-        """The union of named selections as a mask; 400 naming the unknown ones."""
+        """The union of named selections as a mask; 400 naming the unknown ones, a selection
+        another client deletes while this request reads it included."""
         known = {r.name for r in self.catalog.selections(live.id)}
         unknown = [n for n in names if n not in known]
-        if unknown:
-            raise InvalidRequest(
-                f"unknown selection{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
-                f"selections: {', '.join(sorted(known)) or '(none)'}",
-                code="unknown_selection",
-            )
         out = np.zeros(live.dataset.n_episodes, dtype=bool)
         for name in names:
+            if name in unknown:
+                continue
             with self._lock:
                 mask = self._selection_masks.get((live.id, name))
             if mask is None:
-                ids = self.catalog.selection(live.id, name).episode_ids or ()
+                try:
+                    ids = self.catalog.selection(live.id, name).episode_ids or ()
+                except NotFound:  # deleted since the listing above
+                    unknown.append(name)
+                    continue
                 mask = np.zeros(live.dataset.n_episodes, dtype=bool)
                 rows = [r for r in map(live.dataset.index_of, ids) if r is not None]
                 mask[rows] = True
                 with self._lock:
                     self._selection_masks[(live.id, name)] = mask
             out |= mask
+        if unknown:
+            left = sorted({r.name for r in self.catalog.selections(live.id)})
+            raise InvalidRequest(
+                f"unknown selection{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
+                f"selections: {', '.join(left) or '(none)'}",
+                code="unknown_selection",
+            )
         return out
 
     def export_selection(

@@ -18,7 +18,8 @@ safety checks, unchanged); then they are joined:
 
   =========  ===================================================================================
   float      NaN (numbers already treat NaN as "no value": grey on the map, a "missing" stratum)
-  int        the field becomes ``float`` with NaN: no int64 value can mean "none" (as pandas does)
+  int        still ``int``, its values held as float64 with NaN (no int64 value can mean "none";
+             pandas' nullable Int64 does the same with a mask): numbers read as NaN, JSON as int
   bool       False, with the mask; colour-by and stratify show a third value, ``missing``
   category   the label ``(missing)``, with the mask (a legend entry and a stratum of its own)
   string     ``""``;  array: zeros (or None where the shards' shapes differ)
@@ -503,10 +504,9 @@ def _numeric(
     missing: np.ndarray | None,
 ) -> Field:
     kind = max(kinds, key=_WIDEN.__getitem__)
-    if kind == "int" and missing is not None:
-        kind = "float"
-    dtype = {"bool": np.bool_, "int": np.int64, "float": np.float64}[kind]
-    values: np.ndarray = np.full(n, np.nan if kind == "float" else 0, dtype=dtype)
+    nan = kind == "float" or (kind == "int" and missing is not None)
+    dtype = np.float64 if nan else {"bool": np.bool_, "int": np.int64}[kind]
+    values: np.ndarray = np.full(n, np.nan if nan else 0, dtype=dtype)
     for i, p in enumerate(pieces):
         if p is not None:
             values[starts[i] : starts[i + 1]] = p.values
