@@ -145,7 +145,21 @@ async def test_not_hdf5_is_415(client: Client, tmp_path: Path) -> None:
     assert r.headers["content-type"] == JSON
     assert r.json()["code"] == "not_hdf5"
     assert r.json()["status"] == 415
+    assert (
+        r.json()["error"] == "Not an HDF5 file: notes.h5 has no HDF5 signature"
+    )  # not .upload-*.tmp
     assert uploads_dir(client) == []
+
+
+async def test_an_upload_error_names_the_users_file(client: Client, tmp_path: Path) -> None:
+    broken = write_episode_file(tmp_path / "x.h5", previews=False)
+    raw = bytearray(broken.read_bytes())
+    raw[len(raw) // 2 :] = b"\x00" * (len(raw) - len(raw) // 2)  # HDF5 header, then zeros
+    r = await client.post("/api/datasets", files={"file": ("run 7/droid_v2.h5", bytes(raw))})
+    assert (r.status_code, r.json()["code"]) == (422, "corrupt_file"), r.text
+    assert r.json()["error"].startswith("File is corrupt: reading droid_v2.h5 failed (")
+    assert ".upload-" not in r.json()["error"]
+    assert str(client.app.state.tessera.data.uploads_dir) not in r.json()["error"]
 
 
 async def test_invalid_file_is_422_with_the_rule(client: Client, tmp_path: Path) -> None:

@@ -454,10 +454,13 @@ class Tessera:
                 return found
             self.catalog.check_writable()
             limits = Limits(max_file_bytes=self.settings.max_upload_bytes)
-            if self.isolate:
-                validate_isolated(upload.path, limits=limits)
-            dataset = load_dataset(upload.path, limits=limits, name=_stem(upload.filename),
-                                   check_memory=self._check_memory)  # fmt: skip
+            try:
+                if self.isolate:
+                    validate_isolated(upload.path, limits=limits)
+                dataset = load_dataset(upload.path, limits=limits, name=_stem(upload.filename),
+                                       check_memory=self._check_memory)  # fmt: skip
+            except TesseraError as exc:
+                raise _as_uploaded(exc, upload) from None
             final = self.data.upload_path(dataset_id)
             os.replace(upload.path, final)
         finally:
@@ -1170,6 +1173,13 @@ def _changed_file(known: dict[str, Any], path: Path) -> bool:
     except OSError:
         return False
     return (st.st_size, st.st_mtime_ns) != (known["size"], known["mtime_ns"])
+
+
+def _as_uploaded(exc: TesseraError, upload: Upload) -> TesseraError:
+    """The same error, naming the file the client sent instead of its temporary file here."""
+    shown = without_unprintable(Path(upload.filename.replace("\\", "/")).name) or "the upload"
+    message = exc.message.replace(str(upload.path), shown).replace(upload.path.name, shown)
+    return type(exc)(message, code=exc.code, retry_after=exc.retry_after)
 
 
 def _stem(filename: str) -> str:
