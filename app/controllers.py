@@ -27,6 +27,7 @@ from tessera_gpu.errors import (
     TesseraError,
     UnsupportedMediaType,
 )
+from tessera_gpu.facets import Facets
 from tessera_gpu.io.shards import MAX_SHARDS
 from tessera_gpu.sampling import Manifest
 
@@ -390,6 +391,26 @@ class EpisodeController(Controller):
         data = data or {}
         _only_keys(data, {"filter", "dedup_threshold"}, "count request")
         return tessera.count(dataset_id, data.get("filter"), data.get("dedup_threshold"))
+
+    @post(
+        "/facets",
+        operation_id="countFacets",
+        summary="Cross-filter counts of each value",
+        status_code=200,
+        sync_to_thread=True,
+    )
+    def facets(
+        self,
+        tessera: TesseraDep,
+        dataset_id: DatasetId,
+        data: Annotated[dict[str, Any] | None, Body(description=FILTER_DOC)] = None,
+    ) -> Facets:
+        """For each category and bool field, how many episodes hold each value among those
+        matching every condition *except* the field's own (what the filter panel shows next
+        to each value); ``matched`` of ``total`` match the whole filter."""
+        data = data or {}
+        _only_keys(data, {"filter"}, "facets request")
+        return tessera.facets(dataset_id, data.get("filter"))
 
 
 def _only_keys(data: dict[str, Any], allowed: set[str], what: str) -> None:

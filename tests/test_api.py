@@ -207,6 +207,30 @@ async def test_other_content_types_are_415(client: Client) -> None:
     assert r.json()["code"] == "unsupported_media_type"
 
 
+async def test_facets_count_each_value_among_the_other_conditions(
+    client: Client, episode_file: Path
+) -> None:
+    """Embedding Atlas's cross-filter: a field's counts ignore its own conditions."""
+    dataset_id = await add(client, episode_file)
+    ds = load_dataset(episode_file)
+    task = np.asarray(ds.fields["task"].categories)[ds.fields["task"].values]
+    success = ds.fields["success"].values
+    body = {"filter": [{"field": "success", "op": "eq", "value": True},
+                       {"field": "task", "op": "in", "value": ["pick"]}]}  # fmt: skip
+    r = await client.post(f"/api/datasets/{dataset_id}/facets", json=body)
+    assert r.status_code == 200, r.text
+    facets = r.json()
+    assert (facets["total"], facets["matched"]) == (300, int((success & (task == "pick")).sum()))
+    assert facets["fields"]["task"] == {v: int((success & (task == v)).sum())
+                                        for v in ds.fields["task"].categories}  # fmt: skip
+    picks = task == "pick"
+    assert facets["fields"]["success"] == {"true": int((picks & success).sum()),
+                                           "false": int((picks & ~success).sum())}  # fmt: skip
+    assert "episode_length" not in facets["fields"]  # numbers have ranges, not counts
+    r = await client.post(f"/api/datasets/{dataset_id}/facets", json={"where": []})
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_request")
+
+
 # ---- registration by path ---------------------------------------------------------------------
 
 

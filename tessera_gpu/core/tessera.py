@@ -53,6 +53,7 @@ from tessera_gpu.errors import (
     Unavailable,
 )
 from tessera_gpu.exports import export_ids, rows_of
+from tessera_gpu.facets import Facets, facet_counts
 from tessera_gpu.filters import (
     DUPLICATES_FIELD,
     MAP_FIELD,
@@ -983,6 +984,14 @@ class Tessera:
         kept = self._keep_one(dataset_id, threshold, mask)
         matched, count = int(np.count_nonzero(mask)), int(np.count_nonzero(kept))
         return Count(count=count, total=ds.n_episodes, removed=matched - count)
+
+    def facets(self, dataset_id: str, raw_filter: Any) -> Facets:
+        """Each category and bool value's count among the episodes matching every other
+        condition of the filter (:mod:`tessera_gpu.facets`)."""
+        live = self.get(dataset_id)
+        ctx, ds = self.context(live.id), live.dataset
+        conditions = parse_filter(raw_filter, ds, context=ctx)
+        return facet_counts(ds, conditions, lambda c: filter_mask(ds, c, context=ctx))
 
     def draw(
         self, live: Live, request: SampleRequest, *, similarity: SimilarityIndex | None = None
