@@ -1,5 +1,7 @@
 """Access control, as one ASGI middleware in front of every route.
 
+* **Length**: a path and query over :data:`MAX_URL_BYTES` is 414 ``uri_too_long`` (a
+  filter that long belongs in a POST body).
 * **Host allowlist** (DNS rebinding): the ``Host`` header must name the bound host,
   localhost, 127.0.0.1, [::1] or an ``--allowed-host``, else 400 ``bad_host``. A wildcard
   bind (0.0.0.0, ::) with no ``--allowed-host`` cannot know its names and accepts any.
@@ -33,6 +35,7 @@ from tessera_gpu.settings import Settings
 __all__ = [
     "CSRF_COOKIE",
     "CSRF_HEADER",
+    "MAX_URL_BYTES",
     "SESSION_COOKIE",
     "allowed_hosts",
     "auth_middleware_factory",
@@ -41,6 +44,7 @@ __all__ = [
     "session_value",
 ]
 
+MAX_URL_BYTES = 512 * 1024
 SESSION_COOKIE = "tessera_session"
 CSRF_COOKIE = "tessera_csrf"
 CSRF_HEADER = "x-tessera-csrf"
@@ -101,6 +105,12 @@ def auth_middleware_factory(settings: Settings) -> Any:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
                 await app(scope, receive, send)
+                return
+            length = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+            if length > MAX_URL_BYTES:
+                await _error(send, f"The URL is too long: {length:,} bytes, more than "
+                             f"{MAX_URL_BYTES:,}; send long filters in a POST body (count, "
+                             "samples, selections)", "uri_too_long", 414)  # fmt: skip
                 return
             headers = _headers(scope["headers"])
             method = str(scope.get("method", ""))

@@ -27,6 +27,7 @@ from tessera_gpu.errors import (
     TesseraError,
     UnsupportedMediaType,
 )
+from tessera_gpu.facets import Facets
 from tessera_gpu.io.shards import MAX_SHARDS
 from tessera_gpu.sampling import Manifest
 
@@ -47,7 +48,6 @@ __all__ = [
 #: Largest JSON body (filters, sample requests); uploads have their own limit.
 MAX_JSON_BYTES = 8_000_000
 MAX_PATH_BODY = 256 * 1024
-MAX_NAME = 200  # characters of a dataset's display name
 #: Free disk kept beyond an upload's size (the registry, caches and samples need room too).
 DISK_MARGIN = 64 * 1024 * 1024
 SampleId = Annotated[str, PathParameter(description="The sample's id.", max_length=64)]
@@ -101,6 +101,16 @@ class DaskInfo(msgspec.Struct, omit_defaults=True):
     error: str | msgspec.UnsetType = msgspec.UNSET
 
 
+class CatalogHealth(msgspec.Struct, omit_defaults=True):
+    """The catalog (datasets, samples, selections): ``ok``, or ``damaged`` with ``error`` (what
+    the integrity check or a failed read found; writes are then refused); ``backups`` is how
+    many copies of it the data directory keeps."""
+
+    status: str
+    backups: int
+    error: str | msgspec.UnsetType = msgspec.UNSET
+
+
 class Health(msgspec.Struct, omit_defaults=True):
     status: str
     version: str
@@ -108,6 +118,7 @@ class Health(msgspec.Struct, omit_defaults=True):
     hdf5_version: str
     datasets: int
     memory: HostMemory
+    catalog: CatalogHealth
     dask: DaskInfo | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -120,15 +131,21 @@ class HealthController(Controller):
     @get("/", operation_id="getHealth", summary="Server health", sync_to_thread=True)
     def health(self, tessera: TesseraDep) -> Health:
         """Version, compute backend (name, device, GPU memory; ``standin`` when the numpy stand-in
-        runs the GPU tier, ``gpu_fallback`` when no GPU was usable), host memory, HDF5 version;
-        with ``--dask``, the cluster (status ``degraded`` when it cannot be reached)."""
+        runs the GPU tier, ``gpu_fallback`` when no GPU was usable), host memory, HDF5 version,
+        the catalog (status ``degraded`` when it is damaged, with the reason); with ``--dask``,
+        the cluster (status ``degraded`` when it cannot be reached)."""
+        problem = tessera.catalog.check()
+        catalog = CatalogHealth(status="ok", backups=len(tessera.catalog.backed_up()))
+        if problem is not None:
+            catalog.status, catalog.error = "damaged", problem
         out = Health(
-            status="ok",
+            status="ok" if problem is None else "degraded",
             version=__version__,
             backend=_backend_info(tessera.backend),
             hdf5_version=h5py.version.hdf5_version,
             datasets=len(tessera.all()),
             memory=_host_memory(),
+            catalog=catalog,
         )
         if tessera.engine is not None:
             try:
@@ -270,7 +287,7 @@ class PathsRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _paths_from(body: bytes) -> PathsRequest:
-    """The files to register (``paths`` filled either way) and the name, checked."""
+    """The files to register (``paths`` filled either way); the core checks the name."""
     usage = 'The JSON body must be {"path": "/path/to/file.h5"} or {"paths": [...], "name": ...}'
     try:
         asked = msgspec.json.decode(body, type=PathsRequest)
@@ -285,11 +302,6 @@ def _paths_from(body: bytes) -> PathsRequest:
         raise InvalidRequest(f"Too many paths: {len(paths):,} > {MAX_SHARDS:,}")
     if any("\x00" in p for p in paths):
         raise InvalidRequest("The path contains a NUL byte")
-    if asked.name is not None:
-        name = "".join(ch for ch in asked.name if ch.isprintable()).strip()
-        if not name or len(name) > MAX_NAME:
-            raise InvalidRequest(f"name must be 1 to {MAX_NAME} printable characters")
-        asked.name = name
     asked.paths = paths
     return asked
 
@@ -379,6 +391,26 @@ class EpisodeController(Controller):
         data = data or {}
         _only_keys(data, {"filter", "dedup_threshold"}, "count request")
         return tessera.count(dataset_id, data.get("filter"), data.get("dedup_threshold"))
+
+    @post(
+        "/facets",
+        operation_id="countFacets",
+        summary="Cross-filter counts of each value",
+        status_code=200,
+        sync_to_thread=True,
+    )
+    def facets(
+        self,
+        tessera: TesseraDep,
+        dataset_id: DatasetId,
+        data: Annotated[dict[str, Any] | None, Body(description=FILTER_DOC)] = None,
+    ) -> Facets:
+        """For each category and bool field, how many episodes hold each value among those
+        matching every condition *except* the field's own (what the filter panel shows next
+        to each value); ``matched`` of ``total`` match the whole filter."""
+        data = data or {}
+        _only_keys(data, {"filter"}, "facets request")
+        return tessera.facets(dataset_id, data.get("filter"))
 
 
 def _only_keys(data: dict[str, Any], allowed: set[str], what: str) -> None:

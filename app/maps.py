@@ -59,7 +59,7 @@ ColorByParam = Annotated[
     str | None,
     QueryParameter(
         description="density (default), a category or bool field (one glasbey colour per "
-        "value), or a number field (its mean per pixel on viridis).",
+        "value), or a number field (its mean per pixel on viridis, from its blue up).",
         max_length=256,
     ),
 ]
@@ -172,18 +172,18 @@ class MapController(Controller):
             ),
         ] = MAX_POINTS,
     ) -> Points:
-        """Map positions of a sample's episodes (``sample_id``) or of a filter's matches,
-        with the chosen fields. Over ``limit``, an evenly spaced subset is returned and
-        ``truncated`` is true; ``count`` is always the full number."""
-        if sample_id is not None and filter_ is not None:
-            raise InvalidRequest("give sample_id or filter, not both")
+        """Map positions of a filter's matches, or of a sample's episodes (``sample_id``;
+        with a filter, those of them it matches: the page's sample markers follow its
+        filter), with the chosen fields. Over ``limit``, an evenly spaced subset is returned
+        and ``truncated`` is true; ``count`` is always the full number."""
         pm = tessera.map(dataset_id)
         names = _field_names(pm.dataset, fields)
+        _, mask = pm.mask(parse_filter_param(filter_))
         if sample_id is not None:
             ids = tessera.sample(dataset_id, sample_id).episode_ids
             rows = _rows_of(pm.dataset, ids)
+            rows = rows if mask is None else rows[mask[rows]]
         else:
-            _, mask = pm.mask(parse_filter_param(filter_))
             rows = np.arange(pm.dataset.n_episodes) if mask is None else np.flatnonzero(mask)
         return points_payload(pm, rows, names, limit)
 

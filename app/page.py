@@ -52,6 +52,7 @@ TEMPLATE = Template((Path(__file__).parent / "templates" / "page.html").read_tex
 MAP_BACKGROUND = "#0f1115"
 SAMPLE_COLOR = "#3fd0ff"  # sampled episodes: light cyan, clear of the density ramp
 SIMILAR_COLOR = "#ff4fd8"  # "find similar" rings: magenta, clear of the ramp and the sample
+HOVER_COLOR = "#ffffff"  # the episode in the card: a white ring with a dark edge, on any colour
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self' 'unsafe-eval'; connect-src 'self'; object-src 'none'; "
@@ -179,6 +180,10 @@ def map_document(
     similar = ColumnDataSource({"x": [], "y": [], "episode_id": []}, name="similar")
     plot.scatter("x", "y", source=similar, size=15, fill_alpha=0, line_color=SIMILAR_COLOR,
                  line_width=2.2, name="similar_points")  # fmt: skip
+    hovered = ColumnDataSource({"x": [], "y": [], "episode_id": []}, name="hovered")
+    for size, color, width in ((19, "#111318", 4.0), (19, HOVER_COLOR, 2.0)):
+        plot.scatter("x", "y", source=hovered, size=size, fill_alpha=0, line_color=color,
+                     line_width=width, name="hovered_points")  # fmt: skip
     _add_tools(plot, dots)
     return dict(json_item(plot, target=None))
 
@@ -198,6 +203,7 @@ def _add_tools(plot: Any, dots: Any) -> None:
     plot.js_on_event("mouseleave", CustomJS(code=call.format("onHoverEnd()")))
     plot.js_on_event("rangesupdate", CustomJS(
         code=call.format("onView(cb_obj.x0, cb_obj.y0, cb_obj.x1, cb_obj.y1)")))  # fmt: skip
+    plot.js_on_event("reset", CustomJS(code=call.format("onReset()")))
 
 
 #: Route handlers for ``create_app``: the page, BokehJS and the page's own assets.

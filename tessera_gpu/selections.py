@@ -10,7 +10,6 @@ provenance (``source``) says how it was made. In a filter, ``{"field": "selectio
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ import msgspec
 import numpy as np
 
 from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.names import check_name as check_text_name
 
 __all__ = [
     "MAX_NAME",
@@ -43,14 +43,9 @@ class Selection(msgspec.Struct):
 
 
 def check_name(name: Any) -> str:
-    """A selection name: 1 to 100 characters, no ``/`` and no control characters."""
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidRequest("a selection needs a name: a non-empty string")
-    if len(name) > MAX_NAME:
-        raise InvalidRequest(f"selection names are at most {MAX_NAME} characters: got {len(name)}")
-    if "/" in name or any(unicodedata.category(ch)[0] == "C" for ch in name):
-        raise InvalidRequest(f"selection names cannot hold '/' or control characters: {name!r}")
-    return name
+    """A selection name: 1 to 100 characters, no ``/`` (it is a path segment), and the rule
+    of :mod:`tessera_gpu.names` that dataset names follow too."""
+    return check_text_name(name, "selection", max_length=MAX_NAME, forbidden="/")
 
 
 class SelectionRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -84,6 +84,14 @@ def summarize(
 
 
 def _strata(dataset: Dataset, name: str, bins: int | None) -> Strata:
+    field = dataset.fields.get(name)
+    if field is None or field.kind in ("string", "array"):  # said here: strata_of says stratify_by
+        usable = [f.name for f in dataset.fields.values() if f.kind not in ("string", "array")]
+        problem = f"unknown field {name!r}" if field is None else f"{name!r} is {field.kind}"
+        raise InvalidRequest(
+            f"{problem}: group_by needs a category, bool or number field; fields: "
+            f"{', '.join(usable) or '(none)'}"
+        )
     if bins is None:
         found = strata_of(dataset, name)
         assert found is not None

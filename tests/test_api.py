@@ -55,6 +55,7 @@ async def test_health(client: Client) -> None:
         "backend": {"name": backend.name, "device": backend.device},
         "hdf5_version": h5py.version.hdf5_version,
         "datasets": 0,
+        "catalog": {"status": "ok", "backups": 0},
     }
 
 
@@ -144,7 +145,21 @@ async def test_not_hdf5_is_415(client: Client, tmp_path: Path) -> None:
     assert r.headers["content-type"] == JSON
     assert r.json()["code"] == "not_hdf5"
     assert r.json()["status"] == 415
+    assert (
+        r.json()["error"] == "Not an HDF5 file: notes.h5 has no HDF5 signature"
+    )  # not .upload-*.tmp
     assert uploads_dir(client) == []
+
+
+async def test_an_upload_error_names_the_users_file(client: Client, tmp_path: Path) -> None:
+    broken = write_episode_file(tmp_path / "x.h5", previews=False)
+    raw = bytearray(broken.read_bytes())
+    raw[len(raw) // 2 :] = b"\x00" * (len(raw) - len(raw) // 2)  # HDF5 header, then zeros
+    r = await client.post("/api/datasets", files={"file": ("run 7/droid_v2.h5", bytes(raw))})
+    assert (r.status_code, r.json()["code"]) == (422, "corrupt_file"), r.text
+    assert r.json()["error"].startswith("File is corrupt: reading droid_v2.h5 failed (")
+    assert ".upload-" not in r.json()["error"]
+    assert str(client.app.state.tessera.data.uploads_dir) not in r.json()["error"]
 
 
 async def test_invalid_file_is_422_with_the_rule(client: Client, tmp_path: Path) -> None:
@@ -190,6 +205,30 @@ async def test_other_content_types_are_415(client: Client) -> None:
     r = await client.post("/api/datasets", content=b"x", headers={"content-type": "text/plain"})
     assert r.status_code == 415
     assert r.json()["code"] == "unsupported_media_type"
+
+
+async def test_facets_count_each_value_among_the_other_conditions(
+    client: Client, episode_file: Path
+) -> None:
+    """Embedding Atlas's cross-filter: a field's counts ignore its own conditions."""
+    dataset_id = await add(client, episode_file)
+    ds = load_dataset(episode_file)
+    task = np.asarray(ds.fields["task"].categories)[ds.fields["task"].values]
+    success = ds.fields["success"].values
+    body = {"filter": [{"field": "success", "op": "eq", "value": True},
+                       {"field": "task", "op": "in", "value": ["pick"]}]}  # fmt: skip
+    r = await client.post(f"/api/datasets/{dataset_id}/facets", json=body)
+    assert r.status_code == 200, r.text
+    facets = r.json()
+    assert (facets["total"], facets["matched"]) == (300, int((success & (task == "pick")).sum()))
+    assert facets["fields"]["task"] == {v: int((success & (task == v)).sum())
+                                        for v in ds.fields["task"].categories}  # fmt: skip
+    picks = task == "pick"
+    assert facets["fields"]["success"] == {"true": int((picks & success).sum()),
+                                           "false": int((picks & ~success).sum())}  # fmt: skip
+    assert "episode_length" not in facets["fields"]  # numbers have ranges, not counts
+    r = await client.post(f"/api/datasets/{dataset_id}/facets", json={"where": []})
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_request")
 
 
 # ---- registration by path ---------------------------------------------------------------------

@@ -158,10 +158,19 @@ def test_serve_makes_a_token_for_an_exposed_host_without_one(
 ) -> None:  # fmt: skip
     """Jupyter's way: an exposed bind with no token and no --insecure gets a fresh token, and
     its login URL is printed once; a given token, --insecure and loopback binds print none."""
-    import uvicorn
+    import tessera_app.server as server
+
+    class Bound:  # the socket tessera serve would listen on (10.1.2.3 is not this machine's)
+        def getsockname(self) -> tuple[str, int]:
+            return (args[1], 8000)
+
+        def close(self) -> None:
+            pass
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    monkeypatch.setattr(server, "bind", lambda host, port: Bound())
+    monkeypatch.setattr(server, "run", lambda app, settings, sock: seen.update(
+        host=settings.host, app=app))  # fmt: skip
     for k in ("TESSERA_TOKEN", "TESSERA_INSECURE"):
         monkeypatch.delenv(k, raising=False)
     cmd = ["serve", *args, "--data-dir", str(tmp_path / "d"), "--device", "cpu"]

@@ -443,3 +443,226 @@ def test_a_lasso_becomes_a_selection_excluded_from_a_kmeans_sample(page: Any, se
     for eid, name in zip(pts["episode_id"], pts["fields"]["dataset"], strict=True):
         expected.setdefault(name, []).append(int(eid.rsplit("_", 1)[1]))  # bridge_000012 -> 12
     assert lerobot == {"datasets": {k: sorted(v) for k, v in sorted(expected.items())}}
+
+
+# ---- the page's rough edges: fit, overlays, picker, markers, cross-filter counts -------------
+
+FRAME = """() => { const doc = Bokeh.documents[Bokeh.documents.length - 1];
+  const view = Bokeh.index.get(doc.get_model_by_name("map"));
+  const box = document.getElementById("map-root").getBoundingClientRect();
+  const f = view.frame.bbox;
+  return [box.left + f.left, box.top + f.top, box.left + f.right, box.top + f.bottom]; }"""
+ALL_TO_SCREEN = """(points) => { const doc = Bokeh.documents[Bokeh.documents.length - 1];
+  const view = Bokeh.index.get(doc.get_model_by_name("map"));
+  const box = document.getElementById("map-root").getBoundingClientRect();
+  return points.map(([x, y]) => [box.left + view.frame.x_scale.compute(x),
+                                 box.top + view.frame.y_scale.compute(y)]); }"""
+
+
+def fitted(page: Any, after: int = 0) -> int:
+    """Wait until the page has fitted the map more than ``after`` times and Bokeh has drawn
+    it; return the count."""
+    page.wait_for_function("(n) => Number(document.body.dataset.mapFits || 0) > n", arg=after)
+    page.wait_for_timeout(300)  # Bokeh re-lays out and redraws on the next frames
+    return int(page.evaluate("() => Number(document.body.dataset.mapFits)"))
+
+
+def assert_points_clear_of_overlays(page: Any, server: dict) -> None:
+    """Every episode lies inside the map's frame, and none under the colour/legend box."""
+    pts = api(server["base"], f"/api/datasets/{server['demo']}/points")
+    screen = np.array(page.evaluate(ALL_TO_SCREEN, list(zip(pts["x"], pts["y"], strict=True))))
+    left, top, right, bottom = page.evaluate(FRAME)
+    inside = ((screen[:, 0] >= left + 2) & (screen[:, 0] <= right - 2)
+              & (screen[:, 1] >= top + 2) & (screen[:, 1] <= bottom - 2))  # fmt: skip
+    assert inside.all(), f"{int((~inside).sum())} episodes drawn outside the map's frame"
+    box = page.locator("#map-controls").bounding_box()
+    under = ((screen[:, 0] >= box["x"] - 3) & (screen[:, 0] <= box["x"] + box["width"] + 3)
+             & (screen[:, 1] >= box["y"] - 3))  # fmt: skip
+    assert not under.any(), f"the legend covers {int(under.sum())} episodes"
+
+
+def test_the_map_fits_clear_of_the_legend_and_refits_when_the_drawer_opens(
+    page: Any, server: dict
+) -> None:
+    """The map came at the pyramid's square, the legend over its bottom edge, and opening the
+    drawer cropped it instead of fitting it again."""
+    open_map(page, server)
+    fits = fitted(page)
+    assert_points_clear_of_overlays(page, server)
+    page.click("#tab-button-groups")
+    fits = fitted(page, fits)
+    assert page.locator("#tab-groups").is_visible()
+    assert_points_clear_of_overlays(page, server)
+    page.click("#drawer-toggle")  # folded again: fitted again, the view still the default
+    fitted(page, fits)
+    assert_points_clear_of_overlays(page, server)
+    assert "view=" not in page.evaluate("location.search")
+
+
+def test_the_colour_picker_shows_the_selection_colouring(page: Any, server: dict) -> None:
+    base, demo = server["base"], server["demo"]
+    api(base, f"/api/datasets/{demo}/selections",
+        {"name": "picks", "filter": [{"field": "task", "op": "eq", "value": "pick"}]})  # fmt: skip
+    open_map(page, server)
+    row = page.locator('.sel-row[data-selection="picks"]')
+    with page.expect_response(lambda r: "/tiles/" in r.url and "selection%3Apicks" in r.url):
+        row.locator('button[title="Colour the map by membership"]').click()
+    assert page.eval_on_selector("#color-by", "s => s.value") == "selection:picks"  # not density
+    page.wait_for_selector('.legend .item[data-value="in picks"]')
+
+
+SAMPLE_IDS = """() => Bokeh.documents[Bokeh.documents.length - 1]
+  .get_model_by_name('sample').data.episode_id"""
+
+
+def test_sample_markers_follow_the_filter(page: Any, server: dict) -> None:
+    """200 markers stayed drawn over 13 matching episodes."""
+    open_map(page, server)
+    page.select_option("#sample-method", "random")
+    page.fill("#sample-n", "200")
+    page.click("#sample-generate")
+    page.wait_for_function(f"() => ({SAMPLE_IDS})().length === 200")
+    sample_id = page.get_attribute("#export-json", "href").split("/samples/")[1].split("/")[0]
+    ids = api(server["base"], f"/api/datasets/{server['demo']}/samples/{sample_id}")["episode_ids"]
+    field = page.locator('.field[data-field="task"]')
+    kept = field.locator(".value input").first.get_attribute("value")
+    field.locator('.field-actions button:text("none")').click()
+    field.locator(f'.value input[value="{kept}"]').check()
+    cond = [{"field": "task", "op": "in", "value": [kept]},
+            {"field": "episode_id", "op": "in", "value": ids}]  # fmt: skip
+    expected = api(server["base"], f"/api/datasets/{server['demo']}/count", {"filter": cond})
+    assert 0 < expected["count"] < 200
+    page.wait_for_function(f"(n) => ({SAMPLE_IDS})().length === n", arg=expected["count"])
+    shown = page.evaluate(SAMPLE_IDS)
+    assert set(shown) <= set(ids)
+
+
+HOVERED = """() => Bokeh.documents[Bokeh.documents.length - 1].get_model_by_name('hovered').data"""
+
+
+def test_the_hovered_episode_is_ringed_on_the_map(page: Any, server: dict) -> None:
+    open_map(page, server)
+    episode_id, x, y = loneliest_point(server["base"], server["demo"])
+    assert hover_loneliest_episode(page, server) == episode_id
+    ringed = page.evaluate(HOVERED)
+    assert ringed["episode_id"] == [episode_id]
+    assert (ringed["x"][0], ringed["y"][0]) == pytest.approx((x, y))
+
+
+def test_facet_counts_follow_the_other_filters(page: Any, server: dict) -> None:
+    """The counts beside each value were the dataset's totals whatever the filter."""
+    base, demo = server["base"], server["demo"]
+    open_map(page, server)
+    page.wait_for_selector("text=300 of 300 episodes match")
+    page.locator('.field[data-field="success"] .value input[value="false"]').uncheck()
+    success = [{"field": "success", "op": "eq", "value": True}]
+    matched = api(base, f"/api/datasets/{demo}/count", {"filter": success})["count"]
+    page.wait_for_selector(f"text={matched} of 300 episodes match")
+    task = page.locator('.field[data-field="task"]')
+    for label in task.locator(".value").all():
+        value = label.locator("input").get_attribute("value")
+        cond = [*success, {"field": "task", "op": "eq", "value": value}]
+        expected = api(base, f"/api/datasets/{demo}/count", {"filter": cond})["count"]
+        assert label.locator(".count").inner_text() == str(expected), value
+    totals = {f["name"]: f for f in api(base, f"/api/datasets/{demo}")["fields"]}
+    false_count = page.locator(
+        '.field[data-field="success"] .value:has(input[value="false"]) .count'
+    )
+    assert false_count.inner_text() == str(totals["success"]["values"]["false"])  # its own: all
+
+
+def test_the_cluster_confirmation_stays(page: Any, server: dict) -> None:
+    """It was cleared at once, when the new field was listed."""
+    open_map(page, server)
+    page.click("#tab-button-groups")
+    page.fill("#clusters-k", "3")
+    page.click("#clusters-run")
+    page.wait_for_selector("#clusters-state:text('3 clusters')", timeout=60_000)
+    page.wait_for_selector('#group-by option[value="cluster"]', state="attached")
+    page.wait_for_timeout(1_500)  # the fields refresh and the table redraw have happened
+    assert page.inner_text("#clusters-state").startswith("3 clusters")
+
+
+@pytest.mark.parametrize("allowed_errors", [[r"status of 400"]])
+def test_a_failed_save_clears_its_error_when_the_form_closes(page: Any, server: dict) -> None:
+    open_map(page, server)
+    page.click("#selection-save-open")
+    page.fill("#selection-name", "a/b")
+    page.click("#selection-save button[type=submit]")
+    page.wait_for_selector("#selection-error:not([hidden])")
+    assert "cannot hold" in page.inner_text("#selection-error")
+    page.click("#selection-save-open")  # close the form
+    assert page.locator("#selection-save").is_hidden()
+    assert page.locator("#selection-error").is_hidden()
+
+
+def test_at_1280x720_the_exports_are_in_view(page: Any, server: dict) -> None:
+    page.set_viewport_size({"width": 1280, "height": 720})
+    open_map(page, server)
+    hover_loneliest_episode(page, server)  # the card holds an episode, as after any hover
+    page.select_option("#sample-method", "stratified")
+    page.select_option("#sample-stratify", "task")
+    page.fill("#sample-n", "40")
+    page.click("#sample-generate")
+    page.wait_for_selector("#sample-result:not([hidden])")
+    for fmt in ("txt", "csv", "json", "lerobot"):
+        box = page.locator(f"#export-{fmt}").bounding_box()
+        assert box["y"] >= 48
+        assert box["y"] + box["height"] <= 720, (fmt, box)
+    assert page.evaluate("document.getElementById('side-panel').scrollTop") == 0
+
+
+def hex_color(rgb: Any) -> str:
+    return "#" + "".join(f"{int(v):02x}" for v in rgb)
+
+
+def lightness(color: str) -> float:
+    """CIE L* of an sRGB hex colour."""
+    rgb = [int(color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    y = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    return 116 * y ** (1 / 3) - 16 if y > 0.008856 else 903.3 * y
+
+
+def test_number_colouring_is_readable_on_the_map(page: Any, server: dict) -> None:
+    """viridis began at a dark purple (L* 15) on the map's near-black (L* 5)."""
+    open_map(page, server)
+    with page.expect_response(lambda r: "/tiles/" in r.url and "episode_length" in r.url):
+        page.select_option("#color-by", "episode_length")
+    legend = api(server["base"], f"/api/datasets/{server['demo']}/legend?color_by=episode_length")
+    page.wait_for_selector(".legend .ramp")
+    ramp = page.get_attribute(".legend .ramp", "style")
+    shown = re.findall(r"rgb\((\d+), (\d+), (\d+)\)", ramp)
+    assert [hex_color(c) for c in shown] == [c.lower() for c in legend["colormap"]]
+    background = "#0f1115"
+    assert min(lightness(c) for c in legend["colormap"]) >= lightness(background) + 30
+
+
+def test_a_tiny_dataset_is_drawn_in_the_legends_colours(
+    page: Any, server: dict, tmp_path: Path
+) -> None:
+    """With one episode per pixel, eq_hist put every pixel at the 'dense' end: white points
+    under a red-to-yellow legend."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    from tessera_gpu.io.writer import write_dataset
+
+    rng = np.random.default_rng(7)
+    tiny = write_dataset(tmp_path / "tiny.h5", embeddings=rng.normal(size=(12, 8)).astype("f4"),
+                         episode_ids=[f"t{i}" for i in range(12)])  # fmt: skip
+    r = httpx.post(f"{server['base']}/api/datasets", timeout=60,
+                   files={"file": ("tiny.h5", tiny.read_bytes(), "application/x-hdf5")})  # fmt: skip
+    assert r.status_code == 201, r.text
+    tiny_id = r.json()["id"]
+    wait_for_projection(server["base"], tiny_id)
+    page.goto(f"{server['base']}/datasets/{tiny_id}")
+    page.wait_for_function(MAP_READY, timeout=30_000)
+    page.wait_for_selector(".legend .ramp")
+    legend = api(server["base"], f"/api/datasets/{tiny_id}/legend")
+    tile = httpx.get(f"{server['base']}/api/datasets/{tiny_id}/tiles/0/0/0.png", timeout=30)
+    pixels = np.asarray(Image.open(io.BytesIO(tile.content)).convert("RGBA")).reshape(-1, 4)
+    drawn = {hex_color(p[:3]) for p in pixels if p[3] > 0}
+    assert drawn == {legend["colormap"][0]}  # the legend's "sparse" end, nothing else

@@ -195,6 +195,51 @@ def test_an_older_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyP
     new.close()
 
 
+ODD_IDS = ["ep_a\nep_b", "ep_a", "", "x\r\n", "\u202e\u2028\x00", 'comma,"quote"', "ep_b"]
+
+
+def test_selection_ids_keep_every_byte(catalog: Catalog) -> None:
+    """The catalog stores whatever ids it is given (validation is at the door): no byte of
+    an id can split it or join it to another."""
+    catalog.put_dataset(entry("d1"))
+    catalog.add_selection("d1", "odd", {"kind": "episode_ids"}, ODD_IDS)
+    catalog.close()  # a new connection, as after a restart
+    record = catalog.selection("d1", "odd")
+    assert (record.count, record.episode_ids) == (len(ODD_IDS), tuple(ODD_IDS))
+
+
+def test_a_version_3_catalog_gets_its_selection_ids_as_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Version 3 kept a selection's ids joined by newlines; migration 4 turns each into a JSON
+    array, and names in the log a selection an id with a newline had already split."""
+    from tessera_gpu.core import catalog as module
+
+    path = tmp_path / "c.sqlite"
+    monkeypatch.setattr(module, "MIGRATIONS", module.MIGRATIONS[:3])
+    module.Catalog(path).close()
+    monkeypatch.undo()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO datasets (id, name, source, path, file_hash, size, mtime_ns, added_at) "
+            "VALUES ('d1', 'old', 'path', '/data/old.h5', 'd1', 1, 2, '2026-01-01')"
+        )
+        rows = [("keep", 3, b"ep_1\nep_2\nep_3"), ("empty", 0, b""), ("split", 1, b"ep_a\nep_b")]
+        for name, count, blob in rows:
+            db.execute(
+                "INSERT INTO selections VALUES ('d1', ?, '2026-01-01', '{}', ?, ?)",
+                (name, count, blob),
+            )
+    db.close()
+    new = module.Catalog(path)
+    assert new.version == SCHEMA_VERSION
+    assert new.selection("d1", "keep").episode_ids == ("ep_1", "ep_2", "ep_3")
+    assert new.selection("d1", "empty").episode_ids == ()
+    assert new.selection("d1", "split").episode_ids == ("ep_a", "ep_b")
+    assert "selection 'split' of dataset d1 held 1 ids, but 2 were stored" in caplog.text
+    new.close()
+
+
 # ---- streamed uploads -------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,24 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr == f"error: No such file: {tmp_path / 'missing.h5'}\n"
+
+
+def test_serve_on_a_busy_port_is_one_line_and_touches_nothing(
+    tmp_path: Path, episode_file: Path
+) -> None:
+    """It used to print "Serving at ...", register the file in the data dir, then die
+    (Errno 98, exit 3)."""
+    data_dir = tmp_path / "data"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(
+            cli, ["serve", str(episode_file), "--data-dir", str(data_dir), "--port", str(port)]
+        )
+    assert result.exit_code == 1
+    assert result.output == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use; is another server "
+        "running there? Stop it, or pick another --port (or TESSERA_PORT)\n"
+    )
+    assert not data_dir.exists()

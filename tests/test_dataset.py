@@ -233,6 +233,37 @@ def test_empty_id_is_named(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("bad_id", "holds"),
+    [
+        ("ep_a\nep_b", "U+000A"),  # would split a line-based export, or a newline-joined list
+        ("ep\rx", "U+000D"),
+        ("ep\tx", "U+0009"),
+        ("\u202eevil", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),  # reverses what a reader sees
+        ("ep\u200bx", "U+200B (ZERO WIDTH SPACE)"),  # looks the same as "epx"
+        ("ep\u2028x", "U+2028 (LINE SEPARATOR)"),
+        ("ep\x85x", "U+0085"),
+    ],
+)
+def test_ids_with_control_or_format_characters_are_refused(
+    tmp_path: Path, bad_id: str, holds: str
+) -> None:
+    ids = [f"e{i}" for i in range(40)]
+    ids[6] = bad_id
+    expect(
+        bad(tmp_path, replace("episode_ids", data=ids, dtype=h5py.string_dtype())),
+        "unprintable_episode_id",
+        f"episode_ids must be printable text: row 6 ({bad_id!r}) holds {holds}, a control, "
+        "format or line-break character",
+    )
+
+
+def test_ids_in_any_script_with_spaces_and_accents_load(tmp_path: Path) -> None:
+    ids = [f"épisode {i} · 試行 ✓" for i in range(40)]
+    path = bad(tmp_path, replace("episode_ids", data=ids, dtype=h5py.string_dtype()))
+    assert load_dataset(path).episode_ids.tolist() == ids
+
+
 def test_non_utf8_id_is_named(tmp_path: Path) -> None:
     ids = np.array([f"e{i}".encode() for i in range(40)])
     ids[7] = b"\xff\xfe"

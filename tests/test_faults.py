@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -300,3 +301,40 @@ def test_killed_during_catalog_writes_keeps_every_committed_write(
     db = sqlite3.connect(data_dir / "catalog.sqlite")
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
+
+
+def raw_get(port: int, target: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One GET as bytes on a socket (no client library shortens or refuses the line)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_long_request_lines_get_the_json_error_shape(tmp_path: Path, servers: list[Server]) -> None:
+    """uvicorn's h11 refused a request line over 16 KiB with a plain-text 400 and a reset."""
+    server = Server(tmp_path / "data", [], tmp_path / "server.log")
+    servers.append(server)
+    status, headers, body = raw_get(server.port, b"/api/datasets?pad=" + b"a" * 100_000)
+    assert (status, headers["content-type"], body) == (200, "application/json", b"[]")
+    status, headers, body = raw_get(server.port, b"/api/datasets?pad=" + b"a" * 600_000)
+    assert (status, headers["content-type"]) == (414, "application/json")
+    assert json.loads(body) == {
+        "error": "The URL is too long: 600,017 bytes, more than 524,288; send long filters in a "
+        "POST body (count, samples, selections)",
+        "code": "uri_too_long",
+        "status": 414,
+    }
+    status, headers, body = raw_get(server.port, b"/api/datasets?pad=" + b"a" * 2_000_000)
+    assert (status, headers["content-type"]) == (400, "application/json")
+    assert json.loads(body)["code"] == "bad_http_request"
+    assert server.get("/api/health")["status"] == "ok"

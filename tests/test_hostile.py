@@ -203,6 +203,21 @@ def nul_byte(allowed: Path) -> str:
     return str(allowed / "a.h5\x00.txt")
 
 
+def symlink_loops(allowed: Path) -> str:
+    """``ln -s . a; ln -s . b``: a glob that follows folder links never returns."""
+    loop = allowed / "loop2"
+    loop.mkdir()
+    (loop / "a").symlink_to(".")
+    (loop / "b").symlink_to(".")
+    return str(loop / "**" / "*.h5")
+
+
+def many_files(allowed: Path) -> str:
+    for i in range(1_100):
+        (allowed / f"s{i:04d}.h5").touch()
+    return str(allowed / "*.h5")
+
+
 PATH_CASES = [
     (traversal, 403, "forbidden"),
     (symlink_out, 403, "forbidden"),
@@ -213,6 +228,8 @@ PATH_CASES = [
     (relative, 403, "forbidden"),
     (missing, 404, "file_not_found"),
     (nul_byte, 400, "invalid_request"),
+    (symlink_loops, 404, "no_match"),
+    (many_files, 400, "too_many_files"),
 ]
 
 

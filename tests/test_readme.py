@@ -73,3 +73,16 @@ def test_the_readmes_python_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     dataset_id, first_ids = printed[0].split(" ", 1)
     assert len(dataset_id) == 16
     assert first_ids.startswith("['ep_")
+
+
+def test_the_cli_examples_use_ids_the_write_dataset_example_makes() -> None:
+    """A newcomer writes the README's file, then runs its commands on it: the episode ids the
+    commands name must exist there (``tessera similar ... ep_000123`` did not: ep_00123)."""
+    make = next(b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S)
+                if "write_dataset(" in b)  # fmt: skip
+    n = int(re.search(r"^n = (\d+)$", make, flags=re.M).group(1))  # type: ignore[union-attr]
+    pattern = re.search(r"episode_ids=\[f\"(.*?)\" for i in range\(n\)\]", make).group(1)  # type: ignore[union-attr]
+    made = {pattern.format(i=i) for i in range(n)}  # the example's own f-string
+    named = re.findall(r"^tessera similar my_embeddings\.h5 (\S+)", README, flags=re.M)
+    assert named, "the README has no `tessera similar` example"
+    assert set(named) <= made, f"{named} are not ids of the write_dataset example"

@@ -142,6 +142,43 @@ async def test_globs_are_confined_to_the_allowed_directories(
         assert (r.status_code, r.json()["code"]) == (400, "invalid_request"), bad
 
 
+async def test_dataset_names_follow_the_selection_name_rule(
+    client: Client, pair: tuple[Path, Path]
+) -> None:
+    paths = [str(p) for p in pair]
+    for name in ("\u202eevil\u0000x", "a\r\nb", "tab\there", "zero\u200bwidth", " ", "x" * 201):
+        r = await register(client, {"paths": paths, "name": name})
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_request"), name
+        assert "dataset" in r.json()["error"], r.json()
+    assert (
+        "holds U+202E (RIGHT-TO-LEFT OVERRIDE)"
+        in (await register(client, {"paths": paths, "name": "\u202eevil"})).json()["error"]
+    )
+    assert (await client.get("/api/datasets")).json() == []
+    r = await register(client, {"paths": paths, "name": "  sim · réel 2  "})
+    assert (r.status_code, r.json()["name"]) == (201, "sim · réel 2")
+
+
+async def test_the_same_files_under_another_name_are_a_409_naming_the_dataset(
+    client: Client, pair: tuple[Path, Path]
+) -> None:
+    paths = [str(p) for p in pair]
+    first = await register(client, {"paths": paths, "name": "sim + real"})
+    assert first.status_code == 201
+    again = await register(client, {"paths": paths, "name": "sim + real"})
+    assert (again.status_code, again.json()["id"]) == (201, first.json()["id"])
+    unnamed = await register(client, {"paths": paths})
+    assert (unnamed.status_code, unnamed.json()["name"]) == (201, "sim + real")
+    other = await register(client, {"paths": paths, "name": "fleet"})
+    assert (other.status_code, other.json()["code"]) == (409, "dataset_exists")
+    assert other.json()["error"] == (
+        f"These files are already registered as dataset 'sim + real' (id {first.json()['id']}): "
+        "use it, or delete it first to register them as 'fleet'"
+    )
+    listed = (await client.get("/api/datasets")).json()
+    assert [d["name"] for d in listed] == ["sim + real"]
+
+
 async def test_embeddings_too_large_for_memory_are_a_507_naming_dask(
     client: Client, pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

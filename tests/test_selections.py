@@ -81,6 +81,30 @@ async def test_selections_from_each_source_and_set_operations(
     assert (one["count"], one["source"]) == (3, {"kind": "episode_ids"})
 
 
+@pytest.mark.parametrize("op", ["union", "difference"])
+async def test_an_operand_deleted_meanwhile_is_a_400_naming_it(
+    client: Client, episode_file: Path, monkeypatch: pytest.MonkeyPatch, op: str
+) -> None:
+    """Another client deletes an operand between this request's check and its read: the
+    answer is the README's 400 naming it (it was a 404 selection_not_found)."""
+    dataset_id = await add(client, episode_file)
+    await make(client, dataset_id, {"name": "a", "filter": SUCCESS})
+    await make(client, dataset_id, {"name": "b", "filter": PICK})
+    core = client.app.state.tessera
+    core._selection_masks.clear()  # as after a restart: the ids are read from the catalog
+    read = core.catalog.selection
+
+    def deleted_meanwhile(dataset: str, name: str) -> Any:
+        if name == "b":
+            core.catalog.remove_selection(dataset, "b")  # the other client's DELETE lands now
+        return read(dataset, name)
+
+    monkeypatch.setattr(core.catalog, "selection", deleted_meanwhile)
+    r = await client.post(f"/api/datasets/{dataset_id}/selections",
+                          json={"name": "c", "op": op, "of": ["a", "b"]})  # fmt: skip
+    assert r.json() == error("unknown selection 'b'; selections: a", "unknown_selection", 400)
+
+
 async def test_a_selection_is_a_filter_condition(client: Client, episode_file: Path) -> None:
     dataset_id = await add(client, episode_file)
     await make(client, dataset_id, {"name": "bad grasp", "filter": PICK})
@@ -224,7 +248,11 @@ async def test_group_summary(client: Client, episode_file: Path) -> None:
     assert len(hist["groups"]) <= 10
     assert sum(g["count"] for g in hist["groups"]) == 300
     r = await client.post(url, json={"group_by": "nope"})
-    assert r.status_code == 400
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_request")
+    assert r.json()["error"].startswith(
+        "unknown field 'nope': group_by needs a category, bool or number field; fields: "
+        "dataset, episode_length, gripper_force, success, task"
+    )  # it named stratify_by, which this request does not have
 
 
 async def test_clusters_become_a_field(

@@ -70,15 +70,23 @@ def test_every_setting_is_in_the_readme() -> None:
 
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Stand in for uvicorn.run: record the app and where it would listen."""
-    import uvicorn
+    """Stand in for the server (app/server.py): record where it would listen and the app."""
+    import tessera_app.server as server
 
     seen: dict[str, Any] = {}
 
-    def fake_run(app: Any, **kw: Any) -> None:
-        seen.update(app=app, **kw)
+    class Bound:
+        def __init__(self, host: str, port: int) -> None:
+            seen.update(host=host, port=port)
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+        def getsockname(self) -> tuple[str, int]:
+            return (seen["host"], seen["port"])
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(server, "bind", Bound)
+    monkeypatch.setattr(server, "run", lambda app, settings, sock: seen.update(app=app))
     return seen
 
 

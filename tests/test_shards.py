@@ -4,6 +4,7 @@ in-process memory limit (507)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,106 @@ def test_a_file_whose_name_looks_like_a_glob_is_itself(tmp_path: Path) -> None:
     assert expand_paths([str(tmp_path / "run[0-9].h5")]) == [tmp_path / "run1.h5"]
 
 
+GLOB_IN_CHILD = """
+import sys, time
+from tessera_gpu.errors import TesseraError
+from tessera_gpu.io.shards import expand_paths
+start = time.monotonic()
+try:
+    found = [str(p) for p in expand_paths([sys.argv[1]])]
+except TesseraError as exc:
+    found = [exc.code]
+print(repr((found, time.monotonic() - start)))
+"""
+
+
+def glob_in_a_child(pattern: str, timeout: float = 20) -> tuple[list[str], float]:
+    """``expand_paths([pattern])`` in a child process that is killed after ``timeout`` seconds
+    (a glob that never returns must fail this test, not hang the suite)."""
+    import ast
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", GLOB_IN_CHILD, pattern], capture_output=True,
+                          text=True, timeout=timeout, check=True)  # fmt: skip
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_a_glob_never_enters_a_symlinked_folder_so_loops_end(tmp_path: Path) -> None:
+    """``ln -s . a; ln -s . b``: Python's glob follows both forever (2^depth paths)."""
+    loop = tmp_path / "loop2"
+    loop.mkdir()
+    shard(loop / "x.h5", 2, prefix="x")
+    (loop / "a").symlink_to(".")
+    (loop / "b").symlink_to(".")
+    (tmp_path / "elsewhere").mkdir()
+    shard(tmp_path / "elsewhere" / "y.h5", 2, prefix="y")
+    (loop / "out").symlink_to(tmp_path / "elsewhere")  # a folder link: not entered either
+    (loop / "y-link.h5").symlink_to(tmp_path / "elsewhere" / "y.h5")  # a file link: matched
+    found, seconds = glob_in_a_child(f"{loop}/**/*.h5")
+    assert found == [f"{loop}/x.h5", f"{loop}/y-link.h5"]
+    assert seconds < 5, seconds
+
+
+def test_a_glob_stops_at_the_first_match_over_the_limit(tmp_path: Path) -> None:
+    for i in range(1_500):
+        (tmp_path / f"s{i:04d}.h5").touch()
+    with pytest.raises(InvalidRequest) as info:
+        expand_paths([str(tmp_path / "*.h5")])
+    assert (info.value.code, info.value.message) == (
+        "too_many_files",
+        f"Too many files: {tmp_path}/*.h5 matches more than 1,000 (at most 1,000 shards)",
+    )
+    listed = []
+    real_scandir = os.scandir
+
+    def counting(path: Any) -> Any:
+        listing = real_scandir(path)
+        inner = iter(listing)
+
+        class Counted:
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                listing.close()
+
+            def __iter__(self) -> Any:
+                for entry in inner:
+                    listed.append(entry.name)
+                    yield entry
+
+        return Counted()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "scandir", counting)
+        with pytest.raises(InvalidRequest):
+            expand_paths([str(tmp_path / "*.h5")])
+    assert len(listed) == 1_001  # not the 1,500 in the folder
+
+
+def test_a_glob_is_bounded_in_depth_and_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tessera_gpu.io.shards as shards
+
+    deep = tmp_path.joinpath(*[f"d{i}" for i in range(shards.GLOB_DEPTH + 1)])
+    deep.mkdir(parents=True)
+    shard(deep / "x.h5", 2, prefix="x")
+    with pytest.raises(InvalidRequest) as info:
+        expand_paths([str(tmp_path / "**" / "*.h5")])
+    assert info.value.code == "glob_too_deep"
+    assert "goes more than 32 folders deep under **" in info.value.message
+    assert expand_paths([str(deep.parent / "**" / "*.h5")]) == [deep / "x.h5"]  # within bounds
+    for i in range(600):
+        (tmp_path / f"n{i}.txt").touch()
+    monkeypatch.setattr(shards, "GLOB_SECONDS", 0.0)
+    with pytest.raises(InvalidRequest) as info:
+        expand_paths([str(tmp_path / "*.h5")])
+    assert info.value.code == "glob_too_slow"
+    assert info.value.message.startswith(f"The glob {tmp_path}/*.h5 took more than 0 s to list")
+
+
 def test_a_file_named_twice_is_read_once(two: tuple[Path, Path]) -> None:
     a, b = two
     ds = load_shards([a, b, a.parent / "." / "a.h5"])
@@ -247,8 +348,9 @@ def test_a_field_of_different_kinds_names_the_files(tmp_path: Path) -> None:
 def test_missing_fields_take_values_that_say_so(two: tuple[Path, Path]) -> None:
     ds = load_shards(list(two))
     everything = np.arange(7)
-    assert ds.fields["length"].kind == "float"  # an int missing somewhere becomes float + NaN
+    assert ds.fields["length"].kind == "int"  # still int where one file lacks it
     assert ds.fields["length"].json_values(everything) == [10, 20, 30, 40, None, None, None]
+    assert all(type(v) is int for v in ds.fields["length"].json_values(everything)[:4])
     assert ds.fields["speed"].json_values(everything) == [None] * 4 + [1.5, 2.5, 3.5]
     assert ds.fields["ok"].json_values(everything) == [True, False, True, False, None, None, None]
     assert ds.fields["note"].json_values(everything) == ["w", "x", "y", "z", None, None, None]
@@ -258,8 +360,30 @@ def test_missing_fields_take_values_that_say_so(two: tuple[Path, Path]) -> None:
     assert ds.fields["task"].missing is None  # every shard has it
     summary = {f.name: f for f in ds.summary().fields}
     assert summary["ok"].values == {"true": 2, "false": 2}
-    assert (summary["length"].min, summary["length"].max) == (10, 40)
+    assert (summary["length"].kind, summary["length"].min, summary["length"].max) == ("int", 10, 40)
+    assert type(summary["length"].min) is int
     assert summary["note"].values == {"w": 1, "x": 1, "y": 1, "z": 1}  # not "(missing)"
+
+
+def test_an_int_field_one_file_lacks_stays_int_and_missing_everywhere(
+    two: tuple[Path, Path],
+) -> None:
+    """It used to turn into a float field: a filter's values, the page's range and the
+    exports then showed 10.0 for 10."""
+    ds = load_shards(list(two))
+    assert rows(ds, {"field": "length", "op": "ge", "value": 20}) == [1, 2, 3]
+    assert rows(ds, {"field": "length", "op": "ne", "value": 20}) == [0, 2, 3]  # not missing
+    assert rows(ds, {"field": "length", "op": "in", "value": [10, 40]}) == [0, 3]
+    assert (ds.fields["length"].kind, ds.metadata_at(1)["length"]) == ("int", 20)
+    assert type(ds.metadata_at(1)["length"]) is int  # 20, not 20.0 (hover card, CSV)
+    assert ds.metadata_at(5)["length"] is None
+    colour = color_by(ds, "length")  # a number: the missing rows are NaN (drawn grey)
+    assert colour.span == (10.0, 40.0)
+    assert np.isnan(colour.values[4:]).all()
+    strata = strata_of(ds, "length")
+    assert strata is not None
+    assert strata.labels[-1] == "missing"
+    assert (strata.codes[4:] == len(strata.labels) - 1).all()
 
 
 @pytest.mark.parametrize(

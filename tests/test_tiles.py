@@ -140,8 +140,10 @@ def test_number_colour_uses_the_global_span(index: TileIndex) -> None:
     assert plain(legend(spec))["max"] == 10.0
     rgba = pixels(render_tile(index.view(), spec, 0, 0, 0))
     drawn = rgba[..., 3] > 0
-    assert {tuple(c) for c in rgba[:, :128][drawn[:, :128]][:, :3]} == {hexrgb("#440154")}
-    assert {tuple(c) for c in rgba[:, 128:][drawn[:, 128:]][:, :3]} == {hexrgb("#FDE724")}
+    low, high = plain(legend(spec))["colormap"][0], plain(legend(spec))["colormap"][-1]
+    assert (low, high) == ("#3A528B", "#FDE724")  # viridis from its blue: readable on the map
+    assert {tuple(c) for c in rgba[:, :128][drawn[:, :128]][:, :3]} == {hexrgb(low)}
+    assert {tuple(c) for c in rgba[:, 128:][drawn[:, 128:]][:, :3]} == {hexrgb(high)}
 
 
 def test_density_is_seamless_across_tiles(index: TileIndex) -> None:
@@ -151,6 +153,17 @@ def test_density_is_seamless_across_tiles(index: TileIndex) -> None:
     again = pixels(render_tile(view, ColorBy("density"), 1, 0, 0))
     assert np.array_equal(whole, again)
     assert view.transfer(1)[1][-1] == pytest.approx(1.0)
+
+
+def test_a_tiny_map_is_drawn_at_the_legends_sparse_end() -> None:
+    """Every pixel holding one episode used to be shaded as the densest: white points under a
+    red-to-yellow legend. They are the legend's first colour, and every density colour drawn
+    anywhere is on the legend's ramp."""
+    view = TileIndex(np.random.default_rng(3).normal(size=(12, 2)).astype(np.float32)).view()
+    spec = ColorBy("density")
+    drawn = pixels(render_tile(view, spec, 0, 0, 0)).reshape(-1, 4)
+    opaque = {tuple(int(v) for v in p[:3]) for p in drawn if p[3] > 0}
+    assert opaque == {hexrgb(plain(legend(spec))["colormap"][0])}
 
 
 def test_colouring_by_an_unknown_or_text_field_is_a_400() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import h5py
@@ -315,10 +316,15 @@ def test_bad_values_are_rejected(tmp_path: Path, kwargs: dict, message: str) -> 
         ([1, 2, 3], "episode_ids must be strings or UTF-8 bytes"),
         (np.array([["a", "b"]]), "episode_ids must be strings or UTF-8 bytes"),
         ("abc", "episode_ids needs one value per episode, got a single str"),
+        (
+            ["ep_b", "ep_a\nep_b"],
+            "episode_ids must be printable text: row 1 ('ep_a\\nep_b') holds U+000A",
+        ),
+        (["\u202eevil"], "episode_ids must be printable text: row 0 ('\\u202eevil') holds U+202E"),
     ],
 )
 def test_bad_episode_ids_are_rejected(tmp_path: Path, episode_ids: object, message: str) -> None:
-    with pytest.raises(InvalidRequest, match="^" + message.replace("(", r"\(")):
+    with pytest.raises(InvalidRequest, match="^" + re.escape(message)):
         write_dataset(tmp_path / "x.h5", episode_ids=episode_ids)
 
 

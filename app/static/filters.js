@@ -1,5 +1,7 @@
 // The filter panel: one section per field (checkboxes with counts, a number range, or a
-// text match), the map selection chip, and the live "N of M episodes match" line.
+// text match), the map selection chip, and the live "N of M episodes match" line. A value's
+// count follows the other filters (cross-filter): it is the count among the episodes that
+// every condition on the other fields matches (POST .../facets).
 
 import { apiUrl, debounce, el, fmt, fmtShort, postJSON } from "./api.js";
 import { filterConditions, on, pin, state, update } from "./state.js";
@@ -39,12 +41,14 @@ function valuesControl(field, given, section) {
   const entries = Object.entries(field.values);
   const chosen = given ? chosenValues(given, entries.map(([v]) => v)) : null;
   const list = el("div", { class: "values" });
+  const counts = new Map(); // value -> its count's <span>
   const boxes = entries.map(([value, n], i) => {
     const input = el("input", { type: "checkbox", value, onchange: changed });
     input.checked = chosen ? chosen.has(value) : true;
+    const count = el("span", { class: "count" }, fmtShort(n));
+    counts.set(value, count);
     const row = el("label", { class: "value", hidden: i >= SHOWN_VALUES && !input.checked ? true : null },
-      input, el("span", { class: "label", title: value }, value),
-      el("span", { class: "count" }, fmtShort(n)));
+      input, el("span", { class: "label", title: value }, value), count);
     list.append(row);
     return input;
   });
@@ -67,6 +71,14 @@ function valuesControl(field, given, section) {
       return { field: field.name, op: "in", value: picked };
     },
     reset() { boxes.forEach((b) => { b.checked = true; }); },
+    showCounts(facet) {
+      for (const [value, span] of counts) {
+        const n = facet[value] ?? 0;
+        span.textContent = fmtShort(n);
+        span.title = `${fmt(n)} among the episodes the other filters match`;
+        span.parentElement.classList.toggle("zero", n === 0);
+      }
+    },
   };
 }
 
@@ -176,11 +188,12 @@ const refreshCount = debounce(async () => {
   const seq = ++countSeq;
   const box = document.getElementById("match-count");
   try {
-    const res = await postJSON(apiUrl(state.dataset.id, "/count"), { filter: filterConditions() });
+    const res = await postJSON(apiUrl(state.dataset.id, "/facets"), { filter: filterConditions() });
     if (seq !== countSeq) return; // a newer filter is on its way
-    update({ count: res });
-    box.replaceChildren(el("b", { class: res.count ? null : "zero" }, fmt(res.count)),
+    update({ count: { count: res.matched, total: res.total } });
+    box.replaceChildren(el("b", { class: res.matched ? null : "zero" }, fmt(res.matched)),
       ` of ${fmt(res.total)} episodes match`);
+    for (const [name, c] of controls) if (c.showCounts && res.fields[name]) c.showCounts(res.fields[name]);
   } catch (err) {
     if (seq === countSeq) box.replaceChildren(el("span", { class: "zero" }, err.message));
   }

@@ -13,6 +13,7 @@ let ascending = false;
 let last = null; // the last summary shown
 let seq = 0;
 let clusterTimer = null;
+let builtFor = null; // the dataset the tab was built for: a rebuild for new fields keeps its state
 
 /** Fields a table can be split by: categories and bools, then numbers (quantile bins). */
 function groupable() {
@@ -32,7 +33,8 @@ export function buildGroups() {
   $("clusters-box").hidden = mapless;
   $("groups-note").textContent = mapless ? "click a row to filter to it"
     : "click a row to filter to it · hover to outline it on the map";
-  $("clusters-state").textContent = "";
+  if (builtFor !== state.dataset.id) $("clusters-state").textContent = ""; // another dataset
+  builtFor = state.dataset.id;
   refreshGroups();
 }
 
@@ -139,7 +141,7 @@ async function followClusters(status) {
   clearTimeout(clusterTimer);
   const id = state.dataset.id;
   if (status.status === "done") {
-    $("clusters-state").textContent = `k = ${status.params.k}`;
+    $("clusters-state").textContent = `${status.params.k} clusters: the “cluster” field, grouped below`;
     if (!(await refreshFields(id))) return;
     $("group-by").value = "cluster";
     refreshGroups();

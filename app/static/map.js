@@ -9,6 +9,11 @@ import { showOverview } from "./overview.js";
 let models = null;        // {plot, tiles, samples, selection, xRange, yRange}
 let tileToken = "";       // names the projection in tile URLs
 let pollTimer = null;
+let bounds = null;        // [x0, y0, x1, y1] of the episodes on the map (the projection's)
+let frameInset = null;    // the Bokeh frame's offsets inside #map-root (its toolbar's room)
+let lastFit = null;       // the ranges fitView set last: Bokeh echoes them back
+let lastFrame = null;     // {width, height} of the frame the ranges were set for
+const FIT_PAD = 14;       // pixels kept clear around the episodes
 const $ = (id) => document.getElementById(id);
 
 /** Show the map of the open dataset, or why there is none yet. */
@@ -39,7 +44,7 @@ async function poll() {
     return;
   }
   if (!state.dataset || state.dataset.id !== id) return;
-  if (status.status === "done") return embed();
+  if (status.status === "done") { bounds = status.bounds || null; return embed(); }
   if (status.status === "failed") {
     showStatus(`The projection failed: ${escapeHtml(status.error || "unknown error")}`, { error: true, retry: true });
     return;
@@ -115,11 +120,82 @@ async function embed() {
   const find = (name) => doc.get_model_by_name(name);
   models = { plot: find("map"), tiles: find("tiles"), samples: find("sample"),
              similar: find("similar"), outline: find("outline"), selection: find("selection"),
-             xRange: find("x_range"), yRange: find("y_range") };
+             hovered: find("hovered"), xRange: find("x_range"), yRange: find("y_range") };
   $("map-controls").hidden = false;
   $("map-hint").hidden = false;
+  frameInset = null;
+  lastFrame = null;
   drawSelection();
+  drawHovered();
   update({ mapReady: true });
+  requestAnimationFrame(() => requestAnimationFrame(relayout)); // once Bokeh has laid out
+}
+
+/** The frame (where episodes are drawn) in page pixels, from #map-root's box: the frame's
+ *  offsets are read from Bokeh once, so a resize can be answered before Bokeh re-lays out. */
+function frameBox() {
+  const root = $("map-root").getBoundingClientRect();
+  if (!frameInset) {
+    const view = window.Bokeh.index && window.Bokeh.index.get(models.plot);
+    const bbox = view && view.frame && view.frame.bbox;
+    if (!bbox || !bbox.width || !bbox.height) return null;
+    frameInset = { left: bbox.left, top: bbox.top, right: root.width - bbox.right,
+                   bottom: root.height - bbox.bottom };
+  }
+  const left = root.left + frameInset.left;
+  const top = root.top + frameInset.top;
+  return { left, top, width: root.width - frameInset.left - frameInset.right,
+           height: root.height - frameInset.top - frameInset.bottom };
+}
+
+/** Fit the episodes into the part of the frame that the overlays (hint above, colour and
+ *  legend below) leave clear, with equal scales on both axes. */
+function fitView() {
+  const frame = frameBox();
+  if (!models || !bounds || !frame) return;
+  const clearOf = (id) => ($(id).hidden ? null : $(id).getBoundingClientRect());
+  const hint = clearOf("map-hint");
+  const controls = clearOf("map-controls");
+  const top = (hint ? Math.max(0, hint.bottom - frame.top) : 0) + FIT_PAD;
+  const bottom = (controls ? Math.max(0, frame.top + frame.height - controls.top) : 0) + FIT_PAD;
+  const width = frame.width - 2 * FIT_PAD;
+  const height = frame.height - top - bottom;
+  if (width < 40 || height < 40) return;
+  const [x0, y0, x1, y1] = bounds;
+  const perPixel = Math.max((x1 - x0) / width || 0, (y1 - y0) / height || 0) || 1;
+  const xStart = (x0 + x1) / 2 - (frame.width / 2) * perPixel;
+  const yStart = (y0 + y1) / 2 - (bottom + height / 2) * perPixel;
+  setRanges(xStart, yStart, xStart + frame.width * perPixel, yStart + frame.height * perPixel, frame);
+}
+
+/** Keep the user's own view (centre and scale) in a frame of a new size. */
+function keepView() {
+  const frame = frameBox();
+  if (!models || !frame || !lastFrame) return;
+  const { xRange: x, yRange: y } = models;
+  const perPixel = (x.end - x.start) / lastFrame.width;
+  const cx = (x.start + x.end) / 2;
+  const cy = (y.start + y.end) / 2;
+  const w = frame.width * perPixel;
+  const h = frame.height * ((y.end - y.start) / lastFrame.height);
+  setRanges(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, frame);
+}
+
+function setRanges(x0, y0, x1, y1, frame) {
+  lastFit = [x0, y0, x1, y1];
+  lastFrame = { width: frame.width, height: frame.height };
+  models.xRange.setv({ start: x0, end: x1 });
+  models.yRange.setv({ start: y0, end: y1 });
+  document.body.dataset.mapFits = String(Number(document.body.dataset.mapFits || 0) + 1);
+}
+
+/** The map area changed size (a panel, the drawer, the window) or the legend did: refit
+ *  a fitted map, keep a view the user chose. */
+function relayout() {
+  if (!models) return;
+  if (state.view && lastFrame) keepView();
+  else if (state.view) lastFrame = frameBox();
+  else fitView();
 }
 
 /** The tile URL carries colour and filter, so a change redraws only what it must. */
@@ -137,6 +213,12 @@ function drawSelection() {
   const p = state.polygon;
   models.selection.data = p ? { xs: [p.map((q) => q[0])], ys: [p.map((q) => q[1])] } : { xs: [], ys: [] };
   if (!p) models.samples.selected.indices = [];
+}
+
+/** The picker shows the colouring, however it was chosen (◐ beside a selection, a link). */
+function showColorChoice() {
+  const select = $("color-by");
+  if ([...select.options].some((o) => o.value === state.colorBy)) select.value = state.colorBy;
 }
 
 /** Fill the colour-by picker: density, then category/bool fields, then numbers. */
@@ -193,14 +275,28 @@ function renderLegend(legend) {
   }
 }
 
-/** Draw a sample's episodes on the map (Bokeh's HoverTool names them). */
+/** Draw a sample's episodes on the map (Bokeh's HoverTool names them): those the current
+ *  filter matches, so the markers follow the filter as the tiles do. */
+let sampleSeq = 0;
 export async function showSamplePoints(manifest) {
   if (!models) return;
+  const seq = ++sampleSeq;
   if (!manifest) { models.samples.data = { x: [], y: [], episode_id: [], stratum: [] }; return; }
   const field = manifest.params && manifest.params.stratify_by;
-  const pts = await getJSON(apiUrl(state.dataset.id, "/points", { sample_id: manifest.sample_id || manifest.id, fields: field || "" }));
+  const pts = await getJSON(apiUrl(state.dataset.id, "/points", {
+    sample_id: manifest.sample_id || manifest.id, fields: field || "",
+    filter: filterParam(filterConditions()) }));
+  if (seq !== sampleSeq || !models) return; // a newer filter or sample is on its way
   const strata = field ? pts.fields[field].map(String) : pts.x.map(() => manifest.method);
   models.samples.data = { x: pts.x, y: pts.y, episode_id: pts.episode_id, stratum: strata };
+}
+
+/** Ring the episode the card shows (the one under the cursor, or a clicked tile's). */
+function drawHovered() {
+  if (!models || !models.hovered) return;
+  const ep = state.hovered;
+  models.hovered.data = ep && Number.isFinite(ep.x)
+    ? { x: [ep.x], y: [ep.y], episode_id: [ep.episode_id] } : { x: [], y: [], episode_id: [] };
 }
 
 /** Ring episodes on the map (a "find similar" answer): `rows` are episode indices. */
@@ -264,8 +360,12 @@ window.tessera = {
   onHover(x, y) { if (models) hoverAt(x, y, pixelSize()); },
   onHoverEnd() { hoverEnd(); },
   onView(x0, y0, x1, y1) {
-    if ([x0, y0, x1, y1].every(Number.isFinite)) update({ view: [x0, y0, x1, y1] });
+    if (![x0, y0, x1, y1].every(Number.isFinite)) return;
+    const span = lastFit ? Math.abs(lastFit[2] - lastFit[0]) : 0;
+    const echo = lastFit && [x0, y0, x1, y1].every((v, i) => Math.abs(v - lastFit[i]) <= 1e-9 * span);
+    if (!echo) update({ view: [x0, y0, x1, y1] }); // the user's own pan or zoom
   },
+  onReset() { update({ view: null }); fitView(); },
 };
 
 export function initMap() {
@@ -273,6 +373,17 @@ export function initMap() {
   $("color-by").addEventListener("change", (e) => update({ colorBy: e.target.value }));
   on(["colorBy", "conditions", "pinned", "polygon", "mapReady"], () => { refreshTiles(); refreshLegend(); });
   on(["polygon", "mapReady"], drawSelection);
+  on("hovered", drawHovered);
+  on("colorBy", showColorChoice);
+  const follow = debounce(() => showSamplePoints(state.sample).catch(() => {}), 150);
+  on(["conditions", "pinned", "polygon"], () => { if (state.sample) follow(); });
+  let frame = 0;
+  const observer = new ResizeObserver(() => {
+    cancelAnimationFrame(frame);
+    frame = requestAnimationFrame(relayout);
+  });
+  observer.observe($("map-root"));
+  observer.observe($("map-controls"));
   on("selections", (s) => { if (s.dataset) buildColorPicker(); }); // saved or deleted: list it
   on("count", (s) => { $("no-match").hidden = !(s.count && s.count.count === 0); });
 }

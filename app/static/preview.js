@@ -3,7 +3,7 @@
 // dropped by sequence number, so a fast sweep never ends on an old episode.
 
 import { apiUrl, el, filterParam, getJSON } from "./api.js";
-import { filterConditions, state } from "./state.js";
+import { filterConditions, state, update } from "./state.js";
 
 const HOVER_PX = 16;     // an episode farther than this from the cursor is not "under" it
 const DELAY_MS = 35;
@@ -44,6 +44,7 @@ async function lookUp(x, y, pixel) {
 export function showEpisode(ep) {
   if (ep.index === shownIndex) return;
   shownIndex = ep.index;
+  update({ hovered: { x: ep.x, y: ep.y, episode_id: ep.episode_id } }); // ringed on the map
   const img = document.getElementById("preview-img");
   const empty = document.getElementById("preview-empty");
   const sources = [ep.gif_url, ep.thumbnail_url].filter(Boolean);
@@ -85,6 +86,7 @@ function formatValue(v) {
 export function clearEpisode() {
   seq += 1;
   shownIndex = null;
+  update({ hovered: null });
   const img = document.getElementById("preview-img");
   img.hidden = true;
   img.removeAttribute("src");

@@ -115,6 +115,7 @@ export function initSelections() {
   $("selection-save-open").addEventListener("click", () => {
     $("selection-save").hidden = !$("selection-save").hidden;
     if (!$("selection-save").hidden) $("selection-name").focus();
+    else $("selection-error").hidden = true; // the error was about this form: it goes with it
   });
   $("selection-save").addEventListener("submit", save);
   on(["selections", "pinned"], render);

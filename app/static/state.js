@@ -18,6 +18,7 @@ export const state = {
   selections: [],       // GET .../selections
   selectionsLoaded: false,
   similarity: null,     // the similarity job's status (GET .../similarity)
+  hovered: null,        // {x, y, episode_id} of the episode the card shows, ringed on the map
   mapReady: false,
 };
 

@@ -142,6 +142,10 @@ from tessera_gpu.cli.export import export  # noqa: E402
 
 cli.add_command(export)
 
+from tessera_gpu.cli.restore import restore  # noqa: E402
+
+cli.add_command(restore)
+
 
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="tessera")

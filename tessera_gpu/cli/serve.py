@@ -19,6 +19,7 @@ from tessera_gpu import __version__
 from tessera_gpu.backends import MODES
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.io.safety import Limits, check_file_on_disk
+from tessera_gpu.names import check_dataset_name
 from tessera_gpu.settings import SETTINGS, Setting, Settings
 
 __all__ = ["DEMO_FILE", "check_exposure", "login_token", "serve", "setting_options"]
@@ -77,9 +78,9 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @setting_options
 def serve(files: tuple[Path, ...], demo: bool, join: str | None, **flags: Any) -> None:
     """Serve FILES (HDF5 episode files, registered by path) and the data directory's datasets."""
-    import uvicorn
     from tessera_app.access_log import configure_logging
     from tessera_app.main import create_app
+    from tessera_app.server import bind, run
 
     from tessera_gpu.io.shards import expand_paths
 
@@ -88,13 +89,25 @@ def serve(files: tuple[Path, ...], demo: bool, join: str | None, **flags: Any) -
     check_exposure(settings)
     if join is not None and (not files or demo):
         raise click.UsageError("--join NAME needs the FILES to join (and no --demo)")
-    paths = expand_paths(files)  # a quoted glob is expanded here
-    for path in paths:
-        check_file_on_disk(path, Limits())  # a typo or a wrong file: one clear line, no server
-    if demo:
-        paths.append(ensure_demo(settings.data_dir))
-    app = create_app(settings, files=paths, join=join)
-    core = app.state.tessera
+    if join is not None:
+        join = check_dataset_name(join).strip()
+    sock = bind(settings.host, settings.port)  # a busy port: one line, the data dir untouched
+    try:
+        port = sock.getsockname()[1]
+        paths = expand_paths(files)  # a quoted glob is expanded here
+        for path in paths:
+            check_file_on_disk(path, Limits())  # a typo or a wrong file: one clear line, no server
+        if demo:
+            paths.append(ensure_demo(settings.data_dir))
+        app = create_app(settings, files=paths, join=join)
+        announce(app.state.tessera, settings, port, login_url)
+        run(app, settings, sock)
+    finally:
+        sock.close()
+
+
+def announce(core: Any, settings: Settings, port: int, login_url: str | None) -> None:
+    """What ``tessera serve`` prints before it serves: backend, data, cluster, URL."""
     backend = core.backend
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     click.echo(
@@ -106,10 +119,11 @@ def serve(files: tuple[Path, ...], demo: bool, join: str | None, **flags: Any) -
             f"Dask scheduler {cluster['scheduler']}: {cluster['workers']} workers, "
             f"{cluster['threads']} threads{', cuml.dask' if cluster['cuml_dask'] else ''}"
         )
-    click.echo(f"Serving at http://{host}:{settings.port}/  (API docs: /api/schema)")
+    if core.catalog.problem is not None:
+        click.echo(f"warning: {core.catalog.damaged('reads go on, writes are refused').message}")
+    click.echo(f"Serving at http://{host}:{port}/  (API docs: /api/schema)")
     if login_url is not None:  # stdout only, once: never logged, never written to a file
         click.echo(f"No --token given, so this run made one. Log in once: {login_url}")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
 
 
 def login_token(settings: Settings) -> tuple[Settings, str | None]:

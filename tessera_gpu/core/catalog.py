@@ -6,8 +6,13 @@ Uploaded files and cached maps stay files beside it (:mod:`.datadir`).
 
 * stdlib :mod:`sqlite3` in WAL mode with ``synchronous=FULL``: a write that returned is on disk,
   and a ``kill -9`` at any moment loses nothing that was committed.
-* The schema version is SQLite's ``user_version``; :data:`MIGRATIONS` brings any older
-  database up to date at open, each step in its own transaction.
+* The schema version is SQLite's ``user_version``; :data:`MIGRATIONS` (:mod:`.migrations`)
+  brings any older database up to date at open, each step in its own transaction, after a
+  backup (:mod:`.backups`).
+* It is checked at open (``PRAGMA quick_check``): damage that still reads gives a *degraded*
+  catalog (reads go on, writes are 503 ``catalog_damaged``); one that does not read, or a
+  missing catalog beside a data directory's files (:func:`open_catalog`), stops the start with
+  one line saying how to restore a backup.
 * A data directory of the old layout (``registry.json`` and ``samples/<id>/<id>.json``) is
   imported once, in one transaction; the old files are then renamed ``*.imported``.
 
@@ -21,7 +26,8 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +36,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from tessera_gpu.errors import Conflict, NotFound
+from tessera_gpu.core.backups import Backups, integrity_problem, is_damage
+from tessera_gpu.core.datadir import DataDir
+from tessera_gpu.core.migrations import MIGRATIONS, SCHEMA_VERSION
+from tessera_gpu.errors import Conflict, NotFound, Unavailable
 
 __all__ = [
     "MIGRATIONS",
@@ -40,62 +49,34 @@ __all__ = [
     "JobRecord",
     "SelectionRecord",
     "now",
+    "open_catalog",
 ]
 
 log = logging.getLogger("tessera.catalog")
 
-MIGRATIONS: tuple[str, ...] = (
-    # 1: datasets, samples, jobs
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE datasets (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        source TEXT NOT NULL CHECK (source IN ('upload', 'path')),
-        path TEXT NOT NULL,
-        file_hash TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        mtime_ns INTEGER NOT NULL,
-        added_at TEXT NOT NULL,
-        projection TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE TABLE samples (
-        dataset_id TEXT NOT NULL REFERENCES datasets (id) ON DELETE CASCADE,
-        sample_id TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        manifest BLOB NOT NULL,
-        PRIMARY KEY (dataset_id, sample_id)
-    );
-    CREATE TABLE jobs (
-        dataset_id TEXT NOT NULL REFERENCES datasets (id) ON DELETE CASCADE,
-        kind TEXT NOT NULL,
-        params TEXT NOT NULL,
-        status TEXT NOT NULL,
-        error TEXT,
-        info TEXT NOT NULL DEFAULT '{}',
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (dataset_id, kind)
-    );
-    """,
-    # 2: named selections (their episode ids are stored, not their filter)
-    """
-    CREATE TABLE selections (
-        dataset_id TEXT NOT NULL REFERENCES datasets (id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        source TEXT NOT NULL,
-        count INTEGER NOT NULL,
-        episode_ids BLOB NOT NULL,
-        PRIMARY KEY (dataset_id, name)
-    );
-    """,
-    # 3: a dataset joined from several files lists them: [{path, file_hash, size, mtime_ns}]
-    """
-    ALTER TABLE datasets ADD COLUMN shards TEXT NOT NULL DEFAULT '[]';
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
+
 LEGACY_IMPORTED = "legacy_import"
+
+
+def open_catalog(data: DataDir) -> Catalog:
+    """The data directory's catalog, checked and migrated, with its backups folder. A missing or
+    empty catalog beside uploads, cached maps or backups is a 503 ``catalog_missing``: starting
+    afresh there would silently forget every dataset, sample and selection they belong to."""
+    path = data.catalog_path
+    held = data.holdings()
+    legacy = (data.root / "registry.json").exists()  # the old layout: imported at start
+    if held and not legacy and (not path.exists() or path.stat().st_size == 0):
+        state = "missing" if not path.exists() else "empty (0 bytes)"
+        fix = "There is no backup to restore"
+        if Backups(data.backups_dir).all():
+            fix = f"Run `tessera restore-catalog --data-dir {data.root}` to put back a backup"
+        raise Unavailable(
+            f"The catalog {path} is {state}, but {data.root} holds {held}: starting would forget "
+            f"every dataset, sample and selection. {fix}; or, to start afresh, move the data "
+            "directory aside (or use another --data-dir)",
+            code="catalog_missing",
+        )
+    return Catalog(path, backups=Backups(data.backups_dir))
 
 
 def now() -> str:
@@ -153,13 +134,117 @@ class SelectionRecord:
 
 
 class Catalog:
-    """The catalog database at ``path`` (created and migrated on open)."""
+    """The catalog database at ``path`` (created and migrated on open).
 
-    def __init__(self, path: Path) -> None:
+    Opening checks it (``PRAGMA quick_check``). A file SQLite cannot read at all, or a damaged
+    one of an older schema, is a 503 ``catalog_unreadable`` naming it. A damaged one that still
+    reads opens *degraded*: ``problem`` says why, reads that work go on, and every write is a
+    503 ``catalog_damaged`` (so nothing more is written into it) until it is restored. A read
+    that meets damage later marks it degraded the same way. ``backups`` (when given) receives a
+    copy before each migration and from :meth:`backup`.
+    """
+
+    def __init__(self, path: Path, *, backups: Backups | None = None) -> None:
         self.path = Path(path)
+        self.backups = backups
+        self.problem: str | None = None
         self._lock = threading.RLock()
         self._connection: sqlite3.Connection | None = None
-        self._migrate()
+        self._checked = time.monotonic()
+        self._backed_up_at = -1  # the connection's total_changes at the last backup
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise Unavailable(
+                f"The catalog {self.path} cannot be read ({exc}): {self.restore_hint}",
+                code="catalog_unreadable",
+            ) from None
+
+    def _open(self) -> None:
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self.problem = integrity_problem(self.path)
+        if self.problem is not None:
+            log.error("the catalog %s is damaged: %s", self.path, self.problem)
+            if self.version < len(MIGRATIONS):
+                raise sqlite3.DatabaseError(f"damaged, and too old to migrate: {self.problem}")
+        else:
+            if 0 < self.version < len(MIGRATIONS) and self.backups is not None:
+                self.backups.take(self._db, f"before-v{len(MIGRATIONS)}")
+            self._migrate()
+        self._db.execute("SELECT id FROM datasets").fetchall()  # what a start cannot do without
+
+    @property
+    def restore_hint(self) -> str:
+        return (
+            "stop the server and run `tessera restore-catalog --data-dir "
+            f"{self.path.parent}` to put back the newest sound backup (README: Restoring the "
+            "catalog)"
+        )
+
+    def damaged(self, what: str) -> Unavailable:
+        """The 503 for a write refused, or a read failed, in a damaged catalog."""
+        return Unavailable(
+            f"The catalog {self.path.name} is damaged ({self.problem}): {what}; "
+            + self.restore_hint,
+            code="catalog_damaged",
+        )
+
+    def check_writable(self) -> None:
+        """A 503 ``catalog_damaged`` when writes would be refused: callers ask first, before
+        work whose result only a write would keep (an upload moved into place, a sample)."""
+        if self.problem is not None:
+            raise self.damaged("writes are refused so that nothing more is lost")
+
+    @contextmanager
+    def guarded(self, what: str, *, reading: bool = True) -> Iterator[None]:
+        """Damage met as a 503 that marks the catalog degraded: SQLite's corruption errors and,
+        ``reading``, stored values that no longer decode (SQLite keeps no checksums of what it
+        stores, so changed bytes surface as undecodable text or JSON)."""
+        caught = (sqlite3.DatabaseError, ValueError) if reading else sqlite3.DatabaseError
+        try:
+            yield
+        except caught as exc:
+            undecodable = reading and str(exc).startswith("Could not decode to UTF-8")
+            if isinstance(exc, sqlite3.DatabaseError) and not (is_damage(exc) or undecodable):
+                raise
+            self.problem = self.problem or str(exc)
+            log.error("the catalog %s is damaged: %s", self.path, exc)
+            raise self.damaged(f"{what} failed") from None
+
+    def check(self, max_age: float = 60.0) -> str | None:
+        """The damage found so far, the check run again when the last is older than
+        ``max_age`` seconds (a health probe's view of the file on disk)."""
+        with self._lock:
+            if self.problem is None and time.monotonic() - self._checked > max_age:
+                self._checked = time.monotonic()
+                try:
+                    self.problem = integrity_problem(self.path)
+                except sqlite3.DatabaseError as exc:
+                    self.problem = str(exc)
+            return self.problem
+
+    def backed_up(self) -> list[Path]:
+        """The catalog's backups, newest first."""
+        return self.backups.all() if self.backups is not None else []
+
+    def backup(self, reason: str) -> Path | None:
+        """A copy of a sound, non-empty catalog into the backups (None: not taken). A failed
+        copy is logged, never raised: it must not stop a start or a shutdown."""
+        with self._lock:
+            if self.backups is None or self.problem is not None:
+                return None
+            if self._db.total_changes == self._backed_up_at or not self._rows(
+                "SELECT id FROM datasets LIMIT 1"
+            ):
+                return None
+            try:
+                path = self.backups.take(self._db, reason)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("could not back up the catalog: %s", exc)
+                return None
+            self._backed_up_at = self._db.total_changes
+            return path
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -188,37 +273,54 @@ class Catalog:
             return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
-        for number, script in enumerate(MIGRATIONS, 1):
+        for number, step in enumerate(MIGRATIONS, 1):
             if self.version >= number:
                 continue
             with self._lock:
-                try:
-                    self._db.executescript(
-                        f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
-                    )
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
+                if callable(step):
+                    with self._transaction() as db:
+                        step(db)
+                        db.execute(f"PRAGMA user_version = {number}")
+                else:
+                    self._script(step, number)
             log.info("catalog schema migrated to version %d", number)
+
+    def _script(self, script: str, number: int) -> None:
+        """Run one SQL migration in its own transaction (executescript would commit ours)."""
+        try:
+            self._db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed whole when the block ends, else rolled back."""
-        with self._lock:
+        """One write transaction: committed whole when the block ends, else rolled back.
+        Refused (503) while the catalog is damaged."""
+        with self._lock, self.guarded("this write", reading=False):
+            self.check_writable()
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
-    def _rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
-        with self._lock:
+    def _rows(
+        self, sql: str, *args: Any, each: Callable[[dict[str, Any]], Any] | None = None
+    ) -> list[Any]:
+        """The rows of a query as dicts, or as ``each`` makes them of those (the decoding of
+        what was stored is part of reading it: a value that no longer decodes is damage)."""
+        with self._lock, self.guarded("reading it"):
             cursor = self._db.execute(sql, args)
             names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            return rows if each is None else [each(r) for r in rows]
 
     def meta(self, key: str) -> str | None:
         rows = self._rows("SELECT value FROM meta WHERE key = ?", key)
@@ -228,12 +330,11 @@ class Catalog:
 
     def datasets(self) -> list[DatasetEntry]:
         """Every registered dataset, oldest first."""
-        rows = self._rows("SELECT * FROM datasets ORDER BY added_at, id")
-        return [_entry(r) for r in rows]
+        return self._rows("SELECT * FROM datasets ORDER BY added_at, id", each=_entry)
 
     def dataset(self, dataset_id: str) -> DatasetEntry | None:
-        rows = self._rows("SELECT * FROM datasets WHERE id = ?", dataset_id)
-        return _entry(rows[0]) if rows else None
+        rows = self._rows("SELECT * FROM datasets WHERE id = ?", dataset_id, each=_entry)
+        return rows[0] if rows else None
 
     def put_dataset(self, entry: DatasetEntry) -> None:
         """Add a dataset, or update it in place (its samples and selections stay)."""
@@ -299,19 +400,13 @@ class Catalog:
             )  # fmt: skip
 
     def jobs(self, dataset_id: str) -> list[JobRecord]:
-        rows = self._rows("SELECT * FROM jobs WHERE dataset_id = ? ORDER BY kind", dataset_id)
-        return [
-            JobRecord(
-                dataset_id=r["dataset_id"],
-                kind=r["kind"],
-                params=json.loads(r["params"]),
-                status=r["status"],
-                error=r["error"],
-                info=json.loads(r["info"]),
-                updated_at=r["updated_at"],
-            )
-            for r in rows
-        ]
+        return self._rows(
+            "SELECT * FROM jobs WHERE dataset_id = ? ORDER BY kind",
+            dataset_id,
+            each=lambda r: JobRecord(
+                **{**r, "params": json.loads(r["params"]), "info": json.loads(r["info"])}
+            ),
+        )
 
     # ---- selections -------------------------------------------------------------------------
 
@@ -320,7 +415,7 @@ class Catalog:
     ) -> SelectionRecord:
         """Keep a new selection; 409 when the dataset already has one of that name."""
         created = now()
-        blob = "\n".join(episode_ids).encode("utf-8")
+        blob = msgspec.json.encode(episode_ids)
         try:
             with self._transaction() as db:
                 db.execute(
@@ -337,24 +432,24 @@ class Catalog:
 
     def selections(self, dataset_id: str) -> list[SelectionRecord]:
         """A dataset's selections (without their ids), oldest first."""
-        rows = self._rows(
+        return self._rows(
             "SELECT dataset_id, name, created_at, source, count FROM selections "
             "WHERE dataset_id = ? ORDER BY created_at, name",
             dataset_id,
+            each=_selection,
         )
-        return [SelectionRecord(**{**r, "source": json.loads(r["source"])}) for r in rows]
 
     def selection(self, dataset_id: str, name: str) -> SelectionRecord:
         """One selection with its episode ids; 404 when there is none of that name."""
         rows = self._rows(
-            "SELECT * FROM selections WHERE dataset_id = ? AND name = ?", dataset_id, name
+            "SELECT * FROM selections WHERE dataset_id = ? AND name = ?",
+            dataset_id,
+            name,
+            each=_selection,
         )
         if not rows:
             raise NotFound(f"Selection not found: {name!r}", code="selection_not_found")
-        r = rows[0]
-        blob = bytes(r.pop("episode_ids"))
-        ids = tuple(blob.decode("utf-8").split("\n")) if blob else ()
-        return SelectionRecord(**{**r, "source": json.loads(r["source"])}, episode_ids=ids)
+        return rows[0]
 
     def remove_selection(self, dataset_id: str, name: str) -> None:
         with self._transaction() as db:
@@ -408,6 +503,15 @@ class Catalog:
 
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _selection(row: dict[str, Any]) -> SelectionRecord:
+    """A stored selection; its ids (a JSON array) when the row has them."""
+    ids = row.pop("episode_ids", None)
+    return SelectionRecord(
+        **{**row, "source": json.loads(row["source"])},
+        episode_ids=None if ids is None else tuple(msgspec.json.decode(ids, type=list[str])),
+    )
 
 
 def _entry(row: dict[str, Any]) -> DatasetEntry:

@@ -39,7 +39,7 @@ import numpy as np
 from tessera_gpu import __version__
 from tessera_gpu.backends import Backend, get_backend, on_gpu
 from tessera_gpu.clustering import kmeans
-from tessera_gpu.core.catalog import Catalog, DatasetEntry, SelectionRecord, now
+from tessera_gpu.core.catalog import DatasetEntry, SelectionRecord, now, open_catalog
 from tessera_gpu.core.datadir import DataDir
 from tessera_gpu.core.jobs import ProjectionJobs, ProjectionStatus, dask_required
 from tessera_gpu.core.tasks import Tasks, TaskStatus
@@ -53,6 +53,7 @@ from tessera_gpu.errors import (
     Unavailable,
 )
 from tessera_gpu.exports import export_ids, rows_of
+from tessera_gpu.facets import Facets, facet_counts
 from tessera_gpu.filters import (
     DUPLICATES_FIELD,
     MAP_FIELD,
@@ -65,7 +66,8 @@ from tessera_gpu.io.dataset import Dataset, DatasetFacts, Field, load_dataset
 from tessera_gpu.io.files import file_sha256
 from tessera_gpu.io.isolation import validate_isolated
 from tessera_gpu.io.safety import Limits, check_file_on_disk
-from tessera_gpu.io.shards import check_fits_in_memory, expand_paths, load_shards
+from tessera_gpu.io.shards import check_fits_in_memory, expand_paths, glob_root, load_shards
+from tessera_gpu.names import MAX_DATASET_NAME, check_dataset_name, without_unprintable
 from tessera_gpu.projection.cache import ProjectionCache, backend_tag
 from tessera_gpu.projection.project import (
     Progress,
@@ -220,13 +222,18 @@ class Tessera:
         self.settings = settings
         self.backend = backend or get_backend(settings.device)
         self.isolate = isolate
+        self.data = DataDir(settings.data_dir)
+        self._hold = self.data.share()  # released by close(); restore-catalog waits for it
+        try:
+            self.catalog = open_catalog(self.data)
+        except BaseException:
+            self._hold.close()
+            raise
         if engine is None and settings.dask:
             from tessera_gpu.distributed import DaskEngine
 
             engine = DaskEngine(settings.dask)
         self.engine = engine
-        self.data = DataDir(settings.data_dir)
-        self.catalog = Catalog(self.data.catalog_path)
         self.cache = ProjectionCache(self.data.cache_dir)
         self.jobs = ProjectionJobs(self.backend, self.cache, listener=self._record_job,
                                    engine=engine, landmarks=settings.dask_landmarks)  # fmt: skip
@@ -248,7 +255,9 @@ class Tessera:
         ``join`` one dataset of that name across them all)."""
         for stale in self.data.sweep():
             log.info("removed stale temporary file %s", stale)
-        self.catalog.import_legacy(self.data.root)
+        if self.catalog.problem is None:
+            self.catalog.import_legacy(self.data.root)
+            self.catalog.backup("start")
         self.jobs.start()
         self.tasks.start()
         for entry in self.catalog.datasets():
@@ -265,7 +274,9 @@ class Tessera:
     def close(self) -> None:
         self.jobs.stop()
         self.tasks.stop()
+        self.catalog.backup("shutdown")
         self.catalog.close()
+        self._hold.close()
         if self.engine is not None:
             self.engine.close()
 
@@ -308,7 +319,7 @@ class Tessera:
             entry, shards=shards, file_hash=_joined_hash([s["file_hash"] for s in shards]),
             size=sum(s["size"] for s in shards), mtime_ns=max(s["mtime_ns"] for s in shards),
         )  # fmt: skip
-        self.catalog.put_dataset(new)
+        self._save_quietly(new)
         return new
 
     def _file_of(self, entry: DatasetEntry) -> Path:
@@ -321,21 +332,32 @@ class Tessera:
             log.warning("%s changed since it was registered; its samples predate it", path)
         st = path.stat()
         new = dataclasses.replace(entry, file_hash=digest, size=st.st_size, mtime_ns=st.st_mtime_ns)
-        self.catalog.put_dataset(new)
+        self._save_quietly(new)
         return new
+
+    def _save_quietly(self, entry: DatasetEntry) -> None:
+        """Keep a reloaded dataset's new hash; a damaged catalog keeps the old one (logged)."""
+        try:
+            self.catalog.put_dataset(entry)
+        except Unavailable as exc:
+            log.warning("%s: %s", entry.id, exc.message)
 
     def _record_job(
         self, dataset_id: str, params: dict[str, Any], status: str, error: str | None,
         info: dict[str, Any],
     ) -> None:  # fmt: skip
-        self.catalog.record_job(
-            dataset_id, "projection", params=params, status=status, error=error, info=info
-        )
+        self._record_task(dataset_id, "projection", params, status, error, info)
 
     def _record_task(
-        self, dataset_id: str, kind: str, params: dict[str, Any], status: str, error: str | None
-    ) -> None:
-        self.catalog.record_job(dataset_id, kind, params=params, status=status, error=error)
+        self, dataset_id: str, kind: str, params: dict[str, Any], status: str, error: str | None,
+        info: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """A job's state into the catalog; a damaged one only loses it (logged), not the job."""
+        try:
+            self.catalog.record_job(dataset_id, kind, params=params, status=status, error=error,
+                                    info=info)  # fmt: skip
+        except Unavailable as exc:
+            log.warning("%s job of %s not recorded: %s", kind, dataset_id, exc.message)
 
     # ---- registration -----------------------------------------------------------------------
 
@@ -372,6 +394,8 @@ class Tessera:
         With ``--dask`` the files are hashed and their embeddings checked on the workers, and
         the embeddings stay on disk.
         """
+        if name is not None:
+            name = check_dataset_name(name).strip()
         if check_allowed:
             for pattern in patterns:
                 self._check_pattern(str(pattern))
@@ -382,13 +406,14 @@ class Tessera:
                 self._check_allowed(str(asked), real)
         known = self._known_files(files)
         if known is not None:
-            return known
+            return _named_as(known, name)
+        self.catalog.check_writable()
         for real in files:  # missing, not a file, not HDF5: before hashing
             check_file_on_disk(real, Limits())
         hashes = self._hash_files(files)
         found = self._find(_dataset_hash(hashes)[:ID_LENGTH])
         if found is not None:
-            return found
+            return _named_as(found, name)
         if check_allowed and self.isolate:
             for real in files:
                 validate_isolated(real)
@@ -428,11 +453,15 @@ class Tessera:
             found = self._find(dataset_id)
             if found is not None:
                 return found
+            self.catalog.check_writable()
             limits = Limits(max_file_bytes=self.settings.max_upload_bytes)
-            if self.isolate:
-                validate_isolated(upload.path, limits=limits)
-            dataset = load_dataset(upload.path, limits=limits, name=_stem(upload.filename),
-                                   check_memory=self._check_memory)  # fmt: skip
+            try:
+                if self.isolate:
+                    validate_isolated(upload.path, limits=limits)
+                dataset = load_dataset(upload.path, limits=limits, name=_stem(upload.filename),
+                                       check_memory=self._check_memory)  # fmt: skip
+            except TesseraError as exc:
+                raise _as_uploaded(exc, upload) from None
             final = self.data.upload_path(dataset_id)
             os.replace(upload.path, final)
         finally:
@@ -449,8 +478,7 @@ class Tessera:
             return
         if ".." in Path(pattern).parts:
             raise Forbidden(f"Path not allowed: a glob may not contain '..': {pattern}")
-        fixed = os.path.dirname(re.split(r"[*?\[]", pattern, maxsplit=1)[0]) or "."
-        self._check_allowed(pattern, Path(os.path.realpath(fixed)))
+        self._check_allowed(pattern, Path(os.path.realpath(glob_root(pattern))))
 
     def _check_allowed(self, asked: str, real: Path) -> None:
         roots = [os.path.realpath(r) for r in self.settings.allow_path]
@@ -523,6 +551,7 @@ class Tessera:
         """Forget a dataset and release its memory: its maps, its job and device array, its
         samples, its cache, and its upload (never a file registered by path)."""
         live = self.get(dataset_id)
+        self.catalog.check_writable()
         with self._lock:
             self._live.pop(dataset_id, None)
             shared = any(
@@ -559,6 +588,7 @@ class Tessera:
         if live.dataset.dim is None:
             raise Conflict("This dataset is metadata-only: there are no embeddings to project")
         projection = ProjectionParams(**params)  # checks them before anything is saved
+        self.catalog.check_writable()
         self.jobs.check_room()
         entry = dataclasses.replace(live.entry, projection=dict(params))
         with self._lock:
@@ -795,6 +825,7 @@ class Tessera:
         """Make a named selection (see :mod:`tessera_gpu.selections`) and keep it."""
         live = self.get(dataset_id)
         request = SelectionRequest.from_dict(body)
+        self.catalog.check_writable()
         ds = live.dataset
         if request.kind == "op":
             names = list(request.of or [])
@@ -836,27 +867,35 @@ class Tessera:
         self._bump(dataset_id)
 
     def _selection_mask(self, live: Live, names: list[str]) -> np.ndarray:
-        """The union of named selections as a mask; 400 naming the unknown ones."""
+        """The union of named selections as a mask; 400 naming the unknown ones, a selection
+        another client deletes while this request reads it included."""
         known = {r.name for r in self.catalog.selections(live.id)}
         unknown = [n for n in names if n not in known]
-        if unknown:
-            raise InvalidRequest(
-                f"unknown selection{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
-                f"selections: {', '.join(sorted(known)) or '(none)'}",
-                code="unknown_selection",
-            )
         out = np.zeros(live.dataset.n_episodes, dtype=bool)
         for name in names:
+            if name in unknown:
+                continue
             with self._lock:
                 mask = self._selection_masks.get((live.id, name))
             if mask is None:
-                ids = self.catalog.selection(live.id, name).episode_ids or ()
+                try:
+                    ids = self.catalog.selection(live.id, name).episode_ids or ()
+                except NotFound:  # deleted since the listing above
+                    unknown.append(name)
+                    continue
                 mask = np.zeros(live.dataset.n_episodes, dtype=bool)
                 rows = [r for r in map(live.dataset.index_of, ids) if r is not None]
                 mask[rows] = True
                 with self._lock:
                     self._selection_masks[(live.id, name)] = mask
             out |= mask
+        if unknown:
+            left = sorted({r.name for r in self.catalog.selections(live.id)})
+            raise InvalidRequest(
+                f"unknown selection{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
+                f"selections: {', '.join(left) or '(none)'}",
+                code="unknown_selection",
+            )
         return out
 
     def export_selection(
@@ -946,6 +985,14 @@ class Tessera:
         matched, count = int(np.count_nonzero(mask)), int(np.count_nonzero(kept))
         return Count(count=count, total=ds.n_episodes, removed=matched - count)
 
+    def facets(self, dataset_id: str, raw_filter: Any) -> Facets:
+        """Each category and bool value's count among the episodes matching every other
+        condition of the filter (:mod:`tessera_gpu.facets`)."""
+        live = self.get(dataset_id)
+        ctx, ds = self.context(live.id), live.dataset
+        conditions = parse_filter(raw_filter, ds, context=ctx)
+        return facet_counts(ds, conditions, lambda c: filter_mask(ds, c, context=ctx))
+
     def draw(
         self, live: Live, request: SampleRequest, *, similarity: SimilarityIndex | None = None
     ) -> Manifest:
@@ -979,14 +1026,17 @@ class Tessera:
 
     def create_sample(self, dataset_id: str, body: Any) -> Manifest:
         """Draw a sample, keep its manifest in the catalog and return it."""
-        manifest = self.draw(self.get(dataset_id), SampleRequest.from_dict(body))
+        live, request = self.get(dataset_id), SampleRequest.from_dict(body)
+        self.catalog.check_writable()
+        manifest = self.draw(live, request)
         self.catalog.add_sample(dataset_id, manifest.sample_id, manifest.created_at, manifest)
         return manifest
 
     def samples(self, dataset_id: str) -> list[Manifest]:
         self.get(dataset_id)
         stored = self.catalog.sample_manifests(dataset_id)
-        return [msgspec.json.decode(m, type=Manifest) for m in stored]
+        with self.catalog.guarded("reading its samples"):
+            return [msgspec.json.decode(m, type=Manifest) for m in stored]
 
     def sample(self, dataset_id: str, sample_id: str) -> Manifest:
         return self.sample_of(self.get(dataset_id), sample_id)
@@ -994,7 +1044,8 @@ class Tessera:
     def sample_of(self, live: Live, sample_id: str) -> Manifest:
         """A kept sample of a loaded dataset (registered or not: the CLI's case)."""
         stored = self.catalog.sample_manifest(live.id, sample_id)
-        return msgspec.json.decode(stored, type=Manifest)
+        with self.catalog.guarded(f"reading sample {sample_id}"):
+            return msgspec.json.decode(stored, type=Manifest)
 
     def export(
         self,
@@ -1063,6 +1114,18 @@ def cluster_field(labels: np.ndarray, k: int) -> Field:
     return Field("cluster", "category", rank[labels].astype(np.int32), names)
 
 
+def _named_as(live: Live, name: str | None) -> Live:
+    """The dataset these files already are, unless it was asked for under another name:
+    renaming it would change it for every client, so that is a 409 naming it."""
+    if name is None or name == live.entry.name:
+        return live
+    raise Conflict(
+        f"These files are already registered as dataset {live.entry.name!r} (id {live.id}): "
+        f"use it, or delete it first to register them as {name!r}",
+        code="dataset_exists",
+    )
+
+
 def _selection(record: SelectionRecord) -> Selection:
     return Selection(record.name, record.count, record.created_at, record.source)
 
@@ -1121,12 +1184,18 @@ def _changed_file(known: dict[str, Any], path: Path) -> bool:
     return (st.st_size, st.st_mtime_ns) != (known["size"], known["mtime_ns"])
 
 
+def _as_uploaded(exc: TesseraError, upload: Upload) -> TesseraError:
+    """The same error, naming the file the client sent instead of its temporary file here."""
+    shown = without_unprintable(Path(upload.filename.replace("\\", "/")).name) or "the upload"
+    message = exc.message.replace(str(upload.path), shown).replace(upload.path.name, shown)
+    return type(exc)(message, code=exc.code, retry_after=exc.retry_after)
+
+
 def _stem(filename: str) -> str:
     """A display name from a client's file name: no folders, no control characters."""
     name = Path(filename.replace("\\", "/")).name
     stem = Path(name).stem if name.lower().endswith((".h5", ".hdf5")) else name
-    clean = "".join(ch for ch in stem if ch.isprintable()).strip()
-    return clean[:200] or "upload"
+    return without_unprintable(stem).strip()[:MAX_DATASET_NAME] or "upload"
 
 
 def _map_used(

@@ -35,6 +35,7 @@ from tessera_gpu.io.safety import (
     open_hdf5,
     resolve_member,
 )
+from tessera_gpu.names import unprintable_id
 
 __all__ = [
     "Dataset",
@@ -59,8 +60,9 @@ BLOCK_ROWS = 8_192
 class Field:
     """One metadata column.
 
-    ``values`` holds bool / int64 / float64 arrays for those kinds, int32 codes into
-    ``categories`` for a category, an object array of str for a string, and the raw
+    ``values`` holds bool / int64 / float64 arrays for those kinds (an ``int`` field that a
+    joined file lacks holds float64, NaN where ``missing``: its JSON values stay ints), int32
+    codes into ``categories`` for a category, an object array of str for a string, and the raw
     ``(N, ...)`` array for an ``array`` field (kept, not filterable).
 
     ``missing`` (None, or a bool mask of length N) marks rows that have no value: those of a
@@ -95,6 +97,8 @@ class Field:
             return np.asarray(self.categories, dtype=object)[values].tolist() if rows.size else []
         if self.kind == "float":
             return [v if math.isfinite(v) else None for v in values.tolist()]
+        if self.kind == "int" and values.dtype.kind == "f":  # NaN marks the missing rows
+            return [int(v) if math.isfinite(v) else None for v in values.tolist()]
         if self.kind == "array":
             return [np.asarray(v).tolist() for v in values]
         return list(values.tolist())
@@ -117,9 +121,10 @@ class Field:
             n_true = int(np.count_nonzero(values))
             out.values = {"true": n_true, "false": int(values.size - n_true)}
         elif self.kind in ("int", "float"):
-            finite = values[np.isfinite(values)] if self.kind == "float" else values
-            out.min = finite.min().item() if finite.size else None
-            out.max = finite.max().item() if finite.size else None
+            finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+            cast = int if self.kind == "int" else float
+            out.min = cast(finite.min()) if finite.size else None
+            out.max = cast(finite.max()) if finite.size else None
         elif self.kind == "string":
             out.n_unique = len(set(values.tolist()))
         else:
@@ -469,6 +474,9 @@ def _read_episode_ids(dset: h5py.Dataset) -> np.ndarray:
         raise InvalidDataset(
             f"episode_ids must be non-empty: row {int(empty[0])} is empty", code="empty_episode_id"
         )
+    problem = unprintable_id(ids.tolist())
+    if problem is not None:
+        raise InvalidDataset(problem, code="unprintable_episode_id")
     if len(set(ids.tolist())) != ids.size:
         dup, count = Counter(ids.tolist()).most_common(1)[0]
         rows = np.flatnonzero(ids == dup)[:2].tolist()

@@ -18,7 +18,8 @@ safety checks, unchanged); then they are joined:
 
   =========  ===================================================================================
   float      NaN (numbers already treat NaN as "no value": grey on the map, a "missing" stratum)
-  int        the field becomes ``float`` with NaN: no int64 value can mean "none" (as pandas does)
+  int        still ``int``, its values held as float64 with NaN (no int64 value can mean "none";
+             pandas' nullable Int64 does the same with a mask): numbers read as NaN, JSON as int
   bool       False, with the mask; colour-by and stratify show a third value, ``missing``
   category   the label ``(missing)``, with the mask (a legend entry and a stratum of its own)
   string     ``""``;  array: zeros (or None where the shards' shapes differ)
@@ -36,9 +37,11 @@ the limit (507). With ``load_embeddings=False`` they stay on disk for Dask worke
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import os
-from collections.abc import Callable, Sequence
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +72,8 @@ __all__ = [
     "check_fits_in_memory",
     "expand_paths",
     "free_host_memory",
+    "glob_files",
+    "glob_root",
     "load_shards",
     "shard_labels",
 ]
@@ -83,6 +88,9 @@ HEADROOM_FACTOR = 1.5
 HEADROOM_PER_ROW = 2_048
 _WIDEN = {"bool": 0, "int": 1, "float": 2}
 _GLOB_CHARS = frozenset("*?[")
+#: Bounds on one glob's listing: folders below ``**``, and seconds.
+GLOB_DEPTH = 32
+GLOB_SECONDS = 5.0
 
 
 # ---- paths ------------------------------------------------------------------------------------
@@ -92,13 +100,13 @@ def expand_paths(patterns: Sequence[str | Path]) -> list[Path]:
     """Paths and globs (``shards/*.h5``, ``**`` too) as a list of files: each glob's matches
     sorted, in the order the patterns come, each file once. A glob matching nothing is a 404
     (``no_match``); a plain path (or one that exists as written, ``[`` and all) is kept for
-    :func:`load_shards` to check."""
+    :func:`load_shards` to check. Globs are bounded (:func:`glob_files`)."""
     out: list[Path] = []
     seen: set[str] = set()
     for pattern in patterns:
         text = os.fspath(pattern)
         if _GLOB_CHARS & set(text) and not os.path.lexists(text):  # a file named a[1].h5 is
-            matches = sorted(glob.glob(text, recursive=True))  # itself, not a glob
+            matches = glob_files(text, MAX_SHARDS - len(out))  # itself, not a glob
             if not matches:
                 raise NotFound(f"No file matches {text}", code="no_match")
         else:
@@ -111,6 +119,117 @@ def expand_paths(patterns: Sequence[str | Path]) -> list[Path]:
     if len(out) > MAX_SHARDS:
         raise InvalidRequest(f"Too many files: {len(out):,} > {MAX_SHARDS:,} shards")
     return out
+
+
+def glob_root(pattern: str) -> str:
+    """The folder a glob is listed from: its path up to the first part with a wildcard."""
+    return _split_glob(pattern)[1]
+
+
+def _split_glob(pattern: str) -> tuple[str, str, list[str]]:
+    """``(prefix, root, parts)``: the fixed path as written (joined to every match, as
+    :func:`glob.glob` names them), the folder it names, and the parts after it."""
+    parts = pattern.split(os.sep)
+    first = next((i for i, part in enumerate(parts) if _GLOB_CHARS & set(part)), len(parts))
+    prefix = os.sep.join(parts[:first])
+    if not prefix and first > 0:  # an absolute pattern: "/*.h5"
+        prefix = os.sep
+    return prefix, prefix or ".", [p for p in parts[first:] if p]
+
+
+def glob_files(pattern: str, limit: int = MAX_SHARDS) -> list[str]:
+    """The files ``pattern`` matches, sorted and named as :func:`glob.glob` with
+    ``recursive=True`` names them (a hidden name only by a part starting with ``.``), but
+    bounded, so that no glob can hang a server: it never enters a symlinked folder (a loop, or
+    a way out of the allowed directories; name such a folder in the fixed part of the path),
+    ``**`` goes at most :data:`GLOB_DEPTH` folders deep (400 ``glob_too_deep``), and the
+    listing stops at match ``limit + 1`` (400 ``too_many_files``) and after
+    :data:`GLOB_SECONDS` seconds (400 ``glob_too_slow``)."""
+    prefix, root, parts = _split_glob(pattern)
+    if not parts:
+        return []
+    walk = _GlobWalk(pattern, parts, limit)
+    walk.visit(root, 0, 0, "")
+    return sorted(os.path.join(prefix, rel) for rel in walk.found)
+
+
+class _GlobWalk:
+    """One bounded walk of a glob's parts below its root (see :func:`glob_files`)."""
+
+    def __init__(self, pattern: str, parts: list[str], limit: int) -> None:
+        self.pattern, self.limit = pattern, limit
+        self.parts = [None if p == "**" else re.compile(fnmatch.translate(p)) for p in parts]
+        self.hidden = [p.startswith(".") for p in parts]
+        self.found: set[str] = set()
+        self.seen: set[tuple[str, int]] = set()
+        self.deadline = time.monotonic() + GLOB_SECONDS
+        self.entries = 0
+
+    def visit(self, folder: str, rel_depth: int, k: int, rel: str) -> None:
+        """Match parts ``k:`` below ``folder`` (``rel`` is its path below the root)."""
+        if (rel, k) in self.seen:
+            return
+        self.seen.add((rel, k))
+        last = k == len(self.parts) - 1
+        part = self.parts[k]
+        if part is None and not last:  # "**": zero folders here, or one more level down
+            self.visit(folder, rel_depth, k + 1, rel)
+        for entry in self._entries(folder):
+            name = entry.name
+            if name.startswith(".") and not self.hidden[k]:
+                continue
+            child = os.path.join(rel, name) if rel else name
+            if part is None:
+                if _is_dir(entry):
+                    if rel_depth >= GLOB_DEPTH:
+                        raise InvalidRequest(
+                            f"The glob {self.pattern} goes more than {GLOB_DEPTH} folders deep "
+                            "under **: name a deeper folder in its fixed part",
+                            code="glob_too_deep",
+                        )
+                    self.visit(entry.path, rel_depth + 1, k, child)
+                elif last and entry.is_file():
+                    self._add(child)
+            elif part.match(name):
+                if last:
+                    if entry.is_file():  # a symlinked file counts (its target is checked)
+                        self._add(child)
+                elif _is_dir(entry):
+                    self.visit(entry.path, rel_depth, k + 1, child)
+
+    def _entries(self, folder: str) -> Iterator[os.DirEntry[str]]:
+        """The folder's entries as they are listed (a walk that must stop, stops at once)."""
+        try:
+            listing = os.scandir(folder)
+        except OSError:  # unreadable or vanished: as glob does, nothing here
+            return
+        with listing:
+            for entry in listing:
+                self.entries += 1
+                if self.entries % 512 == 0 and time.monotonic() > self.deadline:
+                    raise InvalidRequest(
+                        f"The glob {self.pattern} took more than {GLOB_SECONDS:g} s to list "
+                        f"({self.entries:,} entries so far): name a narrower folder",
+                        code="glob_too_slow",
+                    )
+                yield entry
+
+    def _add(self, rel: str) -> None:
+        self.found.add(rel)
+        if len(self.found) > self.limit:
+            raise InvalidRequest(
+                f"Too many files: {self.pattern} matches more than {self.limit:,} "
+                f"(at most {MAX_SHARDS:,} shards)",
+                code="too_many_files",
+            )
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """A folder that is not a symlink: a glob never enters one."""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def shard_labels(paths: Sequence[Path]) -> list[str]:
@@ -385,10 +504,9 @@ def _numeric(
     missing: np.ndarray | None,
 ) -> Field:
     kind = max(kinds, key=_WIDEN.__getitem__)
-    if kind == "int" and missing is not None:
-        kind = "float"
-    dtype = {"bool": np.bool_, "int": np.int64, "float": np.float64}[kind]
-    values: np.ndarray = np.full(n, np.nan if kind == "float" else 0, dtype=dtype)
+    nan = kind == "float" or (kind == "int" and missing is not None)
+    dtype = np.float64 if nan else {"bool": np.bool_, "int": np.int64}[kind]
+    values: np.ndarray = np.full(n, np.nan if nan else 0, dtype=dtype)
     for i, p in enumerate(pieces):
         if p is not None:
             values[starts[i] : starts[i + 1]] = p.values

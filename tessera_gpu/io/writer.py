@@ -22,6 +22,7 @@ from PIL import Image
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.io.files import replacing
 from tessera_gpu.io.safety import Limits
+from tessera_gpu.names import unprintable_id
 from tessera_gpu.render.previews import sniff_image
 
 __all__ = ["encode_gif", "encode_thumbnail", "write_dataset"]
@@ -159,6 +160,9 @@ def _coerce_ids(values: Any) -> np.ndarray:
     empty = np.flatnonzero(ids == "")
     if len(empty):
         raise InvalidRequest(f"episode_ids must be non-empty: row {empty[0]} is empty")
+    problem = unprintable_id(ids.tolist())
+    if problem is not None:
+        raise InvalidRequest(problem, code="unprintable_episode_id")
     unique, counts = np.unique(ids.astype(str), return_counts=True)
     if len(unique) != len(ids):
         worst = np.argmax(counts)

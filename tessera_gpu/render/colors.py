@@ -36,7 +36,9 @@ __all__ = [
 
 CATEGORY_PALETTE = tuple(colorcet.palette["glasbey_light"])  # made for dark backgrounds
 DENSITY_PALETTE = tuple(colorcet.fire[96:])  # fire without its dark start (dark background)
-NUMBER_PALETTE = tuple(Viridis256)
+#: viridis without its darkest quarter: its dark purple end (L* 15) vanished into the map's
+#: near-black background (L* 5); from its blue (L* 37) up it stays perceptually uniform.
+NUMBER_PALETTE = tuple(Viridis256[64:])
 MIN_ALPHA = 160  # alpha of the sparsest non-empty pixel when colouring by a field
 MAX_COLORS = 40  # categories with their own colour; rarer ones share OTHER_COLOR
 OTHER_COLOR = "#8a8a8a"
@@ -182,7 +184,7 @@ def shade(
 
 
 def _number_rgb(mean: np.ndarray, span: tuple[float, float]) -> np.ndarray:
-    """Viridis over the field's global span; grey where the mean is NaN."""
+    """NUMBER_PALETTE over the field's global span; grey where the mean is NaN."""
     low, high = span
     u = np.clip((mean - low) / (high - low), 0, 1) if high > low else np.full_like(mean, 0.5)
     rgb = _lut(NUMBER_PALETTE)[np.round(np.nan_to_num(u, nan=0.0) * 255).astype(np.intp)]
@@ -191,12 +193,14 @@ def _number_rgb(mean: np.ndarray, span: tuple[float, float]) -> np.ndarray:
 
 
 def _eq_hist(count: np.ndarray, transfer: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Counts -> [0, 1] through the level's CDF, so the sparsest pixel is 0, the densest 1."""
+    """Counts -> [0, 1] through the level's CDF, so the sparsest pixel is 0, the densest 1.
+    A level whose pixels all hold one count (a tiny dataset) is all sparse: 0, the legend's
+    "sparse" end, not its "dense" one."""
     values, cdf = transfer
     at = np.clip(np.searchsorted(values, count, side="right") - 1, 0, len(values) - 1)
     low = cdf[0]
     if low >= 1.0:
-        return np.ones(count.shape, dtype=np.float64)
+        return np.zeros(count.shape, dtype=np.float64)
     return np.clip((cdf[at] - low) / (1.0 - low), 0.0, 1.0)
 
 
