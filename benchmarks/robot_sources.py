@@ -462,7 +462,7 @@ def seek_and_decode(
     ``tessera ingest``'s one-pass decoding must equal bit for bit, and the benchmark's baseline.
     """
     first, last = min(timestamps), max(timestamps)
-    decoded: list[np.ndarray] = []
+    decoded: list[av.VideoFrame] = []
     stamps: list[float] = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -473,11 +473,11 @@ def seek_and_decode(
             if frame.pts is None:
                 continue
             stamps.append(float(frame.pts * stream.time_base))
-            decoded.append(frame.to_ndarray(format="rgb24"))
+            decoded.append(frame)
             if stamps[-1] >= last:
                 break
     distance = np.abs(np.asarray(timestamps)[:, None] - np.asarray(stamps)[None, :])
     nearest = distance.argmin(1)
     if (distance[np.arange(len(timestamps)), nearest] >= tolerance_s).any():
         raise ValueError(f"{path}: a timestamp has no frame within {tolerance_s} s")
-    return np.stack([decoded[k] for k in nearest])
+    return np.stack([decoded[k].to_ndarray(format="rgb24") for k in nearest])

@@ -10,8 +10,8 @@ For an episode with ``T`` frames and ``F`` state + action features:
    ``(L - 1) x F`` differences), each flattened and L2-normalised, then joined and scaled by
    ``1/sqrt(2)``: the result has unit norm, and its cosine distance to another episode's is
    the mean of the two blocks' cosine distances;
-4. above 2,048 dimensions, a fixed seeded random projection (orthonormal rows) takes it to
-   2,048, and it is normalised again.
+4. above 2,048 dimensions, a fixed seeded Gaussian random projection takes it to 2,048, and
+   it is normalised again.
 
 The motion block is what keeps an episode that idles at some point apart from one that moves
 through it (with positions alone the two are almost parallel), while a replay of an episode
@@ -44,8 +44,8 @@ def unit(vector: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Reducer:
-    """A fixed random projection from ``n_in`` to ``n_out`` dimensions (orthonormal rows, so
-    it preserves cosine distances up to a small distortion), or nothing when it fits."""
+    """A fixed Gaussian random projection from ``n_in`` to ``n_out`` dimensions (Johnson-
+    Lindenstrauss: cosine distances kept up to a small distortion), or nothing when it fits."""
 
     n_in: int
     n_out: int
@@ -55,9 +55,9 @@ class Reducer:
     def to_fit(cls, n_in: int, limit: int = MAX_DIM) -> Reducer:
         if n_in <= limit:
             return cls(n_in, n_in, None)
-        gaussian = np.random.default_rng(_SEED).standard_normal((n_in, limit))
-        basis, _ = np.linalg.qr(gaussian)  # (n_in, limit), orthonormal columns
-        return cls(n_in, limit, basis.astype(np.float32))
+        rng = np.random.default_rng(_SEED)
+        matrix = rng.standard_normal((n_in, limit), dtype=np.float32) / np.float32(limit**0.5)
+        return cls(n_in, limit, matrix)
 
     def __call__(self, vector: np.ndarray) -> np.ndarray:
         if self.matrix is None:
