@@ -27,7 +27,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -167,11 +166,3 @@ def _triple(meta: dict[str, str], key: str) -> tuple[float, ...] | None:
 def default_threads(workers: int) -> int:
     """ONNX Runtime threads per call when ``workers`` threads call it at once."""
     return max(1, (os.cpu_count() or 1) // max(1, workers))
-
-
-def describe(encoder: ImageEncoder) -> dict[str, Any]:
-    return {
-        "provider": encoder.provider,
-        "size": [encoder.height, encoder.width],
-        "dim": encoder.native_dim,
-    }
