@@ -60,6 +60,7 @@ from tessera_gpu.filters import (
     filter_mask,
     parse_filter,
 )
+from tessera_gpu.ingest.ingested import ingested_files
 from tessera_gpu.io.artifacts import ArtifactStore
 from tessera_gpu.io.dataset import Dataset, DatasetFacts, Field, load_dataset
 from tessera_gpu.io.files import file_sha256
@@ -380,6 +381,8 @@ class Tessera:
         if check_allowed:
             for asked, real in zip(matched, files, strict=True):
                 self._check_allowed(str(asked), real)
+        # A LeRobot root or robomimic file is served as its ingested file (made once)
+        files = ingested_files(files, self.data.root)
         known = self._known_files(files)
         if known is not None:
             return known

@@ -21,6 +21,8 @@ v2.1
 from __future__ import annotations
 
 import json
+import os
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ _STATE = "observation.state"
 _ACTION = "action"
 _REWARD = "next.reward"
 _SUCCESS = "next.success"
+_PLACEHOLDERS = {"chunk_index", "file_index", "video_key", "episode_chunk", "episode_index"}
 
 
 def is_lerobot_root(path: Path) -> bool:
@@ -68,6 +71,8 @@ class LeRobotSource:
                 code="not_a_source",
             )
         self.name = self.path.resolve().name
+        self._root = os.path.realpath(self.path)
+        self._inside: set[str] = set()  # folders already checked to lie inside the root
         self.info = _read_json(self.path / "meta" / "info.json")
         self.version = str(self.info.get("codebase_version"))
         if self.version not in SUPPORTED_VERSIONS:
@@ -103,54 +108,83 @@ class LeRobotSource:
                 "episodes there)",
                 code="bad_episodes",
             )
-        data_path = str(self.info.get("data_path") or "")
-        video_path = str(self.info.get("video_path") or "")
         out = []
         for file in files:
             table = _read_parquet(file, None, where="episode metadata")
             columns = [c for c in table.column_names if not c.startswith("stats/")]
             for row in table.select(columns).to_pylist():
-                index = int(row["episode_index"])
-                data = self.path / data_path.format(
-                    chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
-                )
-                video = {}
-                for cam in self.cameras:
-                    key = f"videos/{cam}"
-                    if f"{key}/file_index" in row:
-                        rel = video_path.format(
-                            video_key=cam,
-                            chunk_index=row[f"{key}/chunk_index"],
-                            file_index=row[f"{key}/file_index"],
-                        )
-                        video[cam] = (self.path / rel, float(row[f"{key}/from_timestamp"]))
-                out.append(
-                    _EpisodeMeta(index, _task_of(row.get("tasks")), int(row["length"]), data, video)
-                )
+                out.append(self._v30_episode(row, file))
         return sorted(out, key=lambda m: m.index)
+
+    def _v30_episode(self, row: dict[str, Any], file: Path) -> _EpisodeMeta:
+        try:
+            data = self._file(
+                "data_path",
+                chunk_index=int(row["data/chunk_index"]),
+                file_index=int(row["data/file_index"]),
+            )
+            video = {}
+            for cam in self.cameras:
+                key = f"videos/{cam}"
+                if f"{key}/file_index" in row:
+                    path = self._file(
+                        "video_path",
+                        video_key=cam,
+                        chunk_index=int(row[f"{key}/chunk_index"]),
+                        file_index=int(row[f"{key}/file_index"]),
+                    )
+                    video[cam] = (path, float(row[f"{key}/from_timestamp"]))
+            task = _task_of(row.get("tasks"))
+            return _EpisodeMeta(int(row["episode_index"]), task, int(row["length"]), data, video)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidDataset(
+                f"{file}: an episode row lacks or garbles {exc}", code="bad_episodes"
+            ) from None
 
     def _read_v21_meta(self) -> list[_EpisodeMeta]:
         chunks = int(self.info.get("chunks_size") or 1000)
-        data_path = str(self.info.get("data_path") or "")
-        video_path = str(self.info.get("video_path") or "")
+        path = self.path / "meta" / "episodes.jsonl"
         out = []
-        for row in _read_jsonl(self.path / "meta" / "episodes.jsonl"):
-            index = int(row["episode_index"])
-            names = {"episode_chunk": index // chunks, "episode_index": index}
-            video = {
-                cam: (self.path / video_path.format(video_key=cam, **names), 0.0)
-                for cam in self.cameras
-            }
-            out.append(
-                _EpisodeMeta(
-                    index,
-                    _task_of(row.get("tasks")),
-                    int(row["length"]),
-                    self.path / data_path.format(**names),
-                    video,
-                )
-            )
+        for row in _read_jsonl(path):
+            try:
+                index = int(row["episode_index"])
+                names = {"episode_chunk": index // chunks, "episode_index": index}
+                video = {
+                    cam: (self._file("video_path", video_key=cam, **names), 0.0)
+                    for cam in self.cameras
+                }
+                data = self._file("data_path", **names)
+                task = _task_of(row.get("tasks"))
+                out.append(_EpisodeMeta(index, task, int(row["length"]), data, video))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InvalidDataset(
+                    f"{path}: an episode line lacks or garbles {exc}", code="bad_episodes"
+                ) from None
         return sorted(out, key=lambda m: m.index)
+
+    def _file(self, template_key: str, **values: Any) -> Path:
+        """A path from info.json's ``data_path`` / ``video_path`` template: only LeRobot's own
+        placeholders, and inside the root (a template cannot point elsewhere)."""
+        template = str(self.info.get(template_key) or "")
+        info = self.path / "meta" / "info.json"
+        if not template:
+            raise InvalidDataset(f"{info} has no {template_key}", code="bad_info")
+        for _, name, _, _ in string.Formatter().parse(template):
+            if name is not None and name not in _PLACEHOLDERS:
+                raise InvalidDataset(
+                    f"{info}: {template_key} uses {{{name}}}, which LeRobot does not define",
+                    code="bad_info",
+                )
+        path = self.path / template.format(**values)
+        folder = os.path.realpath(path.parent)
+        if folder not in self._inside:
+            if os.path.commonpath([self._root, folder]) != self._root:
+                raise InvalidDataset(
+                    f"{info}: {template_key} leads outside the dataset root ({path})",
+                    code="outside_root",
+                )
+            self._inside.add(folder)
+        return path
 
     # ---- statistics -------------------------------------------------------------------------
 
