@@ -91,6 +91,7 @@ class EpisodeFiles:
         self._temps: list[Path] = []
         self._shard = -1
         self._file: h5py.File | None = None
+        self._arrays: dict[str, h5py.Dataset] = {}  # this shard's arrays by name
 
     def __enter__(self) -> EpisodeFiles:
         try:
@@ -122,22 +123,24 @@ class EpisodeFiles:
         size = self.sizes[self._shard]
         f = self._file = h5py.File(self._temps[self._shard], "w")
         self._offset = 0
-        f.create_dataset("episode_ids", (size,), dtype=_DTYPES["str"], chunks=(min(size, 8192),))
+        made = self._arrays = {}
+        made["episode_ids"] = f.create_dataset(
+            "episode_ids", (size,), dtype=_DTYPES["str"], chunks=(min(size, 8192),)
+        )
         if self.dim is not None:
             rows = max(1, min(size, _CHUNK_BYTES // (4 * self.dim)))
-            f.create_dataset(
+            made["embeddings"] = f.create_dataset(
                 "embeddings", (size, self.dim), dtype=np.float32, chunks=(rows, self.dim)
             )
         for name, kind in self.fields.items():
-            f.create_dataset(
+            made[f"metadata/{name}"] = f.create_dataset(
                 f"metadata/{name}", (size,), dtype=_DTYPES[kind], chunks=(min(size, 8192),)
             )
         for name in self.previews:
-            f.create_dataset(name, (size,), dtype=_PREVIEW, chunks=(min(size, 1024),))
+            made[name] = f.create_dataset(name, (size,), dtype=_PREVIEW, chunks=(min(size, 1024),))
 
     def _put(self, rows: Sequence[Row]) -> None:
-        f, lo = self._file, self._offset
-        assert f is not None
+        f, lo = self._arrays, self._offset
         hi = lo + len(rows)
         f["episode_ids"][lo:hi] = [r.episode_id for r in rows]
         if self.dim is not None:
