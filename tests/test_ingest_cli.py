@@ -219,3 +219,22 @@ def test_an_interrupted_ingest_leaves_no_partial_file(
     assert proc.returncode != 0
     assert "Traceback" not in err
     assert only(tmp_path) == []
+
+
+def test_a_root_whose_cameras_are_images_ingests_without_previews_and_says_why(
+    v30_root: Path, tmp_path: Path
+) -> None:
+    root = broken_copy(v30_root, tmp_path)
+    info = json.loads((root / "meta/info.json").read_text())
+    info["features"]["observation.image"]["dtype"] = "image"  # PNGs in the parquet files
+    (root / "meta/info.json").write_text(json.dumps(info))
+    result = run("ingest", root, "-o", tmp_path / "x.h5")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == (
+        f"no previews: {root} stores its cameras (observation.image) as images in its parquet "
+        "files, and tessera ingest reads video cameras only (convert them with "
+        "lerobot-edit-dataset --operation.type convert_image_to_video)"
+    )
+    assert not load_dataset(tmp_path / "x.h5").has_thumbnails
+    out = refused(root, tmp_path, "--camera", "observation.image")
+    assert "is stored as images in its parquet files" in out

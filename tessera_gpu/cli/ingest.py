@@ -180,6 +180,8 @@ def ingest(
         f"wrote {names}: {result.n_episodes:,} episodes, {what}, {previews}, "
         f"{len(result.fields)} fields ({result.seconds:.1f} s, {rate:,.1f} episodes/s)"
     )
+    if result.note:
+        click.echo(result.note)
     if len(result.paths) > 1:
         click.echo(f"serve them as one dataset: {join_line(result.paths, out.stem)}")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from tessera_gpu.io.files import file_sha256, write_atomic
 
 __all__ = ["INGEST_VERSION", "ingested_file", "ingested_files"]
 
+log = logging.getLogger("tessera.ingest")
 #: Part of every key: bump it when the same source and options would give a different file.
 INGEST_VERSION = "tessera-ingest-1"
 _LOCK = threading.Lock()  # one ingest of a source at a time in this process
@@ -84,7 +86,9 @@ def ingested_file(
         if target.is_file():
             return target
         target.parent.mkdir(exist_ok=True)
-        ingest(source, target, options, progress=progress)
+        log.info("ingesting %s into %s", source, target)
+        result = ingest(source, target, options, progress=progress)
+        log.info("ingested %s: %d episodes in %.1f s", source, result.n_episodes, result.seconds)
         return target
 
 

@@ -90,6 +90,8 @@ class LeRobotSource:
             raise InvalidDataset(f"{self.path}/meta/info.json has no features", code="bad_info")
         self.features: dict[str, dict[str, Any]] = features
         self.cameras = tuple(k for k, f in features.items() if f.get("dtype") == "video")
+        #: cameras stored as PNG images in the parquet files (use_videos=False): not decoded
+        self.image_cameras = tuple(k for k, f in features.items() if f.get("dtype") == "image")
         self.state_keys = _state_keys(features)
         self.action_key = _ACTION if _numeric(features.get(_ACTION)) else None
         self.signals = frozenset(
@@ -255,11 +257,7 @@ class LeRobotSource:
 
     def episodes(self, camera: str | None) -> Iterator[Episode]:
         if camera is not None and camera not in self.cameras:
-            raise InvalidRequest(
-                f"camera {camera!r} is not in {self.path}: its cameras are "
-                f"{', '.join(self.cameras) or 'none (no video features)'}",
-                code="unknown_camera",
-            )
+            raise InvalidRequest(self.unknown_camera(camera), code="unknown_camera")
         for meta in self._meta:
             if meta.length <= 0:
                 raise InvalidDataset(
@@ -342,6 +340,27 @@ class LeRobotSource:
 
     def content_files(self) -> list[Path]:
         return sorted(p for p in self.path.rglob("*") if p.is_file() and ".cache" not in p.parts)
+
+    def unknown_camera(self, camera: str | None) -> str:
+        stored = ", ".join(self.image_cameras)
+        if camera is None:
+            if stored:
+                return (
+                    f"{self.path} stores its cameras ({stored}) as images in its parquet "
+                    "files, and tessera ingest reads video cameras only (convert them with "
+                    "lerobot-edit-dataset --operation.type convert_image_to_video)"
+                )
+            return f"{self.path} has no camera (no video feature in meta/info.json)"
+        if camera in self.image_cameras:
+            return (
+                f"camera {camera!r} of {self.path} is stored as images in its parquet files; "
+                "tessera ingest reads video cameras only (convert it with lerobot-edit-"
+                "dataset --operation.type convert_image_to_video, or use --no-previews)"
+            )
+        return (
+            f"camera {camera!r} is not in {self.path}: its cameras are "
+            f"{', '.join(self.cameras) or 'none (no video features)'}"
+        )
 
     def close(self) -> None:
         return None

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -74,6 +74,7 @@ class IngestResult:
     fields: list[str]
     seconds: float
     image_provider: str | None = None
+    note: str | None = None  # something the user should know, e.g. why there are no previews
 
 
 @dataclass
@@ -88,7 +89,7 @@ class _Plan:
     dim: int | None
     both: Reducer | None
     name: str
-    fields: dict[str, FieldType] = field(default_factory=dict)
+    note: str | None = None  # e.g. why there are no previews
 
 
 def ingest(
@@ -132,6 +133,7 @@ def ingest(
         list(files.fields),
         time.perf_counter() - started,
         plan.images.provider if plan.images else None,
+        plan.note,
     )
 
 
@@ -139,16 +141,16 @@ def _plan(reader: Source, options: IngestOptions) -> _Plan:
     wants_images = options.embed in ("image", "both")
     wants_frames = wants_images or options.thumbnails or options.gifs
     camera = options.camera or (reader.cameras[0] if reader.cameras and wants_frames else None)
-    if wants_images and camera is None:
-        raise InvalidRequest(
-            f"--embed {options.embed} needs a camera, and {reader.path} has none", code="no_camera"
-        )
     if camera is not None and camera not in reader.cameras:
-        raise InvalidRequest(
-            f"camera {camera!r} is not in {reader.path}: its cameras are "
-            f"{', '.join(reader.cameras) or 'none'}",
-            code="unknown_camera",
-        )
+        raise InvalidRequest(reader.unknown_camera(camera), code="unknown_camera")
+    note = None
+    if wants_frames and camera is None:
+        note = f"no previews: {reader.unknown_camera(None)}"
+        if wants_images:
+            raise InvalidRequest(
+                f"--embed {options.embed} needs a camera: {reader.unknown_camera(None)}",
+                code="no_camera",
+            )
     state, action = reader.statistics()
     has_features = any(s is not None for s in (state, action))
     trajectory = None
@@ -183,7 +185,7 @@ def _plan(reader: Source, options: IngestOptions) -> _Plan:
     else:
         dim = trajectory.dim if trajectory else None
     return _Plan(
-        reader, options, camera, trajectory, images, dim, both, options.name or reader.name
+        reader, options, camera, trajectory, images, dim, both, options.name or reader.name, note
     )
 
 

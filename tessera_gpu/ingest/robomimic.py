@@ -129,11 +129,7 @@ class RobomimicSource:
 
     def episodes(self, camera: str | None) -> Iterator[Episode]:
         if camera is not None and camera not in self.cameras:
-            raise InvalidRequest(
-                f"camera {camera!r} is not in {self.path}: its cameras are "
-                f"{', '.join(self.cameras) or 'none (no (T, H, W, 3) uint8 arrays in obs/)'}",
-                code="unknown_camera",
-            )
+            raise InvalidRequest(self.unknown_camera(camera), code="unknown_camera")
         for index, name in self._demos:
             where = f"episode {index} (data/{name}) of {self.path.name}"
             state, action, reward = self._arrays(name)
@@ -169,6 +165,14 @@ class RobomimicSource:
 
     def content_files(self) -> list[Path]:
         return [self.path]
+
+    def unknown_camera(self, camera: str | None) -> str:
+        if camera is None:
+            return f"{self.path} has no camera (no (T, H, W, 3) uint8 array in its obs/)"
+        return (
+            f"camera {camera!r} is not in {self.path}: its cameras are "
+            f"{', '.join(self.cameras) or 'none (no (T, H, W, 3) uint8 arrays in obs/)'}"
+        )
 
     def close(self) -> None:
         self._file.close()
