@@ -49,13 +49,15 @@ def is_lerobot_root(path: Path) -> bool:
     return path.is_dir() and (path / "meta" / "info.json").is_file()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _EpisodeMeta:
+    """One row of the episode index; kept for every episode, so kept small (~0.2 KB)."""
+
     index: int
     task: str
     length: int
     data_file: Path
-    video: dict[str, tuple[Path, float]]  # camera -> (file, from_timestamp)
+    video: tuple[tuple[str, Path, float], ...]  # (camera, file, from_timestamp)
 
 
 class LeRobotSource:
@@ -73,6 +75,8 @@ class LeRobotSource:
         self.name = self.path.resolve().name
         self._root = os.path.realpath(self.path)
         self._inside: set[str] = set()  # folders already checked to lie inside the root
+        self._paths: dict[tuple[Any, ...], Path] = {}
+        self._tasks: dict[str, str] = {}
         self.info = _read_json(self.path / "meta" / "info.json")
         self.version = str(self.info.get("codebase_version"))
         if self.version not in SUPPORTED_VERSIONS:
@@ -125,7 +129,7 @@ class LeRobotSource:
                 chunk_index=int(row["data/chunk_index"]),
                 file_index=int(row["data/file_index"]),
             )
-            video = {}
+            video = []
             for cam in self.cameras:
                 key = f"videos/{cam}"
                 if f"{key}/file_index" in row:
@@ -135,9 +139,10 @@ class LeRobotSource:
                         chunk_index=int(row[f"{key}/chunk_index"]),
                         file_index=int(row[f"{key}/file_index"]),
                     )
-                    video[cam] = (path, float(row[f"{key}/from_timestamp"]))
-            task = _task_of(row.get("tasks"))
-            return _EpisodeMeta(int(row["episode_index"]), task, int(row["length"]), data, video)
+                    video.append((cam, path, float(row[f"{key}/from_timestamp"])))
+            task = self._task(row.get("tasks"))
+            index, length = int(row["episode_index"]), int(row["length"])
+            return _EpisodeMeta(index, task, length, data, tuple(video))
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidDataset(
                 f"{file}: an episode row lacks or garbles {exc}", code="bad_episodes"
@@ -151,12 +156,12 @@ class LeRobotSource:
             try:
                 index = int(row["episode_index"])
                 names = {"episode_chunk": index // chunks, "episode_index": index}
-                video = {
-                    cam: (self._file("video_path", video_key=cam, **names), 0.0)
+                video = tuple(
+                    (cam, self._file("video_path", video_key=cam, **names), 0.0)
                     for cam in self.cameras
-                }
+                )
                 data = self._file("data_path", **names)
-                task = _task_of(row.get("tasks"))
+                task = self._task(row.get("tasks"))
                 out.append(_EpisodeMeta(index, task, int(row["length"]), data, video))
             except (KeyError, TypeError, ValueError) as exc:
                 raise InvalidDataset(
@@ -164,9 +169,17 @@ class LeRobotSource:
                 ) from None
         return sorted(out, key=lambda m: m.index)
 
+    def _task(self, tasks: Any) -> str:
+        """The episode's task string, one object per distinct task."""
+        text = _task_of(tasks)
+        return self._tasks.setdefault(text, text)
+
     def _file(self, template_key: str, **values: Any) -> Path:
         """A path from info.json's ``data_path`` / ``video_path`` template: only LeRobot's own
         placeholders, and inside the root (a template cannot point elsewhere)."""
+        key = (template_key, *sorted(values.items()))
+        if key in self._paths:  # episodes share files: one Path each, not one per episode
+            return self._paths[key]
         template = str(self.info.get(template_key) or "")
         info = self.path / "meta" / "info.json"
         if not template:
@@ -186,6 +199,7 @@ class LeRobotSource:
                     code="outside_root",
                 )
             self._inside.add(folder)
+        self._paths[key] = path
         return path
 
     # ---- statistics -------------------------------------------------------------------------
@@ -312,7 +326,7 @@ class LeRobotSource:
     ) -> Episode:
         frames = None
         if camera is not None:
-            path, start = meta.video.get(camera, (None, 0.0))
+            path, start = next(((p, s) for c, p, s in meta.video if c == camera), (None, 0.0))
             if path is None or not path.is_file():
                 raise InvalidDataset(
                     f"video file {path} is missing ({where})", code="missing_video"
