@@ -33,7 +33,7 @@ from tessera_gpu.sampling import Manifest
 
 from .maps import DatasetId, EpisodeIndex, TesseraDep
 from .openapi_docs import DatasetRegistration
-from .selections import ExportBy, ExportFormat, ExportTau, download
+from .selections import ExportBy, ExportComplement, ExportFormat, ExportTau, download
 from .uploads import MULTIPART_OVERHEAD, receive_upload, too_large
 
 __all__ = [
@@ -464,10 +464,12 @@ class SampleController(Controller):
         format: ExportFormat = "txt",
         by: ExportBy = None,
         tau: ExportTau = None,
+        complement: ExportComplement = False,
     ) -> Response[bytes]:
         """The sample as a file download: txt, csv, json (the manifest), lerobot (episode
-        indices for LeRobot) or weights (mixture weights by field ``by``, exponent ``tau``)."""
+        indices for LeRobot) or weights (mixture weights by field ``by``, exponent ``tau``);
+        with ``complement``, the dataset's episodes not in the sample."""
         content, media_type, filename = tessera.export(
-            dataset_id, sample_id, format, by=by, tau=tau
+            dataset_id, sample_id, format, by=by, tau=tau, complement=complement
         )
         return download(content, media_type, filename)

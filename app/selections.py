@@ -12,7 +12,14 @@ from tessera_gpu.selections import MAX_NAME, Selection
 
 from .maps import DatasetId, TesseraDep
 
-__all__ = ["ExportBy", "ExportFormat", "ExportTau", "SelectionController", "download"]
+__all__ = [
+    "ExportBy",
+    "ExportComplement",
+    "ExportFormat",
+    "ExportTau",
+    "SelectionController",
+    "download",
+]
 
 SelectionName = Annotated[str, PathParameter(description="The selection's name.",
                                              max_length=MAX_NAME * 4)]  # fmt: skip
@@ -32,6 +39,13 @@ ExportBy = Annotated[
 ExportTau = Annotated[
     float | None,
     QueryParameter(description="weights: 1 keeps the natural mix, 0 makes the groups equal."),
+]
+ExportComplement = Annotated[
+    bool,
+    QueryParameter(
+        description="Export the dataset's episodes NOT in the set instead (the ones to drop, "
+        "e.g. for lerobot-edit-dataset --operation.type delete_episodes); not with json.",
+    ),
 ]
 SELECTION_DOC = (
     '{"name": ..., and one of: "filter": [...] | "episode_ids": [...] | "sample_id": ... | '
@@ -99,9 +113,12 @@ class SelectionController(Controller):
         format: ExportFormat = "txt",
         by: ExportBy = None,
         tau: ExportTau = None,
+        complement: ExportComplement = False,
     ) -> Response[bytes]:
-        """The selection as a file download: txt, csv, json, lerobot or weights."""
+        """The selection as a file download: txt, csv, json, lerobot or weights; with
+        ``complement``, the dataset's other episodes (409 when a LeRobot list would be
+        empty)."""
         content, media_type, filename = tessera.export_selection(
-            tessera.get(dataset_id), name, format, by=by, tau=tau
+            tessera.get(dataset_id), name, format, by=by, tau=tau, complement=complement
         )
         return download(content, media_type, filename)

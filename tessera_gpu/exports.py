@@ -5,8 +5,9 @@
 ``csv``     the ids with every filterable field
 ``json``    the sample's manifest, or the selection's record
 ``lerobot`` ``{"episodes": [int, ...]}`` for ``lerobot-train --dataset.episodes=...`` and
-            ``LeRobotDataset(repo_id, episodes=[...])``; with a ``dataset`` field, one list per
-            dataset: ``{"datasets": {name: [int, ...]}}``
+            ``LeRobotDataset(repo_id, episodes=[...])``; when the dataset holds several LeRobot
+            datasets, one list per dataset: ``{"datasets": {name: [int, ...]}}``, named by the
+            ``dataset`` field, else by the ``source`` file of a joined dataset
 ``weights`` ``episode_id,weight`` for mixture training: each group of field ``by`` gets a total
             weight proportional to ``n_k ** tau`` (its size to the power tau), shared equally by
             its episodes; the weights sum to 1. ``tau = 1`` keeps the natural mix, ``tau = 0``
@@ -15,13 +16,19 @@
 
 LeRobot episode indices come from an integer ``episode_index`` field when there is one, else
 from episode ids that are integers or end in one (``ep_000123`` -> 123); otherwise the export
-is refused (409) with what to add.
+is refused (409) with what to add. An empty list (LeRobot refuses it: "corresponds to no
+data"), or an index twice in one list (LeRobot would count it twice and load it once), is a
+409 too.
+
+``complement`` exports every episode of the dataset *not* in the set instead: the episodes to
+drop, e.g. for ``lerobot-edit-dataset --operation.type delete_episodes``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -32,7 +39,14 @@ import numpy as np
 from tessera_gpu.errors import Conflict, InvalidRequest
 from tessera_gpu.io.dataset import Dataset, Field
 
-__all__ = ["FORMATS", "export_ids", "lerobot_document", "mixture_weights", "rows_of"]
+__all__ = [
+    "FORMATS",
+    "complement_of",
+    "export_ids",
+    "lerobot_document",
+    "mixture_weights",
+    "rows_of",
+]
 
 FORMATS = {
     "txt": "text/plain; charset=utf-8",
@@ -55,6 +69,13 @@ def rows_of(dataset: Dataset, ids: Sequence[str]) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64)
 
 
+def complement_of(dataset: Dataset, ids: Sequence[str]) -> list[str]:
+    """The dataset's episode ids that are not in ``ids``, in dataset order."""
+    keep = np.ones(dataset.n_episodes, dtype=bool)
+    keep[rows_of(dataset, ids)] = False
+    return [str(i) for i in dataset.episode_ids[keep]]
+
+
 def export_ids(
     dataset: Dataset,
     ids: Sequence[str],
@@ -63,11 +84,20 @@ def export_ids(
     document: bytes | None = None,
     by: str | None = None,
     tau: float | None = None,
+    complement: bool = False,
 ) -> tuple[bytes, str]:
     """``ids`` of ``dataset`` as ``fmt`` (see the module docstring): ``(bytes, media type)``.
-    ``document`` is the ``json`` format's body (the manifest or the selection's record)."""
+    ``document`` is the ``json`` format's body (the manifest or the selection's record);
+    ``complement`` exports the dataset's other episodes instead (not as ``json``)."""
     if fmt not in FORMATS:
         raise InvalidRequest(f"format must be {', '.join(FORMATS)}: got {fmt!r}")
+    if complement:
+        if fmt == "json":
+            raise InvalidRequest(
+                "complement exports txt, csv, lerobot or weights, not json "
+                "(the record describes the set itself)"
+            )
+        ids = complement_of(dataset, ids)
     if fmt == "txt":
         body = "".join(f"{i}\n" for i in ids).encode("utf-8")
     elif fmt == "json":
@@ -75,7 +105,7 @@ def export_ids(
     elif fmt == "csv":
         body = _csv_text(dataset, ids).encode("utf-8")
     elif fmt == "lerobot":
-        body = json.dumps(lerobot_document(dataset, ids)).encode() + b"\n"
+        body = json.dumps(lerobot_document(dataset, ids, complement=complement)).encode() + b"\n"
     else:
         if by is None:
             raise InvalidRequest("the weights export needs by=FIELD (the groups to balance)")
@@ -110,18 +140,61 @@ def _csv_cell(value: Any) -> str:
 # ---- lerobot ----------------------------------------------------------------------------------
 
 
-def lerobot_document(dataset: Dataset, ids: Sequence[str]) -> dict[str, Any]:
-    """The LeRobot episode list(s) of ``ids`` (see the module docstring), sorted."""
+def lerobot_document(
+    dataset: Dataset, ids: Sequence[str], *, complement: bool = False
+) -> dict[str, Any]:
+    """The LeRobot episode list(s) of ``ids`` (see the module docstring), sorted.
+    ``complement``: ``ids`` are already the complement (only the empty message differs)."""
+    if not ids:
+        what = "the set is empty"
+        if complement:
+            what = (
+                "the complement is empty: the set holds every episode, so there is nothing to drop"
+            )
+        raise Conflict(
+            f"{what}; LeRobot refuses an empty episode list ('corresponds to no data')",
+            code="empty_export",
+        )
     rows = rows_of(dataset, ids)
     indices = _episode_indices(dataset, rows, ids)
-    source = dataset.fields.get("dataset")
-    if source is None or source.kind != "category":
-        return {"episodes": sorted(int(i) for i in indices)}
-    names = np.asarray(source.categories, dtype=object)[source.values[rows]]
+    names = _lerobot_datasets(dataset)
+    if names is None:
+        return {"episodes": _unique_sorted(indices.tolist(), None)}
     out: dict[str, list[int]] = {}
-    for name, index in zip(names.tolist(), indices.tolist(), strict=True):
+    for name, index in zip(names[rows].tolist(), indices.tolist(), strict=True):
         out.setdefault(str(name), []).append(int(index))
-    return {"datasets": {k: sorted(v) for k, v in sorted(out.items())}}
+    return {"datasets": {k: _unique_sorted(v, k) for k, v in sorted(out.items())}}
+
+
+def _lerobot_datasets(dataset: Dataset) -> np.ndarray | None:
+    """Each row's LeRobot dataset name (the ``dataset`` field, else a joined dataset's
+    ``source``), or None when the whole dataset is one LeRobot dataset."""
+    names: np.ndarray | None = None
+    for key in ("source", "dataset"):  # dataset last: it wins where a row has it
+        field = dataset.fields.get(key)
+        if field is None or field.kind != "category":
+            continue
+        values = np.asarray(field.categories, dtype=object)[field.values]
+        if field.missing is not None and names is not None:
+            values = np.where(field.missing, names, values)
+        names = values
+    if names is None or len(set(names.tolist())) < 2:
+        return None
+    return names
+
+
+def _unique_sorted(indices: list[int], name: str | None) -> list[int]:
+    ordered = sorted(indices)
+    twice = next((a for a, b in itertools.pairwise(ordered) if a == b), None)
+    if twice is not None:
+        where = f" of dataset {name!r}" if name is not None else ""
+        raise Conflict(
+            f"episode index {twice} appears more than once in the LeRobot list{where}: the "
+            "episodes come from several LeRobot datasets; give them a 'dataset' field (their "
+            "names) to export one list per dataset",
+            code="duplicate_episode_index",
+        )
+    return ordered
 
 
 def _episode_indices(dataset: Dataset, rows: np.ndarray, ids: Sequence[str]) -> np.ndarray:

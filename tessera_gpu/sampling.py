@@ -530,13 +530,16 @@ def export_sample(
     *,
     by: str | None = None,
     tau: float | None = None,
+    complement: bool = False,
 ) -> tuple[bytes, str]:
-    """The sample as a file (:mod:`tessera_gpu.exports`; ``json`` is the manifest)."""
+    """The sample as a file (:mod:`tessera_gpu.exports`; ``json`` is the manifest);
+    ``complement``: the dataset's episodes not in it."""
     document = msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
-    return export_ids(dataset, manifest.episode_ids, fmt, document=document, by=by, tau=tau)
+    return export_ids(dataset, manifest.episode_ids, fmt, document=document, by=by, tau=tau,
+                      complement=complement)  # fmt: skip
 
 
-def export_filename(manifest: Manifest, fmt: str) -> str:
+def export_filename(manifest: Manifest, fmt: str, *, complement: bool = False) -> str:
     """E.g. ``droid_v2-kmeans-5000-seed0.txt``: the dataset's name (else its id), the method
     (stratified adds the field), n and the seed."""
     label = manifest.dataset_name or manifest.dataset_id
@@ -545,7 +548,8 @@ def export_filename(manifest: Manifest, fmt: str) -> str:
     if method == "stratified":
         method += f"-{manifest.params.stratify_by}"
     method = re.sub(r"[^A-Za-z0-9._-]+", "_", method)
-    return f"{name}-{method}-{manifest.n}-seed{manifest.seed}.{file_extension(fmt)}"
+    rest = "-complement" if complement else ""
+    return f"{name}-{method}-{manifest.n}-seed{manifest.seed}{rest}.{file_extension(fmt)}"
 
 
 def file_extension(fmt: str) -> str:

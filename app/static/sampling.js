@@ -95,6 +95,7 @@ function showResult(manifest) {
   for (const fmtName of ["txt", "csv", "json", "lerobot"]) {
     $(`export-${fmtName}`).href = apiUrl(state.dataset.id, `/samples/${encodeURIComponent(id)}/export`, { format: fmtName });
   }
+  $("export-lerobot-drop").href = apiUrl(state.dataset.id, `/samples/${encodeURIComponent(id)}/export`, { format: "lerobot", complement: "true" });
 }
 
 function showCoverage(coverage) {

@@ -39,6 +39,9 @@ __all__ = ["export"]
     type=click.FloatRange(0, 1),
     help="weights: 1 keeps the natural mix, 0 makes the groups equal [default: 1].",
 )
+@click.option("--complement", is_flag=True,
+              help="The episodes NOT in the selection or sample (to drop, e.g. with "
+              "lerobot-edit-dataset --operation.type delete_episodes).")  # fmt: skip
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write here (atomically) instead of to stdout.")  # fmt: skip
 def export(
@@ -48,6 +51,7 @@ def export(
     fmt: str,
     by: str | None,
     tau: float | None,
+    complement: bool,
     out: Path | None,
 ) -> None:
     """Write a selection (or a sample) of FILE, e.g. for lerobot-train --dataset.episodes."""
@@ -56,8 +60,10 @@ def export(
     with Tessera(Settings.load()) as core:
         live = core.load(file)
         if selection is not None:
-            content, _, _ = core.export_selection(live, selection, fmt, by=by, tau=tau)
+            content, _, _ = core.export_selection(live, selection, fmt, by=by, tau=tau,
+                                                  complement=complement)  # fmt: skip
         else:
             manifest = core.sample_of(live, str(sample_id))
-            content, _ = export_sample(live.dataset, manifest, fmt, by=by, tau=tau)
+            content, _ = export_sample(live.dataset, manifest, fmt, by=by, tau=tau,
+                                       complement=complement)  # fmt: skip
     write_output(out, content)

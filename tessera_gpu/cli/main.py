@@ -5,7 +5,9 @@ Every :class:`~.errors.TesseraError` becomes one line, ``error: <message>``, and
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -118,29 +120,50 @@ def demo_data(out: Path, episodes: int, dim: int, seed: int, no_previews: bool) 
     click.echo(f"wrote {out} ({episodes:,} episodes, {dim}-d, {out.stat().st_size / 1e6:.1f} MB)")
 
 
-from tessera_gpu.cli.sample import sample  # noqa: E402
+class LazyCommands(MutableMapping[str, click.Command]):
+    """The group's commands by name; a command's module is imported when it is first looked
+    up, so ``tessera ingest --help`` loads neither the web app nor the map stack."""
 
-cli.add_command(sample)
+    def __init__(self, loaded: dict[str, click.Command], lazy: dict[str, str]) -> None:
+        self._loaded = dict(loaded)
+        self._lazy = dict(lazy)  # name -> "module:attribute"
 
-from tessera_gpu.cli.serve import serve  # noqa: E402
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded and name in self._lazy:
+            module, _, attribute = self._lazy.pop(name).partition(":")
+            self._loaded[name] = getattr(importlib.import_module(module), attribute)
+        return self._loaded[name]
 
-cli.add_command(serve)
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._lazy.pop(name, None)
+        self._loaded[name] = command
 
-from tessera_gpu.cli.project import project  # noqa: E402
+    def __delitem__(self, name: str) -> None:
+        self._lazy.pop(name, None)
+        self._loaded.pop(name, None)
 
-cli.add_command(project)
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._loaded, *self._lazy])
 
-from tessera_gpu.cli.doctor import doctor  # noqa: E402
+    def __len__(self) -> int:
+        return len(self._loaded) + len(self._lazy)
 
-cli.add_command(doctor)
 
-from tessera_gpu.cli.similar import similar  # noqa: E402
-
-cli.add_command(similar)
-
-from tessera_gpu.cli.export import export  # noqa: E402
-
-cli.add_command(export)
+cli.commands = LazyCommands(  # type: ignore[assignment]
+    dict(cli.commands),
+    {
+        name: f"tessera_gpu.cli.{module}:{attribute}"
+        for name, module, attribute in (
+            ("sample", "sample", "sample"),
+            ("serve", "serve", "serve"),
+            ("project", "project", "project"),
+            ("doctor", "doctor", "doctor"),
+            ("similar", "similar", "similar"),
+            ("export", "export", "export"),
+            ("ingest", "ingest", "ingest"),
+        )
+    },
+)
 
 from tessera_gpu.cli.restore import restore  # noqa: E402
 

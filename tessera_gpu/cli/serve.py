@@ -65,7 +65,7 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.command()
-@click.argument("files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--demo", is_flag=True, help="Also serve the built-in demo dataset (built once).")
 @click.option(
     "--join",
@@ -77,7 +77,8 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
 )
 @setting_options
 def serve(files: tuple[Path, ...], demo: bool, join: str | None, **flags: Any) -> None:
-    """Serve FILES (HDF5 episode files, registered by path) and the data directory's datasets."""
+    """Serve FILES (Tessera HDF5 files, registered by path; LeRobot roots and robomimic files,
+    ingested into the data directory once) and the data directory's datasets."""
     from tessera_app.access_log import configure_logging
     from tessera_app.main import create_app
     from tessera_app.server import bind, run
@@ -94,7 +95,8 @@ def serve(files: tuple[Path, ...], demo: bool, join: str | None, **flags: Any) -
     sock = bind(settings.host, settings.port)  # a busy port: one line, the data dir untouched
     try:
         port = sock.getsockname()[1]
-        paths = expand_paths(files)  # a quoted glob is expanded here
+        # a quoted glob expanded; LeRobot roots and robomimic files ingested (once)
+        paths = ingest_sources(expand_paths(files), settings.data_dir, joined=join is not None)
         for path in paths:
             check_file_on_disk(path, Limits())  # a typo or a wrong file: one clear line, no server
         if demo:
@@ -124,6 +126,26 @@ def announce(core: Any, settings: Settings, port: int, login_url: str | None) ->
     click.echo(f"Serving at http://{host}:{port}/  (API docs: /api/schema)")
     if login_url is not None:  # stdout only, once: never logged, never written to a file
         click.echo(f"No --token given, so this run made one. Log in once: {login_url}")
+
+
+def ingest_sources(paths: list[Path], data_dir: Path, *, joined: bool) -> list[Path]:
+    """LeRobot roots and robomimic files replaced by their ingested files (with a progress bar
+    the first time; reused when their content has not changed). ``joined``: they will be one
+    dataset, so their episode ids carry their names."""
+    from tessera_gpu.cli.ingest import progress_bar
+    from tessera_gpu.ingest.ingested import ingested_files
+    from tessera_gpu.ingest.sources import is_source
+
+    out = []
+    for path in paths:
+        if not is_source(path):
+            out.append(path)
+            continue
+        with progress_bar(f"Ingesting {path.name}") as progress:
+            (ingested,) = ingested_files([path], data_dir, progress=progress, joined=joined)
+        click.echo(f"{path} is served from {ingested}")
+        out.append(ingested)
+    return out
 
 
 def login_token(settings: Settings) -> tuple[Settings, str | None]:

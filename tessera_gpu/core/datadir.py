@@ -4,6 +4,7 @@ Layout (``~/.tessera`` by default)::
 
     catalog.sqlite               datasets, samples, jobs, selections (:mod:`.catalog`)
     uploads/<dataset_id>.h5      uploaded files, named by content hash
+    ingested/<key>/<name>.h5     LeRobot and robomimic sources ingested (tessera_gpu.ingest)
     cache/                       cached maps and similarity graphs, keyed by content
     backups/                     copies of the catalog (:mod:`.backups`)
     .lock                        held (shared) by every process using the folder
@@ -35,13 +36,16 @@ class DataDir:
         self.uploads_dir = self.root / "uploads"
         self.cache_dir = self.root / "cache"
         self.backups_dir = self.root / "backups"
+        self.ingested_dir = self.root / "ingested"
         self.catalog_path = self.root / "catalog.sqlite"
         for d in (self.root, self.uploads_dir, self.cache_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     def sweep(self) -> list[Path]:
         """Remove the temporary files a crash left behind; return what was removed."""
-        return sweep_temporary([self.root, self.uploads_dir, self.cache_dir, self.backups_dir])
+        ingests = [p for p in self.ingested_dir.glob("*") if p.is_dir()]
+        folders = [self.root, self.uploads_dir, self.cache_dir, self.backups_dir, *ingests]
+        return sweep_temporary(folders)
 
     def holdings(self) -> str | None:
         """What the folder holds that only a catalog explains, in words ("2 uploaded files and
@@ -49,6 +53,7 @@ class DataDir:
         counts = [
             (sum(1 for _ in self.uploads_dir.glob("*.h5")), "uploaded file"),
             (sum(1 for p in self.cache_dir.iterdir() if not p.name.startswith(".")), "cached file"),
+            (sum(1 for _ in self.ingested_dir.glob("*/*.h5")), "ingested file"),
             (sum(1 for _ in self.backups_dir.glob("catalog-*.sqlite")), "catalog backup"),
         ]
         words = [f"{n:,} {what}{'s' * (n != 1)}" for n, what in counts if n]

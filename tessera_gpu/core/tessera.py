@@ -61,6 +61,7 @@ from tessera_gpu.filters import (
     filter_mask,
     parse_filter,
 )
+from tessera_gpu.ingest.ingested import ingested_files
 from tessera_gpu.io.artifacts import ArtifactStore
 from tessera_gpu.io.dataset import Dataset, DatasetFacts, Field, load_dataset
 from tessera_gpu.io.files import file_sha256
@@ -404,6 +405,8 @@ class Tessera:
         if check_allowed:
             for asked, real in zip(matched, files, strict=True):
                 self._check_allowed(str(asked), real)
+        # A LeRobot root or robomimic file is served as its ingested file (made once)
+        files = ingested_files(files, self.data.root)
         known = self._known_files(files)
         if known is not None:
             return _named_as(known, name)
@@ -899,17 +902,27 @@ class Tessera:
         return out
 
     def export_selection(
-        self, live: Live, name: str, fmt: str, *, by: str | None = None, tau: float | None = None
+        self,
+        live: Live,
+        name: str,
+        fmt: str,
+        *,
+        by: str | None = None,
+        tau: float | None = None,
+        complement: bool = False,
     ) -> tuple[bytes, str, str]:
-        """A selection as a file: its bytes, media type and download name."""
+        """A selection (or, ``complement``, the episodes not in it) as a file: its bytes,
+        media type and download name."""
         record = self.catalog.selection(live.id, name)
         document = msgspec.json.format(msgspec.json.encode(
             {**msgspec.to_builtins(_selection(record)), "dataset_id": live.id,
              "dataset_name": live.dataset.name, "episode_ids": list(record.episode_ids or ())}
         ), indent=2) + b"\n"  # fmt: skip
         content, media = export_ids(live.dataset, list(record.episode_ids or ()), fmt,
-                                    document=document, by=by, tau=tau)  # fmt: skip
-        label = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{live.dataset.name}-{name}").strip("._")
+                                    document=document, by=by, tau=tau,
+                                    complement=complement)  # fmt: skip
+        label = f"{live.dataset.name}-{name}" + ("-complement" if complement else "")
+        label = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._")
         return content, media, f"{label or 'selection'}.{file_extension(fmt)}"
 
     # ---- groups and clusters ----------------------------------------------------------------
@@ -1055,12 +1068,15 @@ class Tessera:
         *,
         by: str | None = None,
         tau: float | None = None,
+        complement: bool = False,
     ) -> tuple[bytes, str, str]:
-        """The sample file's bytes, media type and download name."""
+        """The sample file's bytes, media type and download name (``complement``: of the
+        dataset's episodes not in the sample)."""
         live = self.get(dataset_id)
         manifest = self.sample(dataset_id, sample_id)
-        content, media_type = export_sample(live.dataset, manifest, fmt, by=by, tau=tau)
-        return content, media_type, export_filename(manifest, fmt)
+        content, media_type = export_sample(live.dataset, manifest, fmt, by=by, tau=tau,
+                                            complement=complement)  # fmt: skip
+        return content, media_type, export_filename(manifest, fmt, complement=complement)
 
 
 class DuplicatesRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -122,7 +122,9 @@ def encode_gif(
 def _to_gif_frame(frame: Any, *, size: tuple[int, int]) -> Image.Image:
     if isinstance(frame, Image.Image) and frame.mode == "P" and frame.size == tuple(size):
         return frame
-    return _to_rgb(frame, size=size)
+    # Fast octree to 256 colours (dithered): ~8x faster than the median cut Pillow's GIF
+    # writer applies to RGB frames, and smaller files; see benchmarks/ingest.py.
+    return _to_rgb(frame, size=size).quantize(256, method=Image.Quantize.FASTOCTREE)
 
 
 def _to_rgb(image: Any, *, size: tuple[int, int]) -> Image.Image:
