@@ -200,7 +200,22 @@ def _unique_sorted(indices: list[int], name: str | None) -> list[int]:
 def _episode_indices(dataset: Dataset, rows: np.ndarray, ids: Sequence[str]) -> np.ndarray:
     field = dataset.fields.get("episode_index")
     if field is not None and field.kind == "int":
-        return field.values[rows]
+        lacking = [] if field.missing is None else np.flatnonzero(field.missing[rows])
+        if len(lacking):
+            row = int(rows[lacking[0]])
+            source = dataset.fields.get("source")
+            where = (
+                ""
+                if source is None
+                else f" (its file {source.json_values(np.array([row]))[0]} has none)"
+            )
+            raise Conflict(
+                f"cannot make LeRobot episode indices: episode {ids[lacking[0]]!r} has no "
+                f"episode_index{where}. Leave such episodes out of the export, or add the field "
+                "to that file",
+                code="no_episode_index",
+            )
+        return field.values[rows].astype(np.int64)
     numbers = []
     for eid in ids:
         match = _TRAILING_INT.search(eid)

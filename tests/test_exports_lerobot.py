@@ -180,3 +180,18 @@ def test_the_cli_exports_the_complement(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text()) == {"episodes": [0, 2, 3, 4, 5, 6, 8, 9]}
+
+
+def test_an_episode_without_its_episode_index_is_a_409_naming_it(tmp_path: Path) -> None:
+    """A joined dataset where one file lacks `episode_index`: those rows have no index."""
+    a = write_dataset(tmp_path / "a.h5", embeddings=np.ones((2, 4)), episode_ids=["a0", "a1"],
+                      metadata={"episode_index": [4, 5], "dataset": ["x", "x"]})  # fmt: skip
+    b = write_dataset(tmp_path / "b.h5", embeddings=np.ones((2, 4)), episode_ids=["b0", "b1"],
+                      metadata={"dataset": ["y", "y"]})  # fmt: skip
+    joined = load_shards([a, b])
+    assert lerobot_document(joined, ["a1"]) == {"datasets": {"x": [5]}}
+    with pytest.raises(
+        Conflict, match=r"episode .b0. has no episode_index \(its file b\.h5 has none\)"
+    ) as info:
+        lerobot_document(joined, ["a0", "b0"])
+    assert info.value.code == "no_episode_index"
