@@ -166,6 +166,7 @@ cli.commands = LazyCommands(  # type: ignore[assignment]
     },
 )
 
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="tessera")
 
