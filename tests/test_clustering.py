@@ -230,3 +230,23 @@ def test_nearest_sample_distances_refuses_bad_input(data: np.ndarray) -> None:
         nearest_sample_distances(x, np.array([3000]), np.arange(5), backend=b)
     empty = nearest_sample_distances(x, np.array([], dtype=np.int64), np.arange(5), backend=b)
     assert empty.shape == (0,)
+
+
+def test_picks_are_the_rows_nearest_the_centroids_in_the_full_space(held_out: np.ndarray) -> None:
+    b = get_backend("cpu")
+    x = b.to_device(held_out)
+    picked = diversity_sample(x, 150, backend=b, seed=2)
+    fit = kmeans(x, 150, backend=b, seed=2)
+    c, rows = fit.centroids.astype(np.float64), held_out.astype(np.float64)
+    d2 = (rows**2).sum(1)[None, :] - 2.0 * c @ rows.T
+    assert set(picked.tolist()) == set(d2.argmin(axis=1).tolist())
+
+
+def test_nearest_rows_are_exact_and_ties_go_by_row() -> None:
+    x = np.repeat(np.random.default_rng(0).normal(size=(50, 20)).astype(np.float32), 2, axis=0)
+    points = x[::7] + 0.01
+    idx, dist = get_backend("cpu").nearest_rows(x, points, 4)
+    d = np.sqrt(((points[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    order = np.lexsort((np.broadcast_to(np.arange(100), d.shape), d), axis=1)[:, :4]
+    np.testing.assert_array_equal(idx, order)
+    np.testing.assert_allclose(dist, np.take_along_axis(d, order, 1), rtol=1e-5)
