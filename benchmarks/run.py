@@ -304,6 +304,20 @@ def _markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _held_out_rows(spec: str) -> list[tuple[tuple[int, int], int]]:
+    """``"35000x512:5000,..."`` -> ``[((35000, 512), 5000), ...]``."""
+    rows = []
+    for item in spec.split(","):
+        try:
+            shape, k = item.lower().split(":")
+            n, d = (int(v) for v in shape.split("x"))
+            rows.append(((n, d), int(k)))
+        except ValueError as err:
+            message = f"--held-out takes NxD:k,... (e.g. 35000x512:5000): got {item!r}"
+            raise SystemExit(message) from err
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="Small sizes, for iterating.")
@@ -313,6 +327,11 @@ def main(argv: list[str] | None = None) -> None:
         help="Every step at a tiny size, one run each: checks that the benchmark works.",
     )
     p.add_argument("--sizes", default=None, help="NxD,... for the synthetic projections.")
+    p.add_argument(
+        "--held-out",
+        default=None,
+        help="NxD:k,... for the K-means rows on the held-out mixture (default: the mode's).",
+    )
     p.add_argument("--device", default="cpu", help="Tessera's backend (umap/sklearn: CPU).")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--no-real", action="store_true", help="Skip the MiniLM embeddings.")
@@ -343,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.only_real and not real:
         raise SystemExit("--only-real needs the real-text embeddings: see the line above")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    held_out_rows = _held_out_rows(args.held_out) if args.held_out else HELD_OUT_KMEANS[mode]
     default = {"smoke": SMOKE_SIZES, "quick": QUICK_SIZES, "full": FULL_SIZES}[mode]
     sizes = args.sizes.split(",") if args.sizes else default
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in sizes]
@@ -380,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
         save()
     from benchmarks import kmeans as held_out
 
-    for (n, d), k in HELD_OUT_KMEANS[mode] if "kmeans" in wanted else []:
+    for (n, d), k in held_out_rows if "kmeans" in wanted else []:
         results["kmeans"].append(held_out.compare("mixture", cached_mixture(n, d), k,
                                                   device=args.device))  # fmt: skip
         save()

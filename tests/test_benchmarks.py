@@ -127,3 +127,13 @@ def test_only_real_without_the_model_stops_at_once(
         run.main(["--only-real", "--out", str(tmp_path / "out")])
     assert capsys.readouterr().out.startswith("skipping the real-text (MiniLM) embeddings")
     assert not (tmp_path / "out").exists()
+
+
+def test_held_out_rows_are_chosen_on_the_command_line(tmp_path: Path) -> None:
+    assert run._held_out_rows("35000x512:5000,200000X2048:100") == [
+        ((35000, 512), 5000),
+        ((200000, 2048), 100),
+    ]
+    with pytest.raises(SystemExit, match=r"--held-out takes NxD:k,\.\.\. .*got '35000x512'"):
+        run.main(["--only", "kmeans", "--held-out", "35000x512", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
