@@ -184,7 +184,7 @@ def test_kmeans_agrees_with_the_in_process_one(
 
 
 def test_wide_kmeans_iterates_in_pca_space_like_the_in_process_one(
-    engine: DaskEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    engine: DaskEngine, tmp_path: Path
 ) -> None:
     from tessera_gpu.backends.cpu_kmeans import kmeans as cpu_kmeans
     from tessera_gpu.distributed import kmeans as dk
@@ -192,9 +192,9 @@ def test_wide_kmeans_iterates_in_pca_space_like_the_in_process_one(
     x = clustered_embeddings(1_200, 160, seed=2)
     write_dataset(tmp_path / "w.h5", embeddings=x, episode_ids=[f"w{i}" for i in range(1_200)])
     ds = engine.load_shards([tmp_path / "w.h5"])
-    monkeypatch.setattr(dk, "REDUCE_ABOVE", 0.0)  # decided by the caller, not the workers
+    assert x.shape[1] > 2 * dk.REDUCED  # wide enough: a PCA first, then the full space
     fit = engine.kmeans(ds.parts, 10, seed=1)
-    local = cpu_kmeans(x, 10, seed=1, reduce_above=0.0)
+    local = cpu_kmeans(x, 10, seed=1)
     assert fit.centroids.shape == (10, 160)
     assert abs(fit.inertia - local.inertia) <= 0.01 * local.inertia
 
