@@ -391,6 +391,12 @@ def test_a_gpu_workers_group_search_and_assignment_agree_with_the_cpu_ones(
     unit = x / norms[:, None]
     truth = members[np.argsort(-(unit[gpu[0][0]] @ unit[members].T), axis=1)[:, :10]]
     assert recall(gpu[0][1], truth) >= 0.99  # the device searches every member: exact
-    assert recall(cpu[0][1], truth) >= 0.9  # the CPU probes 8 cells
+    # the CPU compares the 8 probed cells (both ways) on the full vectors, and lists others only
+    nearest = members[np.argsort(-(unit[gpu[0][0]] @ unit[members].T), axis=1)[:, :11]]
+    others = [
+        [j for j in near if j != row][:10] for row, near in zip(gpu[0][0], nearest, strict=True)
+    ]
+    found = [len(set(a) & set(b)) / 10 for a, b in zip(cpu[0][1], others, strict=True)]
+    assert np.mean(found) >= 0.9, np.mean(found)
     assert np.array_equal(gpu[1].labels, cpu[1].labels)
     assert gpu[1].inertia == pytest.approx(cpu[1].inertia, rel=1e-4)
