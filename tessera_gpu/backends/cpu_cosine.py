@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from tessera_gpu.backends.cpu_kmeans import lloyd
-from tessera_gpu.backends.cpu_knn import _blocked_search
+from tessera_gpu.backends.cpu_knn import _blocked_search, _ranges
 from tessera_gpu.backends.cpu_pca import Pca, fit_pca
 from tessera_gpu.projection.parallel import kernel
 
@@ -50,7 +50,8 @@ PROBE_MARGIN = 0.4  # probe a cell within (1 + margin) x the squared distance to
 MAX_PROBES = 24  # cells a row may probe, its own included
 EXACT_WORK = 1e11  # n * n * d below which every pair is compared (about a second of BLAS)
 _BLOCK = 16_384  # rows per block when reducing
-_GEMM_ROWS = 1024  # rows of one GEMM (bounds the gram: 1024 x columns float32)
+_GEMM_ROWS = 1024  # rows of one GEMM at most
+_GRAM_BYTES = 32 * 2**20  # and its result at most this (smaller starves BLAS)
 _MIN_CELL = 256  # rows per cell at least, on average (smaller GEMMs run far below peak)
 
 
@@ -180,12 +181,6 @@ class _Plan:
         return len(self.ptr) - 1
 
 
-def _starts(keys: np.ndarray, n_groups: int) -> np.ndarray:
-    ptr = np.zeros(n_groups + 1, dtype=np.int64)
-    np.cumsum(np.bincount(keys, minlength=n_groups), out=ptr[1:])
-    return ptr
-
-
 def _one_cell(n: int) -> _Plan:
     return _Plan(np.arange(n, dtype=np.int64), np.array([0, n], dtype=np.int64),
                  np.zeros(0, dtype=np.int64), np.zeros(2, dtype=np.int64),
@@ -218,9 +213,9 @@ def _plan(reduced: np.ndarray, k: int, *, seed: int) -> _Plan:
     by_target = np.argsort(target, kind="stable")
     return _Plan(
         order=np.argsort(own, kind="stable").astype(np.int64),
-        ptr=_starts(own, n_cells),
+        ptr=_ranges(own, n_cells),
         askers=rows[by_target].astype(np.int64),
-        a_ptr=_starts(target, n_cells),
+        a_ptr=_ranges(target, n_cells),
         whole=[np.flatnonzero(whole[c, c + 1 :]) + c + 1 for c in range(n_cells)],
     )
 
@@ -241,19 +236,20 @@ def compare_probed(
     target = probes[rows, slot].astype(np.int64)
     by_target = np.argsort(target, kind="stable")
     plan = _Plan(np.arange(ptr[-1], dtype=np.int64), np.asarray(ptr, dtype=np.int64),
-                 rows[by_target].astype(np.int64), _starts(target, n_cells),
+                 rows[by_target].astype(np.int64), _ranges(target, n_cells),
                  [np.zeros(0, dtype=np.int64)] * n_cells)  # fmt: skip
     inv = (np.float32(1.0) / safe_norms(norms)).astype(np.float32)
     return _scan(np.ascontiguousarray(x, dtype=np.float32), inv, plan, k)
 
 
 def _compare(x, inv, rows, cols, best_d, best_i, *, mirrored: int) -> None:  # type: ignore[no-untyped-def]
-    """Every row of ``rows`` against every row of ``cols`` on the full vectors (one GEMM per
-    ``_GEMM_ROWS`` rows), folded into the rows' lists, and into the lists of the columns
-    from ``mirrored`` on (the earlier ones are rows too)."""
+    """Every row of ``rows`` against every row of ``cols`` on the full vectors (GEMMs of at
+    most ``_GEMM_ROWS`` rows and ``_GRAM_BYTES``), folded into the rows' lists, and into the
+    lists of the columns from ``mirrored`` on (the earlier ones are rows too)."""
     right = x[cols]
-    for start in range(0, len(rows), _GEMM_ROWS):
-        part = rows[start : start + _GEMM_ROWS]
+    step = max(16, min(_GEMM_ROWS, _GRAM_BYTES // (4 * len(cols))))
+    for start in range(0, len(rows), step):
+        part = rows[start : start + step]
         gram = x[part] @ right.T
         _merge(gram, part, inv[part], cols, inv[cols], best_d, best_i)
         if mirrored < len(cols):
