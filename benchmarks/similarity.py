@@ -10,11 +10,12 @@ Measured, in one run:
   (``build_index``: norms, PCA, the graph, as the similarity job builds it) vs pynndescent
   (``NNDescent(metric="cosine", n_jobs=2)``, otherwise its defaults: 30 neighbours) vs faiss
   HNSW (``IndexHNSWFlat(d, 32)`` on inner product of the unit rows, ``efSearch=16``, every
-  row searched for 16 neighbours, 2 threads). Each: seconds (median of 3, the three taking
-  turns, up to 20,000 rows; one run above), recall@15 against the exact full-space cosine
-  neighbours of ``--queries`` seeded rows, and the error of ``uniqueness`` (the distance to
-  the 10th neighbour) against the exact one. Each side first runs on a few thousand rows, so
-  JIT compilation is not timed; the exact neighbours are cached.
+  row searched for 16 neighbours, 2 threads). Each: seconds (median of 3 runs, the three
+  taking turns; faiss HNSW once above 20,000 rows: its build takes minutes), recall@15
+  against the exact full-space cosine neighbours of ``--queries`` seeded rows, and the error
+  of ``uniqueness`` (the distance to the 10th neighbour) against the exact one. Each side
+  first runs on a few thousand rows, so JIT compilation is not timed; the exact neighbours
+  are cached.
 * **near-duplicates** on data with planted copies (low intrinsic dimension: a 60-cluster
   mixture in 48 latent dimensions, mapped linearly to ``--dim`` plus 5% noise, so nearest
   neighbours sit at cosine distance ~0.1; ``--groups`` originals get 1 to 3 copies each at a
@@ -269,8 +270,7 @@ def main() -> None:
         report: dict[str, Any] = json.loads(out.read_text())
     else:
         preflight()
-        repeats = 3 if args.knn_n <= 20_000 else 1  # medians of 3 where that is cheap
-        found = neighbours(args.knn_n, args.dim, args.queries, repeats=repeats)
+        found = neighbours(args.knn_n, args.dim, args.queries, repeats=3)
         report = {"threshold": THRESHOLD, "neighbours": found}
         groups = max(10, args.groups // 10)
         rows = [measure(args.baseline_n, args.dim, groups, baseline=True, faiss_range=True)]
