@@ -16,7 +16,9 @@ two cells' members probe each other so much that comparing the two cells whole c
 the whole block is computed once. Small inputs (``n^2 d`` under ``EXACT_WORK``) form one
 cell: every pair is compared. Distances come from float32 dot products of the full vectors;
 the merge into each row's top-k is serial and in a fixed order, so the graph is the same for
-a seed on any number of threads.
+a seed, run to run and on any number of numba threads (BLAS on another number of threads
+rounds the GEMMs, and the PCA, differently: distances agree to float32 rounding, near-ties
+may swap).
 
 Nothing here copies the embeddings: norms are computed once and the PCA is applied as
 ``(X @ W) / |x| - mean @ W``; the GEMMs gather a cell's rows at a time.
