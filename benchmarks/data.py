@@ -212,3 +212,58 @@ def trustworthiness_at(x: np.ndarray, coords: np.ndarray, *, rows: int = TRUST_R
 
     picked = np.sort(np.random.default_rng(0).choice(len(x), min(len(x), rows), replace=False))
     return float(trustworthiness(x[picked], coords[picked], n_neighbors=15))
+
+
+def heldout_mixture(n: int, dim: int, *, seed: int = 0) -> np.ndarray:
+    """``(n, dim)`` float32 held-out-style embeddings: a hierarchical mixture with background
+    noise, shaped for none of Tessera's methods (the similarity benchmark's neighbour data).
+
+    In a 256-d latent space: 16 topics (centres N(0, 1)), each with 4 + Poisson(8) sub-topics
+    (offsets N(0, 0.35^2) from the topic's centre). A sub-topic's points spread along its own
+    random 96-d subspace, with scales falling from 1.0 to 0.3 (times a per-sub-topic factor in
+    [0.7, 1.3]): locally high-dimensional, as real embeddings are. Sub-topic sizes are very
+    unequal (Dirichlet(0.5) weights); 5 % of the rows belong to no sub-topic (background:
+    N(0, 1.5^2) in all latent dimensions). The latent rows are mapped to ``dim`` by a fixed
+    random matrix (N(0, 1/dim) entries); a shared offset of norm about 10 is added (real
+    embeddings are not centred: the median cosine distance is about 0.77), then isotropic noise
+    of norm about 3, and each row is scaled by a log-normal factor (sigma 0.3: cosine distance
+    ignores it). Seeded; generated in blocks.
+    """
+    latent, n_topics, sub_dim = 256, 16, 96
+    rng = np.random.default_rng(seed)
+    topics = rng.normal(0.0, 1.0, (n_topics, latent))
+    topic_of = np.repeat(np.arange(n_topics), 4 + rng.poisson(8, n_topics))
+    n_subs = len(topic_of)
+    centres = topics[topic_of] + rng.normal(0.0, 0.35, (n_subs, latent))
+    bases = np.stack([np.linalg.qr(rng.normal(size=(latent, sub_dim)))[0].T for _ in range(n_subs)])
+    scales = np.geomspace(1.0, 0.3, sub_dim) * rng.uniform(0.7, 1.3, (n_subs, 1))
+    shapes = (bases * scales[:, :, None]).astype(np.float32)  # (sub-topics, sub_dim, latent)
+    labels = rng.choice(n_subs, size=n, p=rng.dirichlet(np.full(n_subs, 0.5)))
+    labels[rng.random(n) < 0.05] = -1  # background
+    mapping = rng.normal(0.0, 1.0 / np.sqrt(dim), (latent, dim)).astype(np.float32)
+    offset = rng.normal(0.0, 10.0 / np.sqrt(dim), dim).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    block = 16_384
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        sub = np.maximum(labels[start:stop], 0)
+        spread = rng.standard_normal((stop - start, sub_dim), dtype=np.float32)
+        z = np.einsum("bs,bsl->bl", spread, shapes[sub]) + centres[sub]
+        back = labels[start:stop] < 0
+        z[back] = rng.normal(0.0, 1.5, (int(back.sum()), latent))
+        x = z.astype(np.float32) @ mapping + offset
+        x += rng.standard_normal(x.shape, dtype=np.float32) * np.float32(3.0 / np.sqrt(dim))
+        x *= rng.lognormal(0.0, 0.3, (stop - start, 1)).astype(np.float32)
+        out[start:stop] = x
+    return out
+
+
+def cached_heldout(n: int, dim: int, *, seed: int = 0) -> np.ndarray:
+    """:func:`heldout_mixture`, generated once into ``benchmarks/.cache`` and read back."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    path = CACHE_DIR / f"heldout-{n}x{dim}-s{seed}.npy"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, heldout_mixture(n, dim, seed=seed))
+        tmp.replace(path)
+    return np.load(path)

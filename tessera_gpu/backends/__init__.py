@@ -113,8 +113,8 @@ class Backend(Protocol):
         reduction: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Neighbors:
         """``reduction``: ``(norms, reduced)`` of ``x`` on the host (:func:`.cpu_cosine.
-        normalized_pca`, same seed) when the caller has them: the CPU tier takes its
-        candidates from them; a GPU searches exactly and needs none."""
+        normalized_pca`, same seed) when the caller has them: the CPU tier cuts its cells
+        in them; a GPU searches exactly and needs none."""
         ...
 
     def kmeans(

@@ -143,8 +143,8 @@ class CpuBackend:
         reduction: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Neighbors:
         """Each row's ``k`` nearest rows by cosine distance (itself first), with exact
-        distances: PCA-64 candidates re-ranked on the full vectors (:mod:`.cpu_cosine`);
-        ``reduction`` (norms, reduced) is reused rather than computed again."""
+        distances: k-means cells of the PCA-64 rows compared on the full vectors
+        (:mod:`.cpu_cosine`); ``reduction`` (norms, reduced) is reused, not computed again."""
         norms, reduced = reduction if reduction is not None else (None, None)
         idx, dist, method = cosine_knn(x, k, seed=seed, norms=norms, reduced=reduced)
         return Neighbors(idx, dist, method)
