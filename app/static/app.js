@@ -2,10 +2,11 @@
 
 import { apiUrl, el, fmt, getJSON } from "./api.js";
 import { state, update, readUrl } from "./state.js";
-import { buildFilters, initFilters } from "./filters.js";
+import { initFilters } from "./filters.js";
 import { buildColorPicker, clearSelection, deviceName, initMap, openMap, zoom } from "./map.js";
 import { clearEpisode } from "./preview.js";
-import { buildSampling, initSampling, listStrataFields } from "./sampling.js";
+import { buildSampling, initSampling } from "./sampling.js";
+import { buildDrawer, initDrawer } from "./drawer.js";
 import { buildCuration, initCuration } from "./curation.js";
 import { initSelections, loadSelections } from "./selections.js";
 import { buildGroups, initGroups } from "./groups.js";
@@ -18,6 +19,7 @@ async function boot() {
   initFilters();
   initMap();
   initSampling();
+  initDrawer();
   initCuration();
   initSelections();
   initGroups();
@@ -62,32 +64,21 @@ function showNoDataset(problem) {
   $("sample-generate").disabled = true;
 }
 
-function openDataset(summary) {
+function openDataset({ fields, ...summary }) {
   const fromUrl = readUrl();
-  update({ dataset: summary, ...fromUrl, sample: null, selections: [], selectionsLoaded: false });
+  update({ dataset: summary, fields, ...fromUrl, sample: null, selections: [], selectionsLoaded: false });
   const dim = summary.dim ? `${summary.dim}-d` : "metadata-only";
   $("dataset-facts").textContent = `${fmt(summary.n_episodes)} episodes · ${dim} · ${deviceName(state.health.backend)}`;
   document.title = `${summary.name} · Tessera`;
-  buildFilters();
   buildColorPicker();
   buildSampling();
   clearEpisode();
   openMap();
+  buildDrawer();
   buildCuration();
   buildGroups();
   loadSelections().catch(() => {}); // the colour picker lists them when they arrive
 }
-
-// A job added fields (uniqueness, duplicate_group, cluster): list them where fields are listed.
-window.addEventListener("tessera:fields", () => {
-  buildFilters();
-  buildColorPicker();
-  listStrataFields();
-  buildGroups();
-});
-
-// A groups-table row set a field condition: show it in the filter panel.
-window.addEventListener("tessera:conditions", () => buildFilters());
 
 const NOT_TYPING = new Set(["checkbox", "radio", "button", "submit", "reset", "file", "range"]);
 
@@ -123,8 +114,7 @@ function initPanels() {
     $("map-area").append(tab);
     const toggle = (hide) => {
       layout.classList.toggle(`hide-${side}`, hide);
-      tab.hidden = !hide;
-      window.dispatchEvent(new Event("resize")); // Bokeh re-lays out the map
+      tab.hidden = !hide; // the map (and Bokeh, observing its own element) follows the resize
     };
     button.addEventListener("click", () => toggle(true));
   }

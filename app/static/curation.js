@@ -1,4 +1,4 @@
-// The curation drawer under the map: "find similar" (a strip of previews, ringed on the map,
+// The curation tabs of the drawer: "find similar" (a strip of previews, ringed on the map,
 // one click to a filter) and near-duplicates (a threshold slider with live counts, the groups
 // side by side, "keep one per group" as a filter). Both wait for the similarity graph, whose
 // job also gives the dataset its `uniqueness` and `duplicate_group` fields.
@@ -13,35 +13,13 @@ const SIMILAR_K = 12;
 const GROUPS_PAGE = 12;
 const SHOWN_MEMBERS = 8;
 let pollTimer = null;
-let open = null; // the tab shown, or null when the drawer is folded
 let groupsShown = GROUPS_PAGE;
 
-// ---- the drawer ---------------------------------------------------------------------------
-
-function showTab(name) {
-  open = name;
-  for (const b of document.querySelectorAll(".drawer-tabs .tab")) {
-    b.setAttribute("aria-selected", String(b.dataset.tab === name));
-  }
-  for (const tab of ["similar", "duplicates", "groups"]) $(`tab-${tab}`).hidden = name !== tab;
-  $("drawer-toggle").textContent = name ? "▾" : "▴";
-  window.dispatchEvent(new Event("resize")); // Bokeh re-lays out the map
-  window.dispatchEvent(new CustomEvent("tessera:tab", { detail: name }));
-  if (name === "duplicates") refreshDuplicates();
-}
-
-/** Show the drawer (similar and near-duplicates need embeddings; groups always work), and
- * follow the similarity job. */
+/** A dataset opened: forget the last answer, and follow the similarity job. */
 export function buildCuration() {
   clearTimeout(pollTimer);
-  const full = state.dataset.mode !== "metadata-only";
-  $("drawer").hidden = false;
-  $("tab-button-similar").hidden = !full;
-  $("tab-button-duplicates").hidden = !full;
-  $("find-similar").hidden = true;
   update({ similar: null, similarity: null });
-  showTab(full ? null : "groups");
-  if (full) pollSimilarity();
+  if (state.dataset.mode !== "metadata-only") pollSimilarity();
 }
 
 async function pollSimilarity() {
@@ -97,8 +75,8 @@ async function openEpisode(index) {
 // ---- find similar -------------------------------------------------------------------------
 
 /** "Find similar" for the episode in the card. */
-export async function findSimilar(index) {
-  showTab("similar");
+async function findSimilar(index) {
+  update({ tab: "similar" });
   $("similar-title").textContent = "Finding similar episodes…";
   const query = { k: SIMILAR_K, filter: filterParam(filterConditions().filter((c) => c.field !== "map")) };
   let answer;
@@ -141,7 +119,7 @@ const threshold = () => Number($("dup-threshold").value);
 let dupSeq = 0;
 
 const refreshDuplicates = debounce(async () => {
-  if (!state.dataset || open !== "duplicates") return;
+  if (!state.dataset || state.tab !== "duplicates") return;
   if (!ready()) {
     $("dup-summary").textContent = "Waiting for the similarity graph…";
     return;
@@ -209,13 +187,6 @@ function toggleKeep() {
 // ---- wiring -------------------------------------------------------------------------------
 
 export function initCuration() {
-  for (const b of document.querySelectorAll(".drawer-tabs .tab")) {
-    b.addEventListener("click", () => showTab(open === b.dataset.tab ? null : b.dataset.tab));
-  }
-  $("drawer-toggle").addEventListener("click", () => {
-    const first = state.dataset && state.dataset.mode === "metadata-only" ? "groups" : "similar";
-    showTab(open ? null : first);
-  });
   $("find-similar").addEventListener("click", () => {
     const index = Number($("find-similar").dataset.index);
     if (Number.isInteger(index)) findSimilar(index);
@@ -233,6 +204,7 @@ export function initCuration() {
   $("dup-more").addEventListener("click", () => { groupsShown += GROUPS_PAGE; refreshDuplicates(); });
   on("similar", (s) => renderSimilar(s.similar));
   on(["conditions", "pinned", "polygon", "similarity"], () => refreshDuplicates());
+  on("tab", (s) => { if (s.tab === "duplicates") refreshDuplicates(); });
   on("pinned", renderKeepButton);
   on("mapReady", (s) => { if (s.mapReady && s.similar) renderSimilar(s.similar); });
 }

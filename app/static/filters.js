@@ -10,13 +10,16 @@ const SHOWN_VALUES = 8;   // values listed before "show all"
 const OPEN_FIELDS = 6;    // fields shown open; the rest start folded (the search finds them)
 const fieldsBox = () => document.getElementById("filter-fields");
 const controls = new Map(); // field name -> {read(): condition|null, reset(), section}
+const built = { fields: null, conditions: null }; // what the panel shows
 
 /** Build the panel for the open dataset, restoring `state.conditions`. */
 export function buildFilters() {
   const box = fieldsBox();
   box.replaceChildren();
   controls.clear();
-  for (const field of state.dataset.fields) {
+  built.fields = state.fields;
+  built.conditions = state.conditions;
+  for (const field of state.fields) {
     if (field.kind === "array") continue;
     const given = state.conditions.find((c) => c.field === field.name) || null;
     const control = makeControl(field, given);
@@ -136,8 +139,14 @@ function changed() {
     const cond = c.read();
     if (cond) conditions.push(cond);
   }
+  built.conditions = conditions; // the panel shows them already
   update({ conditions });
   markActive();
+}
+
+/** New fields, or conditions set elsewhere (a groups-table row, a link): build the panel again. */
+function follow(s) {
+  if (s.dataset && (s.fields !== built.fields || s.conditions !== built.conditions)) buildFilters();
 }
 
 function markActive() {
@@ -148,7 +157,8 @@ function markActive() {
 /** Clear every field condition, pinned condition and the map selection. */
 export function resetFilters() {
   for (const c of controls.values()) c.reset();
-  update({ conditions: [], pinned: [], polygon: null });
+  built.conditions = [];
+  update({ conditions: built.conditions, pinned: [], polygon: null });
   markActive();
 }
 
@@ -206,7 +216,8 @@ export function initFilters() {
   document.getElementById("no-match-reset").addEventListener("click", resetFilters);
   document.getElementById("selection-clear").addEventListener("click", () => update({ polygon: null }));
   // Until the new count arrives, hover look-ups wait: the new filter may match nothing.
-  on(["conditions", "pinned", "polygon", "dataset"], () => { state.count = null; refreshCount(); });
+  on(["fields", "conditions"], follow);
+  on(["conditions", "pinned", "polygon", "dataset", "fields"], () => { state.count = null; refreshCount(); });
   on(["pinned", "dataset"], renderPinned);
   on("polygon", (s) => { document.getElementById("selection-chip").hidden = !s.polygon; });
 }

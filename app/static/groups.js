@@ -17,7 +17,7 @@ let builtFor = null; // the dataset the tab was built for: a rebuild for new fie
 
 /** Fields a table can be split by: categories and bools, then numbers (quantile bins). */
 function groupable() {
-  const f = state.dataset.fields;
+  const f = state.fields;
   return [...f.filter((x) => x.kind === "category" || x.kind === "bool"),
           ...f.filter((x) => x.kind === "int" || x.kind === "float")];
 }
@@ -39,7 +39,7 @@ export function buildGroups() {
 }
 
 export const refreshGroups = debounce(async () => {
-  if (!state.dataset || $("tab-groups").hidden || !$("group-by").value) return;
+  if (!state.dataset || state.tab !== "groups" || !$("group-by").value) return;
   const mine = ++seq;
   const body = { group_by: $("group-by").value, filter: filterConditions() };
   let summary;
@@ -103,7 +103,7 @@ function row(g, columns) {
 
 /** The filter condition that matches one group of the table. */
 function condition(value) {
-  const field = state.dataset.fields.find((f) => f.name === $("group-by").value);
+  const field = state.fields.find((f) => f.name === $("group-by").value);
   if (field.kind === "bool") return { field: field.name, op: "eq", value: value === "true" };
   if (field.kind === "int" || field.kind === "float") {
     const m = value.match(/^\[([^,]+), ([^)\]]+)([)\]])$/);
@@ -122,7 +122,6 @@ function filterTo(value) {
   const conditions = state.conditions.filter((c) => c.field !== cond.field);
   update({ conditions: [...conditions, cond] });
   outlineGroup(null).catch(() => {});
-  window.dispatchEvent(new CustomEvent("tessera:conditions"));
 }
 
 async function runClusters() {
@@ -158,5 +157,6 @@ export function initGroups() {
   $("group-by").addEventListener("change", refreshGroups);
   $("clusters-run").addEventListener("click", runClusters);
   on(["conditions", "pinned", "polygon"], () => refreshGroups());
-  window.addEventListener("tessera:tab", (e) => { if (e.detail === "groups") refreshGroups(); });
+  on("tab", (s) => { if (s.tab === "groups") refreshGroups(); });
+  on("fields", (s) => { if (s.dataset) buildGroups(); });
 }

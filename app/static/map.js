@@ -225,7 +225,7 @@ function showColorChoice() {
 export function buildColorPicker() {
   const select = $("color-by");
   select.replaceChildren(el("option", { value: "density" }, "density"));
-  const fields = state.dataset.fields;
+  const fields = state.fields;
   const add = (label, kinds) => {
     const group = el("optgroup", { label });
     for (const f of fields) if (kinds.includes(f.kind)) group.append(el("option", { value: f.name }, f.name));
@@ -384,6 +384,6 @@ export function initMap() {
   });
   observer.observe($("map-root"));
   observer.observe($("map-controls"));
-  on("selections", (s) => { if (s.dataset) buildColorPicker(); }); // saved or deleted: list it
+  on(["selections", "fields"], (s) => { if (s.dataset) buildColorPicker(); }); // a new one: list it
   on("count", (s) => { $("no-match").hidden = !(s.count && s.count.count === 0); });
 }

@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 const SHOWN = 10;
 
 function fields(kind) {
-  return state.dataset.fields.filter((f) => kind.includes(f.kind));
+  return state.fields.filter((f) => kind.includes(f.kind));
 }
 
 export const showOverview = debounce(async () => {
@@ -18,13 +18,13 @@ export const showOverview = debounce(async () => {
   box.hidden = false;
   const id = state.dataset.id;
   const filter = filterConditions();
-  const success = state.dataset.fields.some((f) => f.name === "success" && f.kind === "bool");
+  const success = state.fields.some((f) => f.name === "success" && f.kind === "bool");
   const cats = fields(["category", "bool"]).filter((f) => f.name !== "success" || !success);
   const charts = await Promise.all(cats.map(async (f) => {
     const s = await postJSON(apiUrl(id, "/summary"), { group_by: f.name, filter });
     return barChart(f.name, s, success);
   }));
-  const length = state.dataset.fields.find((f) => f.name === "episode_length");
+  const length = state.fields.find((f) => f.name === "episode_length");
   if (length && (length.kind === "int" || length.kind === "float")) {
     const s = await postJSON(apiUrl(id, "/summary"), { group_by: "episode_length", bins: 20, filter });
     charts.push(histogram(s));

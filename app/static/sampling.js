@@ -13,7 +13,7 @@ const $ = (id) => document.getElementById(id);
 export function listStrataFields() {
   const select = $("sample-stratify");
   const chosen = select.value;
-  const fields = state.dataset.fields;
+  const fields = state.fields;
   const values = fields.filter((f) => f.kind === "category" || f.kind === "bool");
   const numbers = fields.filter((f) => f.kind === "int" || f.kind === "float");
   select.replaceChildren(...values.map((f) => el("option", { value: f.name }, f.name)),
@@ -135,6 +135,7 @@ export function initSampling() {
   $("sample-method").addEventListener("change", methodChanged);
   $("sample-within").addEventListener("change", methodChanged);
   $("sample-clear").addEventListener("click", () => update({ sample: null }));
+  on("fields", (s) => { if (s.dataset) listStrataFields(); });
   on("sample", (s) => { showResult(s.sample); showSamplePoints(s.sample).catch(() => {}); });
   on("mapReady", (s) => { if (s.mapReady && s.sample) showSamplePoints(s.sample).catch(() => {}); });
 }

@@ -6,7 +6,8 @@ import { apiUrl, debounce, getJSON } from "./api.js";
 export const state = {
   health: null,         // GET /api/health
   datasets: [],         // summaries
-  dataset: null,        // the open dataset's summary
+  dataset: null,        // the open dataset's summary (its fields apart)
+  fields: [],           // the open dataset's fields: jobs add some (uniqueness, cluster)
   conditions: [],       // field conditions from the filter panel
   pinned: [],           // other conditions: a "similar" set, keep one per near-duplicate group
   polygon: null,        // [[x, y], ...] map selection, or null
@@ -19,6 +20,7 @@ export const state = {
   selectionsLoaded: false,
   similarity: null,     // the similarity job's status (GET .../similarity)
   hovered: null,        // {x, y, episode_id} of the episode the card shows, ringed on the map
+  tab: null,            // the drawer's open tab ("similar", "duplicates", "groups"), or null
   mapReady: false,
 };
 
@@ -98,11 +100,10 @@ const writeUrl = debounce(() => {
 }, 250);
 
 /** A job added fields (uniqueness, duplicate_group, cluster): read dataset `id`'s fields again
- *  and tell whatever lists fields. False when another dataset was opened meanwhile. */
+ *  (whatever lists fields follows `fields`). False when another dataset was opened meanwhile. */
 export async function refreshFields(id) {
   const summary = await getJSON(apiUrl(id));
   if (!state.dataset || state.dataset.id !== id) return false;
-  update({ dataset: { ...state.dataset, fields: summary.fields } });
-  window.dispatchEvent(new CustomEvent("tessera:fields"));
+  update({ fields: summary.fields });
   return true;
 }
