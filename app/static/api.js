@@ -84,6 +84,14 @@ export function debounce(fn, ms) {
   };
 }
 
+/** "CPU", or "GPU: NVIDIA H100 …" from /api/health's backend. */
+export function deviceName(backend) {
+  if (!backend) return "";
+  if (backend.name === "cpu") return "CPU";
+  const device = backend.device && backend.device !== backend.name ? backend.device : backend.name;
+  return `GPU: ${device}`;
+}
+
 const compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 1 });
 const full = new Intl.NumberFormat("en");
 

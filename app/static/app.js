@@ -1,23 +1,29 @@
 // Boot: read the URL, load the dataset list, open one dataset, and wire the keyboard.
 
-import { apiUrl, el, fmt, getJSON } from "./api.js";
-import { state, update, readUrl } from "./state.js";
+import { apiUrl, deviceName, el, fmt, getJSON } from "./api.js";
+import { on, openDataset, update } from "./state.js";
 import { initFilters } from "./filters.js";
-import { buildColorPicker, clearSelection, deviceName, initMap, openMap, zoom } from "./map.js";
-import { clearEpisode } from "./preview.js";
-import { buildSampling, initSampling } from "./sampling.js";
-import { buildDrawer, initDrawer } from "./drawer.js";
-import { buildCuration, initCuration } from "./curation.js";
-import { initSelections, loadSelections } from "./selections.js";
-import { buildGroups, initGroups } from "./groups.js";
+import { initMap, zoom } from "./map.js";
+import { initColors } from "./colors.js";
+import { initOverlays } from "./overlays.js";
+import { initPreview } from "./preview.js";
+import { initSampling } from "./sampling.js";
+import { initDrawer } from "./drawer.js";
+import { initCuration } from "./curation.js";
+import { initSelections } from "./selections.js";
+import { initGroups } from "./groups.js";
 import { initOverview } from "./overview.js";
 import { initUpload } from "./upload.js";
 
 const $ = (id) => document.getElementById(id);
 
 async function boot() {
+  // Each module builds itself when a dataset opens (`on("dataset", ...)`), in this order.
   initFilters();
   initMap();
+  initColors();
+  initOverlays();
+  initPreview();
   initSampling();
   initDrawer();
   initCuration();
@@ -27,6 +33,7 @@ async function boot() {
   initUpload();
   initKeyboard();
   initPanels();
+  on("dataset", showFacts);
   $("dataset-picker").addEventListener("change", (e) => {
     if (e.target.value) location.assign(`/datasets/${encodeURIComponent(e.target.value)}`);
   });
@@ -64,20 +71,10 @@ function showNoDataset(problem) {
   $("sample-generate").disabled = true;
 }
 
-function openDataset({ fields, ...summary }) {
-  const fromUrl = readUrl();
-  update({ dataset: summary, fields, ...fromUrl, sample: null, selections: [], selectionsLoaded: false });
-  const dim = summary.dim ? `${summary.dim}-d` : "metadata-only";
-  $("dataset-facts").textContent = `${fmt(summary.n_episodes)} episodes · ${dim} · ${deviceName(state.health.backend)}`;
-  document.title = `${summary.name} · Tessera`;
-  buildColorPicker();
-  buildSampling();
-  clearEpisode();
-  openMap();
-  buildDrawer();
-  buildCuration();
-  buildGroups();
-  loadSelections().catch(() => {}); // the colour picker lists them when they arrive
+function showFacts({ dataset, health }) {
+  const dim = dataset.dim ? `${dataset.dim}-d` : "metadata-only";
+  $("dataset-facts").textContent = `${fmt(dataset.n_episodes)} episodes · ${dim} · ${deviceName(health.backend)}`;
+  document.title = `${dataset.name} · Tessera`;
 }
 
 const NOT_TYPING = new Set(["checkbox", "radio", "button", "submit", "reset", "file", "range"]);
@@ -94,7 +91,7 @@ function initKeyboard() {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     if (e.key === "Escape") {
       if (typing(e.target)) e.target.blur();
-      clearSelection();
+      update({ polygon: null }); // clear the map selection
       return;
     }
     if (typing(e.target)) return;

@@ -5,7 +5,6 @@
 
 import { apiUrl, debounce, el, filterParam, fmt, getJSON, postJSON } from "./api.js";
 import { filterConditions, on, pin, refreshFields, state, update } from "./state.js";
-import { ringEpisodes } from "./map.js";
 import { showEpisode } from "./preview.js";
 
 const $ = (id) => document.getElementById(id);
@@ -15,10 +14,10 @@ const SHOWN_MEMBERS = 8;
 let pollTimer = null;
 let groupsShown = GROUPS_PAGE;
 
-/** A dataset opened: forget the last answer, and follow the similarity job. */
-export function buildCuration() {
+/** A dataset opened: follow its similarity job. */
+function buildCuration() {
   clearTimeout(pollTimer);
-  update({ similar: null, similarity: null });
+  $("similarity-state").textContent = "";
   if (state.dataset.mode !== "metadata-only") pollSimilarity();
 }
 
@@ -97,14 +96,12 @@ function renderSimilar(answer) {
   if (!answer) {
     $("similar-title").textContent = "Hover an episode, then press “Find similar” in its card.";
     $("similar-strip").replaceChildren();
-    ringEpisodes([]).catch(() => {});
     return;
   }
   $("similar-title").replaceChildren(`${answer.neighbors.length} nearest to `,
     el("b", {}, answer.episode_id), " by cosine distance (full embedding space)");
   $("similar-strip").replaceChildren(tile(answer.index, answer.episode_id, "the episode"),
     ...answer.neighbors.map((n) => tile(n.index, n.episode_id, `d ${n.distance.toFixed(4)}`)));
-  ringEpisodes([answer.episode_id, ...answer.neighbors.map((n) => n.episode_id)]).catch(() => {});
 }
 
 function similarAsFilter() {
@@ -202,9 +199,9 @@ export function initCuration() {
   });
   $("dup-keep").addEventListener("click", toggleKeep);
   $("dup-more").addEventListener("click", () => { groupsShown += GROUPS_PAGE; refreshDuplicates(); });
+  on("dataset", buildCuration);
   on("similar", (s) => renderSimilar(s.similar));
   on(["conditions", "pinned", "polygon", "similarity"], () => refreshDuplicates());
   on("tab", (s) => { if (s.tab === "duplicates") refreshDuplicates(); });
   on("pinned", renderKeepButton);
-  on("mapReady", (s) => { if (s.mapReady && s.similar) renderSimilar(s.similar); });
 }

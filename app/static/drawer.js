@@ -18,7 +18,7 @@ function render(s) {
 
 /** Similar and near-duplicates need embeddings; groups always work (and are shown at once
  *  where there is no map). */
-export function buildDrawer() {
+function buildDrawer() {
   $("drawer").hidden = false;
   $("tab-button-similar").hidden = mapless();
   $("tab-button-duplicates").hidden = mapless();
@@ -32,5 +32,6 @@ export function initDrawer() {
   $("drawer-toggle").addEventListener("click", () => {
     update({ tab: state.tab ? null : (mapless() ? "groups" : "similar") });
   });
+  on("dataset", buildDrawer);
   on("tab", render);
 }

@@ -13,7 +13,7 @@ const controls = new Map(); // field name -> {read(): condition|null, reset(), s
 const built = { fields: null, conditions: null }; // what the panel shows
 
 /** Build the panel for the open dataset, restoring `state.conditions`. */
-export function buildFilters() {
+function buildFilters() {
   const box = fieldsBox();
   box.replaceChildren();
   controls.clear();
@@ -155,7 +155,7 @@ function markActive() {
 }
 
 /** Clear every field condition, pinned condition and the map selection. */
-export function resetFilters() {
+function resetFilters() {
   for (const c of controls.values()) c.reset();
   built.conditions = [];
   update({ conditions: built.conditions, pinned: [], polygon: null });

@@ -5,7 +5,6 @@
 
 import { apiUrl, debounce, el, fmt, getJSON, postJSON } from "./api.js";
 import { filterConditions, on, refreshFields, state, update } from "./state.js";
-import { outlineGroup } from "./map.js";
 
 const $ = (id) => document.getElementById(id);
 let sortKey = "count";
@@ -22,7 +21,7 @@ function groupable() {
           ...f.filter((x) => x.kind === "int" || x.kind === "float")];
 }
 
-export function buildGroups() {
+function buildGroups() {
   const select = $("group-by");
   const chosen = select.value;
   select.replaceChildren(...groupable().map((f) => el("option", { value: f.name },
@@ -38,7 +37,7 @@ export function buildGroups() {
   refreshGroups();
 }
 
-export const refreshGroups = debounce(async () => {
+const refreshGroups = debounce(async () => {
   if (!state.dataset || state.tab !== "groups" || !$("group-by").value) return;
   const mine = ++seq;
   const body = { group_by: $("group-by").value, filter: filterConditions() };
@@ -96,8 +95,8 @@ function row(g, columns) {
   return el("tr", {
     class: "row", "data-value": g.value,
     onclick: () => filterTo(g.value),
-    onmouseenter: () => outlineGroup([...filterConditions(), condition(g.value)]).catch(() => {}),
-    onmouseleave: () => outlineGroup(null).catch(() => {}),
+    onmouseenter: () => update({ outline: [...filterConditions(), condition(g.value)] }),
+    onmouseleave: () => update({ outline: null }),
   }, ...cells);
 }
 
@@ -120,8 +119,7 @@ function condition(value) {
 function filterTo(value) {
   const cond = condition(value);
   const conditions = state.conditions.filter((c) => c.field !== cond.field);
-  update({ conditions: [...conditions, cond] });
-  outlineGroup(null).catch(() => {});
+  update({ conditions: [...conditions, cond], outline: null });
 }
 
 async function runClusters() {
@@ -158,5 +156,5 @@ export function initGroups() {
   $("clusters-run").addEventListener("click", runClusters);
   on(["conditions", "pinned", "polygon"], () => refreshGroups());
   on("tab", (s) => { if (s.tab === "groups") refreshGroups(); });
-  on("fields", (s) => { if (s.dataset) buildGroups(); });
+  on(["dataset", "fields"], buildGroups);
 }

@@ -12,7 +12,7 @@ function fields(kind) {
   return state.fields.filter((f) => kind.includes(f.kind));
 }
 
-export const showOverview = debounce(async () => {
+const showOverview = debounce(async () => {
   const box = $("overview");
   if (!state.dataset || state.dataset.mode !== "metadata-only") { box.hidden = true; return; }
   box.hidden = false;
@@ -69,5 +69,8 @@ function histogram(summary) {
 }
 
 export function initOverview() {
-  on(["conditions", "pinned"], () => { if (state.dataset && state.dataset.mode === "metadata-only") showOverview(); });
+  on(["dataset", "conditions", "pinned"], (s) => {
+    if (s.dataset && s.dataset.mode === "metadata-only") showOverview(); // in place of the map
+    else $("overview").hidden = true;
+  });
 }

@@ -3,7 +3,7 @@
 // dropped by sequence number, so a fast sweep never ends on an old episode.
 
 import { apiUrl, el, filterParam, getJSON } from "./api.js";
-import { filterConditions, state, update } from "./state.js";
+import { filterConditions, on, state, update } from "./state.js";
 
 const HOVER_PX = 16;     // an episode farther than this from the cursor is not "under" it
 const DELAY_MS = 35;
@@ -83,7 +83,7 @@ function formatValue(v) {
 }
 
 /** Forget the card (a new dataset was opened). */
-export function clearEpisode() {
+function clearEpisode() {
   seq += 1;
   shownIndex = null;
   update({ hovered: null });
@@ -99,4 +99,8 @@ export function clearEpisode() {
   document.getElementById("episode-id").textContent = "";
   document.getElementById("find-similar").hidden = true;
   document.getElementById("episode-meta").replaceChildren();
+}
+
+export function initPreview() {
+  on("dataset", clearEpisode);
 }

@@ -29,7 +29,7 @@ function setToggles(map) {
 }
 
 /** Load the open dataset's selections. */
-export async function loadSelections() {
+async function loadSelections() {
   if (!state.dataset) return;
   const id = state.dataset.id;
   const list = await getJSON(apiUrl(id, "/selections"));
@@ -119,4 +119,5 @@ export function initSelections() {
   });
   $("selection-save").addEventListener("submit", save);
   on(["selections", "pinned"], render);
+  on("dataset", () => loadSelections().catch(() => {})); // the colour picker lists them when they arrive
 }

@@ -21,7 +21,8 @@ export const state = {
   similarity: null,     // the similarity job's status (GET .../similarity)
   hovered: null,        // {x, y, episode_id} of the episode the card shows, ringed on the map
   tab: null,            // the drawer's open tab ("similar", "duplicates", "groups"), or null
-  mapReady: false,
+  outline: null,        // the conditions of a group outlined on the map (a hovered table row)
+  map: null,            // the embedded map: its Bokeh models by name and `token`, else null
 };
 
 const listeners = new Map();
@@ -62,8 +63,15 @@ export function pin(field, condition) {
   update({ pinned: condition ? [...others, condition] : others });
 }
 
-/** The URL's share of the state (read once at start). */
-export function readUrl() {
+/** Open a dataset (a summary of GET /api/datasets/{id}): the URL's filter, colour and view,
+ *  nothing of the last one's. Each module builds itself for it (`on("dataset", ...)`). */
+export function openDataset({ fields, ...summary }) {
+  update({ dataset: summary, fields, ...readUrl(), sample: null, similar: null, similarity: null,
+           selections: [], selectionsLoaded: false, hovered: null, outline: null, map: null });
+}
+
+/** The URL's share of the state. */
+function readUrl() {
   const q = new URLSearchParams(location.search);
   let conditions = [];
   let pinned = [];
