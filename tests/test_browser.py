@@ -8,6 +8,7 @@ network errors it provokes on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -666,3 +667,32 @@ def test_a_tiny_dataset_is_drawn_in_the_legends_colours(
     pixels = np.asarray(Image.open(io.BytesIO(tile.content)).convert("RGBA")).reshape(-1, 4)
     drawn = {hex_color(p[:3]) for p in pixels if p[3] > 0}
     assert drawn == {legend["colormap"][0]}  # the legend's "sparse" end, nothing else
+
+
+# ---- the page's plumbing: only the newest answer is shown; polls stop ------------------------
+
+
+def test_an_older_count_never_replaces_a_newer_one(page: Any, server: dict) -> None:
+    """The first of two filter changes is answered last (held back by the test): the count
+    and the facet counts stay those of the second."""
+    base, demo = server["base"], server["demo"]
+    held: list[Any] = []
+    open_map(page, server)
+    page.wait_for_selector("text=300 of 300 episodes match")
+    page.route("**/facets", lambda route: held.append(route) if not held else route.continue_())
+    success = [{"field": "success", "op": "eq", "value": True}]
+    task = page.locator('.field[data-field="task"] .value input').first
+    both = [*success, {"field": "task", "op": "not_in", "value": [task.get_attribute("value")]}]
+    first, second = (api(base, f"/api/datasets/{demo}/count", {"filter": f})["count"]
+                     for f in (success, both))  # fmt: skip
+    assert first != second
+    with page.expect_request("**/facets"):
+        page.locator('.field[data-field="success"] .value input[value="false"]').uncheck()
+    task.uncheck()
+    page.wait_for_selector(f"text={second} of 300 episodes match")
+    shown = page.inner_text("#filter-fields")
+    with contextlib.suppress(playwright_api.Error):  # the page may have aborted it: fine too
+        held[0].fulfill(response=held[0].fetch())
+    page.wait_for_timeout(500)  # the first answer, if the page took it, is drawn by now
+    assert page.inner_text("#match-count") == f"{second} of 300 episodes match"
+    assert page.inner_text("#filter-fields") == shown

@@ -1,4 +1,5 @@
-// Talking to Tessera's HTTP API: JSON in, JSON out, errors as the server words them.
+// Talking to Tessera's HTTP API: JSON in, JSON out, errors as the server words them; only
+// the newest answer of a kind used (`latest`), jobs followed (`poll`); words for numbers.
 
 /** An error answered by the API: `message` is the server's own `error` text. */
 export class ApiError extends Error {
@@ -50,6 +51,39 @@ export function apiUrl(datasetId, path = "", query = {}) {
 /** The filter as the `filter` query parameter: JSON, or "" when there is none. */
 export function filterParam(conditions) {
   return conditions.length ? JSON.stringify(conditions) : "";
+}
+
+// ---- only the newest answer ------------------------------------------------------------------
+
+const newest = new Map(); // kind -> the AbortController of its newest call
+
+/** Only the newest call of a kind is answered: `await latest("legend", (signal) =>
+ *  getJSON(url, { signal }))` resolves (or rejects) only if no newer "legend" call began
+ *  meanwhile and no other dataset was opened. An older call is aborted and its promise never
+ *  settles, so the code after its `await`, and its `catch`, do not run. */
+export function latest(kind, request) {
+  if (newest.has(kind)) newest.get(kind).abort();
+  const call = new AbortController();
+  newest.set(kind, call);
+  const current = () => newest.get(kind) === call;
+  return new Promise((resolve, reject) => {
+    Promise.resolve().then(() => request(call.signal)).then(
+      (answer) => { if (current()) resolve(answer); },
+      (err) => { if (current()) reject(err); },
+    );
+  });
+}
+
+/** Drop the call of `kind` in flight, if any: its answer is never used. */
+export function cancel(kind) {
+  if (newest.has(kind)) newest.get(kind).abort();
+  newest.delete(kind);
+}
+
+/** Another dataset was opened (the store calls this): drop every call begun for the last one. */
+export function endScope() {
+  for (const call of newest.values()) call.abort();
+  newest.clear();
 }
 
 /** Upload a file with XHR so its progress can be shown; resolves to the dataset summary. */

@@ -2,7 +2,7 @@
 // saved selections), the tile URL that carries colour and filter, and the legend that
 // matches the tiles.
 
-import { apiUrl, debounce, el, filterParam, fmt, getJSON } from "./api.js";
+import { apiUrl, debounce, el, filterParam, fmt, getJSON, latest } from "./api.js";
 import { filterConditions, on, state, update } from "./state.js";
 
 const $ = (id) => document.getElementById(id);
@@ -49,17 +49,14 @@ function buildColorPicker() {
   select.value = state.colorBy;
 }
 
-let legendSeq = 0;
 const refreshLegend = debounce(async () => {
   if (!state.map) return;
-  const seq = ++legendSeq;
-  const query = { color_by: state.colorBy === "density" ? "" : state.colorBy,
-                  filter: filterParam(filterConditions()) };
+  const url = apiUrl(state.dataset.id, "/legend", {
+    color_by: state.colorBy === "density" ? "" : state.colorBy, filter: filterParam(filterConditions()) });
   try {
-    const legend = await getJSON(apiUrl(state.dataset.id, "/legend", query));
-    if (seq === legendSeq) renderLegend(legend);
+    renderLegend(await latest("legend", (signal) => getJSON(url, { signal })));
   } catch (err) {
-    if (seq === legendSeq) $("legend").replaceChildren(el("span", { class: "more" }, err.message));
+    $("legend").replaceChildren(el("span", { class: "more" }, err.message));
   }
 }, 80);
 

@@ -3,9 +3,9 @@
 // side by side, "keep one per group" as a filter). Both wait for the similarity graph, whose
 // job also gives the dataset its `uniqueness` and `duplicate_group` fields.
 
-import { apiUrl, debounce, el, filterParam, fmt, getJSON, postJSON } from "./api.js";
+import { apiUrl, debounce, el, filterParam, fmt, getJSON, latest, postJSON } from "./api.js";
 import { filterConditions, on, pin, refreshFields, state, update } from "./state.js";
-import { showEpisode } from "./preview.js";
+import { openEpisode } from "./preview.js";
 
 const $ = (id) => document.getElementById(id);
 const SIMILAR_K = 12;
@@ -60,15 +60,8 @@ function tile(index, episodeId, detail, { keeper = false } = {}) {
     node.addEventListener("mouseenter", () => { img.src = moving; });
     node.addEventListener("mouseleave", () => { img.src = still; });
   }
-  node.addEventListener("click", () => openEpisode(index));
+  node.addEventListener("click", () => openEpisode(index).catch(() => {}));
   return node;
-}
-
-async function openEpisode(index) {
-  const ep = await getJSON(apiUrl(state.dataset.id, `/episodes/${index}`));
-  const base = apiUrl(state.dataset.id, `/episodes/${index}`);
-  showEpisode({ ...ep, thumbnail_url: ep.has_thumbnail ? `${base}/thumbnail` : null,
-                gif_url: ep.has_gif ? `${base}/gif` : null });
 }
 
 // ---- find similar -------------------------------------------------------------------------
@@ -113,7 +106,6 @@ function similarAsFilter() {
 // ---- near-duplicates ----------------------------------------------------------------------
 
 const threshold = () => Number($("dup-threshold").value);
-let dupSeq = 0;
 
 const refreshDuplicates = debounce(async () => {
   if (!state.dataset || state.tab !== "duplicates") return;
@@ -121,19 +113,18 @@ const refreshDuplicates = debounce(async () => {
     $("dup-summary").textContent = "Waiting for the similarity graph…";
     return;
   }
-  const seq = ++dupSeq;
   const kept = state.pinned.filter((c) => c.field !== "duplicates");
   const conditions = [...state.conditions, ...kept];
   if (state.polygon) conditions.push({ field: "map", op: "within", value: state.polygon });
   const body = { threshold: threshold(), filter: conditions, limit: groupsShown, offset: 0 };
   let answer;
+  const url = apiUrl(state.dataset.id, "/duplicates");
   try {
-    answer = await postJSON(apiUrl(state.dataset.id, "/duplicates"), body);
+    answer = await latest("duplicates", (signal) => postJSON(url, body, { signal })); // the slider moves on
   } catch (err) {
-    if (seq === dupSeq) $("dup-summary").textContent = err.message;
+    $("dup-summary").textContent = err.message;
     return;
   }
-  if (seq !== dupSeq) return; // the slider has moved on
   $("dup-summary").replaceChildren(el("b", {}, fmt(answer.n_groups)), ` groups · `,
     el("b", {}, fmt(answer.removed)), " episodes would be removed by keeping one per group");
   $("dup-groups").replaceChildren(...answer.groups.map((g) => groupRow(g)));

@@ -3,7 +3,7 @@
 // count follows the other filters (cross-filter): it is the count among the episodes that
 // every condition on the other fields matches (POST .../facets).
 
-import { apiUrl, debounce, el, fmt, fmtShort, postJSON } from "./api.js";
+import { apiUrl, debounce, el, fmt, fmtShort, latest, postJSON } from "./api.js";
 import { filterConditions, on, pin, state, update } from "./state.js";
 
 const SHOWN_VALUES = 8;   // values listed before "show all"
@@ -192,20 +192,19 @@ function searchFields(text) {
   }
 }
 
-let countSeq = 0;
 const refreshCount = debounce(async () => {
   if (!state.dataset) return;
-  const seq = ++countSeq;
   const box = document.getElementById("match-count");
+  const url = apiUrl(state.dataset.id, "/facets");
+  const body = { filter: filterConditions() };
   try {
-    const res = await postJSON(apiUrl(state.dataset.id, "/facets"), { filter: filterConditions() });
-    if (seq !== countSeq) return; // a newer filter is on its way
+    const res = await latest("facets", (signal) => postJSON(url, body, { signal }));
     update({ count: { count: res.matched, total: res.total } });
     box.replaceChildren(el("b", { class: res.matched ? null : "zero" }, fmt(res.matched)),
       ` of ${fmt(res.total)} episodes match`);
     for (const [name, c] of controls) if (c.showCounts && res.fields[name]) c.showCounts(res.fields[name]);
   } catch (err) {
-    if (seq === countSeq) box.replaceChildren(el("span", { class: "zero" }, err.message));
+    box.replaceChildren(el("span", { class: "zero" }, err.message));
   }
 }, 120);
 

@@ -3,14 +3,13 @@
 // its group on click and is outlined on the map on hover. K-means over the embeddings makes a
 // `cluster` field.
 
-import { apiUrl, debounce, el, fmt, getJSON, postJSON } from "./api.js";
+import { apiUrl, debounce, el, fmt, getJSON, latest, postJSON } from "./api.js";
 import { filterConditions, on, refreshFields, state, update } from "./state.js";
 
 const $ = (id) => document.getElementById(id);
 let sortKey = "count";
 let ascending = false;
 let last = null; // the last summary shown
-let seq = 0;
 let clusterTimer = null;
 let builtFor = null; // the dataset the tab was built for: a rebuild for new fields keeps its state
 
@@ -39,16 +38,15 @@ function buildGroups() {
 
 const refreshGroups = debounce(async () => {
   if (!state.dataset || state.tab !== "groups" || !$("group-by").value) return;
-  const mine = ++seq;
+  const url = apiUrl(state.dataset.id, "/summary");
   const body = { group_by: $("group-by").value, filter: filterConditions() };
-  let summary;
   try {
-    summary = await postJSON(apiUrl(state.dataset.id, "/summary"), body);
+    last = await latest("group-summary", (signal) => postJSON(url, body, { signal }));
   } catch (err) {
-    if (mine === seq) $("group-table").replaceChildren(el("caption", { class: "error" }, err.message));
+    $("group-table").replaceChildren(el("caption", { class: "error" }, err.message));
     return;
   }
-  if (mine === seq) { last = summary; render(); }
+  render();
 }, 120);
 
 const COLUMNS = [

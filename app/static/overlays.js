@@ -2,7 +2,7 @@
 // sample's episodes (those the filter matches), the "find similar" answer's rings, a hovered
 // group's outline, and the ring around the episode in the card.
 
-import { apiUrl, debounce, filterParam, getJSON } from "./api.js";
+import { apiUrl, cancel, debounce, filterParam, getJSON, latest } from "./api.js";
 import { filterConditions, on, state } from "./state.js";
 
 function drawSelection() {
@@ -15,18 +15,20 @@ function drawSelection() {
 
 /** The sample's episodes (Bokeh's HoverTool names them): those the current filter matches,
  *  so the markers follow the filter as the tiles do. */
-let sampleSeq = 0;
 async function drawSample() {
   const map = state.map;
   if (!map) return;
-  const seq = ++sampleSeq;
   const manifest = state.sample;
-  if (!manifest) { map.samples.data = { x: [], y: [], episode_id: [], stratum: [] }; return; }
+  if (!manifest) {
+    cancel("sample-points");
+    map.samples.data = { x: [], y: [], episode_id: [], stratum: [] };
+    return;
+  }
   const field = manifest.params && manifest.params.stratify_by;
-  const pts = await getJSON(apiUrl(state.dataset.id, "/points", {
-    sample_id: manifest.sample_id || manifest.id, fields: field || "",
-    filter: filterParam(filterConditions()) }));
-  if (seq !== sampleSeq || state.map !== map) return; // a newer filter or sample is on its way
+  const url = apiUrl(state.dataset.id, "/points", {
+    sample_id: manifest.sample_id || manifest.id, fields: field || "", filter: filterParam(filterConditions()) });
+  const pts = await latest("sample-points", (signal) => getJSON(url, { signal }));
+  if (state.map !== map) return; // the map was drawn again meanwhile
   const strata = field ? pts.fields[field].map(String) : pts.x.map(() => manifest.method);
   map.samples.data = { x: pts.x, y: pts.y, episode_id: pts.episode_id, stratum: strata };
 }
@@ -45,23 +47,31 @@ async function drawSimilar() {
   const map = state.map;
   if (!map) return;
   const a = state.similar;
-  if (!a) { map.similar.data = { x: [], y: [], episode_id: [] }; return; }
+  if (!a) {
+    cancel("similar-rings");
+    map.similar.data = { x: [], y: [], episode_id: [] };
+    return;
+  }
   const ids = [a.episode_id, ...a.neighbors.map((n) => n.episode_id)];
   const filter = JSON.stringify([{ field: "episode_id", op: "in", value: ids }]);
-  const pts = await getJSON(apiUrl(state.dataset.id, "/points", { filter }));
+  const pts = await latest("similar-rings", (signal) => getJSON(apiUrl(state.dataset.id, "/points", { filter }), { signal }));
+  if (state.map !== map) return;
   map.similar.data = { x: pts.x, y: pts.y, episode_id: pts.episode_id };
 }
 
 /** Outline the episodes of a group hovered in the groups table; null clears. */
-let outlineSeq = 0;
 async function drawOutline() {
   const map = state.map;
   if (!map) return;
-  const seq = ++outlineSeq;
   const conditions = state.outline;
-  if (!conditions) { map.outline.data = { x: [], y: [] }; return; }
-  const pts = await getJSON(apiUrl(state.dataset.id, "/points", { filter: JSON.stringify(conditions), limit: 5000 }));
-  if (seq === outlineSeq) map.outline.data = { x: pts.x, y: pts.y };
+  if (!conditions) {
+    cancel("outline");
+    map.outline.data = { x: [], y: [] };
+    return;
+  }
+  const url = apiUrl(state.dataset.id, "/points", { filter: JSON.stringify(conditions), limit: 5000 });
+  const pts = await latest("outline", (signal) => getJSON(url, { signal }));
+  if (state.map === map) map.outline.data = { x: pts.x, y: pts.y };
 }
 
 const quietly = (draw) => () => draw().catch(() => {});

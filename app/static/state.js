@@ -1,7 +1,7 @@
 // The page's state and the URL that holds it: dataset, filter, colour and view.
 // Anything that changes the state calls `update(...)`; listeners redraw what depends on it.
 
-import { apiUrl, debounce, getJSON } from "./api.js";
+import { apiUrl, debounce, endScope, getJSON } from "./api.js";
 
 export const state = {
   health: null,         // GET /api/health
@@ -37,6 +37,7 @@ export function on(keys, fn) {
 
 /** Set some keys and notify each listener once. */
 export function update(changes) {
+  if ("dataset" in changes && changes.dataset !== state.dataset) endScope(); // before anyone starts anew
   const called = new Set();
   Object.assign(state, changes);
   for (const k of Object.keys(changes)) {
