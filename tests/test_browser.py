@@ -696,3 +696,61 @@ def test_an_older_count_never_replaces_a_newer_one(page: Any, server: dict) -> N
     page.wait_for_timeout(500)  # the first answer, if the page took it, is drawn by now
     assert page.inner_text("#match-count") == f"{second} of 300 episodes match"
     assert page.inner_text("#filter-fields") == shown
+
+
+RUNNING = {"status": "running", "progress": 0.5, "stage": "layout", "elapsed_s": 1.0, "error": None}
+HIDE = "(h) => { window.testHidden = h; document.dispatchEvent(new Event('visibilitychange')); }"
+OPEN_IN_PLACE = """async (id) => {
+  const { apiUrl, getJSON } = await import("/static/app/api.js");
+  const { openDataset } = await import("/static/app/state.js");
+  openDataset(await getJSON(apiUrl(id)));
+}"""
+
+
+def follow_running_jobs(page: Any, server: dict) -> list[str]:
+    """Open the demo with its projection and similarity jobs answered as running (the page
+    polls both); return the list the polls' requests are appended to."""
+    asked: list[str] = []
+
+    def running(route: Any) -> None:
+        asked.append(route.request.url)
+        job = {"kind": "similarity", "params": {}} if "/similarity" in route.request.url else {}
+        route.fulfill(json={**RUNNING, **job})
+
+    for job in ("projection", "similarity"):
+        page.route(f"**/api/datasets/{server['demo']}/{job}", running)
+    page.goto(f"{server['base']}/datasets/{server['demo']}")
+    page.wait_for_selector("#map-status-text:has-text('layout 50%')")
+    page.wait_for_selector("#similarity-state:has-text('50%')")
+    wait_until(page, lambda: sum("/projection" in u for u in asked) >= 3)
+    return asked
+
+
+def wait_until(page: Any, done: Any, timeout_s: float = 20) -> None:
+    """Let the page run (its route handlers too) until ``done()``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        page.wait_for_timeout(100)
+
+
+def test_polls_stop_when_another_dataset_opens(page: Any, server: dict) -> None:
+    asked = follow_running_jobs(page, server)
+    page.evaluate(OPEN_IN_PLACE, server["meta"])
+    page.wait_for_selector('#overview .chart[data-chart="task"]')  # the other one is open
+    before = len(asked)
+    page.wait_for_timeout(2_500)  # four times the projection's period
+    assert len(asked) == before, asked[before:]
+
+
+def test_polls_wait_while_the_page_is_hidden(page: Any, server: dict) -> None:
+    page.add_init_script("""Object.defineProperty(document, "visibilityState",
+      { configurable: true, get: () => (window.testHidden ? "hidden" : "visible") });""")
+    asked = follow_running_jobs(page, server)
+    page.evaluate(HIDE, True)
+    before = len(asked)
+    page.wait_for_timeout(2_500)
+    assert len(asked) <= before + 2, asked[before:]  # at most the calls already on their way
+    page.evaluate(HIDE, False)
+    wait_until(page, lambda: len(asked) >= before + 4)  # both polls go on
+    page.wait_for_selector("#map-status-text:has-text('layout 50%')")

@@ -53,9 +53,11 @@ export function filterParam(conditions) {
   return conditions.length ? JSON.stringify(conditions) : "";
 }
 
-// ---- only the newest answer ------------------------------------------------------------------
+// ---- only the newest answer; jobs followed ----------------------------------------------------
 
 const newest = new Map(); // kind -> the AbortController of its newest call
+let scope = new AbortController(); // aborted when another dataset is opened
+const MAX_WAIT_MS = 30_000;
 
 /** Only the newest call of a kind is answered: `await latest("legend", (signal) =>
  *  getJSON(url, { signal }))` resolves (or rejects) only if no newer "legend" call began
@@ -80,10 +82,58 @@ export function cancel(kind) {
   newest.delete(kind);
 }
 
-/** Another dataset was opened (the store calls this): drop every call begun for the last one. */
+/** Another dataset was opened (the store calls this): drop every latest() call and stop every
+ *  poll() begun for the last one. */
 export function endScope() {
   for (const call of newest.values()) call.abort();
   newest.clear();
+  scope.abort();
+  scope = new AbortController();
+}
+
+/** Asking again will not change a 4xx answer (a timeout or a rate limit aside). */
+const lasting = (err) => err instanceof ApiError && err.status >= 400 && err.status < 500 &&
+  err.status !== 408 && err.status !== 429;
+
+/** Follow a job: call `fn()` now, then `every` ms after each answer until `until(answer)`
+ *  holds, and resolve with that answer. A failed call goes to `onError` and the next waits
+ *  twice as long (up to 30 s); an error asking again will not change (a 4xx) rejects. No call
+ *  is made while the page is hidden; polling stops for good, its promise never settling,
+ *  when `signal` aborts or another dataset is opened. */
+export function poll(fn, { every, until, onError = () => {}, signal = null }) {
+  const ended = [scope.signal, signal].filter(Boolean);
+  const stopped = () => ended.some((s) => s.aborted);
+  return new Promise((resolve, reject) => {
+    let wait = every;
+    let timer = 0;
+    for (const s of ended) s.addEventListener("abort", () => clearTimeout(timer), { once: true });
+    const next = () => {
+      if (stopped()) return;
+      if (document.visibilityState === "hidden") {
+        document.addEventListener("visibilitychange", next, { once: true });
+        return;
+      }
+      ask();
+    };
+    async function ask() {
+      let answer;
+      try {
+        answer = await fn();
+      } catch (err) {
+        if (stopped()) return;
+        if (lasting(err)) { reject(err); return; }
+        onError(err);
+        wait = Math.min(2 * wait, MAX_WAIT_MS);
+        timer = setTimeout(next, wait);
+        return;
+      }
+      if (stopped()) return;
+      if (until(answer)) { resolve(answer); return; }
+      wait = every;
+      timer = setTimeout(next, wait);
+    }
+    next();
+  });
 }
 
 /** Upload a file with XHR so its progress can be shown; resolves to the dataset summary. */

@@ -3,7 +3,7 @@
 // side by side, "keep one per group" as a filter). Both wait for the similarity graph, whose
 // job also gives the dataset its `uniqueness` and `duplicate_group` fields.
 
-import { apiUrl, debounce, el, filterParam, fmt, getJSON, latest, postJSON } from "./api.js";
+import { apiUrl, debounce, el, filterParam, fmt, getJSON, latest, poll, postJSON } from "./api.js";
 import { filterConditions, on, pin, refreshFields, state, update } from "./state.js";
 import { openEpisode } from "./preview.js";
 
@@ -11,37 +11,38 @@ const $ = (id) => document.getElementById(id);
 const SIMILAR_K = 12;
 const GROUPS_PAGE = 12;
 const SHOWN_MEMBERS = 8;
-let pollTimer = null;
 let groupsShown = GROUPS_PAGE;
 
 /** A dataset opened: follow its similarity job. */
 function buildCuration() {
-  clearTimeout(pollTimer);
   $("similarity-state").textContent = "";
-  if (state.dataset.mode !== "metadata-only") pollSimilarity();
+  if (state.dataset.mode !== "metadata-only") followSimilarity();
 }
 
-async function pollSimilarity() {
+/** Follow the job building the similarity graph (`state.similarity`); once it is built, its
+ *  fields (uniqueness, duplicate_group) are listed. */
+async function followSimilarity() {
   const id = state.dataset.id;
+  const box = $("similarity-state");
+  let building = false;
+  const show = (status) => {
+    building ||= status.status !== "done";
+    update({ similarity: status });
+    box.textContent = status.status === "done" ? "" : status.status === "failed"
+      ? `similarity graph failed: ${status.error}`
+      : `building the similarity graph · ${Math.round(100 * status.progress)}%`;
+    return status;
+  };
   let status;
   try {
-    status = await getJSON(apiUrl(id, "/similarity"));
+    status = await poll(async () => show(await getJSON(apiUrl(id, "/similarity"))), {
+      every: 800, until: (s) => s.status === "done" || s.status === "failed",
+      onError: (err) => { box.textContent = `similarity: ${err.message}`; } });
   } catch (err) {
-    $("similarity-state").textContent = `similarity: ${err.message}`;
+    box.textContent = `similarity: ${err.message}`;
     return;
   }
-  if (!state.dataset || state.dataset.id !== id) return;
-  const before = state.similarity && state.similarity.status;
-  update({ similarity: status });
-  if (status.status === "done") {
-    $("similarity-state").textContent = "";
-    if (before && before !== "done") await refreshFields(id);
-    return;
-  }
-  $("similarity-state").textContent = status.status === "failed"
-    ? `similarity graph failed: ${status.error}`
-    : `building the similarity graph · ${Math.round(100 * status.progress)}%`;
-  if (status.status !== "failed") pollTimer = setTimeout(pollSimilarity, 800);
+  if (status.status === "done" && building) await refreshFields(id);
 }
 
 const ready = () => state.similarity && state.similarity.status === "done";
@@ -66,21 +67,27 @@ function tile(index, episodeId, detail, { keeper = false } = {}) {
 
 // ---- find similar -------------------------------------------------------------------------
 
-/** "Find similar" for the episode in the card. */
+/** "Find similar" for the episode in the card: 202 (the job's status) while the graph is
+ *  built, then the answer. Only the newest request is shown. */
 async function findSimilar(index) {
   update({ tab: "similar" });
-  $("similar-title").textContent = "Finding similar episodes…";
+  const title = $("similar-title");
+  title.textContent = "Finding similar episodes…";
   const query = { k: SIMILAR_K, filter: filterParam(filterConditions().filter((c) => c.field !== "map")) };
-  let answer;
-  for (;;) {
-    const response = await fetch(apiUrl(state.dataset.id, `/episodes/${index}/similar`, query));
-    const body = await response.json();
-    if (!response.ok) { $("similar-title").textContent = body.error || response.statusText; return; }
-    if (response.status === 200) { answer = body; break; }
-    $("similar-title").textContent = `Building the similarity graph · ${Math.round(100 * body.progress)}%`;
-    await new Promise((r) => setTimeout(r, 700));
+  const url = apiUrl(state.dataset.id, `/episodes/${index}/similar`, query);
+  const ask = async (signal) => {
+    const body = await getJSON(url, { signal });
+    if (!body.neighbors) title.textContent = `Building the similarity graph · ${Math.round(100 * body.progress)}%`;
+    return body;
+  };
+  try {
+    const answer = await latest("similar", (signal) => poll(() => ask(signal), {
+      every: 700, until: (body) => Boolean(body.neighbors), signal,
+      onError: (err) => { title.textContent = err.message; } }));
+    update({ similar: answer });
+  } catch (err) {
+    title.textContent = err.message;
   }
-  update({ similar: answer });
 }
 
 function renderSimilar(answer) {

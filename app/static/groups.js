@@ -3,14 +3,13 @@
 // its group on click and is outlined on the map on hover. K-means over the embeddings makes a
 // `cluster` field.
 
-import { apiUrl, debounce, el, fmt, getJSON, latest, postJSON } from "./api.js";
+import { apiUrl, debounce, el, fmt, getJSON, latest, poll, postJSON } from "./api.js";
 import { filterConditions, on, refreshFields, state, update } from "./state.js";
 
 const $ = (id) => document.getElementById(id);
 let sortKey = "count";
 let ascending = false;
 let last = null; // the last summary shown
-let clusterTimer = null;
 let builtFor = null; // the dataset the tab was built for: a rebuild for new fields keeps its state
 
 /** Fields a table can be split by: categories and bools, then numbers (quantile bins). */
@@ -120,33 +119,35 @@ function filterTo(value) {
   update({ conditions: [...conditions, cond], outline: null });
 }
 
+const finished = (status) => status.status === "done" || status.status === "failed";
+
+/** K-means over the embeddings: the job's progress, then its `cluster` field, grouped below.
+ *  Only the newest run is followed. */
 async function runClusters() {
+  const id = state.dataset.id;
   const k = Number($("clusters-k").value);
+  const box = $("clusters-state");
+  const show = (status) => {
+    if (!finished(status)) box.textContent = `clustering… ${Math.round(100 * status.progress)}%`;
+    return status;
+  };
   let status;
   try {
-    status = await postJSON(apiUrl(state.dataset.id, "/clusters"), { k });
+    status = await latest("clusters", async (signal) => {
+      const started = show(await postJSON(apiUrl(id, "/clusters"), { k }, { signal }));
+      if (finished(started)) return started;
+      return poll(async () => show(await getJSON(apiUrl(id, "/clusters"), { signal })), {
+        every: 600, until: finished, signal, onError: (err) => { box.textContent = err.message; } });
+    });
   } catch (err) {
-    $("clusters-state").textContent = err.message;
+    box.textContent = err.message;
     return;
   }
-  followClusters(status);
-}
-
-async function followClusters(status) {
-  clearTimeout(clusterTimer);
-  const id = state.dataset.id;
-  if (status.status === "done") {
-    $("clusters-state").textContent = `${status.params.k} clusters: the “cluster” field, grouped below`;
-    if (!(await refreshFields(id))) return;
-    $("group-by").value = "cluster";
-    refreshGroups();
-    return;
-  }
-  if (status.status === "failed") { $("clusters-state").textContent = status.error; return; }
-  $("clusters-state").textContent = `clustering… ${Math.round(100 * status.progress)}%`;
-  clusterTimer = setTimeout(async () => {
-    if (state.dataset && state.dataset.id === id) followClusters(await getJSON(apiUrl(id, "/clusters")));
-  }, 600);
+  if (status.status === "failed") { box.textContent = status.error; return; }
+  box.textContent = `${status.params.k} clusters: the “cluster” field, grouped below`;
+  if (!(await refreshFields(id))) return;
+  $("group-by").value = "cluster";
+  refreshGroups();
 }
 
 export function initGroups() {
