@@ -707,23 +707,40 @@ OPEN_IN_PLACE = """async (id) => {
 }"""
 
 
-def follow_running_jobs(page: Any, server: dict) -> list[str]:
-    """Open the demo with its projection and similarity jobs answered as running (the page
-    polls both); return the list the polls' requests are appended to."""
-    asked: list[str] = []
+class RunningJobs:
+    """The demo's projection and similarity jobs answered as running, so the page polls both;
+    ``asked`` lists the polls' requests, and while ``holding`` their answers wait in ``held``."""
 
-    def running(route: Any) -> None:
-        asked.append(route.request.url)
+    def __init__(self, page: Any, server: dict) -> None:
+        self.asked: list[str] = []
+        self.held: list[Any] = []
+        self.holding = False
+        for job in ("projection", "similarity"):
+            page.route(f"**/api/datasets/{server['demo']}/{job}", self.answer)
+        page.goto(f"{server['base']}/datasets/{server['demo']}")
+        page.wait_for_selector("#map-status-text:has-text('layout 50%')")
+        page.wait_for_selector("#similarity-state:has-text('50%')")
+        wait_until(page, lambda: sum("/projection" in u for u in self.asked) >= 3)
+
+    def answer(self, route: Any) -> None:
+        self.asked.append(route.request.url)
+        if self.holding:
+            self.held.append(route)
+        else:
+            self.fulfill(route)
+
+    def fulfill(self, route: Any) -> None:
         job = {"kind": "similarity", "params": {}} if "/similarity" in route.request.url else {}
-        route.fulfill(json={**RUNNING, **job})
+        with contextlib.suppress(playwright_api.Error):  # the page gave up on it: fine
+            route.fulfill(json={**RUNNING, **job})
 
-    for job in ("projection", "similarity"):
-        page.route(f"**/api/datasets/{server['demo']}/{job}", running)
-    page.goto(f"{server['base']}/datasets/{server['demo']}")
-    page.wait_for_selector("#map-status-text:has-text('layout 50%')")
-    page.wait_for_selector("#similarity-state:has-text('50%')")
-    wait_until(page, lambda: sum("/projection" in u for u in asked) >= 3)
-    return asked
+    def held_jobs(self) -> set[str]:
+        return {route.request.url.rsplit("/", 1)[1] for route in self.held}
+
+    def release(self) -> None:
+        self.holding = False
+        while self.held:
+            self.fulfill(self.held.pop())
 
 
 def wait_until(page: Any, done: Any, timeout_s: float = 20) -> None:
@@ -735,22 +752,29 @@ def wait_until(page: Any, done: Any, timeout_s: float = 20) -> None:
 
 
 def test_polls_stop_when_another_dataset_opens(page: Any, server: dict) -> None:
-    asked = follow_running_jobs(page, server)
+    jobs = RunningJobs(page, server)
+    jobs.holding = True  # a call of each poll is on its way when the other dataset opens
+    wait_until(page, lambda: jobs.held_jobs() == {"projection", "similarity"})
     page.evaluate(OPEN_IN_PLACE, server["meta"])
     page.wait_for_selector('#overview .chart[data-chart="task"]')  # the other one is open
-    before = len(asked)
+    before = len(jobs.asked)
+    jobs.release()
     page.wait_for_timeout(2_500)  # four times the projection's period
-    assert len(asked) == before, asked[before:]
+    assert len(jobs.asked) == before, jobs.asked[before:]
+    # and the answers on their way showed nothing of the old dataset's jobs
+    assert page.locator("#map-status").is_hidden()
+    assert page.inner_text("#similarity-state") == ""
+    assert page.eval_on_selector("#dataset-picker", "s => s.value") == server["meta"]
 
 
 def test_polls_wait_while_the_page_is_hidden(page: Any, server: dict) -> None:
     page.add_init_script("""Object.defineProperty(document, "visibilityState",
       { configurable: true, get: () => (window.testHidden ? "hidden" : "visible") });""")
-    asked = follow_running_jobs(page, server)
+    jobs = RunningJobs(page, server)
     page.evaluate(HIDE, True)
-    before = len(asked)
+    before = len(jobs.asked)
     page.wait_for_timeout(2_500)
-    assert len(asked) <= before + 2, asked[before:]  # at most the calls already on their way
+    assert len(jobs.asked) <= before + 2, jobs.asked[before:]  # at most those on their way
     page.evaluate(HIDE, False)
-    wait_until(page, lambda: len(asked) >= before + 4)  # both polls go on
+    wait_until(page, lambda: len(jobs.asked) >= before + 4)  # both polls go on
     page.wait_for_selector("#map-status-text:has-text('layout 50%')")
