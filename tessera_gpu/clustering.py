@@ -1,11 +1,18 @@
 """K-means and the diversity sample it serves, on any backend.
 
+What every backend's K-means does (the CPU tier: :mod:`tessera_gpu.backends.cpu_kmeans`):
+greedy k-means++ seeds -- each step draws ``2 + ln k`` candidate rows by D² sampling and keeps
+the one that lowers the potential most, as scikit-learn does -- then Lloyd's iterations until
+one changes no label or lowers the inertia by less than ``KMEANS_TOL`` (1e-4) of its value,
+at most ``n_iter`` (``KMEANS_MAX_ITER``, 300; both in :mod:`tessera_gpu.backends`).
+Centroids, labels and inertia are those of the full space.
+
 ``diversity_sample(x, n, ...)`` clusters the chosen rows into ``k = n`` clusters and returns,
-per cluster, the episode nearest its centroid.  When two centroids share a nearest episode,
-the centroid closer to it keeps it and the other takes its next nearest free episode, so the
-``n`` returned rows are always distinct.  Centroids are served in order of their distance to
-their nearest episode (ties by cluster number), which makes the result a pure function of
-the data, ``rows`` and ``seed``.
+per cluster, the episode nearest its centroid in the full space (an exact search).  When two
+centroids share a nearest episode, the centroid closer to it keeps it and the other takes its
+next nearest free episode, so the ``n`` returned rows are always distinct.  Centroids are
+served in order of their distance to their nearest episode (ties by cluster number), which
+makes the result a pure function of the data, ``rows`` and ``seed``.
 """
 
 from __future__ import annotations
@@ -15,11 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from tessera_gpu.backends import Backend
+from tessera_gpu.backends import KMEANS_MAX_ITER, Backend
 from tessera_gpu.backends.rows import as_rows
 from tessera_gpu.errors import InvalidRequest
 
-__all__ = ["KMeansResult", "diversity_sample", "kmeans", "nearest_sample_distances"]
+__all__ = [
+    "KMeansResult",
+    "diversity_sample",
+    "kmeans",
+    "nearest_sample_distances",
+]
 
 CANDIDATES = 8  # nearest episodes fetched per centroid before falling back to a wider search
 
@@ -48,12 +60,12 @@ def kmeans(
     backend: Backend,
     rows: np.ndarray | None = None,
     seed: int = 0,
-    n_iter: int = 25,
+    n_iter: int = KMEANS_MAX_ITER,
 ) -> KMeansResult:
-    """Lloyd's K-means with k-means++ seeding over ``rows`` (default: all rows) of ``x``.
+    """K-means over ``rows`` (default: all rows) of ``x``, as the module docstring says.
 
-    ``x`` is the backend's device array.  Runs at most ``n_iter`` iterations (fewer once
-    the assignment is stable).  Raises :class:`InvalidRequest` unless ``1 <= k <= rows``.
+    ``x`` is the backend's device array; ``n_iter`` caps Lloyd's iterations.  Raises
+    :class:`InvalidRequest` unless ``1 <= k <= rows``.
     """
     subset = _rows(x, rows, backend)
     if not 1 <= k <= len(subset):

@@ -394,13 +394,18 @@ def _kmeans_sample(
 def _coverage(
     x: Any, rows: np.ndarray, indices: np.ndarray, request: SampleRequest, backend: Backend
 ) -> dict[str, Any]:
-    """Distances from filtered episodes to their nearest sampled one, vs a random sample."""
+    """How close the episodes of ``rows`` are to their nearest one of ``indices`` (picked from
+    ``rows``), against a random draw of as many from the same ``rows``: like with like, for
+    the whole sample and for each stratum's share.  Measured on every row of ``rows`` (up to
+    ``COVERAGE_QUERY_ROWS``, else on a seeded draw independent of the random baseline)."""
     from tessera_gpu.clustering import nearest_sample_distances
 
     query = rows
     if rows.size > COVERAGE_QUERY_ROWS:
-        query = random_rows(rows, COVERAGE_QUERY_ROWS, seed=request.seed)
-    baseline = random_rows(rows, request.n, seed=request.seed)
+        picked = np.random.default_rng([request.seed, 1]).choice(rows.size, COVERAGE_QUERY_ROWS,
+                                                                 replace=False)  # fmt: skip
+        query = np.sort(rows[picked])
+    baseline = random_rows(rows, len(indices), seed=request.seed)
     ours = np.asarray(nearest_sample_distances(x, query, indices, backend=backend), float)
     theirs = np.asarray(nearest_sample_distances(x, query, baseline, backend=backend), float)
     mean, random_mean = float(ours.mean()), float(theirs.mean())
@@ -416,7 +421,9 @@ def _coverage(
 
 
 class Coverage(msgspec.Struct):
-    """How well a K-means sample covers the filtered episodes, against a random one."""
+    """How well a K-means sample covers the filtered episodes (Euclidean distance of each to
+    its nearest sampled one), against a random sample of the same size from the same
+    episodes."""
 
     mean: float
     max: float

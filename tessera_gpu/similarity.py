@@ -3,7 +3,8 @@
 One :class:`SimilarityIndex` per dataset serves all three:
 
 * a kNN graph by cosine distance over the full embeddings (``backend.cosine_knn``: on the CPU,
-  PCA-64 candidates re-ranked exactly; on a GPU, an exact search), with exact distances;
+  k-means cells compared block by block on the full vectors; on a GPU, an exact search), with
+  the distances of the full vectors;
 * the rows scaled to unit length and reduced to 64 PCA dimensions: distances there are lower
   bounds of the true ones, so :meth:`SimilarityIndex.similar` prunes with them and checks the
   survivors exactly, and its answer is exact;
@@ -59,7 +60,7 @@ __all__ = [
     "load_or_build_graph",
 ]
 
-SIMILARITY_VERSION = "tessera-cosine-1"
+SIMILARITY_VERSION = "tessera-cosine-2"  # 2: the CPU graph compares cells on the full vectors
 GRAPH_K = 32  # columns of the graph, the row itself first
 UNIQUENESS_K = 10
 DEFAULT_THRESHOLD = 0.05

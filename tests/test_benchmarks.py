@@ -52,8 +52,16 @@ def test_smoke_run_goes_end_to_end(tmp_path: Path) -> None:
         assert row["trust_umap"] > 0.85, row
         assert f"| {row['data']} | {row['n']:,} x {row['d']} |" in table
     [kmeans] = results["kmeans"]
-    assert kmeans["k"] == 20, kmeans
-    assert 0.8 < kmeans["inertia_ratio"] < 1.25, kmeans
+    assert (kmeans["n"], kmeans["d"], kmeans["k"]) == (1000, 32, 20), kmeans
+    for peer in ("sklearn", "faiss"):
+        assert 0.8 < kmeans[f"inertia_vs_{peer}"] < 1.25, kmeans
+        assert 0.8 < kmeans[f"coverage_vs_{peer}"] < 1.25, kmeans
+    assert kmeans["tessera_distinct"] == 20
+    assert kmeans["tessera_coverage"] < kmeans["random_coverage"], kmeans
+    [knn] = results["recall"]
+    assert (knn["n"], knn["d"]) == (1000, 32)
+    assert 0.9 <= knn["recall_at_15"] <= 1.0, knn  # 32-d: the projection's kNN is exact
+    assert knn["trustworthiness"] > 0.85, knn
     [dups] = results["duplicates"]
     assert dups["dim"] == 64
     assert dups["rows"] > 2000  # the copies come on top
@@ -61,7 +69,8 @@ def test_smoke_run_goes_end_to_end(tmp_path: Path) -> None:
     assert dups["recall_vs_brute"] >= 0.99, dups
     assert dups["sklearn_radius_s"] > 0
     for title in ("File load + validation", "Projection: Tessera vs umap-learn",
-                  "K-means diversity sample", "Near-duplicate groups"):  # fmt: skip
+                  "K-means on held-out data", "Diversity samples on held-out data",
+                  "The projection's kNN on held-out data", "Near-duplicate groups"):  # fmt: skip
         assert f"## {title}" in table
 
 
@@ -106,6 +115,7 @@ def test_bench_extra_holds_what_the_benchmarks_import() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     bench = {r.split(">")[0].split("=")[0] for r in extras["optional-dependencies"]["bench"]}
     needed = set(run.BASELINES.values()) | {"tokenizers"}
+    assert "faiss-cpu" in needed
     assert needed <= bench, needed - bench
 
 
@@ -117,3 +127,13 @@ def test_only_real_without_the_model_stops_at_once(
         run.main(["--only-real", "--out", str(tmp_path / "out")])
     assert capsys.readouterr().out.startswith("skipping the real-text (MiniLM) embeddings")
     assert not (tmp_path / "out").exists()
+
+
+def test_held_out_rows_are_chosen_on_the_command_line(tmp_path: Path) -> None:
+    assert run._held_out_rows("35000x512:5000,200000X2048:100") == [
+        ((35000, 512), 5000),
+        ((200000, 2048), 100),
+    ]
+    with pytest.raises(SystemExit, match=r"--held-out takes NxD:k,\.\.\. .*got '35000x512'"):
+        run.main(["--only", "kmeans", "--held-out", "35000x512", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

@@ -22,11 +22,12 @@ pytest_plugins = ("tests.api_fixtures", "tests.ingest_fixtures")
 
 def serve(monkeypatch: pytest.MonkeyPatch, *args: str | Path) -> tuple[Any, str]:
     """``tessera serve ARGS`` up to the point it would listen: the app and what it printed."""
-    import uvicorn
+    import tessera_app.server as server
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
-    cmd = ["serve", *map(str, args), "--device", "cpu", "--allowed-host", "testserver.local"]
+    monkeypatch.setattr(server, "run", lambda app, settings, sock: seen.update(app=app))
+    cmd = ["serve", *map(str, args), "--device", "cpu", "--allowed-host", "testserver.local",
+           "--port", "0"]  # fmt: skip
     result = CliRunner().invoke(cli, cmd)
     assert result.exit_code == 0, result.output
     return seen["app"], result.output

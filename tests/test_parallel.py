@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from tessera_gpu.backends.cpu_kmeans import kmeans_pp
+from tessera_gpu.backends.cpu_kmeans import kmeans
 from tessera_gpu.backends.cpu_knn import exact_knn
 from tessera_gpu.projection import parallel
 
-# Four threads, each running kNN and k-means++ on its own data, checked against one thread.
+# Four threads, each running kNN and K-means on its own data, checked against one thread.
 CONCURRENT = textwrap.dedent(
     """
     import json
@@ -23,7 +23,7 @@ CONCURRENT = textwrap.dedent(
     import numpy as np
     import tessera_gpu
     from tessera_gpu.projection import parallel
-    from tessera_gpu.backends.cpu_kmeans import kmeans_pp
+    from tessera_gpu.backends.cpu_kmeans import kmeans
     from tessera_gpu.backends.cpu_knn import exact_knn
 
     tessera_gpu.configure_process()  # as create_app and the tessera command do
@@ -33,7 +33,7 @@ CONCURRENT = textwrap.dedent(
         out = []
         for _ in range(5):
             idx, _ = exact_knn(x, 8)
-            out.append((idx.sum().item(), kmeans_pp(x, 16, seed=seed).tolist()))
+            out.append((idx.sum().item(), kmeans(x, 16, seed=seed).labels.tolist()))
         return out
 
     alone = [work(s) for s in range(4)]
@@ -79,8 +79,8 @@ def test_serial_section_is_reentrant() -> None:
 
 def test_kernels_in_this_process_agree_across_threads() -> None:
     x = np.random.default_rng(1).normal(size=(2000, 16)).astype(np.float32)
-    expected = kmeans_pp(x, 12, seed=3)
+    expected = kmeans(x, 12, seed=3).labels
     with ThreadPoolExecutor(3) as pool:
-        got = list(pool.map(lambda _: kmeans_pp(x, 12, seed=3), range(6)))
+        got = list(pool.map(lambda _: kmeans(x, 12, seed=3).labels, range(6)))
     assert all(np.array_equal(g, expected) for g in got)
     assert numba.threading_layer() in ("tbb", "omp")

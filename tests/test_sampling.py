@@ -14,6 +14,8 @@ import msgspec
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tessera_gpu.errors import Conflict, InvalidRequest
 from tessera_gpu.filters import filter_rows, parse_filter
@@ -27,6 +29,7 @@ from tessera_gpu.sampling import (
     draw_sample,
     export_filename,
     export_sample,
+    random_rows,
     strata_of,
 )
 
@@ -368,3 +371,93 @@ def test_cli_errors_are_one_line(episode_file: Path, args: list[str], message: s
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: {message}")
     assert result.stderr.count("\n") == 1
+
+
+# ---- K-means within strata (issue 20, item 1) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo dataset (2,000 episodes, 512-d; tasks of 257 to 532), without previews."""
+    from tessera_gpu.io.demo import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("demo") / "demo.h5", previews=False)
+
+
+@pytest.fixture(scope="module")
+def demo(demo_file: Path) -> Dataset:
+    return load_dataset(demo_file)
+
+
+def _mean_nearest(x: np.ndarray, queries: np.ndarray, sample: np.ndarray) -> float:
+    """Mean Euclidean distance from each query row to its nearest sample row, by brute force."""
+    q, s = x[queries].astype(np.float64), x[sample].astype(np.float64)
+    d2 = (q**2).sum(1)[:, None] + (s**2).sum(1)[None, :] - 2.0 * q @ s.T
+    return float(np.sqrt(np.maximum(d2.min(axis=1), 0.0)).mean())
+
+
+@given(
+    sizes=st.lists(st.integers(1, 60), min_size=1, max_size=8),
+    share=st.floats(0.0, 1.0),
+    allocation=st.sampled_from(["proportional", "equal"]),
+)
+def test_allocation_never_exceeds_a_stratum(
+    sizes: list[int], share: float, allocation: Any
+) -> None:
+    n = max(1, round(share * sum(sizes)))
+    quota = allocate(np.array(sizes), n, allocation=allocation)
+    assert quota.sum() == n
+    assert (quota >= 0).all()
+    assert (quota <= np.array(sizes)).all()
+
+
+@pytest.mark.parametrize(("n", "allocation"), [(400, "proportional"), (1400, "equal")])
+def test_kmeans_within_strata_compares_each_stratum_like_with_like(
+    demo: Dataset, n: int, allocation: Any
+) -> None:
+    """n = 400 used to answer 500: each stratum's random baseline was drawn with the total n.
+    Now it is a random draw of the stratum's own share, from the stratum (equal allocation
+    at n = 1,400 wants 280 of each task: 'stack' has 257, so it gives all and the rest goes
+    to the others)."""
+    assert demo.embeddings is not None
+    s = draw_sample(demo, SampleRequest("kmeans", n, stratify_by="task", allocation=allocation))
+    task = demo.fields["task"]
+    sizes = np.bincount(task.values, minlength=len(task.categories))
+    counts = s.stats["per_stratum"]
+    assert sum(counts.values()) == n == len(s.indices)
+    assert all(counts[label] <= sizes[i] for i, label in enumerate(task.categories))
+    if allocation == "equal":
+        assert counts["stack"] == sizes[task.categories.index("stack")] == 257
+    per = s.stats["coverage_per_stratum"]
+    assert sorted(per) == sorted(task.categories)
+    for code, label in enumerate(task.categories):
+        group = np.flatnonzero(task.values == code)
+        chosen = np.intersect1d(s.indices, group)
+        baseline = random_rows(group, len(chosen), seed=0)  # same size, same stratum
+        assert per[label]["random_mean"] == pytest.approx(
+            _mean_nearest(demo.embeddings, group, baseline), rel=1e-4, abs=1e-6
+        )
+        assert per[label]["mean"] == pytest.approx(
+            _mean_nearest(demo.embeddings, group, chosen), rel=1e-4, abs=1e-6
+        )
+        if len(chosen) < len(group):
+            assert per[label]["improvement_mean_pct"] > 0, (label, per[label])
+
+
+def test_cli_kmeans_within_strata_and_the_readme_dedup_example(demo_file: Path) -> None:
+    result = run_cli(str(demo_file), "--method", "kmeans", "-n", "400", "--stratify-by", "task",
+                     "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 400
+    result = run_cli(str(demo_file), "--method", "kmeans", "-n", "300", "--dedup", "0.05",
+                     "--stratify-by", "task", "--format", "json", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["n"] == 300
+    assert sum(manifest["stats"]["per_stratum"].values()) == 300
+    result = run_cli(str(demo_file), "--method", "kmeans", "-n", "2001", "--stratify-by", "task",
+                     "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: n = 2,001 is larger than the 2,000 episodes that match the filter\n"
+    )

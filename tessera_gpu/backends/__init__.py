@@ -36,6 +36,8 @@ from tessera_gpu.errors import InvalidRequest, Unavailable
 
 __all__ = [
     "COARSE_ABOVE",
+    "KMEANS_MAX_ITER",
+    "KMEANS_TOL",
     "MODES",
     "NAMES",
     "STANDIN_VAR",
@@ -57,6 +59,11 @@ ENV_VAR = "TESSERA_DEVICE"
 # Above this many rows, ``neighbors`` also returns a coarse cell partition of the rows, which
 # the projection uses for a cheap spectral initialisation and a cache-friendly row order.
 COARSE_ABOVE = 25_000
+# Every backend's K-means: greedy k-means++ seeds (2 + ln k local trials), then Lloyd's
+# iterations until one changes no label or lowers the inertia by less than KMEANS_TOL of it,
+# at most n_iter (default KMEANS_MAX_ITER, scikit-learn's max_iter).
+KMEANS_MAX_ITER = 300
+KMEANS_TOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -106,13 +113,17 @@ class Backend(Protocol):
         reduction: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Neighbors:
         """``reduction``: ``(norms, reduced)`` of ``x`` on the host (:func:`.cpu_cosine.
-        normalized_pca`, same seed) when the caller has them: the CPU tier takes its
-        candidates from them; a GPU searches exactly and needs none."""
+        normalized_pca`, same seed) when the caller has them: the CPU tier cuts its cells
+        in them; a GPU searches exactly and needs none."""
         ...
 
     def kmeans(
         self, x: Any, k: int, *, rows: np.ndarray | None, seed: int, n_iter: int
-    ) -> tuple[np.ndarray, np.ndarray, float]: ...
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(centroids, labels, inertia)``: greedy k-means++ seeds, Lloyd's iterations until
+        one lowers the inertia by less than ``KMEANS_TOL`` of it (or changes no label), at
+        most ``n_iter``; the full space's answer."""
+        ...
 
     def nearest_rows(
         self, x: Any, points: np.ndarray, count: int, *, rows: np.ndarray | None = None

@@ -17,14 +17,21 @@ import numpy as np
 from tessera_gpu.backends import COARSE_ABOVE, Neighbors
 from tessera_gpu.backends.cpu_cosine import cosine_knn
 from tessera_gpu.backends.cpu_kmeans import kmeans as cpu_kmeans
-from tessera_gpu.backends.cpu_knn import cell_probe_knn, exact_knn, reranked_search
+from tessera_gpu.backends.cpu_knn import (
+    _exact_distances,
+    _merge_block,
+    cell_probe_knn,
+    exact_knn,
+    reranked_search,
+)
 from tessera_gpu.backends.cpu_pca import fit_pca
 from tessera_gpu.backends.rows import as_rows, check_embeddings
 from tessera_gpu.errors import InvalidRequest
 
-__all__ = ["CpuBackend"]
+__all__ = ["CpuBackend", "nearest_rows"]
 
-REDUCE_TO = 64  # PCA width used for kNN candidates and K-means assignments
+REDUCE_TO = 64  # PCA width used for kNN candidates
+_BLOCK_BYTES = 32 * 2**20  # GEMM output per block
 
 
 def _cores() -> int:
@@ -37,6 +44,31 @@ def _cores() -> int:
 def _probe_plan(n: int) -> tuple[int, int]:
     """``(n_cells, n_probe)`` for the cell-probe search: ~sqrt(n) cells, 8 probed."""
     return max(8, int(np.sqrt(n))), 8
+
+
+def nearest_rows(data: np.ndarray, points: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` rows nearest each point, exactly: ``(indices int64, Euclidean
+    distances float32)``, nearest first.  Blocks of rows against all points, so the rows are
+    read once however many points there are (the centroids of a large K-means).  Equal
+    distances are ordered by row."""
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    count = min(count, len(data))
+    best_d = np.full((len(points), count), np.inf, dtype=np.float32)
+    best_i = np.full((len(points), count), -1, dtype=np.int64)
+    every = np.arange(len(points), dtype=np.int64)
+    p_norms = _sq_norms(points)
+    step = max(64, _BLOCK_BYTES // (4 * max(1, len(points))))
+    for start in range(0, len(data), step):
+        block = data[start : start + step]
+        cols = np.arange(start, start + len(block), dtype=np.int64)
+        _merge_block(points @ block.T, every, p_norms, cols, _sq_norms(block), best_d, best_i)
+    dist = _exact_distances(data, points, best_i)
+    order = np.lexsort((best_i, dist), axis=1)  # ties by row, as a merge of shards orders them
+    return np.take_along_axis(best_i, order, 1), np.take_along_axis(dist, order, 1)
+
+
+def _sq_norms(a: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, a, dtype=np.float32)
 
 
 class CpuBackend:
@@ -111,8 +143,8 @@ class CpuBackend:
         reduction: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Neighbors:
         """Each row's ``k`` nearest rows by cosine distance (itself first), with exact
-        distances: PCA-64 candidates re-ranked on the full vectors (:mod:`.cpu_cosine`);
-        ``reduction`` (norms, reduced) is reused rather than computed again."""
+        distances: k-means cells of the PCA-64 rows compared on the full vectors
+        (:mod:`.cpu_cosine`); ``reduction`` (norms, reduced) is reused, not computed again."""
         norms, reduced = reduction if reduction is not None else (None, None)
         idx, dist, method = cosine_knn(x, k, seed=seed, norms=norms, reduced=reduced)
         return Neighbors(idx, dist, method)
@@ -133,10 +165,10 @@ class CpuBackend:
     def nearest_rows(
         self, x: np.ndarray, points: np.ndarray, count: int, *, rows: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The ``count`` rows (global indices) nearest each of ``points``, and distances."""
+        """The ``count`` rows (global indices) nearest each of ``points``, exactly, and their
+        distances (:func:`nearest_rows`)."""
         data, picked = self._subset(x, rows)
-        queries = np.ascontiguousarray(points, dtype=np.float32)
-        idx, dist = reranked_search(data, queries, count, reduce_to=REDUCE_TO)
+        idx, dist = nearest_rows(data, points, count)
         return picked[idx], dist
 
     def nearest_sample_distances(
@@ -155,11 +187,9 @@ class CpuBackend:
     def kmeans(
         self, x: np.ndarray, k: int, *, rows: np.ndarray | None, seed: int, n_iter: int
     ) -> tuple[np.ndarray, np.ndarray, float]:
-        """``(centroids, labels, inertia)`` of Lloyd's K-means over ``rows`` (k-means++ seeds).
-
-        Wide, large problems run their assignments in a 64-dim PCA space; centroids and
-        inertia are always those of the full space.
-        """
+        """``(centroids, labels, inertia)`` of K-means over ``rows``: greedy k-means++ seeds,
+        Lloyd's iterations (the first ones in a PCA space for wide rows) ending in the full
+        space, at most ``n_iter`` per space (:mod:`.cpu_kmeans`)."""
         data, _ = self._subset(x, rows)
-        fit = cpu_kmeans(data, k, n_iter=n_iter, seed=seed, reduce_to=REDUCE_TO)
+        fit = cpu_kmeans(data, k, n_iter=n_iter, seed=seed)
         return fit.centroids, fit.labels, fit.inertia

@@ -1,202 +1,308 @@
-"""Lloyd's k-means on the CPU: k-means++ seeding in numba, assignments by BLAS blocks.
+"""K-means on the CPU: greedy k-means++ seeds, Lloyd's iterations that redo only what moved,
+and a stopping rule on the objective.
 
-The assignment step reuses the distance-block idea of :mod:`.cpu_knn` (GEMM, then a parallel
-numba arg-min); the update step is a sparse one-hot product.  Empty clusters are re-seeded
-with the points farthest from their centroid, as scikit-learn does.
+:func:`kmeans`, for rows wider than ``2 * REDUCED`` (128) dimensions, runs:
+
+1. a PCA of the rows to ``REDUCED`` (64) dimensions (:mod:`.cpu_pca`);
+2. greedy k-means++ seeds there (:mod:`.cpu_seeding`);
+3. Lloyd's iterations there until they stop;
+4. each cluster's mean in the full space, then Lloyd's iterations on the full vectors until
+   they stop.  The answer -- centroids, labels, inertia -- is the full space's, which the
+   PCA only reaches sooner: most of the moving is done in 64 dimensions.
+
+Narrower rows skip 1 and 3.  Iterations
+stop when one changes no label, when one lowers the objective (the sum of squared distances,
+"inertia") by less than ``TOL`` (1e-4, ``KMEANS_TOL``) of its value, or after ``n_iter``.
+
+Lloyd's iterations (:func:`refine`) redo only what moved.  A centroid moves only when its
+members change, so an iteration computes every row's distance to the moved centroids alone
+(one GEMM); each row keeps its squared distance to its own centroid and a lower bound on
+that to every other one, and a row whose own centroid moved away past the bound is assigned
+again against all centroids.  The labels are a plain Lloyd iteration's; late iterations cost
+a few percent of one.  Empty clusters take the rows farthest from their centroids, as in
+scikit-learn.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
 import scipy.sparse
 
+from tessera_gpu.backends import KMEANS_MAX_ITER, KMEANS_TOL
 from tessera_gpu.backends.cpu_pca import fit_pca
+from tessera_gpu.backends.cpu_seeding import Cells, greedy_kmeans_pp
 from tessera_gpu.projection.parallel import kernel
 
-__all__ = ["LloydFit", "assign", "kmeans", "kmeans_pp", "lloyd"]
+__all__ = ["REDUCED", "LloydFit", "assign", "full_means", "kmeans", "lloyd", "refine", "seeds"]
 
+MAX_ITER, TOL = KMEANS_MAX_ITER, KMEANS_TOL
+REDUCED = 64  # PCA width of the seeding and the first Lloyd iterations
 _BLOCK_BYTES = 32 * 2**20  # GEMM output per block (smaller blocks starve BLAS)
 
 
 @dataclass(frozen=True)
 class LloydFit:
-    """Centroids ``(k, d)``, labels ``(n,)`` and inertia (sum of squared distances)."""
+    """Centroids ``(k, d)``, labels ``(n,)``, inertia (sum of squared distances) and the
+    number of Lloyd iterations run (in both spaces)."""
 
     centroids: np.ndarray
     labels: np.ndarray
     inertia: float
+    iterations: int = 0
+
+
+def _sq_norms(a: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, a, dtype=np.float32)
+
+
+def _step(width: int) -> int:
+    """Rows per GEMM block against ``width`` columns (~32 MB of output)."""
+    return max(64, _BLOCK_BYTES // (4 * max(1, width)))
 
 
 @kernel
-def _argmin_block(gram, x_norms, c_norms, labels, mind, offset):  # pragma: no cover
-    """Per row: arg-min over centroids of ``|c|^2 - 2 x.c`` (a vectorised min, then a find)."""
-    b, k = gram.shape
-    for r in numba.prange(b):
-        row = gram[r]
-        best = np.inf
-        for c in range(k):
-            best = min(best, c_norms[c] - 2.0 * row[c])
-        arg = 0
-        for c in range(k):
-            if c_norms[c] - 2.0 * row[c] == best:
-                arg = c
-                break
-        labels[offset + r] = arg
-        mind[offset + r] = max(x_norms[r] + best, 0.0)
+def _nearest_two(gram, x_norms, c_norms, rows, labels, u, lower):  # pragma: no cover
+    """Per row of a block: its nearest centroid, that squared distance, and the second's."""
+    for r in numba.prange(gram.shape[0]):
+        best, second, arg = np.inf, np.inf, 0
+        for c in range(gram.shape[1]):
+            dist = c_norms[c] - 2.0 * gram[r, c]
+            if dist < best:
+                second, best, arg = best, dist, c
+            elif dist < second:
+                second = dist
+        i = rows[r]
+        labels[i] = arg
+        u[i] = max(x_norms[r] + best, 0.0)
+        lower[i] = max(x_norms[r] + second, 0.0)
+
+
+@kernel
+def _fold_moved(gram, xn, cn, cols, slot, start, labels, u, lower, redo):  # pragma: no cover
+    """Fold the moved centroids ``cols`` (``slot[j]``: j's column, or -1) into each row's
+    label, distance and lower bound; flag the rows that the bound no longer settles."""
+    for r in numba.prange(gram.shape[0]):
+        i = start + r
+        own = labels[i]
+        bound = lower[i]
+        best, best_d, second = own, u[i], bound
+        if slot[own] >= 0:
+            best_d = max(xn[r] + cn[slot[own]] - 2.0 * gram[r, slot[own]], 0.0)
+        for t in range(gram.shape[1]):
+            j = cols[t]
+            if j == own:
+                continue
+            dist = max(xn[r] + cn[t] - 2.0 * gram[r, t], 0.0)
+            if dist < best_d:
+                second, best, best_d = min(second, best_d), j, dist
+            elif dist < second:
+                second = dist
+        redo[i] = slot[own] >= 0 and best_d > bound
+        labels[i], u[i], lower[i] = best, best_d, second
+
+
+@kernel
+def _means(data, order, ptr, which, centroids):  # pragma: no cover - compiled
+    """Centroids ``which`` := their members' mean (float64 sums over members in row order)."""
+    for t in numba.prange(which.shape[0]):
+        j = which[t]
+        lo, hi = ptr[j], ptr[j + 1]
+        acc = np.zeros(data.shape[1], dtype=np.float64)
+        for p in range(lo, hi):
+            acc += data[order[p]]
+        centroids[j] = acc / max(hi - lo, 1)
+
+
+@dataclass(frozen=True)
+class _State:
+    """Per row: label, squared distance to its centroid ``u``, lower bound on the squared
+    distance to any other centroid ``lower``; and the rows' squared norms."""
+
+    labels: np.ndarray
+    u: np.ndarray
+    lower: np.ndarray
+    norms: np.ndarray
+
+    @classmethod
+    def of(cls, data: np.ndarray) -> _State:
+        n = len(data)
+        return cls(np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n, np.float32),
+                   _sq_norms(data))  # fmt: skip
+
+    def assign(self, data: np.ndarray, centroids: np.ndarray, rows: np.ndarray) -> None:
+        """Exact nearest and second-nearest centroid of ``rows``."""
+        c_norms = _sq_norms(centroids)
+        step = _step(len(centroids))
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            x = data[chunk[0] : chunk[-1] + 1] if _contiguous(chunk) else data[chunk]
+            _nearest_two(x @ centroids.T, self.norms[chunk], c_norms, chunk, self.labels,
+                         self.u, self.lower)  # fmt: skip
+
+    def fold(self, data: np.ndarray, centroids: np.ndarray, moved: np.ndarray) -> np.ndarray:
+        """Update every row for the ``moved`` centroids; returns the rows to assign again."""
+        slot = np.full(len(centroids), -1, dtype=np.int64)
+        slot[moved] = np.arange(len(moved))
+        cols = np.ascontiguousarray(centroids[moved])
+        c_norms = _sq_norms(cols)
+        redo = np.zeros(len(data), dtype=np.bool_)
+        step = _step(len(moved))
+        for start in range(0, len(data), step):
+            x = data[start : start + step]
+            _fold_moved(x @ cols.T, self.norms[start : start + step], c_norms, moved, slot,
+                        start, self.labels, self.u, self.lower, redo)  # fmt: skip
+        return np.flatnonzero(redo)
+
+
+def _contiguous(rows: np.ndarray) -> bool:
+    return len(rows) > 0 and int(rows[-1]) - int(rows[0]) == len(rows) - 1
+
+
+def _new_means(
+    data: np.ndarray, centroids: np.ndarray, state: _State, changed: np.ndarray
+) -> np.ndarray:
+    """Recompute the ``changed`` clusters' centroids; an empty one takes the row farthest
+    from its centroid (rows already at distance 0 are no use).  Returns the moved ones."""
+    k = len(centroids)
+    counts = np.bincount(state.labels, minlength=k)
+    order = np.argsort(state.labels, kind="stable")
+    ptr = np.zeros(k + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    filled = changed[counts[changed] > 0]
+    _means(data, order, ptr, filled, centroids)
+    empty = changed[counts[changed] == 0]
+    if len(empty):
+        far = np.argsort(-state.u, kind="stable")[: len(empty)]
+        far = far[state.u[far] > 0]
+        empty = empty[: len(far)]
+        centroids[empty] = data[far]
+    return np.sort(np.concatenate([filled, empty]))
+
+
+def _inertia(data: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:
+    """Sum of squared distances to the own centroid, from exact differences."""
+    total = 0.0
+    for start in range(0, len(data), _step(data.shape[1])):
+        stop = start + _step(data.shape[1])
+        diff = data[start:stop] - centroids[labels[start:stop]]
+        total += float(np.einsum("ij,ij->", diff, diff, dtype=np.float64))
+    return total
+
+
+def refine(
+    data: np.ndarray,
+    centroids: np.ndarray,
+    *,
+    n_iter: int = MAX_ITER,
+    tol: float = TOL,
+    labels: np.ndarray | None = None,
+) -> LloydFit:
+    """Lloyd's iterations from ``centroids`` until they stop (module docstring).
+
+    ``labels``, when given, are the clusters ``centroids`` are the means of, so that only
+    the clusters the first assignment changes are recomputed.  ``tol=0`` stops only when no
+    label changes (or the inertia stops falling).
+    """
+    k = len(centroids)
+    centroids = np.array(centroids, dtype=np.float32, order="C", copy=True)
+    state = _State.of(data)
+    state.assign(data, centroids, np.arange(len(data), dtype=np.int64))
+    changed = np.arange(k) if labels is None else _clusters_changed(labels, state.labels)
+    inertia = float(state.u.sum(dtype=np.float64))
+    done = 0
+    while done < n_iter:
+        moved = _new_means(data, centroids, state, changed)
+        if len(moved) == 0:
+            break
+        done += 1
+        before = state.labels.copy()
+        if 2 * len(moved) > k:  # most moved: a plain assignment is cheaper than folding
+            redo = np.arange(len(data), dtype=np.int64)
+        else:
+            redo = state.fold(data, centroids, moved)
+        if len(redo):
+            state.assign(data, centroids, redo)
+        changed = _clusters_changed(before, state.labels)
+        now = float(state.u.sum(dtype=np.float64))
+        if len(changed) == 0 or inertia - now <= tol * now:
+            break
+        inertia = now
+    return LloydFit(centroids, state.labels, _inertia(data, centroids, state.labels), done)
+
+
+def _clusters_changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    moved = np.flatnonzero(before != after)
+    return np.union1d(before[moved], after[moved])
 
 
 def assign(data: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every row and the squared distance to it."""
-    n = len(data)
-    labels = np.empty(n, dtype=np.int64)
-    mind = np.empty(n, dtype=np.float32)
-    c_norms = np.einsum("ij,ij->i", centroids, centroids, dtype=np.float32)
-    block = max(64, _BLOCK_BYTES // (4 * max(1, len(centroids))))
-    for start in range(0, n, block):
-        chunk = data[start : start + block]
-        x_norms = np.einsum("ij,ij->i", chunk, chunk, dtype=np.float32)
-        _argmin_block(chunk @ centroids.T, x_norms, c_norms, labels, mind, start)
-    return labels, mind
-
-
-@kernel
-def _seed_rows(data, k, first, draws, n_chunks):  # pragma: no cover - compiled
-    """k-means++ seeding: D^2 sampling with per-chunk sums (deterministic on any thread count)."""
-    n, d = data.shape
-    chosen = np.empty(k, dtype=np.int64)
-    chosen[0] = first
-    mind = np.full(n, np.inf, dtype=np.float64)
-    sums = np.zeros(n_chunks, dtype=np.float64)
-    size = (n + n_chunks - 1) // n_chunks
-    for j in range(1, k + 1):
-        centre = data[chosen[j - 1]]
-        for t in numba.prange(n_chunks):
-            acc_sum = 0.0
-            for i in range(t * size, min(n, (t + 1) * size)):
-                acc = 0.0
-                for u in range(d):
-                    diff = data[i, u] - centre[u]
-                    acc += diff * diff
-                mind[i] = min(mind[i], acc)
-                acc_sum += mind[i]
-            sums[t] = acc_sum
-        if j == k:
-            break
-        target = draws[j] * sums.sum()
-        t = 0
-        while t < n_chunks - 1 and target >= sums[t]:
-            target -= sums[t]
-            t += 1
-        pick = min(n, (t + 1) * size) - 1
-        for i in range(t * size, min(n, (t + 1) * size)):
-            target -= mind[i]
-            if target < 0.0:
-                pick = i
-                break
-        chosen[j] = pick
-    return chosen
-
-
-def kmeans_pp(data: np.ndarray, k: int, *, seed: int) -> np.ndarray:
-    """Indices of ``k`` rows chosen by k-means++ (D^2 sampling, one trial per centre).
-
-    Rows equal to a chosen one have zero weight, so picks are distinct while the data has
-    at least ``k`` distinct rows; otherwise the remaining picks are unused random rows.
-    """
-    rng = np.random.default_rng(seed)
-    n = len(data)
-    chosen = _seed_rows(data, k, int(rng.integers(n)), rng.random(k), 64)
-    uniq, first = np.unique(chosen, return_index=True)
-    if len(uniq) < k:
-        spare = rng.permutation(np.setdiff1d(np.arange(n), uniq))[: k - len(uniq)]
-        chosen = np.concatenate([chosen[np.sort(first)], spare])
-    return chosen
+    state = _State.of(data)
+    state.assign(data, np.ascontiguousarray(centroids, dtype=np.float32),
+                 np.arange(len(data), dtype=np.int64))  # fmt: skip
+    return state.labels, state.u
 
 
 def _update(data: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster sums ``(k, d)`` and counts of the rows (a partition's share, on Dask)."""
     n = len(data)
     onehot = scipy.sparse.csr_matrix(
         (np.ones(n, dtype=np.float32), (labels, np.arange(n))), shape=(k, n)
     )
-    counts = np.bincount(labels, minlength=k)
-    sums = np.asarray(onehot @ data, dtype=np.float32)
-    return sums, counts
+    return np.asarray(onehot @ data, dtype=np.float32), np.bincount(labels, minlength=k)
 
 
-def _reseed_empty(
-    centroids: np.ndarray, counts: np.ndarray, data: np.ndarray, mind: np.ndarray
-) -> None:
-    empty = np.flatnonzero(counts == 0)
-    if len(empty):
-        far = np.argsort(-mind, kind="stable")[: len(empty)]
-        centroids[empty] = data[far]
+def seeds(data: np.ndarray, k: int, *, seed: int) -> np.ndarray:
+    """``k`` rows chosen by greedy k-means++ (:mod:`.cpu_seeding`) over cells of ``data``."""
+    n = len(data)
+    n_cells = max(1, min(k, int(2 * np.sqrt(n))))
+    rng = np.random.default_rng(seed)
+    train = data[np.sort(rng.choice(n, min(n, 50 * n_cells), replace=False))]
+    start = train[np.sort(rng.choice(len(train), n_cells, replace=False))]
+    centres = refine(train, start, n_iter=8, tol=0.0).centroids
+    cells = Cells.of(assign(data, centres)[0], centres)
+    return greedy_kmeans_pp(data, k, seed=seed, cells=cells)
 
 
 def lloyd(
-    data: np.ndarray,
-    k: int,
-    *,
-    n_iter: int = 25,
-    seed: int = 0,
-    init: str = "k-means++",
+    data: np.ndarray, k: int, *, n_iter: int = 25, seed: int = 0, init: str = "random"
 ) -> LloydFit:
-    """Lloyd iterations from ``init`` ("k-means++" or "random" rows) until stable or ``n_iter``."""
-    rng = np.random.default_rng(seed)
+    """Lloyd's iterations from ``k`` random rows (``init="random"``) or greedy k-means++
+    seeds (``"k-means++"``) until no label changes or ``n_iter``; no PCA, no ``TOL``."""
+    if init not in ("random", "k-means++"):
+        raise ValueError(f"init must be 'random' or 'k-means++': got {init!r}")
     if init == "random":
+        rng = np.random.default_rng(seed)
         start = np.sort(rng.choice(len(data), k, replace=False))
     else:
-        start = kmeans_pp(data, k, seed=seed)
-    centroids = data[start].astype(np.float32, copy=True)
-    labels, mind = assign(data, centroids)
-    for _ in range(n_iter):
-        sums, counts = _update(data, labels, k)
-        nonzero = counts > 0
-        centroids[nonzero] = sums[nonzero] / counts[nonzero, None]
-        _reseed_empty(centroids, counts, data, mind)
-        new_labels, mind = assign(data, centroids)
-        if np.array_equal(new_labels, labels):
-            break
-        labels = new_labels
-    return LloydFit(centroids, labels, float(mind.sum(dtype=np.float64)))
+        start = seeds(data, k, seed=seed)
+    return refine(data, data[start], n_iter=n_iter, tol=0.0)
 
 
-def _full_space(data: np.ndarray, labels: np.ndarray, k: int, fallback: np.ndarray) -> LloydFit:
-    """Centroids as member means in the full space (``fallback`` rows for empty clusters)."""
-    sums, counts = _update(data, labels, k)
-    centroids = np.empty((k, data.shape[1]), dtype=np.float32)
-    filled = counts > 0
-    centroids[filled] = sums[filled] / counts[filled, None]
-    centroids[~filled] = data[fallback[~filled]]
-    inertia = 0.0
-    step = max(1, _BLOCK_BYTES // (4 * data.shape[1]))
-    for start in range(0, len(data), step):
-        diff = data[start : start + step] - centroids[labels[start : start + step]]
-        inertia += float(np.einsum("ij,ij->", diff, diff, dtype=np.float64))
-    return LloydFit(centroids, labels, inertia)
+def full_means(data: np.ndarray, labels: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Each cluster's mean of ``data`` rows (``fallback[j]`` for an empty cluster ``j``)."""
+    k = len(fallback)
+    centroids = np.array(fallback, dtype=np.float32, order="C", copy=True)
+    counts = np.bincount(labels, minlength=k)
+    ptr = np.zeros(k + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    _means(data, np.argsort(labels, kind="stable"), ptr, np.flatnonzero(counts), centroids)
+    return centroids
 
 
 def kmeans(
-    data: np.ndarray,
-    k: int,
-    *,
-    n_iter: int = 25,
-    seed: int = 0,
-    reduce_to: int = 64,
-    reduce_above: float = 2e9,
+    data: np.ndarray, k: int, *, n_iter: int = MAX_ITER, seed: int = 0, tol: float = TOL
 ) -> LloydFit:
-    """K-means in the full space, or -- when ``n*k*d > reduce_above`` and ``d > 2*reduce_to`` --
-    Lloyd on a ``reduce_to``-dim PCA of the rows, with centroids and inertia then taken in
-    the full space.  The discarded PCA tail is mostly isotropic noise whose share of the
-    inertia barely depends on the assignment, so this costs little inertia (see the
-    benchmarks) for a ``d / reduce_to`` cheaper assignment step.
-    """
-    n, d = data.shape
-    if d <= 2 * reduce_to or float(n) * k * d <= reduce_above:
-        return lloyd(data, k, n_iter=n_iter, seed=seed)
-    reduced = fit_pca(data, reduce_to, seed=seed).apply(data)
-    fit = lloyd(reduced, k, n_iter=n_iter, seed=seed)
-    nearest, _ = assign(fit.centroids, reduced)  # per centroid: nearest row, for empties
-    return _full_space(data, fit.labels, k, nearest)
+    """K-means of the rows of ``data`` into ``k`` clusters (module docstring)."""
+    if data.shape[1] <= 2 * REDUCED:
+        return refine(data, data[seeds(data, k, seed=seed)], n_iter=n_iter, tol=tol)
+    reduced = fit_pca(data, REDUCED, seed=seed).apply(data)
+    start = seeds(reduced, k, seed=seed)
+    coarse = refine(reduced, reduced[start], n_iter=n_iter, tol=tol)
+    del reduced
+    centroids = full_means(data, coarse.labels, data[start])
+    fit = refine(data, centroids, n_iter=n_iter, tol=tol, labels=coarse.labels)
+    return replace(fit, iterations=coarse.iterations + fit.iterations)

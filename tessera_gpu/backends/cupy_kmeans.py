@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tessera_gpu.backends import KMEANS_TOL
 from tessera_gpu.backends.cupy_knn import sq_norms
 from tessera_gpu.backends.seeding import MAX_TRIALS, default_trials
 
@@ -125,16 +126,23 @@ def _update(dev: Any, data: Any, labels: Any, mind: Any, centroids: Any) -> None
 def lloyd(
     dev: Any, data: Any, k: int, *, n_iter: int, seed: int, n_trials: int | None = None
 ) -> tuple[Any, Any, float]:
-    """``(centroids, labels, inertia)`` on device; stops early once labels are stable."""
+    """``(centroids, labels, inertia)`` on device.  The CPU backend's rule: greedy k-means++
+    seeds (2 + ln k trials), then Lloyd in the full space until an iteration changes no label
+    or lowers the inertia by less than ``KMEANS_TOL`` of it, at most ``n_iter``."""
     xp = dev.xp
     reduced = pca_reduce(dev, data, REDUCE_TO, seed=seed)
     start = seed_rows(dev, reduced, k, seed=seed, n_trials=n_trials)
     centroids = data[start].astype(xp.float32, copy=True)
     labels, mind = assign(dev, data, centroids)
+    before = float(mind.sum(dtype=xp.float64))
     for _ in range(n_iter):
         _update(dev, data, labels, mind, centroids)
         new_labels, mind = assign(dev, data, centroids)
         if bool(xp.array_equal(new_labels, labels)):
             break
         labels = new_labels
+        after = float(mind.sum(dtype=xp.float64))
+        if before - after <= KMEANS_TOL * before:
+            break
+        before = after
     return centroids, labels, exact_inertia(dev, data, centroids, labels)

@@ -161,13 +161,10 @@ cli.commands = LazyCommands(  # type: ignore[assignment]
             ("similar", "similar", "similar"),
             ("export", "export", "export"),
             ("ingest", "ingest", "ingest"),
+            ("restore-catalog", "restore", "restore"),
         )
     },
 )
-
-from tessera_gpu.cli.restore import restore  # noqa: E402
-
-cli.add_command(restore)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,7 +53,6 @@ class DataDir:
         counts = [
             (sum(1 for _ in self.uploads_dir.glob("*.h5")), "uploaded file"),
             (sum(1 for p in self.cache_dir.iterdir() if not p.name.startswith(".")), "cached file"),
-            (sum(1 for _ in self.ingested_dir.glob("*/*.h5")), "ingested file"),
             (sum(1 for _ in self.backups_dir.glob("catalog-*.sqlite")), "catalog backup"),
         ]
         words = [f"{n:,} {what}{'s' * (n != 1)}" for n, what in counts if n]

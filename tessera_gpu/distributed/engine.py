@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from tessera_gpu.backends import Neighbors
+from tessera_gpu.backends import KMEANS_MAX_ITER, Neighbors
 from tessera_gpu.clustering import KMeansResult
 from tessera_gpu.errors import InvalidRequest, TesseraError, Unavailable
 from tessera_gpu.io.dataset import Dataset, Part
@@ -314,7 +314,7 @@ class DaskEngine:
         *,
         rows: np.ndarray | None = None,
         seed: int = 0,
-        n_iter: int = 25,
+        n_iter: int = KMEANS_MAX_ITER,
         progress: Progress | None = None,
     ) -> KMeansResult:
         """:func:`tessera_gpu.clustering.kmeans` on the cluster: same result type; labels in

@@ -4,15 +4,17 @@ The in-process algorithm (:func:`tessera_gpu.backends.cpu_kmeans.kmeans`), with 
 where they are:
 
 * the rows (all, or a filter's ``rows``) are read once per job by the workers and kept there;
-* seeds: k-means++ (the same kernel) on up to 50,000 of them gathered on one worker -- on all
-  of them when there are fewer, which gives the seeds of an in-process run;
-* wide, large problems (``n k D > 2e9``, ``D > 128``) iterate in a 64-d PCA fitted on that
-  sample, then take centroids and inertia in the full space, as in-process;
+* rows wider than 128 dimensions are first reduced by a 64-d PCA fitted on a sample of them;
+* seeds: greedy k-means++ (:func:`~tessera_gpu.backends.cpu_kmeans.seeds`) on up to 50,000 of
+  the (reduced) rows gathered on one worker -- on all of them when there are fewer, which
+  gives the seeds of an in-process run;
 * each iteration sends the centroids to every worker; each partition assigns its rows (BLAS
   blocks, :func:`~tessera_gpu.backends.cpu_kmeans.assign`) and returns per-cluster sums and
   counts, its inertia, how many labels changed and its farthest rows (empty clusters are
   re-seeded with the farthest rows of all, as in-process); the partial sums are added on the
-  workers and only the ``k x D`` totals reach the caller. It stops when no label changes.
+  workers and only the ``k x D`` totals reach the caller.  Iterations stop as in-process: no
+  label changed, or the inertia fell by less than ``KMEANS_TOL`` of it, or ``n_iter``;
+* reduced rows: the clusters' full-space means, then the same iterations on the full rows.
 
 The diversity sample is :func:`tessera_gpu.clustering.diversity_sample`'s: each partition's 8
 nearest rows of each centroid (exact distances), merged, then the same greedy pick.
@@ -26,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tessera_gpu.backends.cpu_kmeans import _update, assign, kmeans_pp
-from tessera_gpu.backends.cpu_knn import reranked_search
+from tessera_gpu.backends import KMEANS_MAX_ITER, KMEANS_TOL
+from tessera_gpu.backends.cpu import nearest_rows
+from tessera_gpu.backends.cpu_kmeans import REDUCED, _update, assign, seeds
 from tessera_gpu.backends.cpu_pca import Pca, fit_pca
 from tessera_gpu.clustering import CANDIDATES, KMeansResult, _greedy_pick
 from tessera_gpu.distributed.refs import (
@@ -46,8 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["distributed_diversity_sample", "distributed_kmeans", "lloyd_step"]
 
 SEED_ROWS = 50_000
-REDUCE_TO = 64
-REDUCE_ABOVE = 2e9  # n * k * D, as in-process
 FARTHEST = 64  # rows per partition offered to re-seed empty clusters
 _FAN_IN = 8
 
@@ -80,7 +81,7 @@ def _stacked(samples: tuple[Block | np.ndarray, ...]) -> np.ndarray:
 
 @on_worker
 def fit_sample_pca(seed: int, *samples: Block | np.ndarray) -> Pca:
-    return fit_pca(_stacked(samples), REDUCE_TO, seed=seed)
+    return fit_pca(_stacked(samples), REDUCED, seed=seed)
 
 
 @on_worker
@@ -97,15 +98,15 @@ def reduce_rows(sample: Block | np.ndarray, pca: Pca) -> np.ndarray:
 def seed_centroids(
     k: int, seed: int, order: np.ndarray | None, *samples: Block | np.ndarray
 ) -> np.ndarray:
-    """k-means++ over the sample rows, in row order or, when the sample is every row, in the
-    order the caller gave them (``order``: sorted position -> given position): the seeds of
-    an in-process run on the same rows."""
+    """Greedy k-means++ over the sample rows, in row order or, when the sample is every row,
+    in the order the caller gave them (``order``: sorted position -> given position): the
+    seeds of an in-process run on the same rows."""
     data = _stacked(samples)
     if order is not None:
         given = np.empty_like(data)
         given[order] = data
         data = given
-    return data[kmeans_pp(data, k, seed=seed)].astype(np.float32, copy=True)
+    return data[seeds(data, k, seed=seed)].astype(np.float32, copy=True)
 
 
 def _assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +166,7 @@ def inertia_of(block: Block, step: Step, centroids: np.ndarray) -> float:
 @on_worker
 def nearest_in_block(block: Block, centroids: np.ndarray, count: int) -> tuple[np.ndarray, ...]:
     """Each centroid's ``count`` nearest rows of the block (global rows) and distances."""
-    idx, dist = reranked_search(block.x, np.ascontiguousarray(centroids), min(count, len(block.x)))
+    idx, dist = nearest_rows(block.x, centroids, min(count, len(block.x)))
     return block.rows[idx], dist
 
 
@@ -259,9 +260,9 @@ def _lloyd(
         shared = engine.scatter(centroids)
         steps = [engine.submit(lloyd_step, w, shared, s, name="kmeans-step")
                  for w, s in zip(work, steps, strict=True)]  # fmt: skip
-        total = _total(engine, list(steps))
+        before, total = total.inertia, _total(engine, list(steps))
         report("kmeans", 0.1 + 0.8 * (it + 1) / max(n_iter, 1))
-        if total.changed == 0:
+        if total.changed == 0 or before - total.inertia <= KMEANS_TOL * total.inertia:
             break
     return centroids, steps, total
 
@@ -304,7 +305,7 @@ def _kmeans(
         raise InvalidRequest(f"K-means needs 1 <= k <= {job.n:,} (the number of rows): got k={k:,}")
     if n_iter < 0:
         raise InvalidRequest(f"n_iter must be >= 0: got {n_iter}")
-    reduce = job.dim > 2 * REDUCE_TO and float(job.n) * k * job.dim > REDUCE_ABOVE
+    reduce = job.dim > 2 * REDUCED
     sample = job.sample(engine, seed)
     work = job.blocks
     if reduce:
@@ -312,23 +313,23 @@ def _kmeans(
         work = [engine.submit(reduce_block, b, pca, name="kmeans-reduce") for b in job.blocks]
         sample = [engine.submit(reduce_rows, s, pca, name="kmeans-reduce") for s in sample]
     order = job.order if job.n <= SEED_ROWS else None
-    seeds = engine.submit(seed_centroids, k, seed, order, *sample, name="kmeans-seed")
-    centroids: np.ndarray = engine.gather([seeds])[0]
+    seeds_ = engine.submit(seed_centroids, k, seed, order, *sample, name="kmeans-seed")
+    centroids: np.ndarray = engine.gather([seeds_])[0]
     report("kmeans", 0.1)
-    centroids, steps, total = _lloyd(engine, work, centroids, n_iter, report)
-    labels = np.concatenate(engine.gather([engine.submit(labels_of, s, name="kmeans-labels")
-                                           for s in steps]))  # fmt: skip
-    inertia = total.inertia
-    if reduce:
+    centroids, steps, _ = _lloyd(engine, work, centroids, n_iter, report)
+    if reduce:  # the full space: the clusters' means, then iterations on the full rows
         parts = [engine.submit(full_space_sums, b, s, k, name="kmeans-full")
                  for b, s in zip(job.blocks, steps, strict=True)]  # fmt: skip
         full = _total(engine, parts)
         centroids = _full_space(engine, job, work, centroids, full)
-        shared = engine.scatter(centroids)
-        inertia = float(sum(engine.gather([
-            engine.submit(inertia_of, b, s, shared, name="kmeans-inertia")
-            for b, s in zip(job.blocks, steps, strict=True)
-        ])))  # fmt: skip
+        centroids, steps, _ = _lloyd(engine, job.blocks, centroids, n_iter, report)
+    labels = np.concatenate(engine.gather([engine.submit(labels_of, s, name="kmeans-labels")
+                                           for s in steps]))  # fmt: skip
+    shared = engine.scatter(centroids)
+    inertia = float(sum(engine.gather([
+        engine.submit(inertia_of, b, s, shared, name="kmeans-inertia")
+        for b, s in zip(job.blocks, steps, strict=True)
+    ])))  # fmt: skip
     report("kmeans", 1.0)
     return KMeansResult(centroids.astype(np.float32), job.in_given_order(labels), inertia)
 
@@ -340,7 +341,7 @@ def distributed_kmeans(
     *,
     rows: np.ndarray | None = None,
     seed: int = 0,
-    n_iter: int = 25,
+    n_iter: int = KMEANS_MAX_ITER,
     progress: Report | None = None,
 ) -> KMeansResult:
     """See the module docstring; the result is :func:`tessera_gpu.clustering.kmeans`'s."""
@@ -364,7 +365,7 @@ def distributed_diversity_sample(
         raise InvalidRequest(
             f"a K-means sample needs 1 <= n <= {job.n:,} (the matching episodes): got n={n:,}"
         )
-    result = _kmeans(engine, job, n, seed, 25, report)
+    result = _kmeans(engine, job, n, seed, KMEANS_MAX_ITER, report)
     picked = np.full(n, -1, dtype=np.int64)
     taken: set[int] = set()
     todo = np.arange(n)

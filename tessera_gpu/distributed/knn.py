@@ -10,10 +10,14 @@ the rows:
 3. **route** (a task per partition and round): each row goes, with its full vector, to every
    group holding one of its 8 cells; its own cell's group holds it as a *member*;
 4. **search** (a task per group): every routed row against the members of the cells it probes
-   in the group (one GEMM per cell in PCA space, ``max(k, 48)`` candidates), then an exact
-   re-rank on the full vectors: exact cosine (or Euclidean) distances;
-5. **merge** (the caller): a row's candidates from the groups it visited, best ``k`` by exact
-   distance (ties by row number, so the order tasks finish in does not matter), itself first.
+   in the group. Cosine (the similarity graph), as in-process: one GEMM per cell on the full
+   vectors, each result used both ways (:func:`~tessera_gpu.backends.cpu_cosine.
+   compare_probed`); Euclidean (the map's graph): one GEMM per cell in PCA space, ``max(k,
+   48)`` candidates, then an exact re-rank on the full vectors. A GPU worker searches all the
+   group's members exactly instead;
+5. **merge** (the caller): a row's neighbours from the groups it visited, each once, best
+   ``k`` by distance (ties by row number, so the order tasks finish in does not matter),
+   itself first.
 
 Rounds bound memory: the groups are done a few at a time, so only that round's routed rows are
 held (a partition is read again per round). What crosses the network: the sample, the plan
@@ -31,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tessera_gpu.backends import Neighbors
-from tessera_gpu.backends.cpu_cosine import _rerank, row_norms, safe_norms
+from tessera_gpu.backends.cpu_cosine import compare_probed, cosine_distances, row_norms, safe_norms
 from tessera_gpu.backends.cpu_kmeans import lloyd
 from tessera_gpu.backends.cpu_knn import _exact_distances, nearest_centroids, probe_search
 from tessera_gpu.backends.cpu_pca import Pca, fit_pca
@@ -51,7 +55,7 @@ __all__ = ["CANDIDATES", "KnnPlan", "Piece", "distributed_knn", "fit_plan", "sea
 
 REDUCE_TO = 64
 N_PROBE = 8
-CANDIDATES = 48  # candidates per row and group re-ranked exactly (as the CPU tier's cosine)
+CANDIDATES = 48  # candidates per row and group re-ranked exactly (the Euclidean graph)
 SAMPLE_ROWS = 50_000
 GROUP_BYTES = 96 * 2**20  # a group task's working set, roughly
 
@@ -172,6 +176,19 @@ def _layout(plan: KnnPlan, group: int, pieces: tuple[Piece, ...]) -> tuple[Piece
     return local, ptr, len(members)
 
 
+def _exact(metric: str, group: Piece, cand: np.ndarray) -> np.ndarray:
+    """Exact distances of every row of the group to its candidates (``inf`` for ``-1``)."""
+    if metric != "cosine":
+        dist = _exact_distances(group.full, group.full, np.ascontiguousarray(cand))
+        dist[cand < 0] = np.inf
+        return dist
+    dist = np.full(cand.shape, np.inf, dtype=np.float32)
+    ok = cand >= 0
+    left = np.broadcast_to(np.arange(len(cand))[:, None], cand.shape)[ok]
+    dist[ok] = cosine_distances(group.full, group.norms, left, cand[ok])
+    return dist
+
+
 def _candidates(group: Piece, ptr: np.ndarray, m: int, wanted: int, metric: str) -> np.ndarray:
     """Candidate members (local indices, -1 if fewer) of every row of the group."""
     backend = worker_backend()
@@ -199,14 +216,12 @@ def search_group(
     if m == 0:
         n = len(local.rows)
         return local.rows, np.full((n, k), -1, np.int64), np.full((n, k), np.inf, np.float32)
-    cand = _candidates(local, ptr, m, max(k, CANDIDATES), plan.metric)
-    if plan.metric == "cosine":
-        dist = np.empty(cand.shape, dtype=np.float32)
-        _rerank(local.full, safe_norms(local.norms), np.ascontiguousarray(cand), dist)
-        np.clip(dist, 0.0, 2.0, out=dist)
+    if plan.metric == "cosine" and worker_backend().name == "cpu":
+        # as the in-process graph: the probed cells compared on the full vectors, both ways
+        cand, dist = compare_probed(local.full, local.norms, ptr, local.probes, k)
     else:
-        dist = _exact_distances(local.full, local.full, np.ascontiguousarray(cand))
-    dist[cand < 0] = np.inf
+        cand = _candidates(local, ptr, m, max(k, CANDIDATES), plan.metric)
+        dist = _exact(plan.metric, local, cand)
     order = np.lexsort((cand, dist), axis=-1)[:, :k]
     cand, dist = np.take_along_axis(cand, order, 1), np.take_along_axis(dist, order, 1)
     ids = np.where(cand >= 0, local.rows[np.maximum(cand, 0)], -1)
@@ -225,9 +240,16 @@ class _Best:
         self.dist = np.full((n, k), np.inf, dtype=np.float32)
 
     def fold(self, rows: np.ndarray, idx: np.ndarray, dist: np.ndarray) -> None:
+        """Each row's best ``k`` of both lists; a neighbour met in two groups (a cosine
+        graph compares pairs both ways) counts once, at its smaller distance."""
         k = self.idx.shape[1]
         both_i = np.hstack([self.idx[rows], idx])
         both_d = np.hstack([self.dist[rows], dist])
+        by_id = np.lexsort((both_d, both_i), axis=-1)
+        both_i, both_d = np.take_along_axis(both_i, by_id, 1), np.take_along_axis(both_d, by_id, 1)
+        again = np.zeros(both_i.shape, dtype=bool)
+        again[:, 1:] = (both_i[:, 1:] == both_i[:, :-1]) & (both_i[:, 1:] >= 0)
+        both_i[again], both_d[again] = -1, np.inf
         order = np.lexsort((both_i, both_d), axis=-1)[:, :k]
         self.idx[rows] = np.take_along_axis(both_i, order, 1)
         self.dist[rows] = np.take_along_axis(both_d, order, 1)
@@ -312,7 +334,12 @@ def distributed_knn(
     space = f"pca{REDUCE_TO}" if plan.pca is not None else ("unit" if metric == "cosine" else "raw")
     method = (
         f"dask:{space}-cell-probe({len(plan.centroids)}x{N_PROBE}, {plan.n_groups} groups, "
-        f"{len(rounds)} rounds)+exact-{metric}-rerank({max(k, CANDIDATES)})"
+        f"{len(rounds)} rounds)+"
+        + (
+            "full-space-cosine"
+            if metric == "cosine"
+            else f"exact-{metric}-rerank({max(k, CANDIDATES)})"
+        )
     )
     return Neighbors(best.idx, best.dist, method)
 
