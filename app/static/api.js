@@ -96,11 +96,12 @@ const lasting = (err) => err instanceof ApiError && err.status >= 400 && err.sta
   err.status !== 408 && err.status !== 429;
 
 /** Follow a job: call `fn()` now, then `every` ms after each answer until `until(answer)`
- *  holds, and resolve with that answer. A failed call goes to `onError` and the next waits
+ *  holds, and resolve with that answer. `each(answer)` shows an answer, only while the poll
+ *  is still wanted (an answer arriving after it stopped is dropped, not shown). A failed call goes to `onError` and the next waits
  *  twice as long (up to 30 s); an error asking again will not change (a 4xx) rejects. No call
  *  is made while the page is hidden; polling stops for good, its promise never settling,
  *  when `signal` aborts or another dataset is opened. */
-export function poll(fn, { every, until, onError = () => {}, signal = null }) {
+export function poll(fn, { every, until, each = () => {}, onError = () => {}, signal = null }) {
   const ended = [scope.signal, signal].filter(Boolean);
   const stopped = () => ended.some((s) => s.aborted);
   return new Promise((resolve, reject) => {
@@ -128,6 +129,7 @@ export function poll(fn, { every, until, onError = () => {}, signal = null }) {
         return;
       }
       if (stopped()) return;
+      each(answer);
       if (until(answer)) { resolve(answer); return; }
       wait = every;
       timer = setTimeout(next, wait);

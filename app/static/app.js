@@ -75,6 +75,8 @@ function showFacts({ dataset, health }) {
   const dim = dataset.dim ? `${dataset.dim}-d` : "metadata-only";
   $("dataset-facts").textContent = `${fmt(dataset.n_episodes)} episodes · ${dim} · ${deviceName(health.backend)}`;
   document.title = `${dataset.name} · Tessera`;
+  const picker = $("dataset-picker");  // whichever way a dataset opened, it shows as picked
+  if ([...picker.options].some((o) => o.value === dataset.id)) picker.value = dataset.id;
 }
 
 const NOT_TYPING = new Set(["checkbox", "radio", "button", "submit", "reset", "file", "range"]);

@@ -35,8 +35,8 @@ async function followSimilarity() {
   };
   let status;
   try {
-    status = await poll(async () => show(await getJSON(apiUrl(id, "/similarity"))), {
-      every: 800, until: (s) => s.status === "done" || s.status === "failed",
+    status = await poll(() => getJSON(apiUrl(id, "/similarity")), {
+      each: show, every: 800, until: (s) => s.status === "done" || s.status === "failed",
       onError: (err) => { box.textContent = `similarity: ${err.message}`; } });
   } catch (err) {
     box.textContent = `similarity: ${err.message}`;

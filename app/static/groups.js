@@ -136,8 +136,8 @@ async function runClusters() {
     status = await latest("clusters", async (signal) => {
       const started = show(await postJSON(apiUrl(id, "/clusters"), { k }, { signal }));
       if (finished(started)) return started;
-      return poll(async () => show(await getJSON(apiUrl(id, "/clusters"), { signal })), {
-        every: 600, until: finished, signal, onError: (err) => { box.textContent = err.message; } });
+      return poll(() => getJSON(apiUrl(id, "/clusters"), { signal }), {
+        each: show, every: 600, until: finished, signal, onError: (err) => { box.textContent = err.message; } });
     });
   } catch (err) {
     box.textContent = err.message;

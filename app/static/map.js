@@ -35,8 +35,8 @@ async function waitForProjection() {
   const problem = (err) => showStatus(`Could not read the projection status: ${escapeHtml(err.message)}`, { error: true });
   let status;
   try {
-    status = await poll(async () => showProgress(await getJSON(url)), {
-      every: 600, until: (s) => FINAL.has(s.status), onError: problem });
+    status = await poll(() => getJSON(url), {
+      each: showProgress, every: 600, until: (s) => FINAL.has(s.status), onError: problem });
   } catch (err) {
     problem(err);
     return;
