@@ -8,6 +8,7 @@ network errors it provokes on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -666,3 +667,114 @@ def test_a_tiny_dataset_is_drawn_in_the_legends_colours(
     pixels = np.asarray(Image.open(io.BytesIO(tile.content)).convert("RGBA")).reshape(-1, 4)
     drawn = {hex_color(p[:3]) for p in pixels if p[3] > 0}
     assert drawn == {legend["colormap"][0]}  # the legend's "sparse" end, nothing else
+
+
+# ---- the page's plumbing: only the newest answer is shown; polls stop ------------------------
+
+
+def test_an_older_count_never_replaces_a_newer_one(page: Any, server: dict) -> None:
+    """The first of two filter changes is answered last (held back by the test): the count
+    and the facet counts stay those of the second."""
+    base, demo = server["base"], server["demo"]
+    held: list[Any] = []
+    open_map(page, server)
+    page.wait_for_selector("text=300 of 300 episodes match")
+    page.route("**/facets", lambda route: held.append(route) if not held else route.continue_())
+    success = [{"field": "success", "op": "eq", "value": True}]
+    task = page.locator('.field[data-field="task"] .value input').first
+    both = [*success, {"field": "task", "op": "not_in", "value": [task.get_attribute("value")]}]
+    first, second = (api(base, f"/api/datasets/{demo}/count", {"filter": f})["count"]
+                     for f in (success, both))  # fmt: skip
+    assert first != second
+    with page.expect_request("**/facets"):
+        page.locator('.field[data-field="success"] .value input[value="false"]').uncheck()
+    task.uncheck()
+    page.wait_for_selector(f"text={second} of 300 episodes match")
+    shown = page.inner_text("#filter-fields")
+    with contextlib.suppress(playwright_api.Error):  # the page may have aborted it: fine too
+        held[0].fulfill(response=held[0].fetch())
+    page.wait_for_timeout(500)  # the first answer, if the page took it, is drawn by now
+    assert page.inner_text("#match-count") == f"{second} of 300 episodes match"
+    assert page.inner_text("#filter-fields") == shown
+
+
+RUNNING = {"status": "running", "progress": 0.5, "stage": "layout", "elapsed_s": 1.0, "error": None}
+HIDE = "(h) => { window.testHidden = h; document.dispatchEvent(new Event('visibilitychange')); }"
+OPEN_IN_PLACE = """async (id) => {
+  const { apiUrl, getJSON } = await import("/static/app/api.js");
+  const { openDataset } = await import("/static/app/state.js");
+  openDataset(await getJSON(apiUrl(id)));
+}"""
+
+
+class RunningJobs:
+    """The demo's projection and similarity jobs answered as running, so the page polls both;
+    ``asked`` lists the polls' requests, and while ``holding`` their answers wait in ``held``."""
+
+    def __init__(self, page: Any, server: dict) -> None:
+        self.asked: list[str] = []
+        self.held: list[Any] = []
+        self.holding = False
+        for job in ("projection", "similarity"):
+            page.route(f"**/api/datasets/{server['demo']}/{job}", self.answer)
+        page.goto(f"{server['base']}/datasets/{server['demo']}")
+        page.wait_for_selector("#map-status-text:has-text('layout 50%')")
+        page.wait_for_selector("#similarity-state:has-text('50%')")
+        wait_until(page, lambda: sum("/projection" in u for u in self.asked) >= 3)
+
+    def answer(self, route: Any) -> None:
+        self.asked.append(route.request.url)
+        if self.holding:
+            self.held.append(route)
+        else:
+            self.fulfill(route)
+
+    def fulfill(self, route: Any) -> None:
+        job = {"kind": "similarity", "params": {}} if "/similarity" in route.request.url else {}
+        with contextlib.suppress(playwright_api.Error):  # the page gave up on it: fine
+            route.fulfill(json={**RUNNING, **job})
+
+    def held_jobs(self) -> set[str]:
+        return {route.request.url.rsplit("/", 1)[1] for route in self.held}
+
+    def release(self) -> None:
+        self.holding = False
+        while self.held:
+            self.fulfill(self.held.pop())
+
+
+def wait_until(page: Any, done: Any, timeout_s: float = 20) -> None:
+    """Let the page run (its route handlers too) until ``done()``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        page.wait_for_timeout(100)
+
+
+def test_polls_stop_when_another_dataset_opens(page: Any, server: dict) -> None:
+    jobs = RunningJobs(page, server)
+    jobs.holding = True  # a call of each poll is on its way when the other dataset opens
+    wait_until(page, lambda: jobs.held_jobs() == {"projection", "similarity"})
+    page.evaluate(OPEN_IN_PLACE, server["meta"])
+    page.wait_for_selector('#overview .chart[data-chart="task"]')  # the other one is open
+    before = len(jobs.asked)
+    jobs.release()
+    page.wait_for_timeout(2_500)  # four times the projection's period
+    assert len(jobs.asked) == before, jobs.asked[before:]
+    # and the answers on their way showed nothing of the old dataset's jobs
+    assert page.locator("#map-status").is_hidden()
+    assert page.inner_text("#similarity-state") == ""
+    assert page.eval_on_selector("#dataset-picker", "s => s.value") == server["meta"]
+
+
+def test_polls_wait_while_the_page_is_hidden(page: Any, server: dict) -> None:
+    page.add_init_script("""Object.defineProperty(document, "visibilityState",
+      { configurable: true, get: () => (window.testHidden ? "hidden" : "visible") });""")
+    jobs = RunningJobs(page, server)
+    page.evaluate(HIDE, True)
+    before = len(jobs.asked)
+    page.wait_for_timeout(2_500)
+    assert len(jobs.asked) <= before + 2, jobs.asked[before:]  # at most those on their way
+    page.evaluate(HIDE, False)
+    wait_until(page, lambda: len(jobs.asked) >= before + 4)  # both polls go on
+    page.wait_for_selector("#map-status-text:has-text('layout 50%')")

@@ -31,15 +31,22 @@ def modules_on_disk() -> set[str]:
                 continue
             if path.name != "__init__.py" or defines_something(path):
                 found.add(str(path.relative_to(ROOT)))
+    found |= {str(path.relative_to(ROOT)) for path in (ROOT / "app" / "static").glob("*.js")}
     return found
 
 
 def test_the_module_table_lists_every_module_and_no_other() -> None:
-    listed = set(re.findall(r"^\| `((?:tessera_gpu|app)/[\w/]+\.py)` \|", DOC, flags=re.M))
+    listed = set(re.findall(r"^\| `((?:tessera_gpu|app)/[\w/]+\.(?:py|js))` \|", DOC, flags=re.M))
     assert listed == modules_on_disk(), {
         "missing from the doc": sorted(modules_on_disk() - listed),
         "in the doc, not in the code": sorted(listed - modules_on_disk()),
     }
+
+
+def test_the_page_learns_of_changes_from_its_store_alone() -> None:
+    """Window events beside the store were a second channel, invisible from state.js."""
+    for path in (ROOT / "app" / "static").glob("*.js"):
+        assert not re.search(r"dispatchEvent\(|CustomEvent", path.read_text()), path.name
 
 
 def test_the_entry_points_the_doc_names_exist() -> None:

@@ -1,4 +1,5 @@
-// Talking to Tessera's HTTP API: JSON in, JSON out, errors as the server words them.
+// Talking to Tessera's HTTP API: JSON in, JSON out, errors as the server words them; only
+// the newest answer of a kind used (`latest`), jobs followed (`poll`); words for numbers.
 
 /** An error answered by the API: `message` is the server's own `error` text. */
 export class ApiError extends Error {
@@ -52,6 +53,91 @@ export function filterParam(conditions) {
   return conditions.length ? JSON.stringify(conditions) : "";
 }
 
+// ---- only the newest answer; jobs followed ----------------------------------------------------
+
+const newest = new Map(); // kind -> the AbortController of its newest call
+let scope = new AbortController(); // aborted when another dataset is opened
+const MAX_WAIT_MS = 30_000;
+
+/** Only the newest call of a kind is answered: `await latest("legend", (signal) =>
+ *  getJSON(url, { signal }))` resolves (or rejects) only if no newer "legend" call began
+ *  meanwhile and no other dataset was opened. An older call is aborted and its promise never
+ *  settles, so the code after its `await`, and its `catch`, do not run. */
+export function latest(kind, request) {
+  if (newest.has(kind)) newest.get(kind).abort();
+  const call = new AbortController();
+  newest.set(kind, call);
+  const current = () => newest.get(kind) === call;
+  return new Promise((resolve, reject) => {
+    Promise.resolve().then(() => request(call.signal)).then(
+      (answer) => { if (current()) resolve(answer); },
+      (err) => { if (current()) reject(err); },
+    );
+  });
+}
+
+/** Drop the call of `kind` in flight, if any: its answer is never used. */
+export function cancel(kind) {
+  if (newest.has(kind)) newest.get(kind).abort();
+  newest.delete(kind);
+}
+
+/** Another dataset was opened (the store calls this): drop every latest() call and stop every
+ *  poll() begun for the last one. */
+export function endScope() {
+  for (const call of newest.values()) call.abort();
+  newest.clear();
+  scope.abort();
+  scope = new AbortController();
+}
+
+/** Asking again will not change a 4xx answer (a timeout or a rate limit aside). */
+const lasting = (err) => err instanceof ApiError && err.status >= 400 && err.status < 500 &&
+  err.status !== 408 && err.status !== 429;
+
+/** Follow a job: call `fn()` now, then `every` ms after each answer until `until(answer)`
+ *  holds, and resolve with that answer. `each(answer)` shows an answer, only while the poll
+ *  is still wanted (an answer arriving after it stopped is dropped, not shown). A failed call goes to `onError` and the next waits
+ *  twice as long (up to 30 s); an error asking again will not change (a 4xx) rejects. No call
+ *  is made while the page is hidden; polling stops for good, its promise never settling,
+ *  when `signal` aborts or another dataset is opened. */
+export function poll(fn, { every, until, each = () => {}, onError = () => {}, signal = null }) {
+  const ended = [scope.signal, signal].filter(Boolean);
+  const stopped = () => ended.some((s) => s.aborted);
+  return new Promise((resolve, reject) => {
+    let wait = every;
+    let timer = 0;
+    for (const s of ended) s.addEventListener("abort", () => clearTimeout(timer), { once: true });
+    const next = () => {
+      if (stopped()) return;
+      if (document.visibilityState === "hidden") {
+        document.addEventListener("visibilitychange", next, { once: true });
+        return;
+      }
+      ask();
+    };
+    async function ask() {
+      let answer;
+      try {
+        answer = await fn();
+      } catch (err) {
+        if (stopped()) return;
+        if (lasting(err)) { reject(err); return; }
+        onError(err);
+        wait = Math.min(2 * wait, MAX_WAIT_MS);
+        timer = setTimeout(next, wait);
+        return;
+      }
+      if (stopped()) return;
+      each(answer);
+      if (until(answer)) { resolve(answer); return; }
+      wait = every;
+      timer = setTimeout(next, wait);
+    }
+    next();
+  });
+}
+
 /** Upload a file with XHR so its progress can be shown; resolves to the dataset summary. */
 export function uploadFile(file, onProgress) {
   return new Promise((resolve, reject) => {
@@ -82,6 +168,14 @@ export function debounce(fn, ms) {
     clearTimeout(timer);
     timer = setTimeout(() => fn(...args), ms);
   };
+}
+
+/** "CPU", or "GPU: NVIDIA H100 …" from /api/health's backend. */
+export function deviceName(backend) {
+  if (!backend) return "";
+  if (backend.name === "cpu") return "CPU";
+  const device = backend.device && backend.device !== backend.name ? backend.device : backend.name;
+  return `GPU: ${device}`;
 }
 
 const compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 1 });

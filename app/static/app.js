@@ -1,23 +1,31 @@
 // Boot: read the URL, load the dataset list, open one dataset, and wire the keyboard.
 
-import { apiUrl, el, fmt, getJSON } from "./api.js";
-import { state, update, readUrl } from "./state.js";
-import { buildFilters, initFilters } from "./filters.js";
-import { buildColorPicker, clearSelection, deviceName, initMap, openMap, zoom } from "./map.js";
-import { clearEpisode } from "./preview.js";
-import { buildSampling, initSampling, listStrataFields } from "./sampling.js";
-import { buildCuration, initCuration } from "./curation.js";
-import { initSelections, loadSelections } from "./selections.js";
-import { buildGroups, initGroups } from "./groups.js";
+import { apiUrl, deviceName, el, fmt, getJSON } from "./api.js";
+import { on, openDataset, update } from "./state.js";
+import { initFilters } from "./filters.js";
+import { initMap, zoom } from "./map.js";
+import { initColors } from "./colors.js";
+import { initOverlays } from "./overlays.js";
+import { initPreview } from "./preview.js";
+import { initSampling } from "./sampling.js";
+import { initDrawer } from "./drawer.js";
+import { initCuration } from "./curation.js";
+import { initSelections } from "./selections.js";
+import { initGroups } from "./groups.js";
 import { initOverview } from "./overview.js";
 import { initUpload } from "./upload.js";
 
 const $ = (id) => document.getElementById(id);
 
 async function boot() {
+  // Each module builds itself when a dataset opens (`on("dataset", ...)`), in this order.
   initFilters();
   initMap();
+  initColors();
+  initOverlays();
+  initPreview();
   initSampling();
+  initDrawer();
   initCuration();
   initSelections();
   initGroups();
@@ -25,6 +33,7 @@ async function boot() {
   initUpload();
   initKeyboard();
   initPanels();
+  on("dataset", showFacts);
   $("dataset-picker").addEventListener("change", (e) => {
     if (e.target.value) location.assign(`/datasets/${encodeURIComponent(e.target.value)}`);
   });
@@ -62,32 +71,13 @@ function showNoDataset(problem) {
   $("sample-generate").disabled = true;
 }
 
-function openDataset(summary) {
-  const fromUrl = readUrl();
-  update({ dataset: summary, ...fromUrl, sample: null, selections: [], selectionsLoaded: false });
-  const dim = summary.dim ? `${summary.dim}-d` : "metadata-only";
-  $("dataset-facts").textContent = `${fmt(summary.n_episodes)} episodes · ${dim} · ${deviceName(state.health.backend)}`;
-  document.title = `${summary.name} · Tessera`;
-  buildFilters();
-  buildColorPicker();
-  buildSampling();
-  clearEpisode();
-  openMap();
-  buildCuration();
-  buildGroups();
-  loadSelections().catch(() => {}); // the colour picker lists them when they arrive
+function showFacts({ dataset, health }) {
+  const dim = dataset.dim ? `${dataset.dim}-d` : "metadata-only";
+  $("dataset-facts").textContent = `${fmt(dataset.n_episodes)} episodes · ${dim} · ${deviceName(health.backend)}`;
+  document.title = `${dataset.name} · Tessera`;
+  const picker = $("dataset-picker");  // whichever way a dataset opened, it shows as picked
+  if ([...picker.options].some((o) => o.value === dataset.id)) picker.value = dataset.id;
 }
-
-// A job added fields (uniqueness, duplicate_group, cluster): list them where fields are listed.
-window.addEventListener("tessera:fields", () => {
-  buildFilters();
-  buildColorPicker();
-  listStrataFields();
-  buildGroups();
-});
-
-// A groups-table row set a field condition: show it in the filter panel.
-window.addEventListener("tessera:conditions", () => buildFilters());
 
 const NOT_TYPING = new Set(["checkbox", "radio", "button", "submit", "reset", "file", "range"]);
 
@@ -103,7 +93,7 @@ function initKeyboard() {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     if (e.key === "Escape") {
       if (typing(e.target)) e.target.blur();
-      clearSelection();
+      update({ polygon: null }); // clear the map selection
       return;
     }
     if (typing(e.target)) return;
@@ -123,8 +113,7 @@ function initPanels() {
     $("map-area").append(tab);
     const toggle = (hide) => {
       layout.classList.toggle(`hide-${side}`, hide);
-      tab.hidden = !hide;
-      window.dispatchEvent(new Event("resize")); // Bokeh re-lays out the map
+      tab.hidden = !hide; // the map (and Bokeh, observing its own element) follows the resize
     };
     button.addEventListener("click", () => toggle(true));
   }

@@ -1,70 +1,48 @@
-// The curation drawer under the map: "find similar" (a strip of previews, ringed on the map,
+// The curation tabs of the drawer: "find similar" (a strip of previews, ringed on the map,
 // one click to a filter) and near-duplicates (a threshold slider with live counts, the groups
 // side by side, "keep one per group" as a filter). Both wait for the similarity graph, whose
 // job also gives the dataset its `uniqueness` and `duplicate_group` fields.
 
-import { apiUrl, debounce, el, filterParam, fmt, getJSON, postJSON } from "./api.js";
+import { apiUrl, debounce, el, filterParam, fmt, getJSON, latest, poll, postJSON } from "./api.js";
 import { filterConditions, on, pin, refreshFields, state, update } from "./state.js";
-import { ringEpisodes } from "./map.js";
-import { showEpisode } from "./preview.js";
+import { openEpisode } from "./preview.js";
 
 const $ = (id) => document.getElementById(id);
 const SIMILAR_K = 12;
 const GROUPS_PAGE = 12;
 const SHOWN_MEMBERS = 8;
-let pollTimer = null;
-let open = null; // the tab shown, or null when the drawer is folded
 let groupsShown = GROUPS_PAGE;
 
-// ---- the drawer ---------------------------------------------------------------------------
-
-function showTab(name) {
-  open = name;
-  for (const b of document.querySelectorAll(".drawer-tabs .tab")) {
-    b.setAttribute("aria-selected", String(b.dataset.tab === name));
-  }
-  for (const tab of ["similar", "duplicates", "groups"]) $(`tab-${tab}`).hidden = name !== tab;
-  $("drawer-toggle").textContent = name ? "▾" : "▴";
-  window.dispatchEvent(new Event("resize")); // Bokeh re-lays out the map
-  window.dispatchEvent(new CustomEvent("tessera:tab", { detail: name }));
-  if (name === "duplicates") refreshDuplicates();
+/** A dataset opened: follow its similarity job. */
+function buildCuration() {
+  $("similarity-state").textContent = "";
+  if (state.dataset.mode !== "metadata-only") followSimilarity();
 }
 
-/** Show the drawer (similar and near-duplicates need embeddings; groups always work), and
- * follow the similarity job. */
-export function buildCuration() {
-  clearTimeout(pollTimer);
-  const full = state.dataset.mode !== "metadata-only";
-  $("drawer").hidden = false;
-  $("tab-button-similar").hidden = !full;
-  $("tab-button-duplicates").hidden = !full;
-  $("find-similar").hidden = true;
-  update({ similar: null, similarity: null });
-  showTab(full ? null : "groups");
-  if (full) pollSimilarity();
-}
-
-async function pollSimilarity() {
+/** Follow the job building the similarity graph (`state.similarity`); once it is built, its
+ *  fields (uniqueness, duplicate_group) are listed. */
+async function followSimilarity() {
   const id = state.dataset.id;
+  const box = $("similarity-state");
+  let building = false;
+  const show = (status) => {
+    building ||= status.status !== "done";
+    update({ similarity: status });
+    box.textContent = status.status === "done" ? "" : status.status === "failed"
+      ? `similarity graph failed: ${status.error}`
+      : `building the similarity graph · ${Math.round(100 * status.progress)}%`;
+    return status;
+  };
   let status;
   try {
-    status = await getJSON(apiUrl(id, "/similarity"));
+    status = await poll(() => getJSON(apiUrl(id, "/similarity")), {
+      each: show, every: 800, until: (s) => s.status === "done" || s.status === "failed",
+      onError: (err) => { box.textContent = `similarity: ${err.message}`; } });
   } catch (err) {
-    $("similarity-state").textContent = `similarity: ${err.message}`;
+    box.textContent = `similarity: ${err.message}`;
     return;
   }
-  if (!state.dataset || state.dataset.id !== id) return;
-  const before = state.similarity && state.similarity.status;
-  update({ similarity: status });
-  if (status.status === "done") {
-    $("similarity-state").textContent = "";
-    if (before && before !== "done") await refreshFields(id);
-    return;
-  }
-  $("similarity-state").textContent = status.status === "failed"
-    ? `similarity graph failed: ${status.error}`
-    : `building the similarity graph · ${Math.round(100 * status.progress)}%`;
-  if (status.status !== "failed") pollTimer = setTimeout(pollSimilarity, 800);
+  if (status.status === "done" && building) await refreshFields(id);
 }
 
 const ready = () => state.similarity && state.similarity.status === "done";
@@ -83,34 +61,33 @@ function tile(index, episodeId, detail, { keeper = false } = {}) {
     node.addEventListener("mouseenter", () => { img.src = moving; });
     node.addEventListener("mouseleave", () => { img.src = still; });
   }
-  node.addEventListener("click", () => openEpisode(index));
+  node.addEventListener("click", () => openEpisode(index).catch(() => {}));
   return node;
-}
-
-async function openEpisode(index) {
-  const ep = await getJSON(apiUrl(state.dataset.id, `/episodes/${index}`));
-  const base = apiUrl(state.dataset.id, `/episodes/${index}`);
-  showEpisode({ ...ep, thumbnail_url: ep.has_thumbnail ? `${base}/thumbnail` : null,
-                gif_url: ep.has_gif ? `${base}/gif` : null });
 }
 
 // ---- find similar -------------------------------------------------------------------------
 
-/** "Find similar" for the episode in the card. */
-export async function findSimilar(index) {
-  showTab("similar");
-  $("similar-title").textContent = "Finding similar episodes…";
+/** "Find similar" for the episode in the card: 202 (the job's status) while the graph is
+ *  built, then the answer. Only the newest request is shown. */
+async function findSimilar(index) {
+  update({ tab: "similar" });
+  const title = $("similar-title");
+  title.textContent = "Finding similar episodes…";
   const query = { k: SIMILAR_K, filter: filterParam(filterConditions().filter((c) => c.field !== "map")) };
-  let answer;
-  for (;;) {
-    const response = await fetch(apiUrl(state.dataset.id, `/episodes/${index}/similar`, query));
-    const body = await response.json();
-    if (!response.ok) { $("similar-title").textContent = body.error || response.statusText; return; }
-    if (response.status === 200) { answer = body; break; }
-    $("similar-title").textContent = `Building the similarity graph · ${Math.round(100 * body.progress)}%`;
-    await new Promise((r) => setTimeout(r, 700));
+  const url = apiUrl(state.dataset.id, `/episodes/${index}/similar`, query);
+  const ask = async (signal) => {
+    const body = await getJSON(url, { signal });
+    if (!body.neighbors) title.textContent = `Building the similarity graph · ${Math.round(100 * body.progress)}%`;
+    return body;
+  };
+  try {
+    const answer = await latest("similar", (signal) => poll(() => ask(signal), {
+      every: 700, until: (body) => Boolean(body.neighbors), signal,
+      onError: (err) => { title.textContent = err.message; } }));
+    update({ similar: answer });
+  } catch (err) {
+    title.textContent = err.message;
   }
-  update({ similar: answer });
 }
 
 function renderSimilar(answer) {
@@ -119,14 +96,12 @@ function renderSimilar(answer) {
   if (!answer) {
     $("similar-title").textContent = "Hover an episode, then press “Find similar” in its card.";
     $("similar-strip").replaceChildren();
-    ringEpisodes([]).catch(() => {});
     return;
   }
   $("similar-title").replaceChildren(`${answer.neighbors.length} nearest to `,
     el("b", {}, answer.episode_id), " by cosine distance (full embedding space)");
   $("similar-strip").replaceChildren(tile(answer.index, answer.episode_id, "the episode"),
     ...answer.neighbors.map((n) => tile(n.index, n.episode_id, `d ${n.distance.toFixed(4)}`)));
-  ringEpisodes([answer.episode_id, ...answer.neighbors.map((n) => n.episode_id)]).catch(() => {});
 }
 
 function similarAsFilter() {
@@ -138,27 +113,25 @@ function similarAsFilter() {
 // ---- near-duplicates ----------------------------------------------------------------------
 
 const threshold = () => Number($("dup-threshold").value);
-let dupSeq = 0;
 
 const refreshDuplicates = debounce(async () => {
-  if (!state.dataset || open !== "duplicates") return;
+  if (!state.dataset || state.tab !== "duplicates") return;
   if (!ready()) {
     $("dup-summary").textContent = "Waiting for the similarity graph…";
     return;
   }
-  const seq = ++dupSeq;
   const kept = state.pinned.filter((c) => c.field !== "duplicates");
   const conditions = [...state.conditions, ...kept];
   if (state.polygon) conditions.push({ field: "map", op: "within", value: state.polygon });
   const body = { threshold: threshold(), filter: conditions, limit: groupsShown, offset: 0 };
   let answer;
+  const url = apiUrl(state.dataset.id, "/duplicates");
   try {
-    answer = await postJSON(apiUrl(state.dataset.id, "/duplicates"), body);
+    answer = await latest("duplicates", (signal) => postJSON(url, body, { signal })); // the slider moves on
   } catch (err) {
-    if (seq === dupSeq) $("dup-summary").textContent = err.message;
+    $("dup-summary").textContent = err.message;
     return;
   }
-  if (seq !== dupSeq) return; // the slider has moved on
   $("dup-summary").replaceChildren(el("b", {}, fmt(answer.n_groups)), ` groups · `,
     el("b", {}, fmt(answer.removed)), " episodes would be removed by keeping one per group");
   $("dup-groups").replaceChildren(...answer.groups.map((g) => groupRow(g)));
@@ -209,13 +182,6 @@ function toggleKeep() {
 // ---- wiring -------------------------------------------------------------------------------
 
 export function initCuration() {
-  for (const b of document.querySelectorAll(".drawer-tabs .tab")) {
-    b.addEventListener("click", () => showTab(open === b.dataset.tab ? null : b.dataset.tab));
-  }
-  $("drawer-toggle").addEventListener("click", () => {
-    const first = state.dataset && state.dataset.mode === "metadata-only" ? "groups" : "similar";
-    showTab(open ? null : first);
-  });
   $("find-similar").addEventListener("click", () => {
     const index = Number($("find-similar").dataset.index);
     if (Number.isInteger(index)) findSimilar(index);
@@ -231,8 +197,9 @@ export function initCuration() {
   });
   $("dup-keep").addEventListener("click", toggleKeep);
   $("dup-more").addEventListener("click", () => { groupsShown += GROUPS_PAGE; refreshDuplicates(); });
+  on("dataset", buildCuration);
   on("similar", (s) => renderSimilar(s.similar));
   on(["conditions", "pinned", "polygon", "similarity"], () => refreshDuplicates());
+  on("tab", (s) => { if (s.tab === "duplicates") refreshDuplicates(); });
   on("pinned", renderKeepButton);
-  on("mapReady", (s) => { if (s.mapReady && s.similar) renderSimilar(s.similar); });
 }

@@ -3,20 +3,23 @@
 // count follows the other filters (cross-filter): it is the count among the episodes that
 // every condition on the other fields matches (POST .../facets).
 
-import { apiUrl, debounce, el, fmt, fmtShort, postJSON } from "./api.js";
+import { apiUrl, debounce, el, fmt, fmtShort, latest, postJSON } from "./api.js";
 import { filterConditions, on, pin, state, update } from "./state.js";
 
 const SHOWN_VALUES = 8;   // values listed before "show all"
 const OPEN_FIELDS = 6;    // fields shown open; the rest start folded (the search finds them)
 const fieldsBox = () => document.getElementById("filter-fields");
 const controls = new Map(); // field name -> {read(): condition|null, reset(), section}
+const built = { fields: null, conditions: null }; // what the panel shows
 
 /** Build the panel for the open dataset, restoring `state.conditions`. */
-export function buildFilters() {
+function buildFilters() {
   const box = fieldsBox();
   box.replaceChildren();
   controls.clear();
-  for (const field of state.dataset.fields) {
+  built.fields = state.fields;
+  built.conditions = state.conditions;
+  for (const field of state.fields) {
     if (field.kind === "array") continue;
     const given = state.conditions.find((c) => c.field === field.name) || null;
     const control = makeControl(field, given);
@@ -136,8 +139,14 @@ function changed() {
     const cond = c.read();
     if (cond) conditions.push(cond);
   }
+  built.conditions = conditions; // the panel shows them already
   update({ conditions });
   markActive();
+}
+
+/** New fields, or conditions set elsewhere (a groups-table row, a link): build the panel again. */
+function follow(s) {
+  if (s.dataset && (s.fields !== built.fields || s.conditions !== built.conditions)) buildFilters();
 }
 
 function markActive() {
@@ -146,9 +155,10 @@ function markActive() {
 }
 
 /** Clear every field condition, pinned condition and the map selection. */
-export function resetFilters() {
+function resetFilters() {
   for (const c of controls.values()) c.reset();
-  update({ conditions: [], pinned: [], polygon: null });
+  built.conditions = [];
+  update({ conditions: built.conditions, pinned: [], polygon: null });
   markActive();
 }
 
@@ -182,20 +192,19 @@ function searchFields(text) {
   }
 }
 
-let countSeq = 0;
 const refreshCount = debounce(async () => {
   if (!state.dataset) return;
-  const seq = ++countSeq;
   const box = document.getElementById("match-count");
+  const url = apiUrl(state.dataset.id, "/facets");
+  const body = { filter: filterConditions() };
   try {
-    const res = await postJSON(apiUrl(state.dataset.id, "/facets"), { filter: filterConditions() });
-    if (seq !== countSeq) return; // a newer filter is on its way
+    const res = await latest("facets", (signal) => postJSON(url, body, { signal }));
     update({ count: { count: res.matched, total: res.total } });
     box.replaceChildren(el("b", { class: res.matched ? null : "zero" }, fmt(res.matched)),
       ` of ${fmt(res.total)} episodes match`);
     for (const [name, c] of controls) if (c.showCounts && res.fields[name]) c.showCounts(res.fields[name]);
   } catch (err) {
-    if (seq === countSeq) box.replaceChildren(el("span", { class: "zero" }, err.message));
+    box.replaceChildren(el("span", { class: "zero" }, err.message));
   }
 }, 120);
 
@@ -206,7 +215,8 @@ export function initFilters() {
   document.getElementById("no-match-reset").addEventListener("click", resetFilters);
   document.getElementById("selection-clear").addEventListener("click", () => update({ polygon: null }));
   // Until the new count arrives, hover look-ups wait: the new filter may match nothing.
-  on(["conditions", "pinned", "polygon", "dataset"], () => { state.count = null; refreshCount(); });
+  on(["fields", "conditions"], follow);
+  on(["conditions", "pinned", "polygon", "dataset", "fields"], () => { state.count = null; refreshCount(); });
   on(["pinned", "dataset"], renderPinned);
   on("polygon", (s) => { document.getElementById("selection-chip").hidden = !s.polygon; });
 }

@@ -3,26 +3,23 @@
 // its group on click and is outlined on the map on hover. K-means over the embeddings makes a
 // `cluster` field.
 
-import { apiUrl, debounce, el, fmt, getJSON, postJSON } from "./api.js";
+import { apiUrl, debounce, el, fmt, getJSON, latest, poll, postJSON } from "./api.js";
 import { filterConditions, on, refreshFields, state, update } from "./state.js";
-import { outlineGroup } from "./map.js";
 
 const $ = (id) => document.getElementById(id);
 let sortKey = "count";
 let ascending = false;
 let last = null; // the last summary shown
-let seq = 0;
-let clusterTimer = null;
 let builtFor = null; // the dataset the tab was built for: a rebuild for new fields keeps its state
 
 /** Fields a table can be split by: categories and bools, then numbers (quantile bins). */
 function groupable() {
-  const f = state.dataset.fields;
+  const f = state.fields;
   return [...f.filter((x) => x.kind === "category" || x.kind === "bool"),
           ...f.filter((x) => x.kind === "int" || x.kind === "float")];
 }
 
-export function buildGroups() {
+function buildGroups() {
   const select = $("group-by");
   const chosen = select.value;
   select.replaceChildren(...groupable().map((f) => el("option", { value: f.name },
@@ -38,18 +35,17 @@ export function buildGroups() {
   refreshGroups();
 }
 
-export const refreshGroups = debounce(async () => {
-  if (!state.dataset || $("tab-groups").hidden || !$("group-by").value) return;
-  const mine = ++seq;
+const refreshGroups = debounce(async () => {
+  if (!state.dataset || state.tab !== "groups" || !$("group-by").value) return;
+  const url = apiUrl(state.dataset.id, "/summary");
   const body = { group_by: $("group-by").value, filter: filterConditions() };
-  let summary;
   try {
-    summary = await postJSON(apiUrl(state.dataset.id, "/summary"), body);
+    last = await latest("group-summary", (signal) => postJSON(url, body, { signal }));
   } catch (err) {
-    if (mine === seq) $("group-table").replaceChildren(el("caption", { class: "error" }, err.message));
+    $("group-table").replaceChildren(el("caption", { class: "error" }, err.message));
     return;
   }
-  if (mine === seq) { last = summary; render(); }
+  render();
 }, 120);
 
 const COLUMNS = [
@@ -96,14 +92,14 @@ function row(g, columns) {
   return el("tr", {
     class: "row", "data-value": g.value,
     onclick: () => filterTo(g.value),
-    onmouseenter: () => outlineGroup([...filterConditions(), condition(g.value)]).catch(() => {}),
-    onmouseleave: () => outlineGroup(null).catch(() => {}),
+    onmouseenter: () => update({ outline: [...filterConditions(), condition(g.value)] }),
+    onmouseleave: () => update({ outline: null }),
   }, ...cells);
 }
 
 /** The filter condition that matches one group of the table. */
 function condition(value) {
-  const field = state.dataset.fields.find((f) => f.name === $("group-by").value);
+  const field = state.fields.find((f) => f.name === $("group-by").value);
   if (field.kind === "bool") return { field: field.name, op: "eq", value: value === "true" };
   if (field.kind === "int" || field.kind === "float") {
     const m = value.match(/^\[([^,]+), ([^)\]]+)([)\]])$/);
@@ -120,43 +116,44 @@ function condition(value) {
 function filterTo(value) {
   const cond = condition(value);
   const conditions = state.conditions.filter((c) => c.field !== cond.field);
-  update({ conditions: [...conditions, cond] });
-  outlineGroup(null).catch(() => {});
-  window.dispatchEvent(new CustomEvent("tessera:conditions"));
+  update({ conditions: [...conditions, cond], outline: null });
 }
 
+const finished = (status) => status.status === "done" || status.status === "failed";
+
+/** K-means over the embeddings: the job's progress, then its `cluster` field, grouped below.
+ *  Only the newest run is followed. */
 async function runClusters() {
+  const id = state.dataset.id;
   const k = Number($("clusters-k").value);
+  const box = $("clusters-state");
+  const show = (status) => {
+    if (!finished(status)) box.textContent = `clustering… ${Math.round(100 * status.progress)}%`;
+    return status;
+  };
   let status;
   try {
-    status = await postJSON(apiUrl(state.dataset.id, "/clusters"), { k });
+    status = await latest("clusters", async (signal) => {
+      const started = show(await postJSON(apiUrl(id, "/clusters"), { k }, { signal }));
+      if (finished(started)) return started;
+      return poll(() => getJSON(apiUrl(id, "/clusters"), { signal }), {
+        each: show, every: 600, until: finished, signal, onError: (err) => { box.textContent = err.message; } });
+    });
   } catch (err) {
-    $("clusters-state").textContent = err.message;
+    box.textContent = err.message;
     return;
   }
-  followClusters(status);
-}
-
-async function followClusters(status) {
-  clearTimeout(clusterTimer);
-  const id = state.dataset.id;
-  if (status.status === "done") {
-    $("clusters-state").textContent = `${status.params.k} clusters: the “cluster” field, grouped below`;
-    if (!(await refreshFields(id))) return;
-    $("group-by").value = "cluster";
-    refreshGroups();
-    return;
-  }
-  if (status.status === "failed") { $("clusters-state").textContent = status.error; return; }
-  $("clusters-state").textContent = `clustering… ${Math.round(100 * status.progress)}%`;
-  clusterTimer = setTimeout(async () => {
-    if (state.dataset && state.dataset.id === id) followClusters(await getJSON(apiUrl(id, "/clusters")));
-  }, 600);
+  if (status.status === "failed") { box.textContent = status.error; return; }
+  box.textContent = `${status.params.k} clusters: the “cluster” field, grouped below`;
+  if (!(await refreshFields(id))) return;
+  $("group-by").value = "cluster";
+  refreshGroups();
 }
 
 export function initGroups() {
   $("group-by").addEventListener("change", refreshGroups);
   $("clusters-run").addEventListener("click", runClusters);
   on(["conditions", "pinned", "polygon"], () => refreshGroups());
-  window.addEventListener("tessera:tab", (e) => { if (e.detail === "groups") refreshGroups(); });
+  on("tab", (s) => { if (s.tab === "groups") refreshGroups(); });
+  on(["dataset", "fields"], buildGroups);
 }

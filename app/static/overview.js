@@ -2,34 +2,21 @@
 // instead: a bar chart per category field, split by success where a success field exists, and
 // a histogram of episode_length. Every chart follows the filters.
 
-import { apiUrl, debounce, el, fmt, postJSON } from "./api.js";
+import { apiUrl, debounce, el, fmt, latest, postJSON } from "./api.js";
 import { filterConditions, on, state } from "./state.js";
 
 const $ = (id) => document.getElementById(id);
 const SHOWN = 10;
 
 function fields(kind) {
-  return state.dataset.fields.filter((f) => kind.includes(f.kind));
+  return state.fields.filter((f) => kind.includes(f.kind));
 }
 
-export const showOverview = debounce(async () => {
+const showOverview = debounce(async () => {
   const box = $("overview");
   if (!state.dataset || state.dataset.mode !== "metadata-only") { box.hidden = true; return; }
   box.hidden = false;
-  const id = state.dataset.id;
-  const filter = filterConditions();
-  const success = state.dataset.fields.some((f) => f.name === "success" && f.kind === "bool");
-  const cats = fields(["category", "bool"]).filter((f) => f.name !== "success" || !success);
-  const charts = await Promise.all(cats.map(async (f) => {
-    const s = await postJSON(apiUrl(id, "/summary"), { group_by: f.name, filter });
-    return barChart(f.name, s, success);
-  }));
-  const length = state.dataset.fields.find((f) => f.name === "episode_length");
-  if (length && (length.kind === "int" || length.kind === "float")) {
-    const s = await postJSON(apiUrl(id, "/summary"), { group_by: "episode_length", bins: 20, filter });
-    charts.push(histogram(s));
-  }
-  if (!state.dataset || state.dataset.id !== id) return;
+  const charts = await latest("overview", (signal) => drawCharts(signal));
   const note = el("section", { class: "chart", "data-chart": "note" },
     el("h4", {}, "No map for this dataset"),
     el("p", { class: "note" }, "It is metadata-only: the file has no embeddings, and the map is drawn from " +
@@ -37,6 +24,25 @@ export const showOverview = debounce(async () => {
       `${fmt(state.count ? state.count.count : state.dataset.n_episodes)} matching episodes are spread.`));
   box.replaceChildren(note, ...charts);
 }, 150);
+
+/** A bar chart per category field (split by success where there is one), then the
+ *  episode_length histogram, all of the filter's matches. */
+async function drawCharts(signal) {
+  const url = apiUrl(state.dataset.id, "/summary");
+  const filter = filterConditions();
+  const success = state.fields.some((f) => f.name === "success" && f.kind === "bool");
+  const cats = fields(["category", "bool"]).filter((f) => f.name !== "success" || !success);
+  const charts = await Promise.all(cats.map(async (f) => {
+    const s = await postJSON(url, { group_by: f.name, filter }, { signal });
+    return barChart(f.name, s, success);
+  }));
+  const length = state.fields.find((f) => f.name === "episode_length");
+  if (length && (length.kind === "int" || length.kind === "float")) {
+    const s = await postJSON(url, { group_by: "episode_length", bins: 20, filter }, { signal });
+    charts.push(histogram(s));
+  }
+  return charts;
+}
 
 function barChart(name, summary, success) {
   const top = Math.max(1, ...summary.groups.map((g) => g.count));
@@ -69,5 +75,8 @@ function histogram(summary) {
 }
 
 export function initOverview() {
-  on(["conditions", "pinned"], () => { if (state.dataset && state.dataset.mode === "metadata-only") showOverview(); });
+  on(["dataset", "conditions", "pinned"], (s) => {
+    if (s.dataset && s.dataset.mode === "metadata-only") showOverview(); // in place of the map
+    else $("overview").hidden = true;
+  });
 }

@@ -1,14 +1,13 @@
-// The episode card: the nearest episode to the cursor, its GIF (or thumbnail) and metadata.
-// Requests are debounced and aborted when the cursor moves on; answers that arrive late are
-// dropped by sequence number, so a fast sweep never ends on an old episode.
+// The episode card: the nearest episode to the cursor (or a preview tile clicked in the
+// drawer), its GIF (or thumbnail) and metadata. Look-ups are debounced, and only the newest
+// is answered (the older aborted), so a fast sweep never ends on an old episode.
 
-import { apiUrl, el, filterParam, getJSON } from "./api.js";
-import { filterConditions, state, update } from "./state.js";
+import { apiUrl, cancel, el, filterParam, getJSON, latest } from "./api.js";
+import { filterConditions, on, state, update } from "./state.js";
 
 const HOVER_PX = 16;     // an episode farther than this from the cursor is not "under" it
 const DELAY_MS = 35;
-let seq = 0;
-let controller = null;
+const CARD = "episode-card"; // the kind of look-up whose newest answer the card shows
 let timer = null;
 let shownIndex = null;
 
@@ -20,28 +19,32 @@ export function hoverAt(x, y, pixel) {
 
 export function hoverEnd() {
   clearTimeout(timer);
-  if (controller) controller.abort();
+  cancel(CARD);
 }
 
 async function lookUp(x, y, pixel) {
   if (!state.dataset || !state.count || state.count.count === 0) return;
-  const mine = ++seq;
-  if (controller) controller.abort();
-  controller = new AbortController();
+  const url = apiUrl(state.dataset.id, "/points/nearest", { x, y, filter: filterParam(filterConditions()) });
   let ep;
   try {
-    const query = { x, y, filter: filterParam(filterConditions()) };
-    ep = await getJSON(apiUrl(state.dataset.id, "/points/nearest", query), { signal: controller.signal });
+    ep = await latest(CARD, (signal) => getJSON(url, { signal }));
   } catch (err) {
-    return; // aborted by a newer look-up, or the map is changing under us
+    return; // the map is changing under us (a filter that matches nothing now)
   }
-  if (mine !== seq) return;
   if (Math.hypot(ep.x - x, ep.y - y) > HOVER_PX * pixel) return;
   showEpisode(ep);
 }
 
-/** Put one episode (an answer of /points/nearest) in the card. */
-export function showEpisode(ep) {
+/** Put episode `index` in the card (a preview tile clicked in the drawer). */
+export async function openEpisode(index) {
+  const base = apiUrl(state.dataset.id, `/episodes/${index}`);
+  const ep = await latest(CARD, (signal) => getJSON(base, { signal }));
+  showEpisode({ ...ep, thumbnail_url: ep.has_thumbnail ? `${base}/thumbnail` : null,
+                gif_url: ep.has_gif ? `${base}/gif` : null });
+}
+
+/** Put one episode (an answer of /points/nearest, or of /episodes/{index}) in the card. */
+function showEpisode(ep) {
   if (ep.index === shownIndex) return;
   shownIndex = ep.index;
   update({ hovered: { x: ep.x, y: ep.y, episode_id: ep.episode_id } }); // ringed on the map
@@ -83,8 +86,8 @@ function formatValue(v) {
 }
 
 /** Forget the card (a new dataset was opened). */
-export function clearEpisode() {
-  seq += 1;
+function clearEpisode() {
+  cancel(CARD);
   shownIndex = null;
   update({ hovered: null });
   const img = document.getElementById("preview-img");
@@ -99,4 +102,8 @@ export function clearEpisode() {
   document.getElementById("episode-id").textContent = "";
   document.getElementById("find-similar").hidden = true;
   document.getElementById("episode-meta").replaceChildren();
+}
+
+export function initPreview() {
+  on("dataset", clearEpisode);
 }

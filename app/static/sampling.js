@@ -4,16 +4,15 @@
 
 import { apiUrl, el, fmt, postJSON } from "./api.js";
 import { filterConditions, on, state, update } from "./state.js";
-import { showSamplePoints } from "./map.js";
 
 const $ = (id) => document.getElementById(id);
 
 /** The fields a sample can be stratified by: categories and bools, then numbers (by their
  * quantile bins). Keeps the current choice when it is still there. */
-export function listStrataFields() {
+function listStrataFields() {
   const select = $("sample-stratify");
   const chosen = select.value;
-  const fields = state.dataset.fields;
+  const fields = state.fields;
   const values = fields.filter((f) => f.kind === "category" || f.kind === "bool");
   const numbers = fields.filter((f) => f.kind === "int" || f.kind === "float");
   select.replaceChildren(...values.map((f) => el("option", { value: f.name }, f.name)),
@@ -23,7 +22,7 @@ export function listStrataFields() {
 }
 
 /** Set up the form for the open dataset. */
-export function buildSampling() {
+function buildSampling() {
   const strata = { length: listStrataFields() };
   const metadataOnly = state.dataset.mode === "metadata-only";
   const kmeans = $("sample-method").querySelector('option[value="kmeans"]');
@@ -135,6 +134,7 @@ export function initSampling() {
   $("sample-method").addEventListener("change", methodChanged);
   $("sample-within").addEventListener("change", methodChanged);
   $("sample-clear").addEventListener("click", () => update({ sample: null }));
-  on("sample", (s) => { showResult(s.sample); showSamplePoints(s.sample).catch(() => {}); });
-  on("mapReady", (s) => { if (s.mapReady && s.sample) showSamplePoints(s.sample).catch(() => {}); });
+  on("dataset", buildSampling);
+  on("fields", (s) => { if (s.dataset) listStrataFields(); });
+  on("sample", (s) => showResult(s.sample));
 }

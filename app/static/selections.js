@@ -2,7 +2,7 @@
 // under a name; each saved one toggles between off, "in" and "not in" (a filter condition on
 // the `selection` pseudo-field); colour the map by membership; delete.
 
-import { apiUrl, csrfHeaders, el, fmt, getJSON, postJSON } from "./api.js";
+import { apiUrl, csrfHeaders, el, fmt, getJSON, latest, postJSON } from "./api.js";
 import { filterConditions, on, state, update } from "./state.js";
 
 const $ = (id) => document.getElementById(id);
@@ -29,11 +29,10 @@ function setToggles(map) {
 }
 
 /** Load the open dataset's selections. */
-export async function loadSelections() {
+async function loadSelections() {
   if (!state.dataset) return;
-  const id = state.dataset.id;
-  const list = await getJSON(apiUrl(id, "/selections"));
-  if (state.dataset && state.dataset.id === id) update({ selections: list, selectionsLoaded: true });
+  const url = apiUrl(state.dataset.id, "/selections");
+  update({ selections: await latest("selections", (signal) => getJSON(url, { signal })), selectionsLoaded: true });
 }
 
 function render() {
@@ -119,4 +118,5 @@ export function initSelections() {
   });
   $("selection-save").addEventListener("submit", save);
   on(["selections", "pinned"], render);
+  on("dataset", () => loadSelections().catch(() => {})); // the colour picker lists them when they arrive
 }

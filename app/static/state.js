@@ -1,12 +1,13 @@
 // The page's state and the URL that holds it: dataset, filter, colour and view.
 // Anything that changes the state calls `update(...)`; listeners redraw what depends on it.
 
-import { apiUrl, debounce, getJSON } from "./api.js";
+import { apiUrl, debounce, endScope, getJSON } from "./api.js";
 
 export const state = {
   health: null,         // GET /api/health
   datasets: [],         // summaries
-  dataset: null,        // the open dataset's summary
+  dataset: null,        // the open dataset's summary (its fields apart)
+  fields: [],           // the open dataset's fields: jobs add some (uniqueness, cluster)
   conditions: [],       // field conditions from the filter panel
   pinned: [],           // other conditions: a "similar" set, keep one per near-duplicate group
   polygon: null,        // [[x, y], ...] map selection, or null
@@ -19,7 +20,9 @@ export const state = {
   selectionsLoaded: false,
   similarity: null,     // the similarity job's status (GET .../similarity)
   hovered: null,        // {x, y, episode_id} of the episode the card shows, ringed on the map
-  mapReady: false,
+  tab: null,            // the drawer's open tab ("similar", "duplicates", "groups"), or null
+  outline: null,        // the conditions of a group outlined on the map (a hovered table row)
+  map: null,            // the embedded map: its Bokeh models by name and `token`, else null
 };
 
 const listeners = new Map();
@@ -34,6 +37,7 @@ export function on(keys, fn) {
 
 /** Set some keys and notify each listener once. */
 export function update(changes) {
+  if ("dataset" in changes && changes.dataset !== state.dataset) endScope(); // before anyone starts anew
   const called = new Set();
   Object.assign(state, changes);
   for (const k of Object.keys(changes)) {
@@ -60,8 +64,15 @@ export function pin(field, condition) {
   update({ pinned: condition ? [...others, condition] : others });
 }
 
-/** The URL's share of the state (read once at start). */
-export function readUrl() {
+/** Open a dataset (a summary of GET /api/datasets/{id}): the URL's filter, colour and view,
+ *  nothing of the last one's. Each module builds itself for it (`on("dataset", ...)`). */
+export function openDataset({ fields, ...summary }) {
+  update({ dataset: summary, fields, ...readUrl(), sample: null, similar: null, similarity: null,
+           selections: [], selectionsLoaded: false, hovered: null, outline: null, map: null });
+}
+
+/** The URL's share of the state. */
+function readUrl() {
   const q = new URLSearchParams(location.search);
   let conditions = [];
   let pinned = [];
@@ -98,11 +109,10 @@ const writeUrl = debounce(() => {
 }, 250);
 
 /** A job added fields (uniqueness, duplicate_group, cluster): read dataset `id`'s fields again
- *  and tell whatever lists fields. False when another dataset was opened meanwhile. */
+ *  (whatever lists fields follows `fields`). False when another dataset was opened meanwhile. */
 export async function refreshFields(id) {
   const summary = await getJSON(apiUrl(id));
   if (!state.dataset || state.dataset.id !== id) return false;
-  update({ dataset: { ...state.dataset, fields: summary.fields } });
-  window.dispatchEvent(new CustomEvent("tessera:fields"));
+  update({ fields: summary.fields });
   return true;
 }
