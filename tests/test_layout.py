@@ -122,7 +122,9 @@ def test_ci_runs_the_checks_then_the_tests() -> None:
     check = (ROOT / "scripts" / "check").read_text()
     assert "./scripts/test" in ci
     assert "./scripts/check" in test
-    assert test.index("./scripts/check") < test.index("pytest")
+    # the full lane (CI's) checks, then runs every test; --fast skips both the checks and some tests
+    assert test.index("./scripts/check") < test.rindex("pytest")
+    assert test.rstrip().endswith('exec .venv/bin/python -m pytest "$@"')
     for step in ('ruff" check', 'ruff" format --check', "mypy", "deptry"):
         assert step in check, step
     assert PYPROJECT["tool"]["mypy"]["files"] == ["tessera_gpu", "app"]
