@@ -277,6 +277,25 @@ def test_stratified_sample_is_drawn_and_exported(page: Any, server: dict) -> Non
     assert manifest["params"]["stratify_by"] == "task"
 
 
+def test_sample_size_follows_a_small_match_count(page: Any, server: dict) -> None:
+    open_map(page, server)
+    page.wait_for_selector("text=300 of 300 episodes match")
+    assert page.input_value("#sample-n") == "100"
+    first = page.locator('.field[data-field="task"] .value input').first.get_attribute("value")
+    cond = [{"field": "task", "op": "in", "value": [first]}]
+    matched = api(server["base"], f"/api/datasets/{server['demo']}/count", {"filter": cond})["count"]
+    assert matched < 100  # the demo's tasks are smaller than the default n
+    open_map(page, server, "?filter=" + urllib.parse.quote(json.dumps(cond)))
+    page.wait_for_selector(f"text={matched} of 300 episodes match")
+    assert page.input_value("#sample-n") == str(matched)  # the default follows the count down
+    page.fill("#sample-n", str(matched + 1))  # more than match: refused before it is sent
+    assert not page.eval_on_selector("#sample-n", "e => e.checkValidity()")
+    page.fill("#sample-n", str(matched))
+    page.click("#sample-generate")
+    page.wait_for_selector("#sample-result:not([hidden])")
+    assert page.inner_text("#sample-summary").startswith(f"{matched} episodes")
+
+
 def bad_file(folder: Path) -> tuple[Path, str]:
     """A file breaking the format (a duplicate id), and the message the server gives."""
 

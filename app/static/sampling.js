@@ -36,6 +36,17 @@ function buildSampling() {
   showResult(null);
 }
 
+const DEFAULT_N = 100;
+
+/** n never asks for more episodes than the filter matches: the default follows the match
+ *  count down (60 episodes: n = 60), and a larger n typed in is refused before it is sent. */
+function fitN({ count }) {
+  if (!count) return;
+  const input = $("sample-n");
+  input.max = String(Math.max(1, count.count));
+  if (!input.dataset.edited) input.value = String(Math.max(1, Math.min(DEFAULT_N, count.count)));
+}
+
 function methodChanged() {
   const method = $("sample-method").value;
   const strata = method === "stratified" || (method === "kmeans" && $("sample-within").checked);
@@ -137,4 +148,6 @@ export function initSampling() {
   on("dataset", buildSampling);
   on("fields", (s) => { if (s.dataset) listStrataFields(); });
   on("sample", (s) => showResult(s.sample));
+  on("count", fitN);
+  $("sample-n").addEventListener("input", (e) => { e.target.dataset.edited = "1"; });
 }
