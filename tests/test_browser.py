@@ -283,7 +283,8 @@ def test_sample_size_follows_a_small_match_count(page: Any, server: dict) -> Non
     assert page.input_value("#sample-n") == "100"
     first = page.locator('.field[data-field="task"] .value input').first.get_attribute("value")
     cond = [{"field": "task", "op": "in", "value": [first]}]
-    matched = api(server["base"], f"/api/datasets/{server['demo']}/count", {"filter": cond})["count"]
+    count = api(server["base"], f"/api/datasets/{server['demo']}/count", {"filter": cond})
+    matched = count["count"]
     assert matched < 100  # the demo's tasks are smaller than the default n
     open_map(page, server, "?filter=" + urllib.parse.quote(json.dumps(cond)))
     page.wait_for_selector(f"text={matched} of 300 episodes match")
