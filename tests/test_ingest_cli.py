@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -192,13 +193,25 @@ def test_an_interrupted_ingest_leaves_no_partial_file(
     long_root: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
     out = tmp_path / "x.h5"
+    for _ in range(3):  # a busy machine may let the ingest finish before the signal lands
+        proc, err = interrupt_ingest(long_root, out, sig)
+        if not (proc.returncode == 0 and out.exists()):
+            break
+        out.unlink()
+    assert proc.returncode != 0, (err[-500:], only(tmp_path))
+    assert "Traceback" not in err
+    assert only(tmp_path) == []
+
+
+def interrupt_ingest(root: Path, out: Path, sig: signal.Signals) -> tuple[Any, str]:
+    """Start ``tessera ingest root -o out`` and send it ``sig`` once writing has begun."""
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "tessera_gpu.cli",
             "ingest",
-            str(long_root),
+            str(root),
             "-o",
             str(out),
             "--workers",
@@ -213,15 +226,13 @@ def test_an_interrupted_ingest_leaves_no_partial_file(
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
-    while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):  # writing has begun
+    while not any(p.name.endswith(".tmp") for p in out.parent.iterdir()):  # writing has begun
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    assert "Traceback" not in err
-    assert only(tmp_path) == []
+    return proc, err
 
 
 def test_a_root_whose_cameras_are_images_ingests_without_previews_and_says_why(
