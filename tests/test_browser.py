@@ -295,6 +295,11 @@ def test_sample_size_follows_a_small_match_count(page: Any, server: dict) -> Non
     page.click("#sample-generate")
     page.wait_for_selector("#sample-result:not([hidden])")
     assert page.inner_text("#sample-summary").startswith(f"{matched} episodes")
+    if page.input_value("#sample-method") == "kmeans":  # every episode: no gain to report
+        assert page.inner_text("#sample-coverage") == "every matching episode: coverage is complete"
+    panel = page.locator("#sample-result").bounding_box()
+    drop = page.locator("#export-lerobot-drop").bounding_box()
+    assert drop["x"] + drop["width"] <= panel["x"] + panel["width"]  # no export button cut off
 
 
 def bad_file(folder: Path) -> tuple[Path, str]:

@@ -100,7 +100,7 @@ function showResult(manifest) {
   const names = { kmeans: "K-means diversity", stratified: "stratified", random: "random" };
   $("sample-summary").replaceChildren(el("b", {}, fmt(manifest.n)), ` episodes · ${names[manifest.method]}`,
     el("br"), el("span", { class: "note" }, `from ${fmt(manifest.matched)} matching · seed ${manifest.seed} · id ${id}`));
-  showCoverage(manifest.stats && manifest.stats.coverage);
+  showCoverage(manifest.stats && manifest.stats.coverage, manifest.n >= manifest.matched);
   showStrata(manifest.stats);
   for (const fmtName of ["txt", "csv", "json", "lerobot"]) {
     $(`export-${fmtName}`).href = apiUrl(state.dataset.id, `/samples/${encodeURIComponent(id)}/export`, { format: fmtName });
@@ -108,10 +108,15 @@ function showResult(manifest) {
   $("export-lerobot-drop").href = apiUrl(state.dataset.id, `/samples/${encodeURIComponent(id)}/export`, { format: "lerobot", complement: "true" });
 }
 
-function showCoverage(coverage) {
+function showCoverage(coverage, everyEpisode) {
   const box = $("sample-coverage");
   box.hidden = !coverage;
   if (!coverage) return;
+  if (everyEpisode) {  // nothing left out: any sample of this size covers as well
+    box.classList.remove("worse");
+    box.textContent = "every matching episode: coverage is complete";
+    return;
+  }
   const gain = coverage.improvement_mean_pct;
   box.classList.toggle("worse", gain < 0);
   box.textContent = `coverage ${gain >= 0 ? "+" : ""}${gain.toFixed(0)}% vs random ` +
