@@ -20,6 +20,7 @@ natively, widened to 2048-d by :func:`tile_to_dim` where a benchmark needs that 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,15 +66,20 @@ def clustered_embeddings(
     return out
 
 
-def cached_clustered(n: int, dim: int, *, seed: int = 0) -> Path:
-    """Write :func:`clustered_embeddings` to ``benchmarks/.cache`` once; return the .npy path."""
+def cached(name: str, make: Callable[[], np.ndarray]) -> Path:
+    """``benchmarks/.cache/<name>.npy``, written from ``make()`` the first time (atomically)."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    path = CACHE_DIR / f"clustered-{n}x{dim}-s{seed}.npy"
+    path = CACHE_DIR / f"{name}.npy"
     if not path.exists():
         tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, clustered_embeddings(n, dim, seed=seed))
+        np.save(tmp, make())
         tmp.replace(path)
     return path
+
+
+def cached_clustered(n: int, dim: int, *, seed: int = 0) -> Path:
+    """Write :func:`clustered_embeddings` to ``benchmarks/.cache`` once; return the .npy path."""
+    return cached(f"clustered-{n}x{dim}-s{seed}", lambda: clustered_embeddings(n, dim, seed=seed))
 
 
 def hierarchical_mixture(
@@ -142,13 +148,7 @@ def hierarchical_mixture(
 
 def cached_mixture(n: int, dim: int, *, seed: int = 0) -> Path:
     """Write :func:`hierarchical_mixture` to ``benchmarks/.cache`` once; return the .npy path."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    path = CACHE_DIR / f"mixture-{n}x{dim}-s{seed}.npy"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, hierarchical_mixture(n, dim, seed=seed))
-        tmp.replace(path)
-    return path
+    return cached(f"mixture-{n}x{dim}-s{seed}", lambda: hierarchical_mixture(n, dim, seed=seed))
 
 
 def real_embeddings(
@@ -162,20 +162,17 @@ def real_embeddings(
     """``(n, 384)`` MiniLM embeddings of docstring paragraphs (truncated to ``max_len``
     tokens): of a few packages (or of ``packages``), or ``everywhere`` (stdlib + all
     packages); cached as .npy."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
     corpus = "all" if everywhere else "+".join(packages) if packages else "pkgs"
     tag = f"-{corpus}-t{max_len}" if corpus != "pkgs" or max_len != 64 else ""
-    path = CACHE_DIR / f"minilm-docstrings-{n}-s{seed}{tag}.npy"
-    if not path.exists():
+
+    def embed() -> np.ndarray:
         from .minilm import MiniLM, docstring_corpus
 
         print(f"embedding {n:,} docstring paragraphs with all-MiniLM-L6-v2 (once) ...", flush=True)
         texts = docstring_corpus(n, seed=seed, everywhere=everywhere, packages=packages)
-        vectors = MiniLM().encode(texts, max_len=max_len)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, vectors)
-        tmp.replace(path)
-    return np.load(path)
+        return MiniLM().encode(texts, max_len=max_len)
+
+    return np.load(cached(f"minilm-docstrings-{n}-s{seed}{tag}", embed))
 
 
 def tile_to_dim(x: np.ndarray, dim: int, *, seed: int = 0) -> np.ndarray:
@@ -260,10 +257,4 @@ def heldout_mixture(n: int, dim: int, *, seed: int = 0) -> np.ndarray:
 
 def cached_heldout(n: int, dim: int, *, seed: int = 0) -> np.ndarray:
     """:func:`heldout_mixture`, generated once into ``benchmarks/.cache`` and read back."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    path = CACHE_DIR / f"heldout-{n}x{dim}-s{seed}.npy"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, heldout_mixture(n, dim, seed=seed))
-        tmp.replace(path)
-    return np.load(path)
+    return np.load(cached(f"heldout-{n}x{dim}-s{seed}", lambda: heldout_mixture(n, dim, seed=seed)))
