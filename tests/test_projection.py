@@ -12,10 +12,16 @@ from sklearn.manifold import trustworthiness
 
 from tessera_gpu.backends import Backend, get_backend
 from tessera_gpu.errors import InvalidRequest
-from tessera_gpu.projection.cache import ALGORITHM_VERSION, ProjectionCache, backend_tag
+from tessera_gpu.projection.cache import (
+    ALGORITHM_VERSION,
+    ProjectionCache,
+    backend_tag,
+    project_cached,
+)
 from tessera_gpu.projection.graph import ab_params, fuzzy_graph
 from tessera_gpu.projection.layout import optimize_layout
-from tessera_gpu.projection.project import Projection, ProjectionParams, project, project_cached
+from tessera_gpu.projection.params import Projection, ProjectionParams
+from tessera_gpu.projection.project import project
 
 from .backend_params import BACKEND_PARAMS, backend_for, clustered
 

@@ -69,13 +69,9 @@ from tessera_gpu.io.isolation import validate_isolated
 from tessera_gpu.io.safety import Limits, check_file_on_disk
 from tessera_gpu.io.shards import check_fits_in_memory, expand_paths, glob_root, load_shards
 from tessera_gpu.names import MAX_DATASET_NAME, check_dataset_name, without_unprintable
-from tessera_gpu.projection.cache import ProjectionCache, backend_tag
-from tessera_gpu.projection.project import (
-    Progress,
-    Projection,
-    ProjectionParams,
-    project_cached,
-)
+from tessera_gpu.progress import Progress
+from tessera_gpu.projection.cache import ProjectionCache, backend_tag, project_cached
+from tessera_gpu.projection.params import Projection, ProjectionParams
 from tessera_gpu.render.maps import MapCache, ProjectionMaps
 from tessera_gpu.sampling import (
     Manifest,
