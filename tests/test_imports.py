@@ -144,3 +144,43 @@ def test_no_module_imports_another_modules_private_names() -> None:
         if name.startswith("_") and not name.startswith("__") and target != m
     ]
     assert private == []
+
+
+RUN_AND_LIST = """
+import sys
+from tessera_gpu.cli.main import cli
+try:
+    cli(sys.argv[1:], standalone_mode=False)
+except SystemExit:
+    pass
+print(sorted(m for m in ("datashader", "bokeh", "litestar") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", ["project", "sample", "similar", "export", "validate"])
+def test_a_command_imports_no_server_and_no_renderer(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tessera project/sample/similar/export/validate`` import neither Litestar, datashader
+    nor Bokeh: they are what makes a cold start slow, and none of them draws a tile."""
+    import subprocess
+    import sys
+
+    from tests.conftest import write_episode_file
+
+    episodes = write_episode_file(tmp_path / "e.h5", n=60)
+    out = tmp_path / "out"
+    args = {
+        "project": ["project", str(episodes), "-o", f"{out}.npy"],
+        "sample": ["sample", str(episodes), "-n", "5", "--method", "random", "-o", str(out)],
+        "similar": ["similar", str(episodes), "ep_00001", "-k", "3", "-o", str(out)],
+        "export": ["export", str(episodes), "--sample", "nosuchsample"],
+        "validate": ["validate", str(episodes)],
+    }[command]
+    monkeypatch.setenv("TESSERA_DATA_DIR", str(tmp_path / "data"))
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST, *args], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]
+    if command != "export":  # an unknown sample: the command ran up to its error
+        assert "error" not in proc.stderr

@@ -15,7 +15,7 @@ import numpy as np
 
 from tessera_gpu.cli.options import device_option
 from tessera_gpu.cli.output import write_output
-from tessera_gpu.errors import Conflict
+from tessera_gpu.errors import needs_embeddings
 from tessera_gpu.settings import Settings
 
 __all__ = ["project"]
@@ -78,21 +78,23 @@ def project(
     """Project the embeddings of FILES (one file, or several joined into one map; a quoted glob
     too) to 2-D with UMAP and save the (N, 2) float32 map, rows in file order."""
     from tessera_gpu.core import Tessera
-    from tessera_gpu.projection import ProjectionCache, ProjectionParams
+    from tessera_gpu.projection import ProjectionCache
 
     settings = Settings.load({"device": device, "dask": dask})
     file = files[0]
     with Tessera(settings) as core:
-        live = core.load(list(files))
-        if live.dataset.dim is None:
-            raise Conflict(f"{file.name} has no embeddings (metadata-only): nothing to project")
+        live = core.registry.load(list(files))
+        needs_embeddings(
+            live.dataset.dim, f"{file.name} has no embeddings (metadata-only): nothing to project"
+        )
         cache = None if no_cache else ProjectionCache(cache_dir) if cache_dir else core.cache
         start = time.perf_counter()
         with progress_bar() as bar:
             task = bar.add_task("to_device", total=1.0)
-            result = core.project_now(
+            result = core.projections.project(
                 live,
-                ProjectionParams(seed=seed),
+                {"seed": seed},
+                wait=True,
                 cache=cache,
                 progress=lambda stage, fraction: bar.update(
                     task, description=stage, completed=fraction

@@ -19,6 +19,7 @@ from tessera_gpu.core import Tessera
 from tessera_gpu.filters import parse_where
 from tessera_gpu.sampling import SampleRequest, export_sample
 from tessera_gpu.settings import Settings
+from tessera_gpu.similarity import SimilarityIndex
 
 __all__ = ["sample"]
 
@@ -81,9 +82,10 @@ def sample(
     )
     backend = get_backend(device if method == "kmeans" or dedup is not None else "cpu")
     with Tessera(Settings.load({"device": device}), backend=backend) as core:
-        live = core.load(file)
-        index = core.similarity_now(live) if dedup is not None else None
-        manifest = core.draw(live, request, similarity=index)
+        live = core.registry.load(file)
+        index = core.graphs.index(live, wait=True) if dedup is not None else None
+        assert index is None or isinstance(index, SimilarityIndex)  # built here, not a job
+        manifest = core.samples.draw(live, request, keep=False, similarity=index)
         content, _ = export_sample(live.dataset, manifest, fmt)
     write_output(out, content)
     dedup_cut = manifest.stats.dedup
