@@ -2,7 +2,9 @@
 
 The file is loaded the way the server registers it, so the manifest is the one
 ``POST /api/datasets/{id}/samples`` gives for the same request: the same ``dataset_id``, hash
-and episode ids (only ``sample_id`` and ``created_at`` differ).
+and episode ids (only ``sample_id`` and ``created_at`` differ). The sample is kept in the data
+directory's catalog, as one drawn over HTTP is: ``tessera export FILE --sample ID`` writes it
+again.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def sample(
         live = core.registry.load(file)
         index = core.graphs.index(live, wait=True) if dedup is not None else None
         assert index is None or isinstance(index, SimilarityIndex)  # built here, not a job
-        manifest = core.samples.draw(live, request, keep=False, similarity=index)
+        core.registry.keep(live)
+        manifest = core.samples.draw(live, request, similarity=index)
         content, _ = export_sample(live.dataset, manifest, fmt)
     write_output(out, content)
     dedup_cut = manifest.stats.dedup
@@ -94,6 +97,8 @@ def sample(
         cut = f", {dedup_cut.removed:,} near-duplicates removed first"
     click.echo(
         f"sampled {manifest.n:,} of {manifest.matched:,} matching episodes{cut} "
-        f"({method}, seed {seed}) -> {out if out is not None else 'stdout'}",
+        f"({method}, seed {seed}) -> {out if out is not None else 'stdout'}\n"
+        f"kept as sample {manifest.sample_id}: tessera export {file} --sample "
+        f"{manifest.sample_id}",
         err=True,
     )

@@ -186,6 +186,14 @@ class Registry:
             log.warning("could not reload dataset %s (%s): %s", entry.id, entry.path, exc)
             return None
 
+    def keep(self, live: Live) -> None:
+        """Record a dataset loaded here (the CLI's) in the catalog, unless it is there
+        already, so that what is drawn from it is kept like a registered dataset's; a server
+        on this data directory registers it at its next start. Starts no job."""
+        if self.catalog.dataset(live.id) is None:
+            self.catalog.check_writable()
+            self.catalog.put_dataset(live.entry)
+
     # ---- the loaded datasets -----------------------------------------------------------------
 
     def get(self, dataset_id: str) -> Live:
