@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from tessera_gpu.backends import Backend, on_gpu
 from tessera_gpu.core.catalog import Catalog, DatasetEntry, now
 from tessera_gpu.core.datadir import DataDir
+from tessera_gpu.core.known import KnownFile, KnownFiles
 from tessera_gpu.core.uploads import Upload
 from tessera_gpu.errors import (
     Conflict,
@@ -81,6 +82,7 @@ class Registry:
         self.backend = backend
         self.isolate = isolate
         self.engine = engine
+        self.known = KnownFiles(data.cache_dir)
         self._live: dict[str, Live] = {}
         self._versions: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -97,7 +99,17 @@ class Registry:
         hashes = self._hash_files(files)
         stem = Path(patterns[0]).stem if len(files) == 1 else None
         dataset = self._load_files(files, name or stem)
+        if len(files) == 1 and dataset.embeddings is not None and dataset.embeddings_hash:
+            self.known.put(files[0], hashes[0], dataset.embeddings_hash)
         return Live(_entry_for(files, hashes, dataset, "path"), dataset)
+
+    def known_file(self, path: str | Path) -> KnownFile | None:
+        """The hashes of one file loaded here before and unchanged since (else None): what
+        finds its cached map without reading it."""
+        files = expand_paths([path])
+        if len(files) != 1 or self.engine is not None:
+            return None
+        return self.known.get(Path(os.path.realpath(files[0])))
 
     def register_paths(
         self,
