@@ -31,7 +31,6 @@ from tessera_gpu.errors import (
     TesseraError,
     Unavailable,
 )
-from tessera_gpu.ingest.ingested import ingested_files
 from tessera_gpu.io.dataset import Dataset, Field, load_dataset
 from tessera_gpu.io.files import file_sha256
 from tessera_gpu.io.isolation import validate_isolated
@@ -137,7 +136,10 @@ class Registry:
         if check_allowed:
             for asked, real in zip(matched, files, strict=True):
                 self._check_allowed(str(asked), real)
-        # A LeRobot root or robomimic file is served as its ingested file (made once)
+        # A LeRobot root or robomimic file is served as its ingested file (made once); here,
+        # not at the top: the readers it imports are not needed to load a Tessera file
+        from tessera_gpu.ingest.ingested import ingested_files
+
         files = ingested_files(files, self.data.root)
         known = self._known_files(files)
         if known is not None:
