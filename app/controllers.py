@@ -29,10 +29,10 @@ from tessera_gpu.errors import (
 )
 from tessera_gpu.facets import Facets
 from tessera_gpu.io.shards import MAX_SHARDS
-from tessera_gpu.sampling import Manifest
+from tessera_gpu.sampling import Manifest, SampleRequest
 
-from .maps import DatasetId, EpisodeIndex, TesseraDep
 from .openapi_docs import DatasetRegistration
+from .params import DatasetId, EpisodeIndex, LiveDep, TesseraDep
 from .selections import ExportBy, ExportComplement, ExportFormat, ExportTau, download
 from .uploads import MULTIPART_OVERHEAD, receive_upload, too_large
 
@@ -143,7 +143,7 @@ class HealthController(Controller):
             version=__version__,
             backend=_backend_info(tessera.backend),
             hdf5_version=h5py.version.hdf5_version,
-            datasets=len(tessera.all()),
+            datasets=len(tessera.registry.all()),
             memory=_host_memory(),
             catalog=catalog,
         )
@@ -185,7 +185,7 @@ class DatasetController(Controller):
     @get("/", operation_id="listDatasets", summary="List datasets", sync_to_thread=True)
     def list_datasets(self, tessera: TesseraDep) -> list[DatasetSummary]:
         """A summary of every registered dataset, oldest first."""
-        return [tessera.summary(live.id) for live in tessera.all()]
+        return [tessera.summary(live) for live in tessera.registry.all()]
 
     @post(
         "/",
@@ -224,12 +224,12 @@ class DatasetController(Controller):
                 f"got Content-Type {content_type or '(none)'!r}",
                 code="unsupported_media_type",
             )
-        return tessera.summary(live.id)
+        return tessera.summary(live)
 
     @get("/{dataset_id:str}", operation_id="getDataset", summary="One dataset", sync_to_thread=True)
-    def get_dataset(self, tessera: TesseraDep, dataset_id: DatasetId) -> DatasetSummary:
+    def get_dataset(self, tessera: TesseraDep, live: LiveDep) -> DatasetSummary:
         """The dataset's size, mode, previews, fields (with values or ranges) and projection."""
-        return tessera.summary(dataset_id)
+        return tessera.summary(live)
 
     @delete(
         "/{dataset_id:str}",
@@ -324,10 +324,10 @@ class ProjectionController(Controller):
     tags = ("projection",)
 
     @get("/", operation_id="getProjection", summary="Projection status", sync_to_thread=False)
-    def status(self, tessera: TesseraDep, dataset_id: DatasetId) -> ProjectionStatus:
+    def status(self, tessera: TesseraDep, live: LiveDep) -> ProjectionStatus:
         """absent, queued, running (with stage and progress 0..1), done (with bounds
         [x0, y0, x1, y1]) or failed (with the error)."""
-        return tessera.projection(dataset_id)
+        return tessera.projections.status(live)
 
     @post(
         "/",
@@ -339,7 +339,7 @@ class ProjectionController(Controller):
     def start(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         data: Annotated[
             ProjectionRequest | None,
             Body(description="Optional UMAP parameters: n_neighbors, min_dist, seed."),
@@ -347,7 +347,7 @@ class ProjectionController(Controller):
     ) -> ProjectionStatus:
         """Queue a new projection with these parameters (remembered across restarts); a
         running one for this dataset is dropped. 409 for a metadata-only dataset."""
-        return tessera.project(dataset_id, data.given() if data is not None else {})
+        return tessera.projections.project(live, data.given() if data is not None else {})
 
 
 class EpisodeController(Controller):
@@ -365,11 +365,11 @@ class EpisodeController(Controller):
     def episode(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         index: EpisodeIndex,
     ) -> Episode:
         """The episode's id, its metadata, and whether it has a thumbnail and a GIF."""
-        return tessera.episode(dataset_id, index)
+        return tessera.curation.episode(live, index)
 
     @post(
         "/count",
@@ -381,7 +381,7 @@ class EpisodeController(Controller):
     def count(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         data: Annotated[dict[str, Any] | None, Body(description=FILTER_DOC)] = None,
     ) -> Count:
         """How many episodes match the filter (``count``) out of all (``total``); no body or
@@ -390,7 +390,7 @@ class EpisodeController(Controller):
         ``removed`` says how many that dropped (503 while the similarity graph is built)."""
         data = data or {}
         _only_keys(data, {"filter", "dedup_threshold"}, "count request")
-        return tessera.count(dataset_id, data.get("filter"), data.get("dedup_threshold"))
+        return tessera.curation.count(live, data.get("filter"), data.get("dedup_threshold"))
 
     @post(
         "/facets",
@@ -402,7 +402,7 @@ class EpisodeController(Controller):
     def facets(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         data: Annotated[dict[str, Any] | None, Body(description=FILTER_DOC)] = None,
     ) -> Facets:
         """For each category and bool field, how many episodes hold each value among those
@@ -410,7 +410,7 @@ class EpisodeController(Controller):
         to each value); ``matched`` of ``total`` match the whole filter."""
         data = data or {}
         _only_keys(data, {"filter"}, "facets request")
-        return tessera.facets(dataset_id, data.get("filter"))
+        return tessera.curation.facets(live, data.get("filter"))
 
 
 def _only_keys(data: dict[str, Any], allowed: set[str], what: str) -> None:
@@ -430,24 +430,22 @@ class SampleController(Controller):
     def create(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         data: Annotated[dict[str, Any] | None, Body(description=SAMPLE_DOC)] = None,
     ) -> Manifest:
         """Draw n episodes among those matching the filter and save the manifest. K-means
         needs embeddings (409 in metadata-only mode), not the projection."""
-        return tessera.create_sample(dataset_id, data)
+        return tessera.samples.draw(live, SampleRequest.from_dict(data))
 
     @get("/", operation_id="listSamples", summary="List samples", sync_to_thread=True)
-    def list_samples(self, tessera: TesseraDep, dataset_id: DatasetId) -> list[Manifest]:
+    def list_samples(self, tessera: TesseraDep, live: LiveDep) -> list[Manifest]:
         """Every sample manifest of the dataset, oldest first."""
-        return tessera.samples(dataset_id)
+        return tessera.samples.all(live)
 
     @get("/{sample_id:str}", operation_id="getSample", summary="One sample", sync_to_thread=True)
-    def get_sample(
-        self, tessera: TesseraDep, dataset_id: DatasetId, sample_id: SampleId
-    ) -> Manifest:
+    def get_sample(self, tessera: TesseraDep, live: LiveDep, sample_id: SampleId) -> Manifest:
         """The sample's manifest: request, seed, dataset hash, episode ids and stats."""
-        return tessera.sample(dataset_id, sample_id)
+        return tessera.samples.get(live, sample_id)
 
     @get(
         "/{sample_id:str}/export",
@@ -459,7 +457,7 @@ class SampleController(Controller):
     def export(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         sample_id: SampleId,
         format: ExportFormat = "txt",
         by: ExportBy = None,
@@ -469,7 +467,7 @@ class SampleController(Controller):
         """The sample as a file download: txt, csv, json (the manifest), lerobot (episode
         indices for LeRobot) or weights (mixture weights by field ``by``, exponent ``tau``);
         with ``complement``, the dataset's episodes not in the sample."""
-        content, media_type, filename = tessera.export(
-            dataset_id, sample_id, format, by=by, tau=tau, complement=complement
+        content, media_type, filename = tessera.samples.export(
+            live, sample_id, format, by=by, tau=tau, complement=complement
         )
         return download(content, media_type, filename)

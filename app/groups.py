@@ -9,11 +9,11 @@ from litestar import Controller, get, post
 from litestar.params import Body
 
 from tessera_gpu.core import TaskStatus
-from tessera_gpu.core.tessera import CLUSTERS, DEFAULT_CLUSTERS
+from tessera_gpu.core.curation import DEFAULT_CLUSTERS
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.summary import Summary
 
-from .maps import DatasetId, TesseraDep
+from .params import LiveDep, TesseraDep
 
 __all__ = ["GroupController"]
 
@@ -40,20 +40,20 @@ class GroupController(Controller):
     def summary(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         data: Annotated[dict[str, Any], Body(description=SUMMARY_DOC)],
     ) -> Summary:
         """Per group: count, success rate (with a bool ``success`` field), episode-length
         mean and quartiles (with an ``episode_length`` field), and the top values of every
         other category field; largest group first."""
-        return tessera.group_summary(dataset_id, data)
+        return tessera.curation.summary(live, data)
 
     @post("/clusters", operation_id="startClusters", summary="Cluster the embeddings",
           status_code=202, sync_to_thread=True)  # fmt: skip
     def start(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         data: Annotated[dict[str, Any] | None, Body(description=CLUSTERS_DOC)] = None,
     ) -> TaskStatus:
         """K-means over the embeddings (cached by content, k and seed); when done, every
@@ -63,11 +63,10 @@ class GroupController(Controller):
             request = msgspec.convert(data or {}, ClustersRequest)
         except msgspec.ValidationError as exc:
             raise InvalidRequest(f"clusters request: {exc}") from None
-        return tessera.clusters(dataset_id, request.k, request.seed)
+        return tessera.curation.clusters(live, request.k, request.seed)
 
     @get("/clusters", operation_id="getClusters", summary="Clusters job status",
          sync_to_thread=True)  # fmt: skip
-    def status(self, tessera: TesseraDep, dataset_id: DatasetId) -> TaskStatus:
+    def status(self, tessera: TesseraDep, live: LiveDep) -> TaskStatus:
         """The K-means job behind the ``cluster`` field: absent, queued, running, done, failed."""
-        tessera.get(dataset_id)
-        return tessera.tasks.status(dataset_id, CLUSTERS)
+        return tessera.curation.clusters_status(live)

@@ -42,6 +42,7 @@ from .groups import GroupController
 from .maps import MapController, PreviewController
 from .openapi_docs import document_errors
 from .page import PAGE_HANDLERS
+from .params import provide_live
 from .selections import SelectionController
 from .similarity import SimilarityController
 
@@ -81,7 +82,7 @@ def create_app(
         await anyio.to_thread.run_sync(functools.partial(tessera.open, paths, join=join))
 
     async def stop() -> None:
-        datasets = len(tessera.all())
+        datasets = len(tessera.registry.all())
         await anyio.to_thread.run_sync(tessera.close)
         log.info("shutdown", extra={"fields": {"datasets": datasets}})
 
@@ -100,7 +101,10 @@ def create_app(
             login,
             *route_handlers,
         ],
-        dependencies={"tessera": Provide(provide_tessera, sync_to_thread=False)},
+        dependencies={
+            "tessera": Provide(provide_tessera, sync_to_thread=False),
+            "live": Provide(provide_live, sync_to_thread=False),
+        },
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[access_log_middleware, auth_middleware_factory(settings)],
         on_startup=[start],

@@ -11,23 +11,23 @@ from typing import Annotated, Any
 
 import numpy as np
 from litestar import Controller, Request, Response, get
-from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 
-from tessera_gpu.core import Tessera
-from tessera_gpu.core.tessera import check_episode
+from tessera_gpu.core.registry import Live, check_episode
 from tessera_gpu.errors import InvalidRequest, NotFound
+from tessera_gpu.filters import parse_filter_param
 from tessera_gpu.io.dataset import Dataset
 from tessera_gpu.render.colors import Legend, legend
 from tessera_gpu.render.maps import (
     EpisodePoint,
     Points,
     episode_point,
-    parse_filter_param,
     points_payload,
 )
 from tessera_gpu.render.previews import check_preview
 from tessera_gpu.render.tiles import render_tile
+
+from .params import ColorByParam, DatasetId, EpisodeIndex, FilterParam, LiveDep, TesseraDep
 
 __all__ = ["MAX_POINTS", "MapController", "PreviewController"]
 
@@ -39,30 +39,6 @@ PREVIEW_HEADERS = {
     # A dataset id is its file's content hash, so a preview URL's bytes never change.
     "Cache-Control": "public, max-age=31536000, immutable",
 }
-TesseraDep = NamedDependency[Tessera]
-
-DatasetId = Annotated[
-    str,
-    PathParameter(description="The dataset's id (from its files' content hash).", max_length=64),
-]
-EpisodeIndex = Annotated[int, PathParameter(ge=0, description="Row of the episode, from 0.")]
-FilterParam = Annotated[
-    str | None,
-    QueryParameter(
-        name="filter",
-        description='URL-encoded JSON list of conditions, e.g. [{"field":"task","op":"eq",'
-        '"value":"pick"}]; the same filters as POST .../count, including map "within".',
-        max_length=200_000,
-    ),
-]
-ColorByParam = Annotated[
-    str | None,
-    QueryParameter(
-        description="density (default), a category or bool field (one glasbey colour per "
-        "value), or a number field (its mean per pixel on viridis, from its blue up).",
-        max_length=256,
-    ),
-]
 
 
 class MapController(Controller):
@@ -76,7 +52,7 @@ class MapController(Controller):
     def tile(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         z: Annotated[int, PathParameter(description="Zoom level, 0 (whole map) to 12.")],
         x: Annotated[int, PathParameter(description="Column, 0 to 2**z - 1, from the left.")],
         tile: Annotated[
@@ -95,7 +71,7 @@ class MapController(Controller):
         pyramid is a square around the projection (``GET .../map`` gives its numbers).
         400 for a tile outside the pyramid; 503 while the projection runs."""
         y = _tile_row(tile)
-        pm = tessera.map(dataset_id)
+        pm = tessera.projections.map(live)
         pm.tiles.pyramid.check(z, x, y)
         spec = pm.color_by(color_by)
         key, mask = pm.mask(parse_filter_param(filter_))
@@ -111,13 +87,13 @@ class MapController(Controller):
     def map_legend(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         color_by: ColorByParam = None,
         filter_: FilterParam = None,
     ) -> Legend:
         """The colours the tiles use: per value with its count under the filter (category),
         or the colormap and span (number, density)."""
-        pm = tessera.map(dataset_id)
+        pm = tessera.projections.map(live)
         _, mask = pm.mask(parse_filter_param(filter_))
         return legend(pm.color_by(color_by), mask)
 
@@ -126,6 +102,7 @@ class MapController(Controller):
     def nearest(
         self,
         tessera: TesseraDep,
+        live: LiveDep,
         dataset_id: DatasetId,
         x: Annotated[float, QueryParameter(description="Map x, in data units.")],
         y: Annotated[float, QueryParameter(description="Map y, in data units.")],
@@ -142,7 +119,7 @@ class MapController(Controller):
         episode is within ``radius``."""
         if not (np.isfinite(x) and np.isfinite(y)):
             raise InvalidRequest("x and y must be finite numbers")
-        pm = tessera.map(dataset_id)
+        pm = tessera.projections.map(live)
         key, mask = pm.mask(parse_filter_param(filter_))
         row = pm.nearest.nearest(x, y, radius=radius, mask=mask, key=key)
         if row is None:
@@ -154,7 +131,7 @@ class MapController(Controller):
     def points(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         fields: Annotated[
             str | None,
             QueryParameter(
@@ -176,11 +153,11 @@ class MapController(Controller):
         with a filter, those of them it matches: the page's sample markers follow its
         filter), with the chosen fields. Over ``limit``, an evenly spaced subset is returned
         and ``truncated`` is true; ``count`` is always the full number."""
-        pm = tessera.map(dataset_id)
+        pm = tessera.projections.map(live)
         names = _field_names(pm.dataset, fields)
         _, mask = pm.mask(parse_filter_param(filter_))
         if sample_id is not None:
-            ids = tessera.sample(dataset_id, sample_id).episode_ids
+            ids = tessera.samples.get(live, sample_id).episode_ids
             rows = _rows_of(pm.dataset, ids)
             rows = rows if mask is None else rows[mask[rows]]
         else:
@@ -222,29 +199,25 @@ class PreviewController(Controller):
     @get("/thumbnail", operation_id="getThumbnail", summary="Episode thumbnail",
          sync_to_thread=True, media_type="image/jpeg")  # fmt: skip
     def thumbnail(
-        self, request: Request[Any, Any, Any], tessera: TesseraDep, dataset_id: DatasetId,
-        index: EpisodeIndex,
+        self, request: Request[Any, Any, Any], live: LiveDep, index: EpisodeIndex,
     ) -> Response[bytes]:  # fmt: skip
         """The stored thumbnail. Its type comes from its magic bytes (JPEG, GIF, PNG, WebP);
         anything else is 415. 404 when the episode has none."""
-        return _preview(request, tessera, dataset_id, index, "thumbnail")
+        return _preview(request, live, index, "thumbnail")
 
     @get("/gif", operation_id="getGif", summary="Episode GIF", sync_to_thread=True,
          media_type="image/gif")  # fmt: skip
     def gif(
-        self, request: Request[Any, Any, Any], tessera: TesseraDep, dataset_id: DatasetId,
-        index: EpisodeIndex,
+        self, request: Request[Any, Any, Any], live: LiveDep, index: EpisodeIndex,
     ) -> Response[bytes]:  # fmt: skip
         """The stored animated GIF, checked like the thumbnail. 404 when there is none."""
-        return _preview(request, tessera, dataset_id, index, "gif")
+        return _preview(request, live, index, "gif")
 
 
-def _preview(
-    request: Request[Any, Any, Any], tessera: Tessera, dataset_id: str, index: int, kind: str
-) -> Response[bytes]:
-    dataset = tessera.get(dataset_id).dataset
+def _preview(request: Request[Any, Any, Any], live: Live, index: int, kind: str) -> Response[bytes]:
+    dataset = live.dataset
     check_episode(dataset, index)
-    etag = f'"{dataset_id}-{index}-{kind}"'
+    etag = f'"{live.id}-{index}-{kind}"'
     headers = {**PREVIEW_HEADERS, "ETag": etag}
     if request.headers.get("if-none-match") == etag:  # only ever sent for bytes we served
         return Response(b"", status_code=304, headers=headers)

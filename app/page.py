@@ -40,10 +40,10 @@ from litestar.static_files import create_static_files_router
 
 from tessera_gpu import __version__
 from tessera_gpu.errors import InvalidRequest
-from tessera_gpu.render.maps import parse_filter_param
+from tessera_gpu.filters import parse_filter_param
 from tessera_gpu.render.tiles import Pyramid, PyramidSpec
 
-from .maps import ColorByParam, DatasetId, FilterParam, TesseraDep
+from .params import ColorByParam, DatasetId, FilterParam, LiveDep, TesseraDep
 
 __all__ = ["PAGE_HANDLERS", "PageController", "map_document"]
 
@@ -84,7 +84,7 @@ class PageController(Controller):
     def map_doc(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         color_by: ColorByParam = None,
         filter_: FilterParam = None,
         view: Annotated[
@@ -95,11 +95,11 @@ class PageController(Controller):
         its tile pyramid, and ``tile_token``, the ``v`` that tile URLs carry so a browser
         never shows a cached tile of an older projection. 503 until the projection is done,
         409 in metadata-only mode."""
-        pm = tessera.map(dataset_id)
+        pm = tessera.projections.map(live)
         pm.color_by(color_by)  # a bad colour or filter is a 400 now, not 256 broken tiles
         pm.mask(parse_filter_param(filter_))
         query = {k: v for k, v in (("color_by", color_by), ("filter", filter_)) if v}
-        url = f"/api/datasets/{dataset_id}/tiles/{{Z}}/{{X}}/{{Y}}.png?" + urlencode(
+        url = f"/api/datasets/{live.id}/tiles/{{Z}}/{{X}}/{{Y}}.png?" + urlencode(
             {**query, "v": pm.token}
         )
         pyramid = pm.tiles.pyramid

@@ -10,7 +10,7 @@ from litestar.params import Body, PathParameter, QueryParameter
 
 from tessera_gpu.selections import MAX_NAME, Selection
 
-from .maps import DatasetId, TesseraDep
+from .params import LiveDep, TesseraDep
 
 __all__ = [
     "ExportBy",
@@ -74,41 +74,37 @@ class SelectionController(Controller):
     def create(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         data: Annotated[dict[str, Any], Body(description=SELECTION_DOC)],
     ) -> Selection:
         """Keep a set of episodes under a name (1 to 100 characters, no '/'); its ids are
         stored, not its filter. 409 when the name is taken; 400 naming unknown selections in
         an operation, or for a difference of fewer than two."""
-        return tessera.create_selection(dataset_id, data)
+        return tessera.curation.create_selection(live, data)
 
     @get("/", operation_id="listSelections", summary="List selections", sync_to_thread=True)
-    def list_selections(self, tessera: TesseraDep, dataset_id: DatasetId) -> list[Selection]:
+    def list_selections(self, tessera: TesseraDep, live: LiveDep) -> list[Selection]:
         """Every selection of the dataset, oldest first, with its size and provenance."""
-        return tessera.selections(dataset_id)
+        return tessera.curation.selections(live)
 
     @get("/{name:str}", operation_id="getSelection", summary="One selection",
          sync_to_thread=True)  # fmt: skip
-    def get_selection(
-        self, tessera: TesseraDep, dataset_id: DatasetId, name: SelectionName
-    ) -> Selection:
+    def get_selection(self, tessera: TesseraDep, live: LiveDep, name: SelectionName) -> Selection:
         """The selection's size, creation time and provenance."""
-        return tessera.selection(dataset_id, name)
+        return tessera.curation.selection(live, name)
 
     @delete("/{name:str}", operation_id="deleteSelection", summary="Delete a selection",
             sync_to_thread=True)  # fmt: skip
-    def delete_selection(
-        self, tessera: TesseraDep, dataset_id: DatasetId, name: SelectionName
-    ) -> None:
+    def delete_selection(self, tessera: TesseraDep, live: LiveDep, name: SelectionName) -> None:
         """Forget the selection (filters that name it then answer 400)."""
-        tessera.delete_selection(dataset_id, name)
+        tessera.curation.delete_selection(live, name)
 
     @get("/{name:str}/export", operation_id="exportSelection", summary="Download a selection",
          sync_to_thread=True, media_type="text/plain")  # fmt: skip
     def export(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         name: SelectionName,
         format: ExportFormat = "txt",
         by: ExportBy = None,
@@ -118,7 +114,7 @@ class SelectionController(Controller):
         """The selection as a file download: txt, csv, json, lerobot or weights; with
         ``complement``, the dataset's other episodes (409 when a LeRobot list would be
         empty)."""
-        content, media_type, filename = tessera.export_selection(
-            tessera.get(dataset_id), name, format, by=by, tau=tau, complement=complement
+        content, media_type, filename = tessera.curation.export_selection(
+            live, name, format, by=by, tau=tau, complement=complement
         )
         return download(content, media_type, filename)

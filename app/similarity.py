@@ -14,11 +14,11 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body, QueryParameter
 
 from tessera_gpu.core import TaskStatus
-from tessera_gpu.core.tessera import SIMILARITY, DuplicateGroups, SimilarEpisodes
-from tessera_gpu.render.maps import parse_filter_param
+from tessera_gpu.core.similar import DuplicateGroups, SimilarEpisodes
+from tessera_gpu.filters import parse_filter_param
 from tessera_gpu.similarity import MAX_SIMILAR
 
-from .maps import DatasetId, EpisodeIndex, FilterParam, TesseraDep
+from .params import EpisodeIndex, FilterParam, LiveDep, TesseraDep
 
 __all__ = ["SimilarityController"]
 
@@ -42,12 +42,11 @@ class SimilarityController(Controller):
 
     @get("/similarity", operation_id="getSimilarity", summary="Similarity graph status",
          sync_to_thread=True)  # fmt: skip
-    def status(self, tessera: TesseraDep, dataset_id: DatasetId) -> TaskStatus:
+    def status(self, tessera: TesseraDep, live: LiveDep) -> TaskStatus:
         """The job that builds the dataset's cosine kNN graph (and its ``uniqueness`` and
         ``duplicate_group`` fields): absent, queued, running, done or failed. 409 in
         metadata-only mode."""
-        tessera.similarity(dataset_id)  # starts the job if there is none
-        return tessera.tasks.status(dataset_id, SIMILARITY)
+        return tessera.graphs.status(live)
 
     @get("/episodes/{index:int}/similar", operation_id="getSimilarEpisodes",
          summary="Episodes similar to one", sync_to_thread=True,
@@ -55,7 +54,7 @@ class SimilarityController(Controller):
     def similar(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         index: EpisodeIndex,
         k: Annotated[
             int,
@@ -68,14 +67,14 @@ class SimilarityController(Controller):
         status while the graph is being built; 404 for an episode out of range; 409 in
         metadata-only mode."""
         raw = parse_filter_param(filter_)
-        return _answer(tessera.similar(dataset_id, index, k, raw))
+        return _answer(tessera.similar.similar(live, index, k, raw))
 
     @post("/duplicates", operation_id="findDuplicates", summary="Near-duplicate groups",
           sync_to_thread=True, status_code=200, responses=PENDING)  # fmt: skip
     def duplicates(
         self,
         tessera: TesseraDep,
-        dataset_id: DatasetId,
+        live: LiveDep,
         data: Annotated[dict[str, Any] | None, Body(description=DUPLICATES_DOC)] = None,
     ) -> Response[DuplicateGroups]:
         """Groups of episodes within ``threshold`` cosine distance of each other (connected
@@ -83,4 +82,4 @@ class SimilarityController(Controller):
         keeper (the member nearest the group's mean) first and the others in index order.
         ``removed`` is how many episodes keeping one per group drops. 202 while the graph is
         being built; 400 for a threshold outside (0, 1]; 409 in metadata-only mode."""
-        return _answer(tessera.duplicates(dataset_id, data))
+        return _answer(tessera.similar.duplicates(live, data))

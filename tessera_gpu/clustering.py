@@ -84,7 +84,7 @@ def kmeans(
     )
 
 
-def _greedy_pick(
+def greedy_pick(
     cand: np.ndarray, dist: np.ndarray, todo: np.ndarray, taken: set[int], picked: np.ndarray
 ) -> np.ndarray:
     """Give centroid ``todo[i]`` its nearest untaken row among ``cand[i]``, nearest centroids
@@ -125,7 +125,7 @@ def diversity_sample(
     count = min(CANDIDATES, len(subset))
     while len(todo):  # ends: with count = all rows, every centroid finds a free one
         cand, dist = backend.nearest_rows(x, result.centroids[todo], count, rows=sub)
-        todo = _greedy_pick(np.asarray(cand), np.asarray(dist), todo, taken, picked)
+        todo = greedy_pick(np.asarray(cand), np.asarray(dist), todo, taken, picked)
         count = min(count * 4, len(subset))
     return picked
 

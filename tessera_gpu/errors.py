@@ -31,6 +31,7 @@ __all__ = [
     "Unavailable",
     "UnsupportedMediaType",
     "error_body",
+    "needs_embeddings",
 ]
 
 
@@ -107,3 +108,10 @@ class Unavailable(TesseraError):
 class InsufficientStorage(TesseraError):
     status = 507
     code = "insufficient_storage"
+
+
+def needs_embeddings(dim: int | None, message: str) -> None:
+    """The one guard for work a metadata-only dataset (``dim`` None) cannot do: 409
+    ``metadata_only`` with ``message`` (what needs them)."""
+    if dim is None:
+        raise Conflict(message, code="metadata_only")

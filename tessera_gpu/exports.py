@@ -200,8 +200,8 @@ def _unique_sorted(indices: list[int], name: str | None) -> list[int]:
 def _episode_indices(dataset: Dataset, rows: np.ndarray, ids: Sequence[str]) -> np.ndarray:
     field = dataset.fields.get("episode_index")
     if field is not None and field.kind == "int":
-        lacking: np.ndarray = (
-            np.flatnonzero(field.missing[rows]) if field.missing is not None else np.empty(0, int)
+        lacking = (
+            np.zeros(0, np.int64) if field.missing is None else np.flatnonzero(field.missing[rows])
         )
         if len(lacking):
             row = int(rows[lacking[0]])

@@ -33,6 +33,7 @@ What the pseudo-fields refer to (the map, the selections, the similarity graph) 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ __all__ = [
     "EPISODE_ID_FIELD",
     "MAP_FIELD",
     "MAX_CONDITIONS",
+    "MAX_FILTER_CHARS",
     "MAX_IN_VALUES",
     "MAX_POLYGON_POINTS",
     "OPS",
@@ -58,6 +60,7 @@ __all__ = [
     "filter_mask",
     "filter_rows",
     "parse_filter",
+    "parse_filter_param",
     "parse_where",
     "points_in_polygon",
 ]
@@ -430,3 +433,18 @@ def _where_scalar(raw: str, text: str) -> Any:
     if not raw or any(c in raw for c in "\"'"):
         raise InvalidRequest(f"cannot parse --where {text!r}: {_WHERE_FORMS}")
     return raw
+
+
+MAX_FILTER_CHARS = 200_000
+
+
+def parse_filter_param(raw: str | None) -> Any:
+    """The ``filter`` query parameter: URL-decoded JSON (a list of conditions) or absent."""
+    if raw in (None, ""):
+        return None
+    if len(raw) > MAX_FILTER_CHARS:
+        raise InvalidRequest(f"filter is too long: {len(raw):,} characters > {MAX_FILTER_CHARS:,}")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"filter must be JSON (a list of conditions): {exc}") from None

@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 
 from tessera_gpu.backends import Backend
-from tessera_gpu.errors import Conflict, InvalidRequest
+from tessera_gpu.errors import Conflict, InvalidRequest, needs_embeddings
 from tessera_gpu.exports import export_ids
 from tessera_gpu.filters import DUPLICATES_FIELD, FilterContext, filter_mask, parse_filter
 from tessera_gpu.io.dataset import Dataset, Field
@@ -150,8 +150,10 @@ def draw_sample(
     K-means picks elsewhere -- on a Dask cluster, where the embeddings are -- and then the
     sample reports no coverage (measuring it would bring vectors back).
     """
-    if request.method == "kmeans" and dataset.dim is None:
-        raise Conflict("K-means sampling needs embeddings: this dataset is metadata-only")
+    if request.method == "kmeans":
+        needs_embeddings(
+            dataset.dim, "K-means sampling needs embeddings: this dataset is metadata-only"
+        )
     strata = strata_of(dataset, request.stratify_by)
     stats: dict[str, Any] = {}
     mask = filter_mask(dataset, parse_filter(list(request.filter), dataset, context=context),

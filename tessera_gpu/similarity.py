@@ -43,6 +43,7 @@ from tessera_gpu.backends.cpu_cosine import (
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.io.artifacts import ArtifactStore
 from tessera_gpu.io.dataset import Field
+from tessera_gpu.progress import Progress
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -287,8 +288,6 @@ def check_threshold(threshold: Any, name: str = "threshold") -> float:
 
 
 # ---- building, caching, fields ----------------------------------------------------------------
-
-Progress = Callable[[str, float], None]
 
 
 def build_index(

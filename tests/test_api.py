@@ -425,8 +425,8 @@ async def test_delete_releases_the_datasets_memory(client: Client, allowed: Path
     assert (await client.get(f"{url}/tiles/0/0/0.png")).status_code == 200  # builds the maps
     assert (await client.get(f"{url}/points/nearest?x=0&y=0")).status_code == 200
     core = client.app.state.tessera
-    dataset = weakref.ref(core.get(dataset_id).dataset)
-    maps = weakref.ref(core.map(dataset_id))
+    dataset = weakref.ref(core.registry.get(dataset_id).dataset)
+    maps = weakref.ref(core.projections.map(core.registry.get(dataset_id)))
     assert core.holds(dataset_id)
     assert core.maps.holds(dataset_id)
     assert (await client.delete(url)).status_code == 204

@@ -79,7 +79,7 @@ async def test_map_selection_sample_records_its_projection(client: Client, allow
     assert manifest["n"] == 10
     assert manifest["matched"] > 10
     info = client.app.state.tessera.jobs.info(dataset_id)
-    dataset = client.app.state.tessera.get(dataset_id).dataset
+    dataset = client.app.state.tessera.registry.get(dataset_id).dataset
     assert manifest["projection"] == {
         "embeddings_hash": dataset.embeddings_hash,
         "algorithm": "umap",
@@ -134,7 +134,7 @@ async def test_sample_errors(client: Client, allowed: Path, metadata_only_file: 
     meta_id = await add(client, allowed / "meta.h5")
     r = await client.post(f"/api/datasets/{meta_id}/samples", json={"method": "kmeans", "n": 5})
     message = "K-means sampling needs embeddings: this dataset is metadata-only"
-    assert r.json() == error(message, "conflict", 409)
+    assert r.json() == error(message, "metadata_only", 409)
 
 
 async def test_kmeans_sample_does_not_need_the_projection(client: Client, allowed: Path) -> None:
@@ -200,7 +200,7 @@ async def test_metadata_only_has_no_projection(
     }
     r = await client.post(f"/api/datasets/{dataset_id}/projection")
     message = "This dataset is metadata-only: there are no embeddings to project"
-    assert r.json() == error(message, "conflict", 409)
+    assert r.json() == error(message, "metadata_only", 409)
 
 
 async def test_restart_brings_everything_back(

@@ -15,7 +15,7 @@ from tessera_app.uploads import receive_upload
 
 from tessera_gpu.core import Catalog, DataDir, DatasetEntry
 from tessera_gpu.core.catalog import SCHEMA_VERSION
-from tessera_gpu.core.tessera import _stem
+from tessera_gpu.core.registry import _stem
 from tessera_gpu.errors import InvalidRequest, NotFound, PayloadTooLarge
 from tessera_gpu.io.files import write_atomic
 

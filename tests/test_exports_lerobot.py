@@ -162,7 +162,9 @@ def test_the_cli_exports_the_complement(tmp_path: Path) -> None:
     with Tessera(Settings(device="cpu", data_dir=data)) as core:  # as the server keeps it
         core.open()
         live = core.register_path(path, check_allowed=False)
-        core.create_selection(live.id, {"name": "keep", "episode_ids": ["ep_000001", "ep_000007"]})
+        core.curation.create_selection(
+            live, {"name": "keep", "episode_ids": ["ep_000001", "ep_000007"]}
+        )
     out = tmp_path / "drop.json"
     result = CliRunner(env={"TESSERA_DATA_DIR": str(data)}).invoke(
         cli,

@@ -462,7 +462,7 @@ def test_cudf_tiles_only_on_a_gpu_backend(monkeypatch: pytest.MonkeyPatch) -> No
 
     from tessera_gpu.render import tiles
     from tessera_gpu.render.colors import ColorBy
-    from tessera_gpu.render.maps import MapCache
+    from tessera_gpu.render.mapcache import MapCache
 
     frames: list[int] = []
 

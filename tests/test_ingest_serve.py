@@ -60,14 +60,14 @@ def test_a_changed_source_is_ingested_again(
     data = tmp_path / "data"
     with Tessera(Settings(device="cpu", data_dir=data)) as core:
         core.open([root])
-        first = {e.entry.path for e in core.all()}
+        first = {e.entry.path for e in core.registry.all()}
     episodes = root / "meta" / "episodes.jsonl"
     lines = episodes.read_text().splitlines()
     lines[0] = lines[0].replace('"tasks": ["', '"tasks": ["Renamed: ')
     episodes.write_text("\n".join(lines) + "\n")
     with Tessera(Settings(device="cpu", data_dir=data)) as core:
         core.open([root])
-        paths = {e.entry.path for e in core.all()}
+        paths = {e.entry.path for e in core.registry.all()}
     assert len(list((data / "ingested").glob("*/*.h5"))) == 2
     assert first < paths
 
@@ -77,7 +77,7 @@ def test_two_roots_joined_keep_their_episode_ids_apart(
 ) -> None:
     app, _ = serve(monkeypatch, v30_root, v21_root, "--join", "sim", "--data-dir", tmp_path / "d")
     with TestClient(app):  # the app registers its files when it starts
-        [live] = app.state.tessera.all()
+        [live] = app.state.tessera.registry.all()
         assert live.dataset.n_episodes == 32
         ids = live.dataset.episode_ids.tolist()
     assert ids[0] == "pusht_sim/ep_000000"

@@ -32,7 +32,7 @@ async def test_a_full_projection_queue_is_a_503_with_retry_after(
     assert r.status_code == 503
     assert r.headers["retry-after"] == "30"
     assert r.json()["code"] == "queue_full"
-    after = client.app.state.tessera.get(dataset_id).entry.projection
+    after = client.app.state.tessera.registry.get(dataset_id).entry.projection
     assert after == {}
     assert before["status"] in ("queued", "running", "done")
 

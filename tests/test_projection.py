@@ -12,10 +12,16 @@ from sklearn.manifold import trustworthiness
 
 from tessera_gpu.backends import Backend, get_backend
 from tessera_gpu.errors import InvalidRequest
-from tessera_gpu.projection.cache import ALGORITHM_VERSION, ProjectionCache, backend_tag
+from tessera_gpu.projection.cache import (
+    ALGORITHM_VERSION,
+    ProjectionCache,
+    backend_tag,
+    project_cached,
+)
 from tessera_gpu.projection.graph import ab_params, fuzzy_graph
 from tessera_gpu.projection.layout import optimize_layout
-from tessera_gpu.projection.project import Projection, ProjectionParams, project, project_cached
+from tessera_gpu.projection.params import Projection, ProjectionParams
+from tessera_gpu.projection.project import project
 
 from .backend_params import BACKEND_PARAMS, backend_for, clustered
 
@@ -271,6 +277,46 @@ def test_project_command_writes_the_map_and_uses_the_cache(tmp_path: Path) -> No
     assert coords.shape == (300, 2)
     assert coords.dtype == np.float32
     np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), coords)
+
+
+def test_a_cached_project_reads_no_embeddings_of_an_unchanged_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second `tessera project` of an unchanged file finds its map by the file's path, size
+    and mtime: it neither hashes nor loads the file (on main it did both, 10-21 s at 200k x
+    2,048). A file that changed is read again."""
+    import os
+
+    from click.testing import CliRunner
+
+    from tessera_gpu.cli.main import cli
+    from tessera_gpu.core import registry
+    from tessera_gpu.io.writer import write_dataset
+
+    x = clustered(300, 16, seed=13)[0]
+    data = write_dataset(tmp_path / "d.h5", embeddings=x, episode_ids=[f"e{i}" for i in range(300)])
+    args = ["project", str(data), "--device", "cpu", "--cache-dir", str(tmp_path / "c")]
+    first = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "a.npy")])
+    assert "cache stored" in first.output
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("the file was read")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(registry, "load_dataset", refuse)
+        patch.setattr(registry, "file_sha256", refuse)
+        second = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "b.npy")])
+    assert second.exit_code == 0, second.output
+    assert "projected 300 episodes" in second.output
+    assert "cache hit" in second.output
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), np.load(tmp_path / "a.npy"))
+    st = data.stat()
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: read it again
+    with monkeypatch.context() as patch:
+        patch.setattr(registry, "load_dataset", refuse)
+        third = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "c.npy")])
+    assert third.exit_code == 1
+    assert "the file was read" in str(third.exception)
 
 
 def test_project_command_refuses_metadata_only_files(tmp_path: Path) -> None:

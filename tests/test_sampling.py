@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +337,41 @@ def test_cli_sample_matches_draw_sample(ds: Dataset, episode_file: Path, method:
     assert result.stdout.splitlines() == draw_sample(ds, request).episode_ids
     matched = len(matching(ds, raw))
     summary = f"sampled 25 of {matched} matching episodes ({method}, seed 5) -> stdout\n"
-    assert result.stderr == summary
+    assert result.stderr.startswith(summary)
+    assert re.fullmatch(
+        rf"kept as sample (\w+): tessera export {episode_file} --sample \1\n",
+        result.stderr[len(summary) :],
+    )
+
+
+def test_a_cli_sample_is_kept_and_exported_by_id(episode_file: Path, tmp_path: Path) -> None:
+    """``tessera sample`` keeps its sample in the data directory's catalog, as the HTTP API
+    does: ``tessera export FILE --sample ID`` writes the same episodes again, in any format
+    (on main: "Sample not found")."""
+    from tessera_gpu.cli.main import cli
+
+    out = tmp_path / "picked.txt"
+    result = run_cli(str(episode_file), "--method", "random", "-n", "12", "--seed", "3",
+                     "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    found = re.search(r"kept as sample (\w+):", result.stderr)
+    assert found is not None, result.stderr
+    sample_id = found.group(1)
+    again = CliRunner().invoke(cli, ["export", str(episode_file), "--sample", sample_id])
+    assert again.exit_code == 0, again.output
+    assert again.stdout == out.read_text()
+    assert len(again.stdout.split()) == 12
+    manifest = CliRunner().invoke(
+        cli, ["export", str(episode_file), "--sample", sample_id, "--format", "json"]
+    )
+    assert json.loads(manifest.stdout)["sample_id"] == sample_id
+    other = run_cli(str(episode_file), "--method", "random", "-n", "5", "--seed", "4")
+    assert other.exit_code == 0, other.output
+    second = re.search(r"kept as sample (\w+):", other.stderr)
+    assert second is not None
+    assert second.group(1) != sample_id  # both kept, each its own id
+    again = CliRunner().invoke(cli, ["export", str(episode_file), "--sample", sample_id])
+    assert again.stdout == out.read_text()
 
 
 def test_cli_writes_the_manifest_atomically(episode_file: Path, tmp_path: Path) -> None:
@@ -350,7 +385,7 @@ def test_cli_writes_the_manifest_atomically(episode_file: Path, tmp_path: Path) 
     assert m["dataset_name"] == "episodes"
     assert m["dataset_id"] == digest[:16]
     assert m["dataset_hash"] == digest
-    assert result.stderr.endswith(f"-> {out}\n")
+    assert result.stderr.splitlines()[0].endswith(f"-> {out}")
     assert result.stdout == ""
     assert [p.name for p in tmp_path.iterdir()] == ["sample.json"]
 

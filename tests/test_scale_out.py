@@ -224,7 +224,7 @@ def test_serve_and_project_join_files(
     settings = Settings(device="cpu", data_dir=tmp_path / "serve-data")
     with Tessera(settings) as core:
         core.open([pair[0], pair[1]], join="both")
-        (live,) = core.all()
+        (live,) = core.registry.all()
         assert (live.id, live.dataset.name) == (joined_id(*pair), "both")
 
     result = CliRunner().invoke(cli, ["serve", "--join", "x"])
@@ -381,7 +381,7 @@ def test_a_map_on_its_way_on_the_cluster_is_not_ready_rather_than_metadata_only(
     runs, a tile is 503 ``projection_not_ready``, not 409 ``metadata_only``."""
     from tessera_gpu.errors import Unavailable
     from tessera_gpu.io.dataset import load_dataset
-    from tessera_gpu.render.maps import MapCache
+    from tessera_gpu.render.mapcache import MapCache
 
     on_disk = load_dataset(pair[0], read_embeddings=False)
     assert (on_disk.embeddings, on_disk.mode) == (None, "full")

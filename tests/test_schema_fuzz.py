@@ -40,7 +40,7 @@ def dataset_id() -> str:
     (the app's lifespan is not run by the ASGI transport: the catalog is opened here)."""
     catalog = APP.state.tessera
     catalog.open([write_episode_file(ROOT / "fuzz.h5", n=40)])
-    (live,) = catalog.all()
+    (live,) = catalog.registry.all()
     deadline = time.monotonic() + 30  # best effort: an unfinished map is a documented 503
     while catalog.jobs.status(live.entry.id).status not in ("done", "failed"):
         if time.monotonic() > deadline:

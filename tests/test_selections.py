@@ -91,7 +91,7 @@ async def test_an_operand_deleted_meanwhile_is_a_400_naming_it(
     await make(client, dataset_id, {"name": "a", "filter": SUCCESS})
     await make(client, dataset_id, {"name": "b", "filter": PICK})
     core = client.app.state.tessera
-    core._selection_masks.clear()  # as after a restart: the ids are read from the catalog
+    core.contexts.forget(dataset_id)  # as after a restart: the ids are read from the catalog
     read = core.catalog.selection
 
     def deleted_meanwhile(dataset: str, name: str) -> Any:

@@ -14,17 +14,17 @@ from typing import Any
 import numba
 import numpy as np
 
-from tessera_gpu.backends import COARSE_ABOVE, Neighbors
 from tessera_gpu.backends.cpu_cosine import cosine_knn
 from tessera_gpu.backends.cpu_kmeans import kmeans as cpu_kmeans
 from tessera_gpu.backends.cpu_knn import (
-    _exact_distances,
-    _merge_block,
     cell_probe_knn,
+    exact_distances,
     exact_knn,
+    merge_block,
     reranked_search,
 )
 from tessera_gpu.backends.cpu_pca import fit_pca
+from tessera_gpu.backends.protocol import COARSE_ABOVE, Neighbors
 from tessera_gpu.backends.rows import as_rows, check_embeddings
 from tessera_gpu.errors import InvalidRequest
 
@@ -61,8 +61,8 @@ def nearest_rows(data: np.ndarray, points: np.ndarray, count: int) -> tuple[np.n
     for start in range(0, len(data), step):
         block = data[start : start + step]
         cols = np.arange(start, start + len(block), dtype=np.int64)
-        _merge_block(points @ block.T, every, p_norms, cols, _sq_norms(block), best_d, best_i)
-    dist = _exact_distances(data, points, best_i)
+        merge_block(points @ block.T, every, p_norms, cols, _sq_norms(block), best_d, best_i)
+    dist = exact_distances(data, points, best_i)
     order = np.lexsort((best_i, dist), axis=1)  # ties by row, as a merge of shards orders them
     return np.take_along_axis(best_i, order, 1), np.take_along_axis(dist, order, 1)
 

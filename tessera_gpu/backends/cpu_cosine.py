@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 from tessera_gpu.backends.cpu_kmeans import lloyd
-from tessera_gpu.backends.cpu_knn import _blocked_search, _ranges
+from tessera_gpu.backends.cpu_knn import blocked_search, key_ranges
 from tessera_gpu.backends.cpu_pca import Pca, fit_pca
 from tessera_gpu.projection.parallel import kernel
 
@@ -196,7 +196,7 @@ def _plan(reduced: np.ndarray, k: int, *, seed: int) -> _Plan:
     rng = np.random.default_rng(seed)
     train = reduced[np.sort(rng.choice(n, min(n, 50_000), replace=False))]
     centroids = lloyd(train, n_cells, n_iter=8, seed=seed, init="random").centroids
-    sq, probes = _blocked_search(centroids, reduced, min(MAX_PROBES, n_cells))
+    sq, probes = blocked_search(centroids, reduced, min(MAX_PROBES, n_cells))
     own = probes[:, 0]
     sizes = np.bincount(own, minlength=n_cells)
     covered = np.cumsum(sizes[probes], axis=1) - sizes[probes]  # rows in the nearer cells
@@ -215,9 +215,9 @@ def _plan(reduced: np.ndarray, k: int, *, seed: int) -> _Plan:
     by_target = np.argsort(target, kind="stable")
     return _Plan(
         order=np.argsort(own, kind="stable").astype(np.int64),
-        ptr=_ranges(own, n_cells),
+        ptr=key_ranges(own, n_cells),
         askers=rows[by_target].astype(np.int64),
-        a_ptr=_ranges(target, n_cells),
+        a_ptr=key_ranges(target, n_cells),
         whole=[np.flatnonzero(whole[c, c + 1 :]) + c + 1 for c in range(n_cells)],
     )
 
@@ -238,7 +238,7 @@ def compare_probed(
     target = probes[rows, slot].astype(np.int64)
     by_target = np.argsort(target, kind="stable")
     plan = _Plan(np.arange(ptr[-1], dtype=np.int64), np.asarray(ptr, dtype=np.int64),
-                 rows[by_target].astype(np.int64), _ranges(target, n_cells),
+                 rows[by_target].astype(np.int64), key_ranges(target, n_cells),
                  [np.zeros(0, dtype=np.int64)] * n_cells)  # fmt: skip
     inv = (np.float32(1.0) / safe_norms(norms)).astype(np.float32)
     return _scan(np.ascontiguousarray(x, dtype=np.float32), inv, plan, k)

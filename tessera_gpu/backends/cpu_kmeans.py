@@ -31,9 +31,9 @@ import numba
 import numpy as np
 import scipy.sparse
 
-from tessera_gpu.backends import KMEANS_MAX_ITER, KMEANS_TOL
 from tessera_gpu.backends.cpu_pca import fit_pca
 from tessera_gpu.backends.cpu_seeding import Cells, greedy_kmeans_pp
+from tessera_gpu.backends.protocol import KMEANS_MAX_ITER, KMEANS_TOL
 from tessera_gpu.projection.parallel import kernel
 
 __all__ = ["REDUCED", "LloydFit", "assign", "full_means", "kmeans", "lloyd", "refine", "seeds"]
@@ -246,7 +246,7 @@ def assign(data: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndar
     return state.labels, state.u
 
 
-def _update(data: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def cluster_sums(data: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster sums ``(k, d)`` and counts of the rows (a partition's share, on Dask)."""
     n = len(data)
     onehot = scipy.sparse.csr_matrix(

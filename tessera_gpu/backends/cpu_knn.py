@@ -1,6 +1,6 @@
 """k-nearest-neighbour search on the CPU: BLAS distance blocks + a parallel numba top-k.
 
-Two methods share one kernel (:func:`_merge_block`, which folds a block of squared distances
+Two methods share one kernel (:func:`merge_block`, which folds a block of squared distances
 ``|q|^2 + |c|^2 - 2 q.c`` into per-query sorted top-k lists):
 
 * :func:`exact_knn` -- every query against every row, in query blocks.
@@ -35,7 +35,7 @@ _BLOCK_BYTES = 32 * 2**20  # GEMM output per block (smaller blocks starve BLAS)
 
 
 @kernel
-def _merge_block(gram, q_rows, q_norms, c_rows, c_norms, best_d, best_i):  # pragma: no cover
+def merge_block(gram, q_rows, q_norms, c_rows, c_norms, best_d, best_i):  # pragma: no cover
     b, m = gram.shape
     k = best_d.shape[1]
     for r in numba.prange(b):
@@ -55,7 +55,7 @@ def _merge_block(gram, q_rows, q_norms, c_rows, c_norms, best_d, best_i):  # pra
 
 
 @kernel
-def _exact_distances(data, queries, best_i):  # pragma: no cover - compiled
+def exact_distances(data, queries, best_i):  # pragma: no cover - compiled
     n, k = best_i.shape
     out = np.empty((n, k), dtype=np.float32)
     for r in numba.prange(n):
@@ -85,7 +85,7 @@ def _sq_norms(a: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, a, dtype=np.float32)
 
 
-def _blocked_search(data: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def blocked_search(data: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of every query over every data row; returns (squared-ish dists, indices)."""
     best_d, best_i = _empty(len(queries), k)
     d_norms, q_norms = _sq_norms(data), _sq_norms(queries)
@@ -95,7 +95,7 @@ def _blocked_search(data: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
         stop = min(start + block, len(queries))
         gram = queries[start:stop] @ data.T
         q_rows = np.arange(start, stop, dtype=np.int64)
-        _merge_block(gram, q_rows, q_norms[start:stop], rows, d_norms, best_d, best_i)
+        merge_block(gram, q_rows, q_norms[start:stop], rows, d_norms, best_d, best_i)
     return best_d, best_i
 
 
@@ -108,17 +108,17 @@ def exact_knn(
     """
     queries = data if queries is None else queries
     k = min(k, len(data))
-    _, idx = _blocked_search(data, queries, k)
-    return _sorted_by_distance(_exact_distances(data, queries, idx), idx)
+    _, idx = blocked_search(data, queries, k)
+    return _sorted_by_distance(exact_distances(data, queries, idx), idx)
 
 
 def nearest_centroids(data: np.ndarray, centroids: np.ndarray, p: int) -> np.ndarray:
     """Indices ``(n, p)`` of each row's ``p`` nearest centroids, nearest first."""
-    _, best_i = _blocked_search(centroids, data, min(p, len(centroids)))
+    _, best_i = blocked_search(centroids, data, min(p, len(centroids)))
     return best_i
 
 
-def _ranges(sorted_keys: np.ndarray, n_groups: int) -> np.ndarray:
+def key_ranges(sorted_keys: np.ndarray, n_groups: int) -> np.ndarray:
     """``ptr`` with ``ptr[g]:ptr[g+1]`` the run of key ``g`` in ``sorted_keys``."""
     ptr = np.zeros(n_groups + 1, dtype=np.int64)
     np.cumsum(np.bincount(sorted_keys, minlength=n_groups), out=ptr[1:])
@@ -142,7 +142,7 @@ def _scan_cells(data, ptr, askers, a_ptr, best_d, best_i):  # type: ignore[no-un
         queries = data[start:stop] if askers is None else data[q_rows]
         gram = queries @ data[start:stop].T
         cols = np.arange(start, stop, dtype=np.int64)
-        _merge_block(gram, q_rows, norms[q_rows], cols, norms[start:stop], best_d, best_i)
+        merge_block(gram, q_rows, norms[q_rows], cols, norms[start:stop], best_d, best_i)
 
 
 def cell_probe_knn(
@@ -169,15 +169,15 @@ def cell_probe_knn(
     order = np.argsort(probes[:, 0], kind="stable")
     ordered = np.ascontiguousarray(data[order])
     probes = probes[order]
-    ptr = _ranges(probes[:, 0], n_cells)
+    ptr = key_ranges(probes[:, 0], n_cells)
     best_d, best_i = _empty(n, k)
     _scan_cells(ordered, ptr, None, None, best_d, best_i)
     if probes.shape[1] > 1:
         others = probes[:, 1:].ravel()
         a_order = np.argsort(others, kind="stable")
         askers = a_order // (probes.shape[1] - 1)
-        _scan_cells(ordered, ptr, askers, _ranges(others[a_order], n_cells), best_d, best_i)
-    idx, dist = _sorted_by_distance(_exact_distances(ordered, ordered, best_i), best_i)
+        _scan_cells(ordered, ptr, askers, key_ranges(others[a_order], n_cells), best_d, best_i)
+    idx, dist = _sorted_by_distance(exact_distances(ordered, ordered, best_i), best_i)
     result_i = np.empty_like(idx)
     result_d = np.empty_like(dist)
     result_i[order] = order[idx]
@@ -209,8 +209,8 @@ def reranked_search(
     if data.shape[1] <= 2 * reduce_to or work < reduce_above:
         return exact_knn(data, k, queries=queries)
     pca = fit_pca(data, reduce_to, seed=seed)
-    _, candidates = _blocked_search(pca.apply(data), pca.apply(queries), min(len(data), k + margin))
-    idx, dist = _sorted_by_distance(_exact_distances(data, queries, candidates), candidates)
+    _, candidates = blocked_search(pca.apply(data), pca.apply(queries), min(len(data), k + margin))
+    idx, dist = _sorted_by_distance(exact_distances(data, queries, candidates), candidates)
     return np.ascontiguousarray(idx[:, :k]), np.ascontiguousarray(dist[:, :k])
 
 
@@ -233,7 +233,7 @@ def probe_search(
     askers = np.flatnonzero(ok) // max(1, probes.shape[1])
     order = np.argsort(cells, kind="stable")
     cells, askers = cells[order], askers[order].astype(np.int64)
-    a_ptr = _ranges(cells, len(ptr) - 1)
+    a_ptr = key_ranges(cells, len(ptr) - 1)
     for cell in range(len(ptr) - 1):
         start, stop = int(ptr[cell]), int(ptr[cell + 1])
         q_rows = askers[a_ptr[cell] : a_ptr[cell + 1]]
@@ -241,5 +241,5 @@ def probe_search(
             continue
         gram = queries[q_rows] @ data[start:stop].T
         cols = np.arange(start, stop, dtype=np.int64)
-        _merge_block(gram, q_rows, q_norms[q_rows], cols, d_norms[start:stop], best_d, best_i)
-    return best_i, best_d  # _merge_block keeps each list sorted
+        merge_block(gram, q_rows, q_norms[q_rows], cols, d_norms[start:stop], best_d, best_i)
+    return best_i, best_d  # merge_block keeps each list sorted

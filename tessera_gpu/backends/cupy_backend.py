@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from tessera_gpu.backends import COARSE_ABOVE, Neighbors
 from tessera_gpu.backends.cupy_kmeans import lloyd
 from tessera_gpu.backends.cupy_knn import exact_search, sq_norms
+from tessera_gpu.backends.protocol import COARSE_ABOVE, Neighbors
 from tessera_gpu.backends.rows import as_rows, check_embeddings, self_first
 from tessera_gpu.errors import InvalidRequest
 

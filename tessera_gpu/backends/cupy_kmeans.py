@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from tessera_gpu.backends import KMEANS_TOL
 from tessera_gpu.backends.cupy_knn import sq_norms
+from tessera_gpu.backends.protocol import KMEANS_TOL
 from tessera_gpu.backends.seeding import MAX_TRIALS, default_trials
 
 __all__ = ["assign", "exact_inertia", "lloyd", "pca_reduce", "seed_rows", "segment_sums"]

@@ -14,7 +14,6 @@ from tessera_gpu.cli.output import write_output
 from tessera_gpu.core import Tessera
 from tessera_gpu.errors import InvalidRequest
 from tessera_gpu.exports import FORMATS
-from tessera_gpu.sampling import export_sample
 from tessera_gpu.settings import Settings
 
 __all__ = ["export"]
@@ -58,12 +57,11 @@ def export(
     if (selection is None) == (sample_id is None):
         raise InvalidRequest("give --selection NAME or --sample ID (one of them)")
     with Tessera(Settings.load()) as core:
-        live = core.load(file)
+        live = core.registry.load(file)
         if selection is not None:
-            content, _, _ = core.export_selection(live, selection, fmt, by=by, tau=tau,
-                                                  complement=complement)  # fmt: skip
+            content, _, _ = core.curation.export_selection(live, selection, fmt, by=by, tau=tau,
+                                                           complement=complement)  # fmt: skip
         else:
-            manifest = core.sample_of(live, str(sample_id))
-            content, _ = export_sample(live.dataset, manifest, fmt, by=by, tau=tau,
-                                       complement=complement)  # fmt: skip
+            content, _, _ = core.samples.export(live, str(sample_id), fmt, by=by, tau=tau,
+                                                complement=complement)  # fmt: skip
     write_output(out, content)

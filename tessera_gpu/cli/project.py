@@ -13,9 +13,11 @@ from pathlib import Path
 import click
 import numpy as np
 
+from tessera_gpu.backends import Backend
 from tessera_gpu.cli.options import device_option
 from tessera_gpu.cli.output import write_output
-from tessera_gpu.errors import Conflict
+from tessera_gpu.errors import needs_embeddings
+from tessera_gpu.projection.params import Projection
 from tessera_gpu.settings import Settings
 
 __all__ = ["project"]
@@ -78,33 +80,48 @@ def project(
     """Project the embeddings of FILES (one file, or several joined into one map; a quoted glob
     too) to 2-D with UMAP and save the (N, 2) float32 map, rows in file order."""
     from tessera_gpu.core import Tessera
-    from tessera_gpu.projection import ProjectionCache, ProjectionParams
+    from tessera_gpu.projection import ProjectionCache
 
     settings = Settings.load({"device": device, "dask": dask})
     file = files[0]
     with Tessera(settings) as core:
-        live = core.load(list(files))
-        if live.dataset.dim is None:
-            raise Conflict(f"{file.name} has no embeddings (metadata-only): nothing to project")
         cache = None if no_cache else ProjectionCache(cache_dir) if cache_dir else core.cache
         start = time.perf_counter()
+        # an unchanged file whose map is cached: found without reading (or hashing) the file
+        found = None if cache is None or len(files) > 1 else core.projections.cached(
+            file, {"seed": seed}, cache
+        )  # fmt: skip
+        if found is not None:
+            _write_map(found, len(found.coords), settings, core.backend, start, output, file)
+            return
+        live = core.registry.load(list(files))
+        needs_embeddings(
+            live.dataset.dim, f"{file.name} has no embeddings (metadata-only): nothing to project"
+        )
         with progress_bar() as bar:
             task = bar.add_task("to_device", total=1.0)
-            result = core.project_now(
+            result = core.projections.project(
                 live,
-                ProjectionParams(seed=seed),
+                {"seed": seed},
+                wait=True,
                 cache=cache,
                 progress=lambda stage, fraction: bar.update(
                     task, description=stage, completed=fraction
                 ),
             )
+    _write_map(result, live.dataset.n_episodes, settings, core.backend, start, output, file)
+
+
+def _write_map(
+    result: Projection, n: int, settings: Settings, backend: Backend, start: float,
+    output: Path | None, file: Path,
+) -> None:  # fmt: skip
     out = output or _default_output(file)
     write_output(out, _npy_bytes(result.coords))
-    backend = core.backend
     where = f"Dask at {settings.dask}" if settings.dask else backend.device
     how = result.info.get("algorithm", "umap") if settings.dask else backend.name
     click.echo(
-        f"projected {live.dataset.n_episodes:,} episodes on {where} ({how}, "
+        f"projected {n:,} episodes on {where} ({how}, "
         f"kNN {result.info.get('knn', '-')}, cache {result.info.get('cache', 'off')}) "
         f"in {time.perf_counter() - start:.1f} s -> {out}",
         err=True,

@@ -2,7 +2,9 @@
 
 The file is loaded the way the server registers it, so the manifest is the one
 ``POST /api/datasets/{id}/samples`` gives for the same request: the same ``dataset_id``, hash
-and episode ids (only ``sample_id`` and ``created_at`` differ).
+and episode ids (only ``sample_id`` and ``created_at`` differ). The sample is kept in the data
+directory's catalog, as one drawn over HTTP is: ``tessera export FILE --sample ID`` writes it
+again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tessera_gpu.core import Tessera
 from tessera_gpu.filters import parse_where
 from tessera_gpu.sampling import SampleRequest, export_sample
 from tessera_gpu.settings import Settings
+from tessera_gpu.similarity import SimilarityIndex
 
 __all__ = ["sample"]
 
@@ -81,9 +84,11 @@ def sample(
     )
     backend = get_backend(device if method == "kmeans" or dedup is not None else "cpu")
     with Tessera(Settings.load({"device": device}), backend=backend) as core:
-        live = core.load(file)
-        index = core.similarity_now(live) if dedup is not None else None
-        manifest = core.draw(live, request, similarity=index)
+        live = core.registry.load(file)
+        index = core.graphs.index(live, wait=True) if dedup is not None else None
+        assert index is None or isinstance(index, SimilarityIndex)  # built here, not a job
+        core.registry.keep(live)
+        manifest = core.samples.draw(live, request, similarity=index)
         content, _ = export_sample(live.dataset, manifest, fmt)
     write_output(out, content)
     dedup_cut = manifest.stats.dedup
@@ -92,6 +97,8 @@ def sample(
         cut = f", {dedup_cut.removed:,} near-duplicates removed first"
     click.echo(
         f"sampled {manifest.n:,} of {manifest.matched:,} matching episodes{cut} "
-        f"({method}, seed {seed}) -> {out if out is not None else 'stdout'}",
+        f"({method}, seed {seed}) -> {out if out is not None else 'stdout'}\n"
+        f"kept as sample {manifest.sample_id}: tessera export {file} --sample "
+        f"{manifest.sample_id}",
         err=True,
     )

@@ -14,10 +14,11 @@ import msgspec
 from tessera_gpu.cli.options import device_option
 from tessera_gpu.cli.output import write_output
 from tessera_gpu.core import Tessera
+from tessera_gpu.core.similar import SimilarEpisodes
 from tessera_gpu.errors import NotFound
-from tessera_gpu.filters import filter_mask, parse_filter, parse_where
+from tessera_gpu.filters import parse_where
 from tessera_gpu.settings import Settings
-from tessera_gpu.similarity import MAX_SIMILAR
+from tessera_gpu.similarity import MAX_SIMILAR, SimilarityIndex
 
 __all__ = ["similar"]
 
@@ -48,24 +49,21 @@ def similar(
     from tessera_gpu.cli.project import progress_bar
 
     with Tessera(Settings.load({"device": device})) as core:
-        live = core.load(file)
+        live = core.registry.load(file)
         row = live.dataset.index_of(episode_id)
         if row is None:
             raise NotFound(f"Episode not found: {episode_id!r} is not in {file.name}",
                            code="episode_not_found")  # fmt: skip
         with progress_bar() as bar:
             task = bar.add_task("similarity", total=1.0)
-            index = core.similarity_now(
-                live, lambda stage, fraction: bar.update(task, description=stage,
-                                                         completed=fraction),
+            index = core.graphs.index(
+                live, wait=True, progress=lambda stage, fraction: bar.update(
+                    task, description=stage, completed=fraction),
             )  # fmt: skip
-        mask = None
-        if where:
-            ds = live.dataset
-            ctx = core.context_for(live, similarity=index)  # selections, dedup
-            conditions = parse_filter([parse_where(w) for w in where], ds, context=ctx)
-            mask = filter_mask(ds, conditions, context=ctx)
-        answer = core.similar_in(live, index, row, k, mask)
+        assert isinstance(index, SimilarityIndex)  # built here, not a job
+        answer = core.similar.similar(live, row, k, [parse_where(w) for w in where],
+                                      similarity=index)  # fmt: skip
+        assert isinstance(answer, SimilarEpisodes)  # the index was given: never a job
     if fmt == "json":
         content = msgspec.json.format(msgspec.json.encode(answer), indent=2) + b"\n"
     else:

@@ -25,13 +25,8 @@ from tessera_gpu.backends import Backend
 from tessera_gpu.core.worker import QueueWorker
 from tessera_gpu.errors import Conflict, TesseraError, Unavailable
 from tessera_gpu.io.dataset import Dataset
-from tessera_gpu.projection.cache import ProjectionCache
-from tessera_gpu.projection.project import (
-    Projection,
-    ProjectionParams,
-    cached_projection,
-    project_cached,
-)
+from tessera_gpu.projection.cache import ProjectionCache, cached_projection, project_cached
+from tessera_gpu.projection.params import Projection, ProjectionParams
 
 if TYPE_CHECKING:
     from tessera_gpu.distributed import DaskEngine

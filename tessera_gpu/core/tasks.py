@@ -20,12 +20,12 @@ import msgspec
 
 from tessera_gpu.core.worker import QueueWorker
 from tessera_gpu.errors import TesseraError
+from tessera_gpu.progress import Progress
 
 __all__ = ["TaskStatus", "Tasks"]
 
 log = logging.getLogger("tessera.tasks")
 
-Progress = Callable[[str, float], None]
 Run = Callable[[Progress], Any]
 #: Called on every status change: ``(dataset_id, kind, params, status, error)``.
 TaskListener = Callable[[str, str, dict[str, Any], str, str | None], None]

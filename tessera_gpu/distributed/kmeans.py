@@ -22,7 +22,6 @@ nearest rows of each centroid (exact distances), merged, then the same greedy pi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +29,9 @@ import numpy as np
 
 from tessera_gpu.backends import KMEANS_MAX_ITER, KMEANS_TOL
 from tessera_gpu.backends.cpu import nearest_rows
-from tessera_gpu.backends.cpu_kmeans import REDUCED, _update, assign, seeds
+from tessera_gpu.backends.cpu_kmeans import REDUCED, assign, cluster_sums, seeds
 from tessera_gpu.backends.cpu_pca import Pca, fit_pca
-from tessera_gpu.clustering import CANDIDATES, KMeansResult, _greedy_pick
+from tessera_gpu.clustering import CANDIDATES, KMeansResult, greedy_pick
 from tessera_gpu.distributed.refs import (
     Block,
     ShardRef,
@@ -42,17 +41,16 @@ from tessera_gpu.distributed.refs import (
     worker_backend,
 )
 from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.progress import Progress
 
 if TYPE_CHECKING:
-    from tessera_gpu.distributed.engine import DaskEngine
+    from tessera_gpu.distributed.cluster import Cluster
 
 __all__ = ["distributed_diversity_sample", "distributed_kmeans", "lloyd_step"]
 
 SEED_ROWS = 50_000
 FARTHEST = 64  # rows per partition offered to re-seed empty clusters
 _FAN_IN = 8
-
-Report = Callable[[str, float], None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,7 +121,7 @@ def lloyd_step(block: Block, centroids: np.ndarray, previous: Step | None) -> St
     """Assign the block's rows to ``centroids``; their sums, counts, inertia, farthest rows."""
     k = len(centroids)
     labels, mind = _assign(block.x, centroids)
-    sums, counts = _update(block.x, labels, k)
+    sums, counts = cluster_sums(block.x, labels, k)
     far = np.argsort(-mind, kind="stable")[: min(FARTHEST, k)]
     changed = len(labels) if previous is None else int(np.count_nonzero(labels != previous.labels))
     return Step(labels, sums.astype(np.float64), counts, float(mind.sum(dtype=np.float64)),
@@ -151,7 +149,7 @@ def labels_of(step: Step) -> np.ndarray:
 
 @on_worker
 def full_space_sums(block: Block, step: Step, k: int) -> Step:
-    sums, counts = _update(block.x, step.labels, k)
+    sums, counts = cluster_sums(block.x, step.labels, k)
     empty = np.zeros(0, np.float32)
     return Step(np.zeros(0, np.int64), sums.astype(np.float64), counts, 0.0, 0, empty,
                 np.zeros((0, block.x.shape[1]), np.float32))  # fmt: skip
@@ -170,7 +168,7 @@ def nearest_in_block(block: Block, centroids: np.ndarray, count: int) -> tuple[n
     return block.rows[idx], dist
 
 
-def _total(engine: DaskEngine, steps: list[Any]) -> Step:
+def _total(engine: Cluster, steps: list[Any]) -> Step:
     """Add partial steps on the workers, ``_FAN_IN`` at a time; gather the one total."""
     while len(steps) > 1:
         steps = [
@@ -217,7 +215,7 @@ def _in_given_order(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
 class _Rows:
     """A job's rows, read once and kept on the workers: ``blocks`` in global row order."""
 
-    def __init__(self, engine: DaskEngine, refs: list[ShardRef], rows: np.ndarray | None) -> None:
+    def __init__(self, engine: Cluster, refs: list[ShardRef], rows: np.ndarray | None) -> None:
         self.sorted, self.order = _sorted_rows(rows, refs[-1].stop)
         locals_ = split_rows(refs, self.sorted)
         self.blocks = [
@@ -235,7 +233,7 @@ class _Rows:
     def in_given_order(self, values: np.ndarray) -> np.ndarray:
         return _in_given_order(values, self.order)
 
-    def sample(self, engine: DaskEngine, seed: int) -> list[Any]:
+    def sample(self, engine: Cluster, seed: int) -> list[Any]:
         """Up to SEED_ROWS rows, all of them when fewer, in row order, as futures."""
         if self.n <= SEED_ROWS:
             return list(self.blocks)
@@ -250,7 +248,7 @@ class _Rows:
 
 
 def _lloyd(
-    engine: DaskEngine, work: list[Any], centroids: np.ndarray, n_iter: int, report: Report
+    engine: Cluster, work: list[Any], centroids: np.ndarray, n_iter: int, report: Progress
 ) -> tuple[np.ndarray, list[Any], Step]:
     shared = engine.scatter(centroids)
     steps = [engine.submit(lloyd_step, w, shared, None, name="kmeans-step") for w in work]
@@ -275,7 +273,7 @@ def vectors_of(block: Block, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _full_space(
-    engine: DaskEngine, job: _Rows, work: list[Any], reduced: np.ndarray, full: Step
+    engine: Cluster, job: _Rows, work: list[Any], reduced: np.ndarray, full: Step
 ) -> np.ndarray:
     """Member means in the full space; an empty cluster takes the row nearest its reduced
     centroid, as in-process."""
@@ -299,7 +297,7 @@ def _full_space(
 
 
 def _kmeans(
-    engine: DaskEngine, job: _Rows, k: int, seed: int, n_iter: int, report: Report
+    engine: Cluster, job: _Rows, k: int, seed: int, n_iter: int, report: Progress
 ) -> KMeansResult:
     if not 1 <= k <= job.n:
         raise InvalidRequest(f"K-means needs 1 <= k <= {job.n:,} (the number of rows): got k={k:,}")
@@ -335,14 +333,14 @@ def _kmeans(
 
 
 def distributed_kmeans(
-    engine: DaskEngine,
+    engine: Cluster,
     refs: list[ShardRef],
     k: int,
     *,
     rows: np.ndarray | None = None,
     seed: int = 0,
     n_iter: int = KMEANS_MAX_ITER,
-    progress: Report | None = None,
+    progress: Progress | None = None,
 ) -> KMeansResult:
     """See the module docstring; the result is :func:`tessera_gpu.clustering.kmeans`'s."""
     report = progress or (lambda stage, fraction: None)
@@ -350,13 +348,13 @@ def distributed_kmeans(
 
 
 def distributed_diversity_sample(
-    engine: DaskEngine,
+    engine: Cluster,
     refs: list[ShardRef],
     n: int,
     *,
     rows: np.ndarray | None = None,
     seed: int = 0,
-    progress: Report | None = None,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """``n`` distinct global rows, one per K-means cluster (k = n), nearest its centroid."""
     report = progress or (lambda stage, fraction: None)
@@ -378,13 +376,13 @@ def distributed_diversity_sample(
         dist = np.hstack([f[1] for f in found])
         order = np.lexsort((cand, dist), axis=-1)[:, :count]
         cand, dist = np.take_along_axis(cand, order, 1), np.take_along_axis(dist, order, 1)
-        todo = _greedy_pick(cand, dist, todo, taken, picked)
+        todo = greedy_pick(cand, dist, todo, taken, picked)
         count = min(count * 4, job.n)
     return picked
 
 
 def rapids_kmeans_of(
-    engine: DaskEngine,
+    engine: Cluster,
     refs: list[ShardRef],
     k: int,
     *,

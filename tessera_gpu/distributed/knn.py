@@ -37,7 +37,7 @@ import numpy as np
 from tessera_gpu.backends import Neighbors
 from tessera_gpu.backends.cpu_cosine import compare_probed, cosine_distances, row_norms, safe_norms
 from tessera_gpu.backends.cpu_kmeans import lloyd
-from tessera_gpu.backends.cpu_knn import _exact_distances, nearest_centroids, probe_search
+from tessera_gpu.backends.cpu_knn import exact_distances, nearest_centroids, probe_search
 from tessera_gpu.backends.cpu_pca import Pca, fit_pca
 from tessera_gpu.distributed.refs import (
     ShardRef,
@@ -49,7 +49,7 @@ from tessera_gpu.distributed.refs import (
 )
 
 if TYPE_CHECKING:
-    from tessera_gpu.distributed.engine import DaskEngine
+    from tessera_gpu.distributed.cluster import Cluster
 
 __all__ = ["CANDIDATES", "KnnPlan", "Piece", "distributed_knn", "fit_plan", "search_group"]
 
@@ -179,7 +179,7 @@ def _layout(plan: KnnPlan, group: int, pieces: tuple[Piece, ...]) -> tuple[Piece
 def _exact(metric: str, group: Piece, cand: np.ndarray) -> np.ndarray:
     """Exact distances of every row of the group to its candidates (``inf`` for ``-1``)."""
     if metric != "cosine":
-        dist = _exact_distances(group.full, group.full, np.ascontiguousarray(cand))
+        dist = exact_distances(group.full, group.full, np.ascontiguousarray(cand))
         dist[cand < 0] = np.inf
         return dist
     dist = np.full(cand.shape, np.inf, dtype=np.float32)
@@ -232,7 +232,7 @@ def search_group(
     return local.rows, ids, np.ascontiguousarray(dist, dtype=np.float32)
 
 
-class _Best:
+class Best:
     """Each row's best ``k`` so far, on the caller; folding is order-independent."""
 
     def __init__(self, n: int, k: int) -> None:
@@ -280,7 +280,7 @@ def _rounds(visits: np.ndarray, row_bytes: int, budget: int) -> list[list[int]]:
 
 
 def distributed_knn(
-    engine: DaskEngine,
+    engine: Cluster,
     refs: list[ShardRef],
     k: int,
     *,
@@ -313,7 +313,7 @@ def distributed_knn(
     report("knn", 0.1)
     row_bytes = 4 * (d + REDUCE_TO + N_PROBE + 3)
     rounds = _rounds(np.asarray(visits), row_bytes, engine.round_bytes())
-    best = _Best(n, k)
+    best = Best(n, k)
     done, total = 0, sum(len(r) for r in rounds)
     for groups in rounds:
         routed = [
@@ -372,7 +372,7 @@ def nearest_in_ref(
 
 
 def exact_nearest(
-    engine: DaskEngine,
+    engine: Cluster,
     refs: list[ShardRef],
     row: int,
     k: int,

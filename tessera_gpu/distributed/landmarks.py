@@ -41,7 +41,7 @@ from tessera_gpu.projection.transform import (
 )
 
 if TYPE_CHECKING:
-    from tessera_gpu.distributed.engine import DaskEngine
+    from tessera_gpu.distributed.cluster import Cluster
 
 __all__ = ["LandmarkFit", "distributed_project", "fit_landmarks", "place_block"]
 
@@ -83,7 +83,7 @@ def fit_part(fit: LandmarkFit, name: str) -> Any:
 
 
 def distributed_project(
-    engine: DaskEngine,
+    engine: Cluster,
     refs: list[ShardRef],
     params: ProjectionParams,
     *,
@@ -129,7 +129,7 @@ def distributed_project(
 
 
 def _info(
-    fit: dict[str, Any], engine: DaskEngine, n: int, n_land: int, started: float, fitted: float
+    fit: dict[str, Any], engine: Cluster, n: int, n_land: int, started: float, fitted: float
 ) -> dict[str, Any]:
     now = time.perf_counter()
     out = {**fit, "n": n, "dask": engine.describe()}

@@ -1,7 +1,7 @@
 """The ``cuml.dask`` branch: K-means and the kNN graph with RAPIDS' multi-GPU estimators.
 
-:class:`~.engine.DaskEngine` takes it when every worker has a GPU with cuML (``dask cuda
-worker`` in the RAPIDS environment, :func:`cluster_has_cuml`). Elsewhere the engine's own tasks
+:class:`~.engine.Cluster` takes it when every worker has a GPU with cuML (``dask cuda
+worker`` in the RAPIDS environment, :meth:`.Cluster.uses_rapids`). Elsewhere the engine's own tasks
 run: on a GPU worker without cuML they use the CuPy tier (:func:`.refs.worker_backend`), on a
 CPU worker the numba and BLAS kernels, which CI tests.
 
@@ -27,21 +27,9 @@ from tessera_gpu.clustering import KMeansResult
 from tessera_gpu.distributed.refs import ShardRef, on_worker, read_block
 
 if TYPE_CHECKING:
-    from tessera_gpu.distributed.engine import DaskEngine
+    from tessera_gpu.distributed.cluster import Cluster
 
-__all__ = ["cluster_has_cuml", "rapids_kmeans", "rapids_knn"]
-
-
-def _has_cuml() -> bool:
-    from tessera_gpu.backends import gpu_probe
-
-    return gpu_probe().best == "cuml"
-
-
-def cluster_has_cuml(engine: DaskEngine) -> bool:
-    """Whether every worker has a working GPU and cuML (asked of each worker once)."""
-    answers = engine.client.run(_has_cuml)
-    return bool(answers) and all(answers.values())
+__all__ = ["rapids_kmeans", "rapids_knn"]
 
 
 @on_worker
@@ -56,7 +44,7 @@ def _device_rows(ref: ShardRef, limits: Any, local: np.ndarray | None, unit: boo
 
 
 def _dask_array(
-    engine: DaskEngine, refs: list[ShardRef], locals_: list[np.ndarray | None], unit: bool
+    engine: Cluster, refs: list[ShardRef], locals_: list[np.ndarray | None], unit: bool
 ) -> Any:
     import cupy as cp
     import dask
@@ -73,12 +61,12 @@ def _dask_array(
     return da.concatenate(pieces)
 
 
-def rapids_knn(engine: DaskEngine, refs: list[ShardRef], k: int, *, metric: str) -> Neighbors:
+def rapids_knn(engine: Cluster, refs: list[ShardRef], k: int, *, metric: str) -> Neighbors:
     """Exact kNN of every row with ``cuml.dask.neighbors.NearestNeighbors``."""
     import cupy as cp
     from cuml.dask.neighbors import NearestNeighbors
 
-    from tessera_gpu.distributed.knn import _Best
+    from tessera_gpu.distributed.knn import Best
 
     x = _dask_array(engine, refs, [None] * len(refs), unit=metric == "cosine")
     model = NearestNeighbors(client=engine.client, n_neighbors=k).fit(x)
@@ -86,14 +74,14 @@ def rapids_knn(engine: DaskEngine, refs: list[ShardRef], k: int, *, metric: str)
     dist = cp.asnumpy(dist.compute()).astype(np.float32)
     if metric == "cosine":
         dist = np.clip(np.square(dist) / 2, 0.0, 2.0)
-    best = _Best(len(dist), k)
+    best = Best(len(dist), k)
     best.fold(np.arange(len(dist)), cp.asnumpy(idx.compute()).astype(np.int64), dist)
     best.self_first()
     return Neighbors(best.idx, best.dist, f"dask:cuml-brute-force-{metric}")
 
 
 def rapids_kmeans(
-    engine: DaskEngine,
+    engine: Cluster,
     refs: list[ShardRef],
     k: int,
     *,

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tessera_gpu.ingest.pipeline import IngestOptions, Progress, ingest
+from tessera_gpu.ingest.pipeline import EpisodesDone, IngestOptions, ingest
 from tessera_gpu.ingest.sources import is_source, open_source
 from tessera_gpu.io.files import file_sha256, write_atomic
 
@@ -40,7 +40,7 @@ def ingested_files(
     paths: Sequence[Path],
     data_dir: Path,
     *,
-    progress: Progress | None = None,
+    progress: EpisodesDone | None = None,
     joined: bool | None = None,
 ) -> list[Path]:
     """``paths`` with every source replaced by its ingested file (ingested now if needed).
@@ -67,7 +67,7 @@ def ingested_file(
     data_dir: Path,
     *,
     options: IngestOptions | None = None,
-    progress: Progress | None = None,
+    progress: EpisodesDone | None = None,
 ) -> Path:
     """The Tessera file of ``source`` in ``data_dir``, ingested with ``options`` unless a
     previous run made it from the same content."""

@@ -46,7 +46,8 @@ EMBED_MODES = ("trajectory", "image", "both")
 GIF_FRAMES = 16
 _BATCH_EPISODES = 16
 _BATCH_FRAMES = 2_000
-Progress = Callable[[int, int], None]
+# ``episodes_done(done, total)``: episodes written so far, of how many
+EpisodesDone = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def ingest(
     out: str | Path,
     options: IngestOptions = IngestOptions(),
     *,
-    progress: Progress | None = None,
+    progress: EpisodesDone | None = None,
 ) -> IngestResult:
     """Ingest ``source`` into ``out`` (see the module docstring). Raises a ``TesseraError``
     naming the file (and the episode) for bad input; nothing is written then."""

@@ -45,7 +45,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import xxhash
 
 from tessera_gpu.errors import (
@@ -399,7 +398,8 @@ def _common_dim(shards: list[Dataset], labels: list[str]) -> int | None:
 def _joined_ids(shards: list[Dataset], labels: list[str], starts: np.ndarray) -> np.ndarray:
     """All episode ids; a 422 naming both files when one id is in two shards."""
     ids = np.concatenate([s.episode_ids for s in shards])
-    dup = pd.Index(ids).duplicated(keep="first")
+    dup = np.ones(len(ids), dtype=bool)
+    dup[np.unique(ids, return_index=True)[1]] = False  # each id's first row is not a duplicate
     if dup.any():
         second = int(np.argmax(dup))
         first = int(np.flatnonzero(ids == ids[second])[0])

@@ -10,16 +10,26 @@ after a restart.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tessera_gpu.backends import Backend
 from tessera_gpu.io.artifacts import ArtifactStore
-from tessera_gpu.projection.project import Projection, ProjectionParams
+from tessera_gpu.progress import Progress
+from tessera_gpu.projection.params import Projection, ProjectionParams
+from tessera_gpu.projection.project import project
 
-__all__ = ["ALGORITHM_VERSION", "ProjectionCache", "backend_tag"]
+__all__ = [
+    "ALGORITHM_VERSION",
+    "ProjectionCache",
+    "backend_tag",
+    "cached_projection",
+    "project_cached",
+]
 
 # Bump whenever the same inputs would give a different map (kNN, graph, init or layout).
 ALGORITHM_VERSION = "tessera-umap-1"
@@ -71,3 +81,49 @@ def backend_tag(backend: Any) -> str:
     """The backend's part of a cache key: its name, plus the stand-in's when one is on."""
     standin = getattr(backend, "standin", None)
     return f"{backend.name}+{standin}-standin" if standin else str(backend.name)
+
+
+def project_cached(
+    x: Any,
+    *,
+    backend: Backend,
+    params: ProjectionParams = ProjectionParams(),
+    cache: ProjectionCache | None = None,
+    content_hash: str | None = None,
+    progress: Progress | None = None,
+) -> Projection:
+    """:func:`project`, served from / stored to ``cache`` (a ProjectionCache) when both
+    ``cache`` and ``content_hash`` (the Dataset's ``embeddings_hash``) are given.
+
+    ``info["cache"]`` says ``"hit"``, ``"stored"`` or ``"off"``.
+    """
+    return cached_projection(
+        lambda: project(x, backend=backend, params=params, progress=progress),
+        cache=cache, content_hash=content_hash, params=params, tag=backend_tag(backend),
+        progress=progress,
+    )  # fmt: skip
+
+
+def cached_projection(
+    compute: Callable[[], Projection],
+    *,
+    cache: ProjectionCache | None,
+    content_hash: str | None,
+    params: ProjectionParams,
+    tag: str,
+    progress: Progress | None = None,
+) -> Projection:
+    """``compute()`` served from / stored to ``cache`` under ``(content_hash, params, tag)``
+    (``tag`` names what computed it: a backend, or a Dask cluster's landmark projection)."""
+    if cache is None or not content_hash:
+        result = compute()
+        return Projection(result.coords, {**result.info, "cache": "off"})
+    key = cache.key(content_hash, params, backend=tag)
+    hit = cache.load(key)
+    if hit is not None:
+        if progress is not None:
+            progress("done", 1.0)
+        return Projection(hit.coords, {**hit.info, "cache": "hit"})
+    result = compute()
+    stored = cache.store(key, result)
+    return Projection(result.coords, {**result.info, "cache": "stored" if stored else "off"})

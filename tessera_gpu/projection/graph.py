@@ -23,7 +23,7 @@ _MIN_SCALE = 1e-3
 
 
 @kernel
-def _sigmas_rhos(dists, n_iter):  # pragma: no cover - compiled
+def sigmas_rhos(dists, n_iter):  # pragma: no cover - compiled
     """Per row: ``rho`` = nearest non-zero distance; ``sigma`` by bisection (umap-learn)."""
     n, k = dists.shape
     target = np.log2(k)
@@ -78,7 +78,7 @@ def fuzzy_graph(indices: np.ndarray, dists: np.ndarray) -> scipy.sparse.csr_matr
     indices = np.ascontiguousarray(indices, dtype=np.int64)
     dists = np.ascontiguousarray(dists, dtype=np.float32)
     n, k = indices.shape
-    sigmas, rhos = _sigmas_rhos(dists, 64)
+    sigmas, rhos = sigmas_rhos(dists, 64)
     vals = _memberships(indices, dists, sigmas, rhos)
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     keep = vals.ravel() > 0

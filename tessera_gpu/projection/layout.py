@@ -17,7 +17,7 @@ Differences from umap-learn 0.5, each for speed or determinism:
   sequential updates; each vertex still steps once per sampled edge, in order.
 * Every positive sample draws exactly ``negative_sample_rate`` negatives (umap-learn draws
   that many on average).
-* ``d**b`` is a polynomial log2/exp2 (``_pow``, ~2e-5 relative error) instead of libm.
+* ``d**b`` is a polynomial log2/exp2 (``fast_pow``, ~2e-5 relative error) instead of libm.
 
 The rest -- the a/b curve, the epochs-per-sample schedule (edges too weak for one sample
 dropped), gradient clipping at 4, the linearly decaying learning rate -- is umap-learn's.
@@ -39,15 +39,15 @@ from tessera_gpu.projection.parallel import kernel
 __all__ = ["optimize_layout"]
 
 _MIX1 = np.uint64(0x9E3779B97F4A7C15)
-_MIX2 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX3 = np.uint64(0x94D049BB133111EB)
+MIX2 = np.uint64(0xBF58476D1CE4E5B9)
+MIX3 = np.uint64(0x94D049BB133111EB)
 
 
 @numba.njit(inline="always")
-def _splitmix(x: np.uint64) -> np.uint64:  # pragma: no cover - compiled
+def splitmix(x: np.uint64) -> np.uint64:  # pragma: no cover - compiled
     x = x + _MIX1
-    x = (x ^ (x >> np.uint64(30))) * _MIX2
-    x = (x ^ (x >> np.uint64(27))) * _MIX3
+    x = (x ^ (x >> np.uint64(30))) * MIX2
+    x = (x ^ (x >> np.uint64(27))) * MIX3
     return x ^ (x >> np.uint64(31))
 
 
@@ -72,7 +72,7 @@ def _bits_f32(typingctx, x):  # type: ignore[no-untyped-def]  # pragma: no cover
 
 
 @numba.njit(inline="always", fastmath=True, error_model="numpy")
-def _pow(x, y):  # pragma: no cover - compiled
+def fast_pow(x, y):  # pragma: no cover - compiled
     """``x ** y`` for float32 ``x > 0`` to ~3e-5 relative error, without libm calls.
 
     log2 from the exponent bits plus a degree-5 polynomial of the mantissa, exp2 from a
@@ -100,7 +100,7 @@ def _pow(x, y):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def _clip(v):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def clip_gradient(v):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Clamp a gradient component to [-4, 4], as umap-learn does."""
     return min(max(v, np.float32(-4.0)), np.float32(4.0))
 
@@ -113,7 +113,7 @@ def _epoch(  # pragma: no cover - compiled
     for i in numba.prange(n_vert):
         snap[i, 0] = emb[i, 0]
         snap[i, 1] = emb[i, 1]
-    key = _splitmix(np.uint64(seed) ^ (np.uint64(n) * _MIX2))
+    key = splitmix(np.uint64(seed) ^ (np.uint64(n) * MIX2))
     two_ab = np.float32(2.0 * a * b)
     two_gb = np.float32(2.0 * gamma * b)
     a32 = np.float32(a)
@@ -129,23 +129,23 @@ def _epoch(  # pragma: no cover - compiled
             dx = x - snap[j, 0]
             dy = y - snap[j, 1]
             d2 = dx * dx + dy * dy + np.float32(1e-30)
-            p = _pow(d2, b32)
+            p = fast_pow(d2, b32)
             g = -two_ab * p / (d2 * (a32 * p + np.float32(1.0)))
-            fx = np.float32(2.0) * _clip(g * dx)
-            fy = np.float32(2.0) * _clip(g * dy)
+            fx = np.float32(2.0) * clip_gradient(g * dx)
+            fy = np.float32(2.0) * clip_gradient(g * dy)
             next_s[e] += eps[e]
-            base = key ^ (np.uint64(e) * _MIX3)
+            base = key ^ (np.uint64(e) * MIX3)
             for t in range(n_neg):
-                h = _splitmix(base + np.uint64(t))
+                h = splitmix(base + np.uint64(t))
                 k = np.int64(((h >> np.uint64(32)) * np.uint64(n_vert)) >> np.uint64(32))
                 dx = x - snap[k, 0]
                 dy = y - snap[k, 1]
                 d2 = dx * dx + dy * dy
-                p = _pow(d2 + np.float32(1e-30), b32)
+                p = fast_pow(d2 + np.float32(1e-30), b32)
                 g = two_gb / ((np.float32(0.001) + d2) * (a32 * p + np.float32(1.0)))
                 g = g if k != i else np.float32(0.0)
-                fx += _clip(g * dx)
-                fy += _clip(g * dy)
+                fx += clip_gradient(g * dx)
+                fy += clip_gradient(g * dy)
             x += fx * step
             y += fy * step
         emb[i, 0] = x

@@ -20,82 +20,18 @@ raised by the callback aborts the projection (a job runner uses that to cancel).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 
 from tessera_gpu.backends import Backend
-from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.progress import Progress
+from tessera_gpu.projection.params import Projection, ProjectionParams
 
-if TYPE_CHECKING:
-    from tessera_gpu.projection.cache import ProjectionCache
+__all__ = ["Projection", "ProjectionParams", "project"]
 
-__all__ = [
-    "Progress",
-    "Projection",
-    "ProjectionParams",
-    "cached_projection",
-    "project",
-    "project_cached",
-]
-
-Progress = Callable[[str, float], None]
 _SHARES = {"knn": (0.0, 0.35), "graph": (0.35, 0.4), "init": (0.4, 0.45), "layout": (0.45, 1.0)}
-
-
-@dataclass(frozen=True)
-class ProjectionParams:
-    """UMAP parameters; every field is part of the cache key.
-
-    * ``n_neighbors`` (15): neighbourhood size of the fuzzy graph.
-    * ``min_dist`` (0.1) / ``spread`` (1.0): how tightly points pack in the map.
-    * ``metric`` ("euclidean"): the only metric; normalise embeddings for cosine.
-    * ``seed`` (0): same seed, same map (CPU backend).
-    * ``n_epochs`` (None = auto): layout epochs; auto is umap-learn's 500 up to 10,000
-      points and 200 up to 50,000, then 100 (from a spectral init that is enough; see
-      benchmarks/README.md for the trustworthiness it keeps).
-    * ``negative_sample_rate`` (5): repulsive samples per attractive one.
-    """
-
-    n_neighbors: int = 15
-    min_dist: float = 0.1
-    spread: float = 1.0
-    metric: str = "euclidean"
-    seed: int = 0
-    n_epochs: int | None = None
-    negative_sample_rate: int = 5
-
-    def __post_init__(self) -> None:
-        if not 2 <= self.n_neighbors <= 200:
-            raise InvalidRequest(f"n_neighbors must be in 2..200: got {self.n_neighbors}")
-        if not 0.0 <= self.min_dist <= self.spread:
-            raise InvalidRequest(
-                f"min_dist must be in 0..spread ({self.spread}): got {self.min_dist}"
-            )
-        if self.metric != "euclidean":
-            raise InvalidRequest(f"unsupported metric {self.metric!r}: only 'euclidean'")
-        if self.n_epochs is not None and not 1 <= self.n_epochs <= 5000:
-            raise InvalidRequest(f"n_epochs must be in 1..5000: got {self.n_epochs}")
-        if not 1 <= self.negative_sample_rate <= 50:
-            raise InvalidRequest(
-                f"negative_sample_rate must be in 1..50: got {self.negative_sample_rate}"
-            )
-
-    def epochs_for(self, n: int) -> int:
-        """The layout epochs used for ``n`` points."""
-        if self.n_epochs is not None:
-            return self.n_epochs
-        return 500 if n <= 10_000 else (200 if n <= 50_000 else 100)
-
-
-@dataclass(frozen=True)
-class Projection:
-    """``coords``: ``(N, 2)`` float32 map; ``info``: backend, algorithm, kNN method, timings."""
-
-    coords: np.ndarray
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class _Reporter:
@@ -210,51 +146,3 @@ def project(
     }
     report("done", 1.0)
     return Projection(coords, info)
-
-
-def project_cached(
-    x: Any,
-    *,
-    backend: Backend,
-    params: ProjectionParams = ProjectionParams(),
-    cache: ProjectionCache | None = None,
-    content_hash: str | None = None,
-    progress: Progress | None = None,
-) -> Projection:
-    """:func:`project`, served from / stored to ``cache`` (a ProjectionCache) when both
-    ``cache`` and ``content_hash`` (the Dataset's ``embeddings_hash``) are given.
-
-    ``info["cache"]`` says ``"hit"``, ``"stored"`` or ``"off"``.
-    """
-    from tessera_gpu.projection.cache import backend_tag
-
-    return cached_projection(
-        lambda: project(x, backend=backend, params=params, progress=progress),
-        cache=cache, content_hash=content_hash, params=params, tag=backend_tag(backend),
-        progress=progress,
-    )  # fmt: skip
-
-
-def cached_projection(
-    compute: Callable[[], Projection],
-    *,
-    cache: ProjectionCache | None,
-    content_hash: str | None,
-    params: ProjectionParams,
-    tag: str,
-    progress: Progress | None = None,
-) -> Projection:
-    """``compute()`` served from / stored to ``cache`` under ``(content_hash, params, tag)``
-    (``tag`` names what computed it: a backend, or a Dask cluster's landmark projection)."""
-    if cache is None or not content_hash:
-        result = compute()
-        return Projection(result.coords, {**result.info, "cache": "off"})
-    key = cache.key(content_hash, params, backend=tag)
-    hit = cache.load(key)
-    if hit is not None:
-        if progress is not None:
-            progress("done", 1.0)
-        return Projection(hit.coords, {**hit.info, "cache": "hit"})
-    result = compute()
-    stored = cache.store(key, result)
-    return Projection(result.coords, {**result.info, "cache": "stored" if stored else "off"})

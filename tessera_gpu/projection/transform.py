@@ -27,10 +27,10 @@ import numba
 import numpy as np
 
 from tessera_gpu.backends.cpu_kmeans import lloyd
-from tessera_gpu.backends.cpu_knn import _exact_distances, nearest_centroids, probe_search
+from tessera_gpu.backends.cpu_knn import exact_distances, nearest_centroids, probe_search
 from tessera_gpu.backends.cpu_pca import Pca, fit_pca
-from tessera_gpu.projection.graph import _sigmas_rhos, ab_params
-from tessera_gpu.projection.layout import _MIX2, _MIX3, _clip, _pow, _splitmix
+from tessera_gpu.projection.graph import ab_params, sigmas_rhos
+from tessera_gpu.projection.layout import MIX2, MIX3, clip_gradient, fast_pow, splitmix
 from tessera_gpu.projection.parallel import kernel
 from tessera_gpu.projection.project import ProjectionParams
 
@@ -92,7 +92,7 @@ def _neighbours(index: LandmarkIndex, x: np.ndarray, k: int) -> tuple[np.ndarray
     queries = index.reduce(x)
     probes = nearest_centroids(queries, index.centroids, min(N_PROBE, len(index.centroids)))
     cand, _ = probe_search(index.reduced, index.ptr, queries, probes, k)
-    dist = _exact_distances(index.reduced, queries, cand)
+    dist = exact_distances(index.reduced, queries, cand)
     order = np.argsort(dist, axis=1, kind="stable")
     cand, dist = np.take_along_axis(cand, order, 1), np.take_along_axis(dist, order, 1)
     ids = np.where(cand >= 0, index.order[np.maximum(cand, 0)], -1)
@@ -103,7 +103,7 @@ def _strengths(dist: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """UMAP memberships of each row's landmarks, the nearest at 1 (as a point's own row would be
     in the fitted graph: a zero column stands in for it)."""
     padded = np.hstack([np.zeros((len(dist), 1), np.float32), np.where(ok, dist, 0)])
-    sigmas, rhos = _sigmas_rhos(np.ascontiguousarray(padded, dtype=np.float32), 64)
+    sigmas, rhos = sigmas_rhos(np.ascontiguousarray(padded, dtype=np.float32), 64)
     over = np.maximum(dist - rhos[:, None], 0.0)
     weights = np.exp(-over / np.maximum(sigmas[:, None], 1e-12))
     return np.where(ok, weights, 0.0).astype(np.float32)
@@ -121,7 +121,7 @@ def _place(pos, nbr, eps, land, rows, n_epochs, a, b, n_neg, seed, alpha0):  # p
         x = pos[i, 0]
         y = pos[i, 1]
         due = eps[i].copy()
-        key = _splitmix(np.uint64(seed) ^ (np.uint64(rows[i]) * _MIX2))
+        key = splitmix(np.uint64(seed) ^ (np.uint64(rows[i]) * MIX2))
         for e in range(n_epochs):
             step = np.float32(alpha0 * (1.0 - e / n_epochs))
             for j in range(k):
@@ -133,22 +133,22 @@ def _place(pos, nbr, eps, land, rows, n_epochs, a, b, n_neg, seed, alpha0):  # p
                 dy = y - land[m, 1]
                 d2 = dx * dx + dy * dy
                 if d2 > 0:
-                    p = _pow(d2, b32)
+                    p = fast_pow(d2, b32)
                     g = -two_ab * p / (d2 * (a32 * p + np.float32(1.0)))
-                    x += _clip(g * dx) * step
-                    y += _clip(g * dy) * step
-                base = key ^ (np.uint64(e * k + j) * _MIX3)
+                    x += clip_gradient(g * dx) * step
+                    y += clip_gradient(g * dy) * step
+                base = key ^ (np.uint64(e * k + j) * MIX3)
                 for t in range(n_neg):
-                    h = _splitmix(base + np.uint64(t))
+                    h = splitmix(base + np.uint64(t))
                     r = np.int64(((h >> np.uint64(32)) * np.uint64(n_land)) >> np.uint64(32))
                     dx = x - land[r, 0]
                     dy = y - land[r, 1]
                     d2 = dx * dx + dy * dy
                     if d2 > 0:
-                        p = _pow(d2, b32)
+                        p = fast_pow(d2, b32)
                         g = two_b / ((np.float32(0.001) + d2) * (a32 * p + np.float32(1.0)))
-                        x += _clip(g * dx) * step
-                        y += _clip(g * dy) * step
+                        x += clip_gradient(g * dx) * step
+                        y += clip_gradient(g * dy) * step
         pos[i, 0] = x
         pos[i, 1] = y
 
