@@ -5,6 +5,7 @@ and named selections (kept in the catalog, exported as files)."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -79,32 +80,20 @@ class SummaryRequest(msgspec.Struct, forbid_unknown_fields=True):
             raise InvalidRequest(f"summary request: {exc}") from None
 
 
+@dataclass(eq=False)
 class Curation:
     """Episodes, counts, facets, group summaries, clusters and selections of loaded datasets."""
 
-    def __init__(
-        self,
-        registry: Registry,
-        catalog: Catalog,
-        contexts: FilterContexts,
-        graphs: SimilarityGraphs,
-        samples: Samples,
-        tasks: Tasks,
-        jobs: ProjectionJobs,
-        clusterings: ArtifactStore,
-        backend: Backend,
-        engine: DaskEngine | None,
-    ) -> None:
-        self.registry = registry
-        self.catalog = catalog
-        self.contexts = contexts
-        self.graphs = graphs
-        self.samples = samples
-        self.tasks = tasks
-        self.jobs = jobs
-        self.clusterings = clusterings
-        self.backend = backend
-        self.engine = engine
+    registry: Registry
+    catalog: Catalog
+    contexts: FilterContexts
+    graphs: SimilarityGraphs
+    samples: Samples
+    tasks: Tasks
+    jobs: ProjectionJobs
+    clusterings: ArtifactStore
+    backend: Backend
+    engine: DaskEngine | None
 
     def create_selection(self, live: Live, body: Any) -> Selection:
         """Make a named selection (see :mod:`tessera_gpu.selections`) and keep it."""

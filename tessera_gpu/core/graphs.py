@@ -5,6 +5,7 @@ near-duplicate cut filters use. On a Dask cluster the graph is built where the f
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,24 +42,16 @@ def on_cluster(engine: DaskEngine | None) -> DaskEngine:
     return engine
 
 
+@dataclass(eq=False)
 class SimilarityGraphs:
     """Each dataset's similarity index, built once per embeddings (cached on disk)."""
 
-    def __init__(
-        self,
-        registry: Registry,
-        tasks: Tasks,
-        jobs: ProjectionJobs,
-        store: ArtifactStore,
-        backend: Backend,
-        engine: DaskEngine | None,
-    ) -> None:
-        self.registry = registry
-        self.tasks = tasks
-        self.jobs = jobs
-        self.store = store
-        self.backend = backend
-        self.engine = engine
+    registry: Registry
+    tasks: Tasks
+    jobs: ProjectionJobs
+    store: ArtifactStore
+    backend: Backend
+    engine: DaskEngine | None
 
     def index(
         self, live: Live, *, wait: bool = False, progress: Progress | None = None

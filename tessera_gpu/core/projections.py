@@ -26,24 +26,16 @@ __all__ = ["Projections"]
 NEEDS_EMBEDDINGS = "This dataset is metadata-only: there are no embeddings to project"
 
 
+@dataclasses.dataclass(eq=False)
 class Projections:
     """The projection of each loaded dataset, and its map indexes."""
 
-    def __init__(
-        self,
-        registry: Registry,
-        catalog: Catalog,
-        jobs: ProjectionJobs,
-        maps: MapCache,
-        contexts: FilterContexts,
-        backend: Backend,
-    ) -> None:
-        self.registry = registry
-        self.catalog = catalog
-        self.jobs = jobs
-        self.maps = maps
-        self.contexts = contexts
-        self.backend = backend
+    registry: Registry
+    catalog: Catalog
+    jobs: ProjectionJobs
+    maps: MapCache
+    contexts: FilterContexts
+    backend: Backend
 
     @overload
     def project(

@@ -5,6 +5,7 @@ kept in the catalog. A drawn sample is described by its :class:`~tessera_gpu.sam
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -35,22 +36,15 @@ if TYPE_CHECKING:
 __all__ = ["Samples"]
 
 
+@dataclass(eq=False)
 class Samples:
     """Draw, keep, list and export the samples of loaded datasets."""
 
-    def __init__(
-        self,
-        catalog: Catalog,
-        contexts: FilterContexts,
-        jobs: ProjectionJobs,
-        backend: Backend,
-        engine: DaskEngine | None,
-    ) -> None:
-        self.catalog = catalog
-        self.contexts = contexts
-        self.jobs = jobs
-        self.backend = backend
-        self.engine = engine
+    catalog: Catalog
+    contexts: FilterContexts
+    jobs: ProjectionJobs
+    backend: Backend
+    engine: DaskEngine | None
 
     def draw(
         self,

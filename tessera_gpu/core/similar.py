@@ -3,6 +3,7 @@ the dataset to the answer, over its similarity graph and its filter."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -84,15 +85,13 @@ class DuplicatesRequest(msgspec.Struct, forbid_unknown_fields=True):
         return request
 
 
+@dataclass(eq=False)
 class SimilarSearch:
     """Similar episodes and near-duplicate groups of a loaded dataset."""
 
-    def __init__(
-        self, graphs: SimilarityGraphs, contexts: FilterContexts, engine: DaskEngine | None
-    ) -> None:
-        self.graphs = graphs
-        self.contexts = contexts
-        self.engine = engine
+    graphs: SimilarityGraphs
+    contexts: FilterContexts
+    engine: DaskEngine | None
 
     def similar(
         self,
