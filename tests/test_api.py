@@ -398,7 +398,7 @@ async def test_delete_removes_everything(client: Client, episode_file: Path) -> 
     core = client.app.state.tessera
     data, catalog = core.data, core.catalog
     assert data.upload_path(dataset_id).exists()
-    assert catalog.sample_manifests(dataset_id)
+    assert catalog.samples.manifests(dataset_id)
     assert len(list(data.cache_dir.glob("*.proj"))) == 1
     r = await client.post(f"{url}/projection", json={"n_neighbors": 10, "seed": 3})
     assert r.status_code == 202, r.text
@@ -411,8 +411,8 @@ async def test_delete_removes_everything(client: Client, episode_file: Path) -> 
     assert r.content == b""
     assert (await client.get(url)).status_code == 404
     assert not data.upload_path(dataset_id).exists()
-    assert catalog.sample_manifests(dataset_id) == []
-    assert catalog.jobs(dataset_id) == []
+    assert catalog.samples.manifests(dataset_id) == []
+    assert catalog.jobs.of(dataset_id) == []
     assert list(data.cache_dir.iterdir()) == []
     assert (await client.get("/api/datasets")).json() == []
 

@@ -170,7 +170,7 @@ async def test_projection_runs_to_done(client: Client, allowed: Path) -> None:
     assert r.status_code == 202
     assert r.json()["status"] in ("queued", "running", "done")
     assert (await wait_for_projection(client, dataset_id)).json()["status"] == "done"
-    entry = client.app.state.tessera.catalog.dataset(dataset_id)
+    entry = client.app.state.tessera.catalog.datasets.get(dataset_id)
     assert entry.projection == {"n_neighbors": 8, "seed": 3}
 
 

@@ -104,7 +104,7 @@ async def test_a_running_job_is_joined_not_repeated(client: Client, planted_file
         assert r.status_code in (200, 202)
         if r.status_code == 202:
             assert r.json()["kind"] == "similarity"
-    jobs = client.app.state.tessera.catalog.jobs(dataset_id)
+    jobs = client.app.state.tessera.catalog.jobs.of(dataset_id)
     assert [(j.kind, j.status) for j in jobs if j.kind == "similarity"] == [("similarity", "done")]
 
 

@@ -85,11 +85,11 @@ def test_sweep_removes_only_stale_temp_files(data: DataDir) -> None:
 
 
 def test_datasets_survive_a_new_connection(catalog: Catalog) -> None:
-    catalog.put_dataset(entry("aaaa"))
-    catalog.put_dataset(entry("bbbb", source="path", projection={"seed": 3}))
-    catalog.remove_dataset("aaaa")
+    catalog.datasets.put(entry("aaaa"))
+    catalog.datasets.put(entry("bbbb", source="path", projection={"seed": 3}))
+    catalog.datasets.remove("aaaa")
     again = Catalog(catalog.path)
-    assert again.datasets() == [entry("bbbb", source="path", projection={"seed": 3})]
+    assert again.datasets.all() == [entry("bbbb", source="path", projection={"seed": 3})]
     assert again.version == SCHEMA_VERSION
     again.close()
 
@@ -102,42 +102,42 @@ def test_the_database_is_wal_and_durable(catalog: Catalog) -> None:
 
 
 def test_updating_a_dataset_keeps_its_samples(catalog: Catalog) -> None:
-    catalog.put_dataset(entry("d1"))
-    catalog.add_sample("d1", "s1", "2025-01-01T00:00:00", {"sample_id": "s1"})
-    catalog.put_dataset(entry("d1", projection={"seed": 9}))  # an upsert, not delete + insert
-    assert catalog.dataset("d1") == entry("d1", projection={"seed": 9})
-    assert [json.loads(m) for m in catalog.sample_manifests("d1")] == [{"sample_id": "s1"}]
+    catalog.datasets.put(entry("d1"))
+    catalog.samples.add("d1", "s1", "2025-01-01T00:00:00", {"sample_id": "s1"})
+    catalog.datasets.put(entry("d1", projection={"seed": 9}))  # an upsert, not delete + insert
+    assert catalog.datasets.get("d1") == entry("d1", projection={"seed": 9})
+    assert [json.loads(m) for m in catalog.samples.manifests("d1")] == [{"sample_id": "s1"}]
 
 
 def test_samples_round_trip_oldest_first_and_go_with_their_dataset(catalog: Catalog) -> None:
-    catalog.put_dataset(entry("d1"))
+    catalog.datasets.put(entry("d1"))
     late = {"sample_id": "s2", "created_at": "2025-01-02T00:00:00", "episode_ids": ["b"]}
     early = {"sample_id": "s1", "created_at": "2025-01-01T00:00:00", "episode_ids": ["a"]}
-    catalog.add_sample("d1", "s2", late["created_at"], late)
-    catalog.add_sample("d1", "s1", early["created_at"], early)
-    assert [json.loads(m) for m in catalog.sample_manifests("d1")] == [early, late]
-    assert json.loads(catalog.sample_manifest("d1", "s2")) == late
-    assert catalog.sample_manifests("other") == []
-    catalog.record_job("d1", "projection", params={"seed": 0}, status="done", info={"n": 3})
-    assert [(j.kind, j.status, j.info) for j in catalog.jobs("d1")] == [
+    catalog.samples.add("d1", "s2", late["created_at"], late)
+    catalog.samples.add("d1", "s1", early["created_at"], early)
+    assert [json.loads(m) for m in catalog.samples.manifests("d1")] == [early, late]
+    assert json.loads(catalog.samples.manifest("d1", "s2")) == late
+    assert catalog.samples.manifests("other") == []
+    catalog.jobs.record("d1", "projection", params={"seed": 0}, status="done", info={"n": 3})
+    assert [(j.kind, j.status, j.info) for j in catalog.jobs.of("d1")] == [
         ("projection", "done", {"n": 3})
     ]
-    catalog.remove_dataset("d1")
-    assert catalog.sample_manifests("d1") == []
-    assert catalog.jobs("d1") == []
+    catalog.datasets.remove("d1")
+    assert catalog.samples.manifests("d1") == []
+    assert catalog.jobs.of("d1") == []
 
 
 def test_a_job_of_an_unknown_dataset_is_not_recorded(catalog: Catalog) -> None:
-    catalog.record_job("gone", "projection", params={}, status="done")
-    assert catalog.jobs("gone") == []
+    catalog.jobs.record("gone", "projection", params={}, status="done")
+    assert catalog.jobs.of("gone") == []
 
 
 @pytest.mark.parametrize("sample_id", ["../../registry", "nope", "a/b", ".s1", ""])
 def test_unknown_sample_ids_are_404(catalog: Catalog, sample_id: str) -> None:
-    catalog.put_dataset(entry("d1"))
-    catalog.add_sample("d1", "s1", "2025-01-01T00:00:00", {"sample_id": "s1"})
+    catalog.datasets.put(entry("d1"))
+    catalog.samples.add("d1", "s1", "2025-01-01T00:00:00", {"sample_id": "s1"})
     with pytest.raises(NotFound):
-        catalog.sample_manifest("d1", sample_id)
+        catalog.samples.manifest("d1", sample_id)
 
 
 def test_the_old_layout_is_imported_once(data: DataDir) -> None:
@@ -149,9 +149,9 @@ def test_the_old_layout_is_imported_once(data: DataDir) -> None:
     (data.root / "samples" / "aaaa" / ".s2.json.1.tmp").write_text("{half")  # a crash's leftover
     catalog = Catalog(data.catalog_path)
     assert catalog.import_legacy(data.root) == (2, 1)
-    assert [e.id for e in catalog.datasets()] == ["aaaa", "bbbb"]
-    assert catalog.dataset("aaaa") == entry("aaaa", projection={"seed": 2})
-    assert [json.loads(m) for m in catalog.sample_manifests("aaaa")] == [manifest]
+    assert [e.id for e in catalog.datasets.all()] == ["aaaa", "bbbb"]
+    assert catalog.datasets.get("aaaa") == entry("aaaa", projection={"seed": 2})
+    assert [json.loads(m) for m in catalog.samples.manifests("aaaa")] == [manifest]
     assert sorted(p.name for p in data.root.iterdir() if "imported" in p.name) == [
         "registry.json.imported", "samples.imported"
     ]  # fmt: skip
@@ -164,9 +164,9 @@ def test_an_import_interrupted_after_its_commit_is_not_done_twice(data: DataDir)
     catalog = Catalog(data.catalog_path)
     catalog.import_legacy(data.root)
     (data.root / "registry.json.imported").rename(data.root / "registry.json")  # as if killed
-    catalog.remove_dataset("aaaa")
+    catalog.datasets.remove("aaaa")
     assert catalog.import_legacy(data.root) is None  # renamed again, not re-imported
-    assert catalog.datasets() == []
+    assert catalog.datasets.all() == []
     assert (data.root / "registry.json.imported").exists()
     catalog.close()
 
@@ -190,7 +190,7 @@ def test_an_older_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.undo()
     new = module.Catalog(path)
     assert new.version == SCHEMA_VERSION
-    (old,) = new.datasets()
+    (old,) = new.datasets.all()
     assert (old.id, old.name, old.shards, old.projection) == ("aaaa", "old", [], {})
     new.close()
 
@@ -201,10 +201,10 @@ ODD_IDS = ["ep_a\nep_b", "ep_a", "", "x\r\n", "\u202e\u2028\x00", 'comma,"quote"
 def test_selection_ids_keep_every_byte(catalog: Catalog) -> None:
     """The catalog stores whatever ids it is given (validation is at the door): no byte of
     an id can split it or join it to another."""
-    catalog.put_dataset(entry("d1"))
-    catalog.add_selection("d1", "odd", {"kind": "episode_ids"}, ODD_IDS)
+    catalog.datasets.put(entry("d1"))
+    catalog.selections.add("d1", "odd", {"kind": "episode_ids"}, ODD_IDS)
     catalog.close()  # a new connection, as after a restart
-    record = catalog.selection("d1", "odd")
+    record = catalog.selections.get("d1", "odd")
     assert (record.count, record.episode_ids) == (len(ODD_IDS), tuple(ODD_IDS))
 
 
@@ -233,9 +233,9 @@ def test_a_version_3_catalog_gets_its_selection_ids_as_json(
     db.close()
     new = module.Catalog(path)
     assert new.version == SCHEMA_VERSION
-    assert new.selection("d1", "keep").episode_ids == ("ep_1", "ep_2", "ep_3")
-    assert new.selection("d1", "empty").episode_ids == ()
-    assert new.selection("d1", "split").episode_ids == ("ep_a", "ep_b")
+    assert new.selections.get("d1", "keep").episode_ids == ("ep_1", "ep_2", "ep_3")
+    assert new.selections.get("d1", "empty").episode_ids == ()
+    assert new.selections.get("d1", "split").episode_ids == ("ep_a", "ep_b")
     assert "selection 'split' of dataset d1 held 1 ids, but 2 were stored" in caplog.text
     new.close()
 

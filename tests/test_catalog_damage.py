@@ -37,9 +37,9 @@ def entry(dataset_id: str = "d1") -> DatasetEntry:
 
 def filled(path: Path, backups: Backups | None = None) -> Catalog:
     catalog = Catalog(path, backups=backups)
-    catalog.put_dataset(entry())
-    catalog.add_sample("d1", "s1", "2026-01-01", {"sample_id": "s1", "episode_ids": ["ep_00007"]})
-    catalog.add_selection("d1", "all", {"kind": "filter"}, IDS)
+    catalog.datasets.put(entry())
+    catalog.samples.add("d1", "s1", "2026-01-01", {"sample_id": "s1", "episode_ids": ["ep_00007"]})
+    catalog.selections.add("d1", "all", {"kind": "filter"}, IDS)
     return catalog
 
 
@@ -139,18 +139,18 @@ def test_damage_in_the_middle_degrades_the_catalog(tmp_path: Path) -> None:
     damage_page_holding(path, SELECTION_BYTES)
     catalog = Catalog(path)
     assert catalog.problem == "quick_check stopped: database disk image is malformed"
-    assert [e.id for e in catalog.datasets()] == ["d1"]  # what still reads, reads
-    assert len(catalog.sample_manifests("d1")) == 1
+    assert [e.id for e in catalog.datasets.all()] == ["d1"]  # what still reads, reads
+    assert len(catalog.samples.manifests("d1")) == 1
     with pytest.raises(Unavailable) as info:
-        catalog.selections("d1")
+        catalog.selections.of("d1")
     assert info.value.code == "catalog_damaged"
     assert info.value.message.startswith("The catalog catalog.sqlite is damaged (")
     assert "): reading it failed; stop the server and run `tessera restore-catalog" in (
         info.value.message
     )
-    for write in (lambda: catalog.put_dataset(entry("d2")),
-                  lambda: catalog.add_sample("d1", "s2", "2026-01-02", {}),
-                  lambda: catalog.remove_selection("d1", "all")):  # fmt: skip
+    for write in (lambda: catalog.datasets.put(entry("d2")),
+                  lambda: catalog.samples.add("d1", "s2", "2026-01-02", {}),
+                  lambda: catalog.selections.remove("d1", "all")):  # fmt: skip
         with pytest.raises(Unavailable, match="writes are refused so that nothing more is lost"):
             write()
     catalog.close()
@@ -166,7 +166,7 @@ def test_damage_found_while_running_marks_the_catalog(tmp_path: Path) -> None:
     assert catalog.check(max_age=3600) is None  # checked a moment ago: not again yet
     assert catalog.check(max_age=0) is not None
     with pytest.raises(Unavailable, match="writes are refused"):
-        catalog.put_dataset(entry("d2"))
+        catalog.datasets.put(entry("d2"))
     catalog.close()
 
 
@@ -235,7 +235,7 @@ def test_a_migration_is_preceded_by_a_backup(
 
     data = DataDir(tmp_path / "data")
     monkeypatch.setattr(module, "MIGRATIONS", module.MIGRATIONS[:3])
-    module.Catalog(data.catalog_path).put_dataset(entry())
+    module.Catalog(data.catalog_path).datasets.put(entry())
     monkeypatch.undo()
     new = open_catalog(data)
     assert new.version == SCHEMA_VERSION
@@ -253,7 +253,7 @@ def test_routine_backups_are_kept_to_the_newest_few(tmp_path: Path) -> None:
     catalog = filled(tmp_path / "catalog.sqlite", backups)
     taken = []
     for i in range(KEEP + 3):
-        catalog.put_dataset(entry(f"x{i}"))  # a change, or the backup is skipped
+        catalog.datasets.put(entry(f"x{i}"))  # a change, or the backup is skipped
         taken.append(catalog.backup("start" if i % 2 else "shutdown"))
     assert catalog.backup("shutdown") is None  # nothing changed since the last one
     assert backups.all() == sorted(taken, reverse=True)[:KEEP]
@@ -264,7 +264,7 @@ def test_restore_catalog_puts_back_the_newest_sound_backup(tmp_path: Path) -> No
     data = DataDir(tmp_path / "data")
     catalog = filled(data.catalog_path, Backups(data.backups_dir))
     catalog.backup("shutdown")
-    catalog.put_dataset(entry("after"))  # not in the backup
+    catalog.datasets.put(entry("after"))  # not in the backup
     catalog.close()
     damage_page_holding(data.catalog_path, SELECTION_BYTES)
     runner = CliRunner()
@@ -282,8 +282,8 @@ def test_restore_catalog_puts_back_the_newest_sound_backup(tmp_path: Path) -> No
     )
     restored = open_catalog(data)
     assert restored.problem is None
-    assert [e.id for e in restored.datasets()] == ["d1"]
-    assert restored.selection("d1", "all").episode_ids == tuple(IDS)
+    assert [e.id for e in restored.datasets.all()] == ["d1"]
+    assert restored.selections.get("d1", "all").episode_ids == tuple(IDS)
     restored.close()
     (aside,) = data.backups_dir.glob("replaced-*")
     assert (aside / "catalog.sqlite").exists()  # the damaged one is kept, not deleted

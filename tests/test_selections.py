@@ -92,14 +92,14 @@ async def test_an_operand_deleted_meanwhile_is_a_400_naming_it(
     await make(client, dataset_id, {"name": "b", "filter": PICK})
     core = client.app.state.tessera
     core.contexts.forget(dataset_id)  # as after a restart: the ids are read from the catalog
-    read = core.catalog.selection
+    read = core.catalog.selections.get
 
     def deleted_meanwhile(dataset: str, name: str) -> Any:
         if name == "b":
-            core.catalog.remove_selection(dataset, "b")  # the other client's DELETE lands now
+            core.catalog.selections.remove(dataset, "b")  # the other client's DELETE lands now
         return read(dataset, name)
 
-    monkeypatch.setattr(core.catalog, "selection", deleted_meanwhile)
+    monkeypatch.setattr(core.catalog.selections, "get", deleted_meanwhile)
     r = await client.post(f"/api/datasets/{dataset_id}/selections",
                           json={"name": "c", "op": op, "of": ["a", "b"]})  # fmt: skip
     assert r.json() == error("unknown selection 'b'; selections: a", "unknown_selection", 400)

@@ -17,7 +17,8 @@ Uploaded files and cached maps stay files beside it (:mod:`.datadir`).
   imported once, in one transaction; the old files are then renamed ``*.imported``.
 
 One connection serves every thread, behind a lock: Tessera's writes are small and rare. After
-:meth:`Catalog.close` the next call opens a new one.
+:meth:`Catalog.close` the next call opens a new one. :class:`Catalog` keeps the database; its
+tables (``catalog.datasets``, ``.samples``, ``.jobs``, ``.selections``) are :mod:`.tables`.
 """
 
 from __future__ import annotations
@@ -29,17 +30,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from tessera_gpu.core.backups import Backups, integrity_problem, is_damage
 from tessera_gpu.core.datadir import DataDir
 from tessera_gpu.core.migrations import MIGRATIONS, SCHEMA_VERSION
-from tessera_gpu.errors import Conflict, NotFound, Unavailable
+from tessera_gpu.core.tables import (
+    DatasetEntry,
+    Datasets,
+    JobRecord,
+    Jobs,
+    Samples,
+    SelectionRecord,
+    Selections,
+    now,
+    upsert_dataset,
+)
+from tessera_gpu.errors import Unavailable
 
 __all__ = [
     "MIGRATIONS",
@@ -79,60 +89,6 @@ def open_catalog(data: DataDir) -> Catalog:
     return Catalog(path, backups=Backups(data.backups_dir))
 
 
-def now() -> str:
-    """The catalog's timestamps: UTC ISO 8601 to the millisecond."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-@dataclass
-class DatasetEntry:
-    """One registered dataset as the catalog keeps it."""
-
-    id: str
-    name: str
-    source: Literal["upload", "path"]
-    path: str
-    file_hash: str
-    size: int
-    mtime_ns: int
-    added_at: str
-    projection: dict[str, Any] = field(default_factory=dict)  # parameters asked for, if any
-    #: The files of a dataset joined from several (each ``{path, file_hash, size, mtime_ns}``,
-    #: in row order); empty for one file. ``path`` is then the first, ``file_hash`` the hash of
-    #: the files' hashes, ``size`` their sum.
-    shards: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> DatasetEntry:
-        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
-        return cls(**known)
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """The last job of one kind for one dataset."""
-
-    dataset_id: str
-    kind: str
-    params: dict[str, Any]
-    status: str
-    error: str | None
-    info: dict[str, Any]
-    updated_at: str
-
-
-@dataclass(frozen=True)
-class SelectionRecord:
-    """A named selection: its provenance (``source``), size, and (when read whole) its ids."""
-
-    dataset_id: str
-    name: str
-    created_at: str
-    source: dict[str, Any]
-    count: int
-    episode_ids: tuple[str, ...] | None = None
-
-
 class Catalog:
     """The catalog database at ``path`` (created and migrated on open).
 
@@ -152,6 +108,10 @@ class Catalog:
         self._connection: sqlite3.Connection | None = None
         self._checked = time.monotonic()
         self._backed_up_at = -1  # the connection's total_changes at the last backup
+        self.datasets = Datasets(self)
+        self.samples = Samples(self)
+        self.jobs = Jobs(self)
+        self.selections = Selections(self)
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -234,7 +194,7 @@ class Catalog:
         with self._lock:
             if self.backups is None or self.problem is not None:
                 return None
-            if self._db.total_changes == self._backed_up_at or not self._rows(
+            if self._db.total_changes == self._backed_up_at or not self.rows(
                 "SELECT id FROM datasets LIMIT 1"
             ):
                 return None
@@ -278,7 +238,7 @@ class Catalog:
                 continue
             with self._lock:
                 if callable(step):
-                    with self._transaction() as db:
+                    with self.transaction() as db:
                         step(db)
                         db.execute(f"PRAGMA user_version = {number}")
                 else:
@@ -297,7 +257,7 @@ class Catalog:
             raise
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed whole when the block ends, else rolled back.
         Refused (503) while the catalog is damaged."""
         with self._lock, self.guarded("this write", reading=False):
@@ -311,7 +271,7 @@ class Catalog:
                 raise
             self._db.execute("COMMIT")
 
-    def _rows(
+    def rows(
         self, sql: str, *args: Any, each: Callable[[dict[str, Any]], Any] | None = None
     ) -> list[Any]:
         """The rows of a query as dicts, or as ``each`` makes them of those (the decoding of
@@ -323,141 +283,8 @@ class Catalog:
             return rows if each is None else [each(r) for r in rows]
 
     def meta(self, key: str) -> str | None:
-        rows = self._rows("SELECT value FROM meta WHERE key = ?", key)
+        rows = self.rows("SELECT value FROM meta WHERE key = ?", key)
         return str(rows[0]["value"]) if rows else None
-
-    # ---- datasets ---------------------------------------------------------------------------
-
-    def datasets(self) -> list[DatasetEntry]:
-        """Every registered dataset, oldest first."""
-        return self._rows("SELECT * FROM datasets ORDER BY added_at, id", each=_entry)
-
-    def dataset(self, dataset_id: str) -> DatasetEntry | None:
-        rows = self._rows("SELECT * FROM datasets WHERE id = ?", dataset_id, each=_entry)
-        return rows[0] if rows else None
-
-    def put_dataset(self, entry: DatasetEntry) -> None:
-        """Add a dataset, or update it in place (its samples and selections stay)."""
-        with self._transaction() as db:
-            _upsert_dataset(db, entry)
-
-    def remove_dataset(self, dataset_id: str) -> None:
-        """Forget a dataset with its samples, jobs and selections."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
-
-    # ---- samples ----------------------------------------------------------------------------
-
-    def add_sample(self, dataset_id: str, sample_id: str, created_at: str, manifest: Any) -> None:
-        """Keep a sample's manifest (any msgspec-encodable object)."""
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO samples (dataset_id, sample_id, created_at, manifest) "
-                "VALUES (?, ?, ?, ?)",
-                (dataset_id, sample_id, created_at, msgspec.json.encode(manifest)),
-            )
-
-    def sample_manifests(self, dataset_id: str) -> list[bytes]:
-        """Every manifest of a dataset as stored JSON, oldest first."""
-        rows = self._rows(
-            "SELECT manifest FROM samples WHERE dataset_id = ? ORDER BY created_at, sample_id",
-            dataset_id,
-        )
-        return [bytes(r["manifest"]) for r in rows]
-
-    def sample_manifest(self, dataset_id: str, sample_id: str) -> bytes:
-        rows = self._rows(
-            "SELECT manifest FROM samples WHERE dataset_id = ? AND sample_id = ?",
-            dataset_id,
-            sample_id,
-        )
-        if not rows:
-            raise NotFound(f"Sample not found: {sample_id!r}", code="sample_not_found")
-        return bytes(rows[0]["manifest"])
-
-    # ---- jobs -------------------------------------------------------------------------------
-
-    def record_job(
-        self,
-        dataset_id: str,
-        kind: str,
-        *,
-        params: dict[str, Any],
-        status: str,
-        error: str | None = None,
-        info: dict[str, Any] | None = None,
-    ) -> None:
-        """Remember the last job of ``kind`` for a dataset (a no-op for an unknown dataset)."""
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO jobs (dataset_id, kind, params, status, error, info, updated_at) "
-                "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM datasets WHERE id = ?) "
-                "ON CONFLICT (dataset_id, kind) DO UPDATE SET params = excluded.params, "
-                "status = excluded.status, error = excluded.error, info = excluded.info, "
-                "updated_at = excluded.updated_at",
-                (dataset_id, kind, _json(params), status, error, _json(info or {}), now(),
-                 dataset_id),
-            )  # fmt: skip
-
-    def jobs(self, dataset_id: str) -> list[JobRecord]:
-        return self._rows(
-            "SELECT * FROM jobs WHERE dataset_id = ? ORDER BY kind",
-            dataset_id,
-            each=lambda r: JobRecord(
-                **{**r, "params": json.loads(r["params"]), "info": json.loads(r["info"])}
-            ),
-        )
-
-    # ---- selections -------------------------------------------------------------------------
-
-    def add_selection(
-        self, dataset_id: str, name: str, source: dict[str, Any], episode_ids: list[str]
-    ) -> SelectionRecord:
-        """Keep a new selection; 409 when the dataset already has one of that name."""
-        created = now()
-        blob = msgspec.json.encode(episode_ids)
-        try:
-            with self._transaction() as db:
-                db.execute(
-                    "INSERT INTO selections (dataset_id, name, created_at, source, count, "
-                    "episode_ids) VALUES (?, ?, ?, ?, ?, ?)",
-                    (dataset_id, name, created, _json(source), len(episode_ids), blob),
-                )
-        except sqlite3.IntegrityError:
-            raise Conflict(
-                f"A selection named {name!r} already exists: delete it first, or pick another name",
-                code="selection_exists",
-            ) from None
-        return SelectionRecord(dataset_id, name, created, source, len(episode_ids))
-
-    def selections(self, dataset_id: str) -> list[SelectionRecord]:
-        """A dataset's selections (without their ids), oldest first."""
-        return self._rows(
-            "SELECT dataset_id, name, created_at, source, count FROM selections "
-            "WHERE dataset_id = ? ORDER BY created_at, name",
-            dataset_id,
-            each=_selection,
-        )
-
-    def selection(self, dataset_id: str, name: str) -> SelectionRecord:
-        """One selection with its episode ids; 404 when there is none of that name."""
-        rows = self._rows(
-            "SELECT * FROM selections WHERE dataset_id = ? AND name = ?",
-            dataset_id,
-            name,
-            each=_selection,
-        )
-        if not rows:
-            raise NotFound(f"Selection not found: {name!r}", code="selection_not_found")
-        return rows[0]
-
-    def remove_selection(self, dataset_id: str, name: str) -> None:
-        with self._transaction() as db:
-            gone = db.execute(
-                "DELETE FROM selections WHERE dataset_id = ? AND name = ?", (dataset_id, name)
-            ).rowcount
-        if not gone:
-            raise NotFound(f"Selection not found: {name!r}", code="selection_not_found")
 
     # ---- the old layout ---------------------------------------------------------------------
 
@@ -485,9 +312,9 @@ class Catalog:
         for path in sorted(samples_dir.glob("*/[!.]*.json")) if samples_dir.is_dir() else []:
             if path.parent.name in known:
                 manifests.append((path.parent.name, json.loads(path.read_bytes())))
-        with self._transaction() as db:
+        with self.transaction() as db:
             for e in entries:
-                _upsert_dataset(db, e)
+                upsert_dataset(db, e)
             for dataset_id, m in manifests:
                 db.execute(
                     "INSERT OR IGNORE INTO samples (dataset_id, sample_id, created_at, manifest) "
@@ -499,33 +326,3 @@ class Catalog:
         log.info("imported %d datasets and %d samples from the old layout", len(entries),
                  len(manifests))  # fmt: skip
         return len(entries), len(manifests)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _selection(row: dict[str, Any]) -> SelectionRecord:
-    """A stored selection; its ids (a JSON array) when the row has them."""
-    ids = row.pop("episode_ids", None)
-    return SelectionRecord(
-        **{**row, "source": json.loads(row["source"])},
-        episode_ids=None if ids is None else tuple(msgspec.json.decode(ids, type=list[str])),
-    )
-
-
-def _entry(row: dict[str, Any]) -> DatasetEntry:
-    return DatasetEntry(**{**row, "projection": json.loads(row["projection"]),
-                           "shards": json.loads(row["shards"])})  # fmt: skip
-
-
-def _upsert_dataset(db: sqlite3.Connection, entry: DatasetEntry) -> None:
-    values = {**asdict(entry), "projection": _json(entry.projection),
-              "shards": _json(entry.shards)}  # fmt: skip
-    names = list(values)
-    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "id")
-    # The column names are DatasetEntry's own fields; every value is bound.
-    columns, marks = ", ".join(names), ", ".join("?" * len(names))
-    sql = f"INSERT INTO datasets ({columns}) VALUES ({marks}) ON CONFLICT (id) DO UPDATE SET "  # noqa: S608
-    sql += updates
-    db.execute(sql, tuple(values.values()))

@@ -71,7 +71,7 @@ class FilterContexts:
     def selection_mask(self, live: Live, names: list[str]) -> np.ndarray:
         """The union of named selections as a mask; 400 naming the unknown ones, a selection
         another client deletes while this request reads it included."""
-        known = {r.name for r in self.catalog.selections(live.id)}
+        known = {r.name for r in self.catalog.selections.of(live.id)}
         unknown = [n for n in names if n not in known]
         out = np.zeros(live.dataset.n_episodes, dtype=bool)
         for name in names:
@@ -81,7 +81,7 @@ class FilterContexts:
                 mask = self._selection_masks.get((live.id, name))
             if mask is None:
                 try:
-                    ids = self.catalog.selection(live.id, name).episode_ids or ()
+                    ids = self.catalog.selections.get(live.id, name).episode_ids or ()
                 except NotFound:  # deleted since the listing above
                     unknown.append(name)
                     continue
@@ -91,7 +91,7 @@ class FilterContexts:
                 self.keep_selection(live.id, name, mask)
             out |= mask
         if unknown:
-            left = sorted({r.name for r in self.catalog.selections(live.id)})
+            left = sorted({r.name for r in self.catalog.selections.of(live.id)})
             raise InvalidRequest(
                 f"unknown selection{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
                 f"selections: {', '.join(left) or '(none)'}",

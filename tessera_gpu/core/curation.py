@@ -119,19 +119,19 @@ class Curation:
                         "value": spec.get("threshold", DEFAULT_THRESHOLD)}  # fmt: skip
             mask = self.contexts.mask(live, [*(spec.get("filter") or []), keep_one])
         ids = ds.episode_ids[mask].tolist()
-        record = self.catalog.add_selection(live.id, request.name, request.source(), ids)
+        record = self.catalog.selections.add(live.id, request.name, request.source(), ids)
         self.contexts.keep_selection(live.id, request.name, mask)
         self.registry.bump(live.id)
         return _selection(record)
 
     def selections(self, live: Live) -> list[Selection]:
-        return [_selection(r) for r in self.catalog.selections(live.id)]
+        return [_selection(r) for r in self.catalog.selections.of(live.id)]
 
     def selection(self, live: Live, name: str) -> Selection:
-        return _selection(self.catalog.selection(live.id, name))
+        return _selection(self.catalog.selections.get(live.id, name))
 
     def delete_selection(self, live: Live, name: str) -> None:
-        self.catalog.remove_selection(live.id, name)
+        self.catalog.selections.remove(live.id, name)
         self.contexts.keep_selection(live.id, name, None)
         self.registry.bump(live.id)
 
@@ -147,7 +147,7 @@ class Curation:
     ) -> tuple[bytes, str, str]:
         """A selection (or, ``complement``, the episodes not in it) as a file: its bytes,
         media type and download name."""
-        record = self.catalog.selection(live.id, name)
+        record = self.catalog.selections.get(live.id, name)
         document = msgspec.json.format(msgspec.json.encode(
             {**msgspec.to_builtins(_selection(record)), "dataset_id": live.id,
              "dataset_name": live.dataset.name, "episode_ids": list(record.episode_ids or ())}

@@ -79,7 +79,7 @@ class Projections:
         self.jobs.check_room()
         entry = dataclasses.replace(live.entry, projection=dict(params))
         self.registry.replace(dataclasses.replace(live, entry=entry))
-        self.catalog.put_dataset(entry)
+        self.catalog.datasets.put(entry)
         self.jobs.submit(live.id, live.dataset, projection)
         return self.jobs.status(live.id)
 

@@ -204,9 +204,9 @@ class Registry:
         """Record a dataset loaded here (the CLI's) in the catalog, unless it is there
         already, so that what is drawn from it is kept like a registered dataset's; a server
         on this data directory registers it at its next start. Starts no job."""
-        if self.catalog.dataset(live.id) is None:
+        if self.catalog.datasets.get(live.id) is None:
             self.catalog.check_writable()
-            self.catalog.put_dataset(live.entry)
+            self.catalog.datasets.put(live.entry)
 
     # ---- the loaded datasets -----------------------------------------------------------------
 
@@ -308,7 +308,7 @@ class Registry:
     def _save_quietly(self, entry: DatasetEntry) -> None:
         """Keep a reloaded dataset's new hash; a damaged catalog keeps the old one (logged)."""
         try:
-            self.catalog.put_dataset(entry)
+            self.catalog.datasets.put(entry)
         except Unavailable as exc:
             log.warning("%s: %s", entry.id, exc.message)
 
@@ -386,7 +386,7 @@ class Registry:
                 return self._live[entry.id], False
             live = self._live[entry.id] = Live(entry, dataset)
         if save:
-            self.catalog.put_dataset(entry)
+            self.catalog.datasets.put(entry)
         return live, True
 
 

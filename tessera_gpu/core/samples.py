@@ -83,17 +83,17 @@ class Samples:
             projection=_map_used(request, dataset, info),
         )  # fmt: skip
         if keep:
-            self.catalog.add_sample(live.id, manifest.sample_id, manifest.created_at, manifest)
+            self.catalog.samples.add(live.id, manifest.sample_id, manifest.created_at, manifest)
         return manifest
 
     def all(self, live: Live) -> list[Manifest]:
-        stored = self.catalog.sample_manifests(live.id)
+        stored = self.catalog.samples.manifests(live.id)
         with self.catalog.guarded("reading its samples"):
             return [msgspec.json.decode(m, type=Manifest) for m in stored]
 
     def get(self, live: Live, sample_id: str) -> Manifest:
         """A kept sample (of a registered dataset, or of one the CLI loaded)."""
-        stored = self.catalog.sample_manifest(live.id, sample_id)
+        stored = self.catalog.samples.manifest(live.id, sample_id)
         with self.catalog.guarded(f"reading sample {sample_id}"):
             return msgspec.json.decode(stored, type=Manifest)
 

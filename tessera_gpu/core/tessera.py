@@ -137,7 +137,7 @@ class Tessera:
             self.catalog.backup("start")
         self.jobs.start()
         self.tasks.start()
-        for entry in self.catalog.datasets():
+        for entry in self.catalog.datasets.all():
             live = self.registry.restore(entry)
             if live is not None:
                 self._start(live)
@@ -220,7 +220,7 @@ class Tessera:
         self.tasks.forget(dataset_id)
         self.maps.forget(dataset_id)
         self.contexts.forget(dataset_id)
-        self.catalog.remove_dataset(dataset_id)
+        self.catalog.datasets.remove(dataset_id)
         if live.entry.source == "upload":
             self.data.upload_path(dataset_id).unlink(missing_ok=True)
         if live.dataset.embeddings_hash is not None and not shared:
@@ -247,7 +247,7 @@ class Tessera:
     ) -> None:  # fmt: skip
         """A job's state into the catalog; a damaged one only loses it (logged), not the job."""
         try:
-            self.catalog.record_job(dataset_id, kind, params=params, status=status, error=error,
+            self.catalog.jobs.record(dataset_id, kind, params=params, status=status, error=error,
                                     info=info)  # fmt: skip
         except Unavailable as exc:
             log.warning("%s job of %s not recorded: %s", kind, dataset_id, exc.message)
