@@ -16,8 +16,6 @@ or runs the parallel kernels from several threads, calls :func:`configure_proces
 
 from __future__ import annotations
 
-import os as _os
-
 from tessera_gpu.errors import (
     Conflict,
     Forbidden,
@@ -32,25 +30,9 @@ from tessera_gpu.errors import (
 from tessera_gpu.io.dataset import Dataset, Field, load_dataset
 from tessera_gpu.io.safety import Limits
 from tessera_gpu.io.writer import write_dataset
+from tessera_gpu.process import configure_process
 
 __version__ = "0.1.0"
-
-
-def configure_process() -> None:
-    """The process-wide settings Tessera relies on; idempotent.
-
-    * HDF5 never loads filter plugins from disk: an untrusted file must not trigger loading
-      code (``HDF5_PLUGIN_PRELOAD="::"`` for HDF5 libraries opened later, and the plugin
-      search path of the one already loaded emptied).
-    * numba's parallel kernels run on a thread-safe threading layer when one loads, so the
-      projection and request threads can launch them at once.
-    """
-    from tessera_gpu.io.safety import disable_filter_plugins
-    from tessera_gpu.projection.parallel import configure_threading
-
-    _os.environ.setdefault("HDF5_PLUGIN_PRELOAD", "::")
-    disable_filter_plugins()
-    configure_threading()
 
 
 __all__ = [

@@ -184,3 +184,33 @@ def test_a_command_imports_no_server_and_no_renderer(
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]
     if command != "export":  # an unknown sample: the command ran up to its error
         assert "error" not in proc.stderr
+
+
+def test_a_cached_project_imports_no_kernel_and_no_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second ``tessera project`` of an unchanged file reads its map from the cache and
+    makes no backend: numba, scipy and the core's services stay unimported (1.67 -> 0.67 s at
+    200k x 2,048, benchmarks/startup.py). The first one needed them."""
+    import subprocess
+    import sys
+
+    from tests.conftest import write_episode_file
+
+    episodes = write_episode_file(tmp_path / "e.h5", n=60)
+    listing = RUN_AND_LIST.replace(
+        '("datashader", "bokeh", "litestar")',
+        '("numba", "scipy", "tessera_gpu.core.tessera", "tessera_gpu.core.catalog")',
+    )
+    monkeypatch.setenv("TESSERA_DATA_DIR", str(tmp_path / "data"))
+    said = []
+    for out in ("a", "b"):
+        args = ["project", str(episodes), "--device", "cpu", "-o", str(tmp_path / f"{out}.npy")]
+        proc = subprocess.run(
+            [sys.executable, "-c", listing, *args], capture_output=True, text=True, check=True
+        )
+        said.append((proc.stdout.strip().splitlines()[-1], proc.stderr))
+    (first, _), (second, second_err) = said
+    assert "numba" in first and "tessera_gpu.core.tessera" in first
+    assert "cache hit" in second_err
+    assert second == "[]", second_err[-2000:]

@@ -50,6 +50,7 @@ __all__ = [
     "GpuStatus",
     "Neighbors",
     "backend_summary",
+    "chosen",
     "get_backend",
     "gpu_probe",
     "gpu_status",
@@ -159,14 +160,9 @@ def _make(name: str) -> Backend:
     return CupyBackend()
 
 
-def get_backend(mode: str | None = "auto") -> Backend:
-    """The backend for ``mode`` (``auto`` | ``gpu`` | ``cpu``; None reads ``TESSERA_DEVICE``).
-
-    Raises :class:`InvalidRequest` for an unknown mode and :class:`Unavailable`, naming the
-    cause (no driver, no toolkit, unsupported GPU, ...), when ``gpu`` is asked for on a
-    machine without a usable GPU.  ``auto`` then falls back to the CPU, and the CPU backend's
-    ``describe()`` keeps the reason as ``gpu_fallback``.
-    """
+def chosen(mode: str | None = "auto") -> tuple[str, str | None]:
+    """The name of the backend :func:`get_backend` makes for ``mode``, and why ``auto`` fell
+    back to the CPU (None when it did not), without making it: no kernel is imported."""
     if mode is None:
         mode = os.environ.get(ENV_VAR) or "auto"
     mode = str(mode).strip().lower()
@@ -175,19 +171,33 @@ def get_backend(mode: str | None = "auto") -> Backend:
             f"unknown device {mode!r}: use one of {', '.join(MODES)}", code="bad_device"
         )
     if mode == "cpu":
-        return _make("cpu")
+        return "cpu", None
     status = gpu_probe()
     if status.best is not None:
-        return _make(status.best)
+        return status.best, None
     if mode == "gpu":
         raise Unavailable(
             f"GPU asked for but not available: {status.reason}. Use --device cpu (or auto) instead",
             code="gpu_unavailable",
         )
+    return "cpu", status.reason
+
+
+def get_backend(mode: str | None = "auto") -> Backend:
+    """The backend for ``mode`` (``auto`` | ``gpu`` | ``cpu``; None reads ``TESSERA_DEVICE``).
+
+    Raises :class:`InvalidRequest` for an unknown mode and :class:`Unavailable`, naming the
+    cause (no driver, no toolkit, unsupported GPU, ...), when ``gpu`` is asked for on a
+    machine without a usable GPU.  ``auto`` then falls back to the CPU, and the CPU backend's
+    ``describe()`` keeps the reason as ``gpu_fallback``.
+    """
+    name, fallback = chosen(mode)
+    if fallback is None:
+        return _make(name)
     from tessera_gpu.backends.cpu import CpuBackend
 
     cpu = CpuBackend()
-    cpu.fallback_reason = status.reason
+    cpu.fallback_reason = fallback
     return cpu
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tessera_gpu.backends import Backend
 from tessera_gpu.cli.options import device_option
 from tessera_gpu.cli.output import write_output
 from tessera_gpu.errors import needs_embeddings
@@ -79,21 +78,21 @@ def project(
 ) -> None:
     """Project the embeddings of FILES (one file, or several joined into one map; a quoted glob
     too) to 2-D with UMAP and save the (N, 2) float32 map, rows in file order."""
+    settings = Settings.load({"device": device, "dask": dask})
+    file = files[0]
+    start = time.perf_counter()
+    if not no_cache and not settings.dask and len(files) == 1:
+        # an unchanged file whose map is cached: found without reading (or hashing) the file,
+        # and without making a backend or opening the catalog
+        found, tag = _cached(file, seed, settings, cache_dir)
+        if found is not None:
+            _write_map(found, "earlier", tag, start, output, file)
+            return
     from tessera_gpu.core import Tessera
     from tessera_gpu.projection import ProjectionCache
 
-    settings = Settings.load({"device": device, "dask": dask})
-    file = files[0]
     with Tessera(settings) as core:
         cache = None if no_cache else ProjectionCache(cache_dir) if cache_dir else core.cache
-        start = time.perf_counter()
-        # an unchanged file whose map is cached: found without reading (or hashing) the file
-        found = None if cache is None or len(files) > 1 else core.projections.cached(
-            file, {"seed": seed}, cache
-        )  # fmt: skip
-        if found is not None:
-            _write_map(found, len(found.coords), settings, core.backend, start, output, file)
-            return
         live = core.registry.load(list(files))
         needs_embeddings(
             live.dataset.dim, f"{file.name} has no embeddings (metadata-only): nothing to project"
@@ -109,19 +108,35 @@ def project(
                     task, description=stage, completed=fraction
                 ),
             )
-    _write_map(result, live.dataset.n_episodes, settings, core.backend, start, output, file)
+    where = f"Dask at {settings.dask}" if settings.dask else core.backend.device
+    how = result.info.get("algorithm", "umap") if settings.dask else core.backend.name
+    _write_map(result, f"on {where}", how, start, output, file)
+
+
+def _cached(
+    file: Path, seed: int, settings: Settings, cache_dir: Path | None
+) -> tuple[Projection | None, str]:
+    """The cached map of an unchanged ``file`` for this device, and the backend's tag."""
+    from tessera_gpu.core.datadir import DataDir
+    from tessera_gpu.core.known import KnownFiles
+    from tessera_gpu.projection.cache import ProjectionCache, device_tag
+    from tessera_gpu.projection.params import ProjectionParams
+
+    data = DataDir(settings.data_dir)
+    tag = device_tag(settings.device)
+    cache = ProjectionCache(cache_dir or data.cache_dir)
+    return KnownFiles(data.cache_dir).cached_map(file, ProjectionParams(seed=seed), cache, tag), tag
 
 
 def _write_map(
-    result: Projection, n: int, settings: Settings, backend: Backend, start: float,
-    output: Path | None, file: Path,
-) -> None:  # fmt: skip
+    result: Projection, where: str, how: str, start: float, output: Path | None, file: Path
+) -> None:
+    """Write the map; say where (``on CPU (2 cores)``, ``earlier``: a cached map) and how
+    (the backend) it was made, and what it took."""
     out = output or _default_output(file)
     write_output(out, _npy_bytes(result.coords))
-    where = f"Dask at {settings.dask}" if settings.dask else backend.device
-    how = result.info.get("algorithm", "umap") if settings.dask else backend.name
     click.echo(
-        f"projected {n:,} episodes on {where} ({how}, "
+        f"projected {len(result.coords):,} episodes {where} ({how}, "
         f"kNN {result.info.get('knn', '-')}, cache {result.info.get('cache', 'off')}) "
         f"in {time.perf_counter() - start:.1f} s -> {out}",
         err=True,

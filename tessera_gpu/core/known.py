@@ -12,6 +12,9 @@ from pathlib import Path
 import msgspec
 
 from tessera_gpu.io.files import write_atomic
+from tessera_gpu.io.shards import expand_paths
+from tessera_gpu.projection.cache import ProjectionCache
+from tessera_gpu.projection.params import Projection, ProjectionParams
 
 __all__ = ["KnownFile", "KnownFiles"]
 
@@ -45,6 +48,22 @@ class KnownFiles:
             return None
         same = (known.path, known.size, known.mtime_ns) == (str(file), st.st_size, st.st_mtime_ns)
         return known if same else None
+
+    def find(self, path: str | Path) -> KnownFile | None:
+        """What the one file ``path`` names (a glob too) hashed to, if unchanged since."""
+        files = expand_paths([path])
+        return self.get(Path(os.path.realpath(files[0]))) if len(files) == 1 else None
+
+    def cached_map(
+        self, path: str | Path, params: ProjectionParams, cache: ProjectionCache, backend: str
+    ) -> Projection | None:
+        """The cached map of the file ``path``, found without reading it (its hashes are
+        remembered here), for the backend tagged ``backend``; else None."""
+        known = self.find(path)
+        if known is None:
+            return None
+        hit = cache.load(cache.key(known.embeddings_hash, params, backend=backend))
+        return None if hit is None else Projection(hit.coords, {**hit.info, "cache": "hit"})
 
     def put(self, file: Path, file_hash: str, embeddings_hash: str) -> None:
         """Remember ``file``'s hashes; a disk that refuses only loses the shortcut (logged)."""

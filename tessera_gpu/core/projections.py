@@ -4,7 +4,6 @@ thread for the CLI, cached on disk by content) and the map indexes built on it f
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from tessera_gpu.backends import Backend
@@ -14,7 +13,7 @@ from tessera_gpu.core.jobs import ProjectionJobs, ProjectionStatus
 from tessera_gpu.core.registry import Live, Registry
 from tessera_gpu.errors import needs_embeddings
 from tessera_gpu.progress import Progress
-from tessera_gpu.projection.cache import ProjectionCache, backend_tag, project_cached
+from tessera_gpu.projection.cache import ProjectionCache, project_cached
 from tessera_gpu.projection.params import Projection, ProjectionParams
 from tessera_gpu.render.mapcache import MapCache
 
@@ -82,19 +81,6 @@ class Projections:
         self.catalog.datasets.put(entry)
         self.jobs.submit(live.id, live.dataset, projection)
         return self.jobs.status(live.id)
-
-    def cached(
-        self, path: str | Path, params: dict[str, Any], cache: ProjectionCache
-    ) -> Projection | None:
-        """The cached map of one file loaded before and unchanged since, found without
-        reading the file (its hashes remembered by path, size and mtime); else None."""
-        known = self.registry.known_file(path)
-        if known is None:
-            return None
-        key = cache.key(known.embeddings_hash, ProjectionParams(**params),
-                        backend=backend_tag(self.backend))  # fmt: skip
-        hit = cache.load(key)
-        return None if hit is None else Projection(hit.coords, {**hit.info, "cache": "hit"})
 
     def status(self, live: Live) -> ProjectionStatus:
         return self.jobs.status(live.id)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from tessera_gpu.backends import Backend, on_gpu
 from tessera_gpu.core.catalog import Catalog, DatasetEntry, now
 from tessera_gpu.core.datadir import DataDir
-from tessera_gpu.core.known import KnownFile, KnownFiles
+from tessera_gpu.core.known import KnownFiles
 from tessera_gpu.core.uploads import Upload
 from tessera_gpu.errors import (
     Conflict,
@@ -101,14 +101,6 @@ class Registry:
         if len(files) == 1 and dataset.embeddings is not None and dataset.embeddings_hash:
             self.known.put(files[0], hashes[0], dataset.embeddings_hash)
         return Live(_entry_for(files, hashes, dataset, "path"), dataset)
-
-    def known_file(self, path: str | Path) -> KnownFile | None:
-        """The hashes of one file loaded here before and unchanged since (else None): what
-        finds its cached map without reading it."""
-        files = expand_paths([path])
-        if len(files) != 1 or self.engine is not None:
-            return None
-        return self.known.get(Path(os.path.realpath(files[0])))
 
     def register_paths(
         self,

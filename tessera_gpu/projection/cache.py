@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tessera_gpu.backends import Backend
+from tessera_gpu.backends import Backend, chosen, standin_name
 from tessera_gpu.io.artifacts import ArtifactStore
 from tessera_gpu.progress import Progress
 from tessera_gpu.projection.params import Projection, ProjectionParams
@@ -81,6 +81,14 @@ def backend_tag(backend: Any) -> str:
     """The backend's part of a cache key: its name, plus the stand-in's when one is on."""
     standin = getattr(backend, "standin", None)
     return f"{backend.name}+{standin}-standin" if standin else str(backend.name)
+
+
+def device_tag(mode: str | None) -> str:
+    """:func:`backend_tag` of the backend ``get_backend(mode)`` would make, without making it
+    (a cache look-up then imports no kernel)."""
+    name, _ = chosen(mode)
+    standin = standin_name() if name == "cupy" else None
+    return f"{name}+{standin}-standin" if standin else name
 
 
 def project_cached(

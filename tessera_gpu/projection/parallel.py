@@ -4,9 +4,11 @@ The server projects in a worker thread while requests render tiles and draw K-me
 others, so parallel kernels start concurrently.  numba's TBB and OpenMP threading layers allow
 that; its fallback ``workqueue`` layer aborts the process when it happens.
 
-Nothing is changed at import. :func:`configure_threading` (called by
-:func:`tessera_gpu.configure_process`, which ``create_app`` and the ``tessera`` command call)
-asks numba for a thread-safe layer unless the user chose one (``NUMBA_THREADING_LAYER``).
+Nothing is changed at import in a process that did not call
+:func:`tessera_gpu.configure_process` (``create_app`` and the ``tessera`` command do); in one
+that did, :func:`configure_threading` runs when this module loads (or at that call, if this
+module loaded first), before any kernel can launch. It asks numba for a thread-safe layer
+unless the user chose one (``NUMBA_THREADING_LAYER``).
 Either way, :func:`thread_safe` tells whether the layer numba will use is thread-safe; where
 it is not (e.g. macOS without libomp or tbb), :func:`kernel` serialises our launches with one
 process-wide lock, and :func:`serial_section` lets other callers of numba-parallel code
@@ -24,6 +26,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import numba
+
+from tessera_gpu.process import when_configured
 
 __all__ = ["configure_threading", "kernel", "serial_section", "thread_safe"]
 
@@ -95,3 +99,6 @@ def kernel(fn: F) -> F:
 
     launch.dispatcher = dispatcher  # type: ignore[attr-defined]
     return launch  # type: ignore[return-value]
+
+
+when_configured(configure_threading)
