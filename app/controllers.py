@@ -21,6 +21,7 @@ from litestar.params import Body, PathParameter
 from tessera_gpu import __version__
 from tessera_gpu.backends import Backend, backend_summary
 from tessera_gpu.core import Count, DatasetSummary, Episode, Live, ProjectionStatus, Tessera
+from tessera_gpu.core.curation import CountRequest, FacetsRequest
 from tessera_gpu.errors import (
     InsufficientStorage,
     InvalidRequest,
@@ -32,7 +33,15 @@ from tessera_gpu.io.shards import MAX_SHARDS
 from tessera_gpu.sampling import Manifest, SampleRequest
 
 from .openapi_docs import DatasetRegistration
-from .params import DatasetId, EpisodeIndex, LiveDep, TesseraDep
+from .params import (
+    DatasetId,
+    EpisodeIndex,
+    JsonBody,
+    LiveDep,
+    TesseraDep,
+    body_or_empty,
+    decode_body,
+)
 from .selections import ExportBy, ExportComplement, ExportFormat, ExportTau, download
 from .uploads import MULTIPART_OVERHEAD, receive_upload, too_large
 
@@ -290,9 +299,9 @@ def _paths_from(body: bytes) -> PathsRequest:
     """The files to register (``paths`` filled either way); the core checks the name."""
     usage = 'The JSON body must be {"path": "/path/to/file.h5"} or {"paths": [...], "name": ...}'
     try:
-        asked = msgspec.json.decode(body, type=PathsRequest)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise InvalidRequest(f"{usage}: {exc}") from None
+        asked = decode_body(body, PathsRequest)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{usage}: {exc.message}") from None
     if (asked.path is None) == (asked.paths is None):
         raise InvalidRequest(usage)
     paths = [asked.path] if asked.path is not None else list(asked.paths or [])
@@ -335,6 +344,8 @@ class ProjectionController(Controller):
         summary="(Re)start the projection",
         status_code=202,
         sync_to_thread=True,
+        dto=JsonBody[ProjectionRequest],
+        return_dto=None,
     )
     def start(
         self,
@@ -347,7 +358,7 @@ class ProjectionController(Controller):
     ) -> ProjectionStatus:
         """Queue a new projection with these parameters (remembered across restarts); a
         running one for this dataset is dropped. 409 for a metadata-only dataset."""
-        return tessera.projections.project(live, data.given() if data is not None else {})
+        return tessera.projections.project(live, body_or_empty(data, ProjectionRequest).given())
 
 
 class EpisodeController(Controller):
@@ -377,20 +388,20 @@ class EpisodeController(Controller):
         summary="Count matching episodes",
         status_code=200,
         sync_to_thread=True,
+        dto=JsonBody[CountRequest],
+        return_dto=None,
     )
     def count(
         self,
         tessera: TesseraDep,
         live: LiveDep,
-        data: Annotated[dict[str, Any] | None, Body(description=FILTER_DOC)] = None,
+        data: Annotated[CountRequest | None, Body(description=FILTER_DOC)] = None,
     ) -> Count:
         """How many episodes match the filter (``count``) out of all (``total``); no body or
         no filter counts every episode. With ``dedup_threshold`` (a cosine distance in
         (0, 1]), near-duplicate groups among the matches are first cut to their keepers and
         ``removed`` says how many that dropped (503 while the similarity graph is built)."""
-        data = data or {}
-        _only_keys(data, {"filter", "dedup_threshold"}, "count request")
-        return tessera.curation.count(live, data.get("filter"), data.get("dedup_threshold"))
+        return tessera.curation.count(live, body_or_empty(data, CountRequest))
 
     @post(
         "/facets",
@@ -398,26 +409,19 @@ class EpisodeController(Controller):
         summary="Cross-filter counts of each value",
         status_code=200,
         sync_to_thread=True,
+        dto=JsonBody[FacetsRequest],
+        return_dto=None,
     )
     def facets(
         self,
         tessera: TesseraDep,
         live: LiveDep,
-        data: Annotated[dict[str, Any] | None, Body(description=FILTER_DOC)] = None,
+        data: Annotated[FacetsRequest | None, Body(description=FILTER_DOC)] = None,
     ) -> Facets:
         """For each category and bool field, how many episodes hold each value among those
         matching every condition *except* the field's own (what the filter panel shows next
         to each value); ``matched`` of ``total`` match the whole filter."""
-        data = data or {}
-        _only_keys(data, {"filter"}, "facets request")
-        return tessera.curation.facets(live, data.get("filter"))
-
-
-def _only_keys(data: dict[str, Any], allowed: set[str], what: str) -> None:
-    unknown = sorted(k for k in data if k not in allowed)
-    if unknown:
-        keys = ", ".join(sorted(allowed))
-        raise InvalidRequest(f"unknown key {unknown[0]!r} in {what}; keys: {keys}")
+        return tessera.curation.facets(live, body_or_empty(data, FacetsRequest))
 
 
 class SampleController(Controller):
@@ -426,16 +430,17 @@ class SampleController(Controller):
     path = "/api/datasets/{dataset_id:str}/samples"
     tags = ("samples",)
 
-    @post("/", operation_id="createSample", summary="Draw a sample", sync_to_thread=True)
+    @post("/", operation_id="createSample", summary="Draw a sample", sync_to_thread=True,
+          dto=JsonBody[SampleRequest], return_dto=None)  # fmt: skip
     def create(
         self,
         tessera: TesseraDep,
         live: LiveDep,
-        data: Annotated[dict[str, Any] | None, Body(description=SAMPLE_DOC)] = None,
+        data: Annotated[SampleRequest | None, Body(description=SAMPLE_DOC)] = None,
     ) -> Manifest:
         """Draw n episodes among those matching the filter and save the manifest. K-means
         needs embeddings (409 in metadata-only mode), not the projection."""
-        return tessera.samples.draw(live, SampleRequest.from_dict(data))
+        return tessera.samples.draw(live, body_or_empty(data, SampleRequest))
 
     @get("/", operation_id="listSamples", summary="List samples", sync_to_thread=True)
     def list_samples(self, tessera: TesseraDep, live: LiveDep) -> list[Manifest]:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import msgspec
 from litestar import Controller, get, post
 from litestar.params import Body
 
 from tessera_gpu.core import TaskStatus
-from tessera_gpu.core.curation import DEFAULT_CLUSTERS
-from tessera_gpu.errors import InvalidRequest
+from tessera_gpu.core.curation import ClustersRequest, SummaryRequest
 from tessera_gpu.summary import Summary
 
-from .params import LiveDep, TesseraDep
+from .params import JsonBody, LiveDep, TesseraDep, body_or_empty
 
 __all__ = ["GroupController"]
 
@@ -24,11 +22,6 @@ SUMMARY_DOC = (
 CLUSTERS_DOC = '{"k": clusters, 2 to 1,000 (default 20), "seed": 0}'
 
 
-class ClustersRequest(msgspec.Struct, forbid_unknown_fields=True):
-    k: int = DEFAULT_CLUSTERS
-    seed: int = 0
-
-
 class GroupController(Controller):
     """The matching episodes split by a field, and K-means clusters as a field."""
 
@@ -36,12 +29,12 @@ class GroupController(Controller):
     tags = ("groups",)
 
     @post("/summary", operation_id="summarizeGroups", summary="Group summary", status_code=200,
-          sync_to_thread=True)  # fmt: skip
+          sync_to_thread=True, dto=JsonBody[SummaryRequest], return_dto=None)  # fmt: skip
     def summary(
         self,
         tessera: TesseraDep,
         live: LiveDep,
-        data: Annotated[dict[str, Any], Body(description=SUMMARY_DOC)],
+        data: Annotated[SummaryRequest, Body(description=SUMMARY_DOC)],
     ) -> Summary:
         """Per group: count, success rate (with a bool ``success`` field), episode-length
         mean and quartiles (with an ``episode_length`` field), and the top values of every
@@ -49,21 +42,18 @@ class GroupController(Controller):
         return tessera.curation.summary(live, data)
 
     @post("/clusters", operation_id="startClusters", summary="Cluster the embeddings",
-          status_code=202, sync_to_thread=True)  # fmt: skip
+          status_code=202, sync_to_thread=True, dto=JsonBody[ClustersRequest],
+          return_dto=None)  # fmt: skip
     def start(
         self,
         tessera: TesseraDep,
         live: LiveDep,
-        data: Annotated[dict[str, Any] | None, Body(description=CLUSTERS_DOC)] = None,
+        data: Annotated[ClustersRequest | None, Body(description=CLUSTERS_DOC)] = None,
     ) -> TaskStatus:
         """K-means over the embeddings (cached by content, k and seed); when done, every
         episode has a ``cluster`` field (``c01`` the largest). The same k joins a running
         job. 409 in metadata-only mode."""
-        try:
-            request = msgspec.convert(data or {}, ClustersRequest)
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(f"clusters request: {exc}") from None
-        return tessera.curation.clusters(live, request.k, request.seed)
+        return tessera.curation.clusters(live, body_or_empty(data, ClustersRequest))
 
     @get("/clusters", operation_id="getClusters", summary="Clusters job status",
          sync_to_thread=True)  # fmt: skip

@@ -3,14 +3,14 @@ set operation), list, read, delete and export them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from litestar import Controller, Response, delete, get, post
 from litestar.params import Body, PathParameter, QueryParameter
 
-from tessera_gpu.selections import MAX_NAME, Selection
+from tessera_gpu.selections import MAX_NAME, Selection, SelectionRequest
 
-from .params import LiveDep, TesseraDep
+from .params import JsonBody, LiveDep, TesseraDep
 
 __all__ = [
     "ExportBy",
@@ -70,12 +70,12 @@ class SelectionController(Controller):
     tags = ("selections",)
 
     @post("/", operation_id="createSelection", summary="Make a named selection", status_code=201,
-          sync_to_thread=True)  # fmt: skip
+          sync_to_thread=True, dto=JsonBody[SelectionRequest], return_dto=None)  # fmt: skip
     def create(
         self,
         tessera: TesseraDep,
         live: LiveDep,
-        data: Annotated[dict[str, Any], Body(description=SELECTION_DOC)],
+        data: Annotated[SelectionRequest, Body(description=SELECTION_DOC)],
     ) -> Selection:
         """Keep a set of episodes under a name (1 to 100 characters, no '/'); its ids are
         stored, not its filter. 409 when the name is taken; 400 naming unknown selections in

@@ -14,11 +14,11 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body, QueryParameter
 
 from tessera_gpu.core import TaskStatus
-from tessera_gpu.core.similar import DuplicateGroups, SimilarEpisodes
+from tessera_gpu.core.similar import DuplicateGroups, DuplicatesRequest, SimilarEpisodes
 from tessera_gpu.filters import parse_filter_param
 from tessera_gpu.similarity import MAX_SIMILAR
 
-from .params import EpisodeIndex, FilterParam, LiveDep, TesseraDep
+from .params import EpisodeIndex, FilterParam, JsonBody, LiveDep, TesseraDep, body_or_empty
 
 __all__ = ["SimilarityController"]
 
@@ -70,16 +70,17 @@ class SimilarityController(Controller):
         return _answer(tessera.similar.similar(live, index, k, raw))
 
     @post("/duplicates", operation_id="findDuplicates", summary="Near-duplicate groups",
-          sync_to_thread=True, status_code=200, responses=PENDING)  # fmt: skip
+          sync_to_thread=True, status_code=200, responses=PENDING,
+          dto=JsonBody[DuplicatesRequest], return_dto=None)  # fmt: skip
     def duplicates(
         self,
         tessera: TesseraDep,
         live: LiveDep,
-        data: Annotated[dict[str, Any] | None, Body(description=DUPLICATES_DOC)] = None,
+        data: Annotated[DuplicatesRequest | None, Body(description=DUPLICATES_DOC)] = None,
     ) -> Response[DuplicateGroups]:
         """Groups of episodes within ``threshold`` cosine distance of each other (connected
         components of such pairs, among the filter's matches), largest first, each with its
         keeper (the member nearest the group's mean) first and the others in index order.
         ``removed`` is how many episodes keeping one per group drops. 202 while the graph is
         being built; 400 for a threshold outside (0, 1]; 409 in metadata-only mode."""
-        return _answer(tessera.similar.duplicates(live, data))
+        return _answer(tessera.similar.duplicates(live, body_or_empty(data, DuplicatesRequest)))

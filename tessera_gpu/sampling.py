@@ -9,8 +9,8 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import msgspec
 import numpy as np
@@ -24,8 +24,10 @@ from tessera_gpu.io.dataset import Dataset, Field
 __all__ = [
     "COVERAGE_QUERY_ROWS",
     "MAX_SAMPLE",
+    "Allocation",
     "Coverage",
     "Manifest",
+    "Method",
     "Sample",
     "SampleParams",
     "SampleRequest",
@@ -43,77 +45,58 @@ Allocation = Literal["proportional", "equal"]
 MAX_SAMPLE = 200_000
 #: Coverage stats are measured from at most this many (seeded) filtered episodes.
 COVERAGE_QUERY_ROWS = 5_000
-_METHODS = ("kmeans", "stratified", "random")
-_ALLOCATIONS = ("proportional", "equal")
 
 
-@dataclass(frozen=True)
-class SampleRequest:
-    """What to sample. ``filter`` holds raw condition dicts (checked by ``parse_filter``)."""
+class SampleRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What to sample (``POST .../samples``, ``tessera sample``): ``filter`` holds raw
+    condition objects (checked by ``parse_filter`` against the dataset)."""
 
     method: Method
     n: int
     seed: int = 0
-    filter: tuple[dict[str, Any], ...] = ()
+    filter: tuple[Any, ...] | None = ()
     stratify_by: str | None = None
     allocation: Allocation = "proportional"
     dedup_threshold: float | None = None
 
+    #: What a wrong value of each field is told (``{value!r}``: what was sent).
+    rules: ClassVar[dict[str, str]] = {
+        "method": "method must be kmeans, stratified or random, got {value!r}",
+        "n": f"n must be an integer from 1 to {MAX_SAMPLE:,}, got {{value!r}}",
+        "seed": "seed must be a non-negative integer, got {value!r}",
+        "filter": "filter must be a list of conditions",
+        "stratify_by": "stratify_by must be a field name, got {value!r}",
+        "allocation": "allocation must be proportional or equal, got {value!r}",
+        "dedup_threshold": "dedup_threshold must be a number in (0, 1]: got {value!r}",
+    }
+
     def __post_init__(self) -> None:
-        if self.method not in _METHODS:
-            raise InvalidRequest(
-                f"method must be kmeans, stratified or random, got {self.method!r}"
-            )
+        """The checks beyond the types, whoever builds the request (a body, the CLI)."""
         if not _is_int(self.n) or not 0 < self.n <= MAX_SAMPLE:
-            raise InvalidRequest(f"n must be an integer from 1 to {MAX_SAMPLE:,}, got {self.n!r}")
+            raise InvalidRequest(self.rules["n"].format(value=self.n))
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
-            raise InvalidRequest(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not isinstance(self.filter, list | tuple):
-            raise InvalidRequest("filter must be a list of conditions")
-        object.__setattr__(self, "filter", tuple(self.filter))
-        if self.stratify_by is not None and not isinstance(self.stratify_by, str):
-            raise InvalidRequest(f"stratify_by must be a field name, got {self.stratify_by!r}")
+            raise InvalidRequest(self.rules["seed"].format(value=self.seed))
         if self.method == "stratified" and self.stratify_by is None:
             raise InvalidRequest("stratified sampling needs stratify_by (a category or bool field)")
-        if self.allocation not in _ALLOCATIONS:
-            raise InvalidRequest(
-                f"allocation must be proportional or equal, got {self.allocation!r}"
-            )
+        msgspec.structs.force_setattr(self, "filter", tuple(self.filter or ()))
         if self.dedup_threshold is not None:
             from tessera_gpu.similarity import check_threshold
 
-            object.__setattr__(
-                self, "dedup_threshold", check_threshold(self.dedup_threshold, "dedup_threshold")
-            )
+            threshold = check_threshold(self.dedup_threshold, "dedup_threshold")
+            msgspec.structs.force_setattr(self, "dedup_threshold", threshold)
 
     @property
-    def conditions(self) -> list[dict[str, Any]]:
+    def conditions(self) -> list[Any]:
         """The filter, with the dedup step as its last condition when one is asked for."""
-        out = [dict(c) if isinstance(c, dict) else c for c in self.filter]
+        out = [dict(c) if isinstance(c, dict) else c for c in self.filter or ()]
         if self.dedup_threshold is not None:
             out.append({"field": DUPLICATES_FIELD, "op": "keep_one", "value": self.dedup_threshold})
         return out
 
-    @classmethod
-    def from_dict(cls, d: Any) -> SampleRequest:
-        """Build from a JSON object; unknown keys and bad types raise :class:`InvalidRequest`."""
-        if not isinstance(d, dict):
-            raise InvalidRequest("a sample request must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in d if k not in known)
-        if unknown:
-            raise InvalidRequest(
-                f"unknown key {unknown[0]!r} in sample request; keys: {', '.join(sorted(known))}"
-            )
-        for key in ("method", "n"):
-            if key not in d:
-                raise InvalidRequest(f"sample request is missing {key!r}")
-        return cls(**{k: ([] if k == "filter" and v is None else v) for k, v in d.items()})
-
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form, the inverse of :meth:`from_dict`."""
-        out = asdict(self)
-        out["filter"] = [_plain(c) for c in self.filter]
+        """The JSON form, the inverse of decoding one."""
+        out = msgspec.structs.asdict(self)
+        out["filter"] = [_plain(c) for c in self.filter or ()]
         if self.dedup_threshold is None:
             del out["dedup_threshold"]
         return out
@@ -156,7 +139,7 @@ def draw_sample(
         )
     strata = strata_of(dataset, request.stratify_by)
     stats: dict[str, Any] = {}
-    mask = filter_mask(dataset, parse_filter(list(request.filter), dataset, context=context),
+    mask = filter_mask(dataset, parse_filter(list(request.filter or ()), dataset, context=context),
                        context=context)  # fmt: skip
     if request.dedup_threshold is not None:  # the last of request.conditions, applied to mask
         (dedup,) = parse_filter(request.conditions[-1:], dataset, context=context)
@@ -507,7 +490,7 @@ def build_manifest(
         dataset_name=dataset.name,
         dataset_hash=dataset_hash,
         n_episodes=dataset.n_episodes,
-        filter=[_plain(c) for c in request.filter],
+        filter=[_plain(c) for c in request.filter or ()],
         projection=_plain(projection),
         method=request.method,
         params=SampleParams(

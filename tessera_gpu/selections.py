@@ -59,15 +59,9 @@ class SelectionRequest(msgspec.Struct, forbid_unknown_fields=True):
     op: str | None = None
     of: list[str] | None = None
 
-    @classmethod
-    def from_dict(cls, body: Any) -> SelectionRequest:
-        try:
-            request = msgspec.convert(body, cls)
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(f"selection request: {exc}") from None
-        check_name(request.name)
-        request._check_source()
-        return request
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        self._check_source()
 
     @property
     def kind(self) -> Kind:

@@ -18,6 +18,7 @@ from tessera_gpu.core.backups import KEEP, Backups
 from tessera_gpu.core.catalog import SCHEMA_VERSION, open_catalog
 from tessera_gpu.errors import Unavailable
 from tessera_gpu.sampling import SampleRequest
+from tessera_gpu.selections import SelectionRequest
 from tessera_gpu.settings import Settings
 
 from .api_calls import TEST_HOSTS
@@ -178,8 +179,8 @@ def damaged_server(tmp_path: Path, metadata_only_file: Path) -> Settings:
     with Tessera(settings) as core:
         core.open()
         live = core.register_path(metadata_only_file, check_allowed=False)
-        core.samples.draw(live, SampleRequest.from_dict({"method": "random", "n": 5}))
-        core.curation.create_selection(live, {"name": "all", "filter": []})
+        core.samples.draw(live, SampleRequest("random", 5))
+        core.curation.create_selection(live, SelectionRequest("all", filter=[]))
     assert (settings.data_dir / "catalog.sqlite").exists()
     damage_page_holding(settings.data_dir / "catalog.sqlite", b'["ep_00000","ep_00001"')
     return settings

@@ -16,6 +16,7 @@ from tessera_gpu.errors import Conflict
 from tessera_gpu.exports import lerobot_document
 from tessera_gpu.io.shards import load_shards
 from tessera_gpu.io.writer import write_dataset
+from tessera_gpu.selections import SelectionRequest
 
 from .api_calls import Client, error
 
@@ -163,7 +164,7 @@ def test_the_cli_exports_the_complement(tmp_path: Path) -> None:
         core.open()
         live = core.register_path(path, check_allowed=False)
         core.curation.create_selection(
-            live, {"name": "keep", "episode_ids": ["ep_000001", "ep_000007"]}
+            live, SelectionRequest("keep", episode_ids=["ep_000001", "ep_000007"])
         )
     out = tmp_path / "drop.json"
     result = CliRunner(env={"TESSERA_DATA_DIR": str(data)}).invoke(

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+from tessera_app.params import decode_body
 
 from tessera_gpu.errors import Conflict, InvalidRequest
 from tessera_gpu.filters import filter_rows, parse_filter
@@ -239,19 +240,34 @@ def test_kmeans_reports_coverage_against_random(ds: Dataset) -> None:
          "keys: allocation, dedup_threshold, filter, method, n, seed, stratify_by"),
     ],
 )  # fmt: skip
-def test_sample_request_from_dict_rejects(d: Any, message: str) -> None:
+def test_sample_request_body_rejects(d: Any, message: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        SampleRequest.from_dict(d)
+        decode_body(msgspec.json.encode(d), SampleRequest)
     assert info.value.message == message
 
 
 def test_sample_request_round_trip() -> None:
     d = {"method": "stratified", "n": 5, "seed": 2, "filter": [SUCCESS], "stratify_by": "task",
          "allocation": "equal"}  # fmt: skip
-    request = SampleRequest.from_dict(d)
+    request = decode_body(msgspec.json.encode(d), SampleRequest)
     assert request.filter == (SUCCESS,)
     assert request.to_dict() == d
-    assert SampleRequest.from_dict({"method": "random", "n": 1, "filter": None}).filter == ()
+    assert decode_body(b'{"method": "random", "n": 1, "filter": null}', SampleRequest).filter == ()
+
+
+def test_sample_request_built_directly_is_checked_the_same() -> None:
+    """The CLI builds the Struct itself: the checks beyond the types still run."""
+    for kwargs, message in [
+        ({"method": "random", "n": 0}, "n must be an integer from 1 to 200,000, got 0"),
+        ({"method": "random", "n": 5, "seed": -1}, "seed must be a non-negative integer, got -1"),
+        ({"method": "stratified", "n": 5},
+         "stratified sampling needs stratify_by (a category or bool field)"),
+        ({"method": "random", "n": 5, "dedup_threshold": 2.0},
+         "dedup_threshold must be a cosine distance in (0, 1]: got 2.0"),
+    ]:  # fmt: skip
+        with pytest.raises(InvalidRequest) as info:
+            SampleRequest(**kwargs)
+        assert info.value.message == message
 
 
 def manifest_for(ds: Dataset, request: SampleRequest) -> Manifest:

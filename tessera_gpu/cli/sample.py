@@ -19,7 +19,7 @@ from tessera_gpu.cli.options import device_option
 from tessera_gpu.cli.output import write_output
 from tessera_gpu.core import Tessera
 from tessera_gpu.filters import parse_where
-from tessera_gpu.sampling import SampleRequest, export_sample
+from tessera_gpu.sampling import Allocation, Method, SampleRequest, export_sample
 from tessera_gpu.settings import Settings
 from tessera_gpu.similarity import SimilarityIndex
 
@@ -59,11 +59,11 @@ __all__ = ["sample"]
               type=click.Choice(["txt", "csv", "json"]))  # fmt: skip
 def sample(
     file: Path,
-    method: str,
+    method: Method,
     n: int,
     where: tuple[str, ...],
     stratify_by: str | None,
-    allocation: str,
+    allocation: Allocation,
     seed: int,
     dedup: float | None,
     device: str,
@@ -71,16 +71,14 @@ def sample(
     fmt: str,
 ) -> None:
     """Pick N episodes of FILE (kmeans, stratified or random) and write their ids."""
-    request = SampleRequest.from_dict(
-        {
-            "method": method,
-            "n": n,
-            "seed": seed,
-            "filter": [parse_where(w) for w in where],
-            "stratify_by": stratify_by,
-            "allocation": allocation,
-            "dedup_threshold": dedup,
-        }
+    request = SampleRequest(
+        method,
+        n,
+        seed=seed,
+        filter=tuple(parse_where(w) for w in where),
+        stratify_by=stratify_by,
+        allocation=allocation,
+        dedup_threshold=dedup,
     )
     backend = get_backend(device if method == "kmeans" or dedup is not None else "cpu")
     with Tessera(Settings.load({"device": device}), backend=backend) as core:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 import numpy as np
@@ -36,7 +36,17 @@ from tessera_gpu.summary import Summary, summarize
 if TYPE_CHECKING:
     from tessera_gpu.distributed import DaskEngine
 
-__all__ = ["CLUSTERS", "Count", "Curation", "Episode", "SummaryRequest", "cluster_field"]
+__all__ = [
+    "CLUSTERS",
+    "ClustersRequest",
+    "Count",
+    "CountRequest",
+    "Curation",
+    "Episode",
+    "FacetsRequest",
+    "SummaryRequest",
+    "cluster_field",
+]
 
 CLUSTERS = "clusters"  # the analysis job behind the ``cluster`` field
 CLUSTER_VERSION = "tessera-kmeans-2"  # greedy k-means++, stopping on the inertia
@@ -64,6 +74,35 @@ class Count(msgspec.Struct, omit_defaults=True):
     removed: int | msgspec.UnsetType = msgspec.UNSET
 
 
+#: What a wrong ``filter`` or ``dedup_threshold`` of a count or facets request is told.
+FILTER_RULES = {
+    "filter": "filter must be a list of conditions, got {value!r}",
+    "dedup_threshold": "dedup_threshold must be a number in (0, 1]: got {value!r}",
+}
+
+
+class CountRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST .../count``: a filter (none counts every episode), and optionally a cosine
+    distance in (0, 1] that first cuts near-duplicate groups to their keepers."""
+
+    filter: list[Any] | None = None
+    dedup_threshold: float | None = None
+
+    rules: ClassVar[dict[str, str]] = FILTER_RULES
+
+    def __post_init__(self) -> None:
+        if self.dedup_threshold is not None:
+            self.dedup_threshold = check_threshold(self.dedup_threshold, "dedup_threshold")
+
+
+class FacetsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST .../facets``: the filter whose cross-filter counts to give."""
+
+    filter: list[Any] | None = None
+
+    rules: ClassVar[dict[str, str]] = FILTER_RULES
+
+
 class SummaryRequest(msgspec.Struct, forbid_unknown_fields=True):
     """``POST .../summary``: the field to split by, a filter, and optional equal-width bins
     (number fields; the default is quantile bins)."""
@@ -72,12 +111,24 @@ class SummaryRequest(msgspec.Struct, forbid_unknown_fields=True):
     filter: list[Any] | None = None
     bins: int | None = None
 
-    @classmethod
-    def from_dict(cls, body: Any) -> SummaryRequest:
-        try:
-            return msgspec.convert(body, cls)
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(f"summary request: {exc}") from None
+
+class ClustersRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST .../clusters``: how many K-means clusters (2 to 1,000), and the seed."""
+
+    k: int = DEFAULT_CLUSTERS
+    seed: int = 0
+
+    rules: ClassVar[dict[str, str]] = {
+        "k": f"k must be an integer from 2 to {MAX_CLUSTERS:,}: got {{value!r}}",
+    }
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.k, bool)
+            or not isinstance(self.k, int)
+            or not 2 <= self.k <= MAX_CLUSTERS
+        ):
+            raise InvalidRequest(self.rules["k"].format(value=self.k))
 
 
 @dataclass(eq=False)
@@ -95,9 +146,8 @@ class Curation:
     backend: Backend
     engine: DaskEngine | None
 
-    def create_selection(self, live: Live, body: Any) -> Selection:
+    def create_selection(self, live: Live, request: SelectionRequest) -> Selection:
         """Make a named selection (see :mod:`tessera_gpu.selections`) and keep it."""
-        request = SelectionRequest.from_dict(body)
         self.catalog.check_writable()
         ds = live.dataset
         if request.kind == "op":
@@ -159,19 +209,16 @@ class Curation:
         label = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._")
         return content, media, f"{label or 'selection'}.{file_extension(fmt)}"
 
-    def summary(self, live: Live, body: Any) -> Summary:
+    def summary(self, live: Live, request: SummaryRequest) -> Summary:
         """The matching episodes split by a field (see :mod:`tessera_gpu.summary`)."""
-        request = SummaryRequest.from_dict(body)
         mask = self.contexts.mask(live, request.filter) if request.filter else None
         return summarize(live.dataset, mask, request.group_by, bins=request.bins)
 
-    def clusters(self, live: Live, k: int = DEFAULT_CLUSTERS, seed: int = 0) -> TaskStatus:
+    def clusters(self, live: Live, request: ClustersRequest) -> TaskStatus:
         """Start (or join) K-means over the embeddings; its labels become the ``cluster``
         field (``c01`` the largest cluster). 409 in metadata-only mode."""
-        dataset = live.dataset
+        dataset, k, seed = live.dataset, request.k, request.seed
         needs_embeddings(dataset.dim, "This dataset is metadata-only: clusters need embeddings")
-        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= MAX_CLUSTERS:
-            raise InvalidRequest(f"k must be an integer from 2 to {MAX_CLUSTERS:,}: got {k!r}")
         if k > dataset.n_episodes:
             raise InvalidRequest(f"k = {k:,} is more than the {dataset.n_episodes:,} episodes")
         params = {"k": k, "seed": seed}
@@ -215,22 +262,21 @@ class Curation:
             has_gif=ds.gif(index) is not None,
         )
 
-    def count(self, live: Live, raw_filter: Any, dedup_threshold: float | None = None) -> Count:
-        ds = live.dataset
-        mask = self.contexts.mask(live, raw_filter)
-        if dedup_threshold is None:
+    def count(self, live: Live, request: CountRequest) -> Count:
+        ds, threshold = live.dataset, request.dedup_threshold
+        mask = self.contexts.mask(live, request.filter)
+        if threshold is None:
             return Count(count=int(np.count_nonzero(mask)), total=ds.n_episodes)
-        threshold = check_threshold(dedup_threshold, "dedup_threshold")
         needs_embeddings(ds.dim, "This dataset is metadata-only: dedup needs embeddings")
         kept = self.graphs.keep_one(live, threshold, mask)
         matched, count = int(np.count_nonzero(mask)), int(np.count_nonzero(kept))
         return Count(count=count, total=ds.n_episodes, removed=matched - count)
 
-    def facets(self, live: Live, raw_filter: Any) -> Facets:
+    def facets(self, live: Live, request: FacetsRequest) -> Facets:
         """Each category and bool value's count among the episodes matching every other
         condition of the filter (:mod:`tessera_gpu.facets`)."""
         ctx, ds = self.contexts.context(live), live.dataset
-        conditions = parse_filter(raw_filter, ds, context=ctx)
+        conditions = parse_filter(request.filter, ds, context=ctx)
         return facet_counts(ds, conditions, lambda c: filter_mask(ds, c, context=ctx))
 
 

@@ -119,7 +119,7 @@ def _map_used(
     request: SampleRequest, dataset: Dataset, info: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The projection a ``map within`` condition refers to, for the manifest; else None."""
-    if not any(isinstance(c, dict) and c.get("field") == MAP_FIELD for c in request.filter):
+    if not any(isinstance(c, dict) and c.get("field") == MAP_FIELD for c in request.filter or ()):
         return None
     keys = ("algorithm", "params", "backend", "knn", "init", "n_epochs")
     return {"embeddings_hash": dataset.embeddings_hash, **{k: info.get(k) for k in keys}}

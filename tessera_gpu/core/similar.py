@@ -69,20 +69,12 @@ class DuplicatesRequest(msgspec.Struct, forbid_unknown_fields=True):
     limit: int = 100
     offset: int = 0
 
-    @classmethod
-    def from_dict(cls, body: Any) -> DuplicatesRequest:
-        try:
-            request = msgspec.convert(body or {}, cls)
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(f"duplicates request: {exc}") from None
-        request.threshold = check_threshold(request.threshold)
-        if not 0 <= request.limit <= MAX_GROUPS_PAGE:
-            raise InvalidRequest(
-                f"limit must be from 0 to {MAX_GROUPS_PAGE:,}: got {request.limit}"
-            )
-        if request.offset < 0:
-            raise InvalidRequest(f"offset must be 0 or more: got {request.offset}")
-        return request
+    def __post_init__(self) -> None:
+        self.threshold = check_threshold(self.threshold)
+        if not 0 <= self.limit <= MAX_GROUPS_PAGE:
+            raise InvalidRequest(f"limit must be from 0 to {MAX_GROUPS_PAGE:,}: got {self.limit}")
+        if self.offset < 0:
+            raise InvalidRequest(f"offset must be 0 or more: got {self.offset}")
 
 
 @dataclass(eq=False)
@@ -129,10 +121,9 @@ class SimilarSearch:
                        for r, d in zip(rows, dist, strict=True)],
         )  # fmt: skip
 
-    def duplicates(self, live: Live, body: Any) -> DuplicateGroups | TaskStatus:
+    def duplicates(self, live: Live, request: DuplicatesRequest) -> DuplicateGroups | TaskStatus:
         """Near-duplicate groups (see :class:`DuplicateGroups`); the job's status while the
         similarity graph is being built."""
-        request = DuplicatesRequest.from_dict(body)
         found = self.graphs.index(live)
         if not isinstance(found, SimilarityIndex):
             return found
