@@ -270,7 +270,7 @@ async def _receive(request: Request[Any, Any, Any], tessera: Tessera, boundary: 
 def _check_free_space(tessera: Tessera, size: int) -> None:
     """507 unless the data directory has room for the upload (its declared size, or the
     upload limit when it declares none) and :data:`DISK_MARGIN` to spare."""
-    free = shutil.disk_usage(tessera.data.uploads_dir).free
+    free = shutil.disk_usage(tessera.data.root).free
     if free < size + DISK_MARGIN:
         raise InsufficientStorage(
             f"Not enough free disk for this upload: {free / 1e6:.0f} MB free in the data "

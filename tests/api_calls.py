@@ -76,4 +76,6 @@ async def wait_for_projection(client: Client, dataset_id: str, timeout: float = 
 
 
 def uploads_dir(client: Client) -> list[str]:
-    return sorted(p.name for p in client.app.state.tessera.data.uploads_dir.iterdir())
+    """The files in the uploads folder (made by the first upload)."""
+    folder = client.app.state.tessera.data.uploads_dir
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []

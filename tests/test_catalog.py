@@ -75,6 +75,7 @@ def test_sweep_removes_only_stale_temp_files(data: DataDir) -> None:
     ]
     kept = [data.uploads_dir / "abc.h5", data.cache_dir / "x.proj"]
     for p in stale + kept:
+        p.parent.mkdir(exist_ok=True)  # made by the first write there
         p.write_bytes(b"x")
     assert sorted(data.sweep()) == sorted(stale)
     assert all(p.exists() for p in kept)

@@ -65,6 +65,8 @@ def test_a_missing_or_empty_catalog_beside_uploads_refuses_to_start(
     tmp_path: Path, state: str
 ) -> None:
     data = DataDir(tmp_path / "data")
+    data.uploads_dir.mkdir()
+    data.cache_dir.mkdir()
     (data.uploads_dir / "0123456789abcdef.h5").write_bytes(b"x")
     (data.cache_dir / "a.proj").write_bytes(b"x")
     if state == "empty":
@@ -99,6 +101,7 @@ def test_a_fresh_or_old_layout_data_dir_starts(tmp_path: Path) -> None:
     open_catalog(DataDir(tmp_path / "fresh")).close()
     old = DataDir(tmp_path / "old")
     (old.root / "registry.json").write_text('{"datasets": []}')
+    old.cache_dir.mkdir(exist_ok=True)
     (old.cache_dir / "a.proj").write_bytes(b"x")
     open_catalog(old).close()  # the old layout is imported at start, not refused
 
@@ -119,6 +122,7 @@ def test_a_file_sqlite_cannot_read_is_one_line_naming_it(tmp_path: Path) -> None
 def test_tessera_serve_says_it_in_one_line(tmp_path: Path, damage: str) -> None:
     data = DataDir(tmp_path / "data")
     filled(data.catalog_path).close()
+    data.uploads_dir.mkdir(exist_ok=True)
     (data.uploads_dir / "0123456789abcdef.h5").write_bytes(b"x")
     if damage == "truncate":
         data.catalog_path.write_bytes(b"")

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -388,6 +389,9 @@ def test_a_cli_sample_is_kept_and_exported_by_id(episode_file: Path, tmp_path: P
     assert second.group(1) != sample_id  # both kept, each its own id
     again = CliRunner().invoke(cli, ["export", str(episode_file), "--sample", sample_id])
     assert again.stdout == out.read_text()
+    data = Path(os.environ["TESSERA_DATA_DIR"])  # only what was written: no empty uploads/
+    assert "uploads" not in {p.name for p in data.iterdir()}
+    assert (data / "catalog.sqlite").exists()
 
 
 def test_cli_writes_the_manifest_atomically(episode_file: Path, tmp_path: Path) -> None:

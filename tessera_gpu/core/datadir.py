@@ -29,7 +29,8 @@ __all__ = ["DataDir", "Hold"]
 
 
 class DataDir:
-    """The folders of one data directory (created if missing)."""
+    """The folders of one data directory: the root is created if missing, the others when
+    something is first written there (a CLI command that only reads makes none of them)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
@@ -38,8 +39,7 @@ class DataDir:
         self.backups_dir = self.root / "backups"
         self.ingested_dir = self.root / "ingested"
         self.catalog_path = self.root / "catalog.sqlite"
-        for d in (self.root, self.uploads_dir, self.cache_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
 
     def sweep(self) -> list[Path]:
         """Remove the temporary files a crash left behind; return what was removed."""
@@ -52,7 +52,7 @@ class DataDir:
         3 cached files"), or None when it holds none of it."""
         counts = [
             (sum(1 for _ in self.uploads_dir.glob("*.h5")), "uploaded file"),
-            (sum(1 for p in self.cache_dir.iterdir() if not p.name.startswith(".")), "cached file"),
+            (sum(1 for p in self.cache_dir.glob("[!.]*")), "cached file"),
             (sum(1 for _ in self.backups_dir.glob("catalog-*.sqlite")), "catalog backup"),
         ]
         words = [f"{n:,} {what}{'s' * (n != 1)}" for n, what in counts if n]
@@ -65,6 +65,7 @@ class DataDir:
 
     def new_upload(self) -> tuple[Path, IO[bytes]]:
         """A fresh temporary file in the uploads folder (same disk, so the rename is atomic)."""
+        self.uploads_dir.mkdir(exist_ok=True)
         path = self.uploads_dir / f".upload-{secrets.token_hex(8)}{TEMP_SUFFIX}"
         return path, open(path, "xb")
 

@@ -49,12 +49,11 @@ def content_part(content_hash: str) -> str:
 
 
 class ArtifactStore:
-    """Files ``<key><suffix>`` under ``directory`` (created if missing)."""
+    """Files ``<key><suffix>`` under ``directory`` (created by the first store)."""
 
     def __init__(self, directory: str | os.PathLike[str], suffix: str) -> None:
         self.directory = Path(directory)
         self.suffix = suffix
-        self.directory.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
     def key(content_hash: str, params: Mapping[str, Any], version: str) -> str:
@@ -92,6 +91,7 @@ class ArtifactStore:
     def store(self, key: str, arrays: Mapping[str, np.ndarray], info: Mapping[str, Any]) -> bool:
         """Write atomically; return False (and log) if the disk refuses, never raise."""
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path(key), encode(arrays, info))
         except OSError as exc:
             log.warning("cache: cannot write %s: %s", self.path(key), exc)
