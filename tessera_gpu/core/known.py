@@ -55,3 +55,7 @@ class KnownFiles:
             write_atomic(self._path(file), msgspec.json.encode(known))
         except OSError as exc:
             log.warning("cannot remember the hash of %s: %s", file, exc)
+
+    def forget(self, file: Path) -> None:
+        """Forget ``file``'s hashes (its dataset was deleted)."""
+        self._path(file).unlink(missing_ok=True)
