@@ -13,6 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from litestar.testing import AsyncTestClient
+from tessera_app.main import create_app
 
 from tessera_gpu.core import Tessera
 from tessera_gpu.core.graphs import SIMILARITY
@@ -22,7 +24,10 @@ from tessera_gpu.io.dataset import DeferredEmbeddings, load_dataset
 from tessera_gpu.sampling import SampleRequest
 from tessera_gpu.settings import Settings
 
+from .api_calls import TEST_HOSTS, error
 from .conftest import write_episode_file
+
+pytest_plugins = ("tests.api_fixtures",)  # anyio_backend
 
 KMEANS = SampleRequest(method="kmeans", n=12, seed=3)
 
@@ -135,6 +140,25 @@ def test_a_file_changed_after_the_restart_is_refused_at_first_use(
         assert not live.dataset.embeddings_loaded
     finally:
         core.close()
+
+
+@pytest.mark.anyio
+async def test_over_http_a_file_changed_after_the_restart_is_a_422(
+    served: tuple[Path, Path, str, list[str]],
+) -> None:
+    data_dir, path, dataset_id, _ = served
+    settings = Settings(device="cpu", data_dir=data_dir, allowed_host=TEST_HOSTS)
+    async with AsyncTestClient(create_app(settings)) as client:
+        listed = (await client.get("/api/datasets")).json()
+        assert [d["id"] for d in listed] == [dataset_id]
+        path.unlink()
+        r = await client.post(f"/api/datasets/{dataset_id}/samples",
+                              json={"method": "kmeans", "n": 5})  # fmt: skip
+        message = "lazy.h5 changed since it was registered (it no longer exists); register it again"
+        assert r.json() == error(message, "file_changed", 422)
+        r = await client.post(f"/api/datasets/{dataset_id}/samples",
+                              json={"method": "random", "n": 5})  # fmt: skip
+        assert r.status_code == 201  # what needs no embeddings still works
 
 
 def test_a_changed_file_with_the_same_size_and_mtime_is_caught_by_its_digest(
