@@ -116,10 +116,10 @@ def cached_project(
     return {"median_s": statistics.median(walls), "runs": [round(w, 3) for w in walls]}
 
 
-def write_file(path: Path, n: int, dim: int) -> None:
+def write_file(path: Path, n: int, dim: int, *, seed: int = 0) -> None:
     from tessera_gpu.io.writer import write_dataset
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, dim), dtype=np.float32)
     write_dataset(path, embeddings=x, episode_ids=[f"ep_{i:07d}" for i in range(n)])
 

@@ -55,6 +55,7 @@ __all__ = [
     "SimilarityIndex",
     "Vectors",
     "build_index",
+    "cached_index",
     "check_threshold",
     "derived_fields",
     "load_or_build",
@@ -330,6 +331,31 @@ def build_index(
     )
 
 
+def cached_index(
+    store: ArtifactStore | None,
+    content_hash: str | None,
+    n: int,
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> SimilarityIndex | None:
+    """The index :func:`load_or_build` stored for ``n`` embeddings of this content, or None:
+    found without the embeddings themselves."""
+    if store is None or not content_hash:
+        return None
+    found = store.load(ArtifactStore.key(content_hash, {"k": GRAPH_K, "seed": seed},
+                                         SIMILARITY_VERSION))  # fmt: skip
+    if found is None or found[0]["indices"].shape[0] != n:
+        return None
+    arrays, info = found
+    if progress is not None:
+        progress("done", 1.0)
+    return SimilarityIndex(
+        indices=arrays["indices"], distances=arrays["distances"],
+        reduced=arrays["reduced"], norms=arrays["norms"], info={**info, "cache": "hit"},
+    )  # fmt: skip
+
+
 def load_or_build(
     store: ArtifactStore | None,
     content_hash: str | None,
@@ -343,18 +369,11 @@ def load_or_build(
     """:func:`build_index`, served from / stored to ``store`` when given. The graph is a
     pure function of the content, ``k`` and ``seed`` (whatever the backend: every distance
     is exact), so the key leaves the backend out; ``info["cache"]`` says hit or stored."""
+    found = cached_index(store, content_hash, len(embeddings), seed=seed, progress=progress)
+    if found is not None:
+        return found
     params = {"k": GRAPH_K, "seed": seed}
     key = ArtifactStore.key(content_hash, params, SIMILARITY_VERSION) if content_hash else None
-    if store is not None and key is not None:
-        found = store.load(key)
-        if found is not None and found[0]["indices"].shape[0] == len(embeddings):
-            arrays, info = found
-            if progress is not None:
-                progress("done", 1.0)
-            return SimilarityIndex(
-                indices=arrays["indices"], distances=arrays["distances"],
-                reduced=arrays["reduced"], norms=arrays["norms"], info={**info, "cache": "hit"},
-            )  # fmt: skip
     index = build_index(embeddings, device, backend, seed=seed, progress=progress)
     stored = False
     if store is not None and key is not None:

@@ -41,7 +41,7 @@ def make_dataset(extra: dict[str, Field] | None = None) -> Dataset:
         path=Path("synthetic.h5"),
         name="synthetic",
         episode_ids=np.array([f"ep{i}" for i in range(N)], dtype=object),
-        embeddings=None,
+        resident=None,
         embeddings_hash=None,
         fields=fields,
         has_thumbnails=False,

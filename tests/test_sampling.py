@@ -53,7 +53,7 @@ def strata_dataset(sizes: dict[str, int]) -> Dataset:
         path=Path("strata.h5"),
         name="strata",
         episode_ids=np.array([f"e{i}" for i in range(n)], dtype=object),
-        embeddings=None,
+        resident=None,
         embeddings_hash=None,
         fields={
             "task": Field("task", "category", codes, labels),

@@ -21,6 +21,7 @@ from tessera_gpu.similarity import (
     GRAPH_K,
     SimilarityIndex,
     Vectors,
+    cached_index,
     derived_fields,
     load_or_build,
     load_or_build_graph,
@@ -80,7 +81,7 @@ class SimilarityGraphs:
         vectors = self.vectors(live)
 
         def run(progress: Progress) -> SimilarityIndex:
-            if dataset.embeddings is None:  # on the Dask cluster
+            if dataset.on_cluster:
                 engine = on_cluster(self.engine)
                 index = load_or_build_graph(
                     self.store, dataset.embeddings_hash,
@@ -88,16 +89,25 @@ class SimilarityGraphs:
                     engine="dask", progress=progress,
                 )  # fmt: skip
             else:
-                device = self.jobs.device_array(dataset_id, dataset)
-                index = load_or_build(
-                    self.store, dataset.embeddings_hash, dataset.embeddings, device,
-                    self.backend, progress=progress,
-                )  # fmt: skip
+                index = self._build(live, progress)
             progress("fields", 0.95)
             self.registry.set_derived(dataset_id, derived_fields(index, vectors))
             return index
 
         return self.tasks.submit(dataset_id, SIMILARITY, {"k": GRAPH_K}, run)
+
+    def _build(self, live: Live, progress: Progress) -> SimilarityIndex:
+        """The graph from the cache (no embeddings read, none moved), else built here."""
+        dataset = live.dataset
+        found = cached_index(self.store, dataset.embeddings_hash, dataset.n_episodes,
+                             progress=progress)  # fmt: skip
+        if found is not None:
+            return found
+        device = self.jobs.device_array(live.id, dataset)
+        embeddings = dataset.embeddings
+        assert embeddings is not None  # device_array read them
+        return load_or_build(self.store, dataset.embeddings_hash, embeddings, device,
+                             self.backend, progress=progress)  # fmt: skip
 
     def status(self, live: Live) -> TaskStatus:
         """The job building the graph (started here if there is none): absent, queued,
@@ -118,8 +128,11 @@ class SimilarityGraphs:
         )
 
     def vectors(self, live: Live) -> Vectors:
-        """The embeddings in memory, or a function fetching rows from the Dask cluster."""
-        dataset = live.dataset
+        """The embeddings in memory, or a function fetching rows: from the Dask cluster, or
+        from deferred embeddings (read then)."""
+        dataset, deferred = live.dataset, live.dataset.deferred
+        if deferred is not None and not deferred.loaded:  # read when some rows are wanted
+            return deferred.rows
         if dataset.embeddings is not None:
             return dataset.embeddings
         return functools.partial(on_cluster(self.engine).take, dataset.parts)

@@ -25,8 +25,9 @@ from tessera_gpu.backends import Backend
 from tessera_gpu.core.worker import QueueWorker
 from tessera_gpu.errors import Conflict, TesseraError, Unavailable
 from tessera_gpu.io.dataset import Dataset
-from tessera_gpu.projection.cache import ProjectionCache, cached_projection, project_cached
+from tessera_gpu.projection.cache import ProjectionCache, backend_tag, cached_projection
 from tessera_gpu.projection.params import Projection, ProjectionParams
+from tessera_gpu.projection.project import project
 
 if TYPE_CHECKING:
     from tessera_gpu.distributed import DaskEngine
@@ -181,12 +182,14 @@ class ProjectionJobs(QueueWorker[tuple[str, int]]):
             return any(dataset_id in d for d in (self._states, self._work, self._device))
 
     def device_array(self, dataset_id: str, dataset: Dataset) -> Any:
-        """The dataset's embeddings on the device: moved there once, shared by every job."""
+        """The dataset's embeddings on the device: moved there once (read first, if they
+        were deferred), shared by every job."""
         with self._device_lock:
             x = self.device_embeddings(dataset_id)
             if x is None:
-                assert dataset.embeddings is not None  # metadata-only datasets get no job
-                x = self.backend.to_device(dataset.embeddings)
+                embeddings = dataset.embeddings  # read now if deferred
+                assert embeddings is not None  # metadata-only datasets get no job
+                x = self.backend.to_device(embeddings)
                 with self._lock:
                     if dataset_id in self._states:  # not forgotten meanwhile
                         self._device[dataset_id] = x
@@ -236,22 +239,19 @@ class ProjectionJobs(QueueWorker[tuple[str, int]]):
                     raise _Superseded
                 state.stage, state.progress = stage, min(max(float(fraction), 0.0), 1.0)
 
-        if dataset.embeddings is None:  # on the Dask cluster, where the embeddings are
+        if dataset.on_cluster:  # on the Dask cluster, where the embeddings are
             result = self.project_on_cluster(dataset, params, cache=self.cache, progress=progress)
             return np.asarray(result.coords, dtype=np.float32), dict(result.info)
-        x = self.device_array(dataset_id, dataset)
-        with self._lock:
-            if self._current(dataset_id, generation) is None:
-                raise _Superseded
-        progress("projecting", 0.0)
-        result = project_cached(
-            x,
-            backend=self.backend,
-            params=params,
-            cache=self.cache,
-            content_hash=dataset.embeddings_hash,
-            progress=progress,
-        )
+
+        def compute() -> Projection:  # a cached map needs no embeddings read, none moved
+            x = self.device_array(dataset_id, dataset)
+            progress("projecting", 0.0)
+            return project(x, backend=self.backend, params=params, progress=progress)
+
+        result = cached_projection(
+            compute, cache=self.cache, content_hash=dataset.embeddings_hash, params=params,
+            tag=backend_tag(self.backend), progress=progress,
+        )  # fmt: skip
         return np.asarray(result.coords, dtype=np.float32), dict(result.info)
 
     def project_on_cluster(

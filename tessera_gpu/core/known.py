@@ -1,6 +1,8 @@
 """What a file's content hashed to, remembered by its path, size and modification time: a
 file that has not changed since it was last loaded need not be read (1.6 GB at 200k x 2,048)
-to find its cached map. A file whose size or mtime differs is read and hashed again."""
+to find its cached map, nor its embeddings read when a server restarts (they are read on first
+need). A file whose size or mtime differs is read and hashed again. Recorded wherever a file's
+embeddings are read whole: ``tessera project``, registering, restoring."""
 
 from __future__ import annotations
 
@@ -74,3 +76,7 @@ class KnownFiles:
             write_atomic(self._path(file), msgspec.json.encode(known))
         except OSError as exc:
             log.warning("cannot remember the hash of %s: %s", file, exc)
+
+    def forget(self, file: Path) -> None:
+        """Forget ``file``'s hashes (its dataset was deleted)."""
+        self._path(file).unlink(missing_ok=True)

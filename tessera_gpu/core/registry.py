@@ -174,7 +174,10 @@ class Registry:
 
     def restore(self, entry: DatasetEntry) -> Live | None:
         """Load a catalog entry again (at start); None, logged, when it cannot be: one
-        unreadable dataset must not stop the server."""
+        unreadable dataset must not stop the server. A file unchanged since its embeddings
+        were last read here (same path, size and mtime: :class:`.KnownFiles`) is validated
+        and its metadata read, but its embeddings are left on disk until first needed
+        (:class:`~tessera_gpu.io.dataset.DeferredEmbeddings`)."""
         try:
             if entry.shards:
                 entry = self._rehash_shards(entry)
@@ -183,7 +186,11 @@ class Registry:
             path = self._file_of(entry)
             if entry.source == "path" and _changed(entry, path):
                 entry = self._rehash(entry, path)
-            if entry.source == "path":
+            digest = self._known_digest(path, entry.file_hash)
+            if digest is not None:  # unchanged since its embeddings were read: read on first use
+                dataset = load_dataset(path, name=entry.name, check_memory=self._check_memory,
+                                       known_digest=digest)  # fmt: skip
+            elif entry.source == "path":
                 dataset = self._load_files([path], entry.name)
             else:
                 dataset = load_dataset(path, name=entry.name, check_memory=self._check_memory)
@@ -225,6 +232,8 @@ class Registry:
     def remove(self, dataset_id: str) -> tuple[Live, bool]:
         """Forget a loaded dataset: it, and whether another still shares its embeddings."""
         live = self.get(dataset_id)
+        if not live.entry.shards:
+            self.known.forget(Path(os.path.realpath(self._file_of(live.entry))))
         with self._lock:
             self._live.pop(dataset_id, None)
             self._versions.pop(dataset_id, None)
@@ -296,6 +305,23 @@ class Registry:
         new = dataclasses.replace(entry, file_hash=digest, size=st.st_size, mtime_ns=st.st_mtime_ns)
         self._save_quietly(new)
         return new
+
+    def _known_digest(self, path: Path, file_hash: str) -> str | None:
+        """The digest of ``path``'s embeddings when they were last read here, if the file has
+        not changed since (by path, size and mtime) and hashed to ``file_hash``; else None
+        (and always None with ``--dask``, whose embeddings stay on the workers' disks)."""
+        if self.engine is not None:
+            return None
+        known = self.known.get(Path(os.path.realpath(path)))
+        return known.embeddings_hash if known is not None and known.file_hash == file_hash else None
+
+    def _remember(self, entry: DatasetEntry, dataset: Dataset) -> None:
+        """Remember the digest of a file's embeddings just read, so that the next start finds
+        the file unchanged without reading them."""
+        if entry.shards or dataset.resident is None or not dataset.embeddings_hash:
+            return
+        path = Path(os.path.realpath(self._file_of(entry)))
+        self.known.put(path, entry.file_hash, dataset.embeddings_hash)
 
     def _save_quietly(self, entry: DatasetEntry) -> None:
         """Keep a reloaded dataset's new hash; a damaged catalog keeps the old one (logged)."""
@@ -377,6 +403,7 @@ class Registry:
             if entry.id in self._live:
                 return self._live[entry.id], False
             live = self._live[entry.id] = Live(entry, dataset)
+        self._remember(entry, dataset)
         if save:
             self.catalog.datasets.put(entry)
         return live, True

@@ -64,16 +64,19 @@ class Samples:
         if request.dedup_threshold is not None:
             needs_embeddings(dataset.dim, "This dataset is metadata-only: dedup needs embeddings")
         diverse = None
-        if dataset.embeddings is None and dataset.dim is not None:  # on the Dask cluster
+        device = self.jobs.device_embeddings(live.id)
+        if dataset.on_cluster:
             engine = on_cluster(self.engine)
             diverse = lambda rows, n, seed: engine.diversity_sample(  # noqa: E731
                 dataset.parts, n, rows=rows, seed=seed
             )
+        elif device is None and request.method == "kmeans" and dataset.dim is not None:
+            device = self.jobs.device_array(live.id, dataset)  # read (if deferred) and kept
         drawn = draw_sample(
             dataset,
             request,
             backend=self.backend,
-            device_embeddings=self.jobs.device_embeddings(live.id),
+            device_embeddings=device,
             context=self.contexts.context(live, coords=coords, similarity=similarity),
             diverse=diverse,
         )

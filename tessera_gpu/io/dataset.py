@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from tessera_gpu.names import unprintable_id
 __all__ = [
     "Dataset",
     "DatasetFacts",
+    "DeferredEmbeddings",
     "Field",
     "FieldKind",
     "FieldSummary",
@@ -176,19 +178,106 @@ class Part:
         return self.stop - self.start
 
 
+class DeferredEmbeddings:
+    """A file's embeddings left on disk until first needed, then read once (thread-safe:
+    concurrent first uses wait for the one read) and kept.
+
+    The read is :func:`read_embedding_rows`'s (every row checked finite) and must find the
+    file as it was when its digest was taken (the same size and mtime, shape and digest): a
+    file changed or gone since is a 422 ``file_changed``. A failed read keeps nothing, so the
+    next use tries again.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, int],
+        digest: str,
+        *,
+        check_memory: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.path, self.shape, self.digest = path, shape, digest
+        self.check_memory = check_memory
+        st = path.stat()
+        self._stat = (st.st_size, st.st_mtime_ns)
+        self._array: np.ndarray | None = None
+        self._lock = threading.Lock()
+        self.reads = 0  # how many times the file's embeddings were read
+
+    @property
+    def loaded(self) -> bool:
+        return self._array is not None
+
+    def get(self) -> np.ndarray:
+        with self._lock:
+            if self._array is None:
+                self._array = self._read()
+            return self._array
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """The embeddings of ``rows``: from memory once read; else only the blocks of the
+        file that hold them (checked finite, the file unchanged by size and mtime), or the
+        whole (kept) when that is most of the file."""
+        with self._lock:
+            if self._array is not None:
+                return self._array[rows]
+        rows = np.asarray(rows, dtype=np.int64)
+        blocks = np.unique(rows // BLOCK_ROWS)
+        if 2 * blocks.size > -(-self.shape[0] // BLOCK_ROWS):
+            return self.get()[rows]
+        self._check_unchanged()
+        out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
+        for block in blocks.tolist():
+            lo, hi = block * BLOCK_ROWS, min((block + 1) * BLOCK_ROWS, self.shape[0])
+            inside = (rows >= lo) & (rows < hi)
+            out[inside] = read_embedding_rows(self.path, lo, hi, shape=self.shape)[
+                rows[inside] - lo
+            ]
+        return out
+
+    def _check_unchanged(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            raise self._changed("it no longer exists") from None
+        if (st.st_size, st.st_mtime_ns) != self._stat:
+            raise self._changed("its size or modification time differs")
+
+    def _read(self) -> np.ndarray:
+        self._check_unchanged()
+        if self.check_memory is not None:
+            self.check_memory(*self.shape)
+        self.reads += 1
+        n, dim = self.shape
+        hasher = xxhash.xxh3_128()
+        hasher.update(f"{n}x{dim}".encode())
+        out = read_embedding_rows(self.path, shape=self.shape, hasher=hasher)
+        if hasher.hexdigest() != self.digest:
+            raise self._changed("its embeddings differ")
+        return out
+
+    def _changed(self, how: str) -> InvalidDataset:
+        return InvalidDataset(
+            f"{self.path.name} changed since it was registered ({how}); register it again",
+            code="file_changed",
+        )
+
+
 @dataclass(eq=False)
 class Dataset:
-    """A validated episode file. Embeddings are in memory; previews are read lazily.
+    """A validated episode file. Previews are read lazily, and so are the embeddings when
+    ``deferred`` holds them (:class:`DeferredEmbeddings`): :attr:`embeddings` reads them on
+    first use. ``resident`` is what is in memory now.
 
     ``parts`` is empty for one file read whole (``path``); a dataset joined from several
     files (:func:`~.shards.load_shards`), or whose embeddings stay on disk for Dask workers
-    (``embeddings`` None while ``dim`` is not), lists its files there.
+    (``embeddings`` None while ``dim`` is not: :attr:`on_cluster`), lists its files there.
     """
 
     path: Path
     name: str
     episode_ids: np.ndarray
-    embeddings: np.ndarray | None
+    resident: np.ndarray | None
     embeddings_hash: str | None
     fields: dict[str, Field]
     has_thumbnails: bool
@@ -196,6 +285,25 @@ class Dataset:
     file_size: int
     _id_index: dict[str, int] | None = field(default=None, repr=False)
     parts: tuple[Part, ...] = ()
+    deferred: DeferredEmbeddings | None = field(default=None, repr=False)
+
+    @property
+    def embeddings(self) -> np.ndarray | None:
+        """The ``(N, D)`` float32 embeddings (read now if deferred); None when metadata-only
+        or left on disk for a Dask cluster."""
+        if self.deferred is not None:
+            return self.deferred.get()
+        return self.resident
+
+    @property
+    def embeddings_loaded(self) -> bool:
+        """Whether the embeddings are in memory (False for deferred ones not read yet)."""
+        return self.deferred.loaded if self.deferred is not None else self.resident is not None
+
+    @property
+    def on_cluster(self) -> bool:
+        """Embeddings left on disk for Dask workers (not deferred: those are read here)."""
+        return self.resident is None and self.deferred is None and self.dim is not None
 
     @property
     def n_episodes(self) -> int:
@@ -203,8 +311,10 @@ class Dataset:
 
     @property
     def dim(self) -> int | None:
-        if self.embeddings is not None:
-            return int(self.embeddings.shape[1])
+        if self.resident is not None:
+            return int(self.resident.shape[1])
+        if self.deferred is not None:
+            return self.deferred.shape[1]
         return self.parts[0].dim if self.parts else None
 
     @property
@@ -260,6 +370,7 @@ def load_dataset(
     name: str | None = None,
     read_embeddings: bool = True,
     check_memory: Callable[[int, int], None] | None = None,
+    known_digest: str | None = None,
 ) -> Dataset:
     """Validate ``path`` and load it. Raises a :class:`~.errors.TesseraError` on any problem.
 
@@ -270,7 +381,9 @@ def load_dataset(
     on the server's own disk is bounded by N and D alone). ``read_embeddings=False`` checks
     everything but the embeddings' values and leaves them on disk: ``embeddings`` is None
     and one :class:`Part` carries D (Dask workers read them with :func:`read_embedding_rows`,
-    which checks that every row is finite).
+    which checks that every row is finite). ``known_digest``, the digest the embeddings had
+    when this unchanged file was last read (:mod:`tessera_gpu.core.known`), defers them:
+    ``embeddings`` reads them on first use, checked against it (:class:`DeferredEmbeddings`).
     """
     path = Path(path)
     limits = limits or Limits()
@@ -285,8 +398,11 @@ def load_dataset(
         for preview in ("thumbnails", "gifs"):
             if preview in members:
                 _check_preview(members[preview], preview, n)
-        embeddings, digest = (None, None)
-        if dim is not None and read_embeddings:
+        embeddings, digest, deferred = None, None, None
+        if dim is not None and known_digest is not None:
+            deferred = DeferredEmbeddings(path, (n, dim), known_digest, check_memory=check_memory)
+            digest = known_digest
+        elif dim is not None and read_embeddings:
             if check_memory is not None:
                 check_memory(n, dim)
             embeddings, digest = _read_embeddings(members["embeddings"])
@@ -295,13 +411,14 @@ def load_dataset(
             path=path,
             name=name or path.stem,
             episode_ids=episode_ids,
-            embeddings=embeddings,
+            resident=embeddings,
             embeddings_hash=digest,
             fields=fields,
             has_thumbnails=thumbs,
             has_gifs=gifs,
             file_size=size,
-            parts=() if read_embeddings else (Part(path, 0, n, dim, thumbs, gifs),),
+            parts=() if read_embeddings or deferred else (Part(path, 0, n, dim, thumbs, gifs),),
+            deferred=deferred,
         )
 
 

@@ -327,7 +327,7 @@ def load_shards(
         path=files[0],
         name=name or (files[0].stem if len(files) == 1 else f"{files[0].stem} +{len(files) - 1}"),
         episode_ids=_joined_ids(shards, labels, starts),
-        embeddings=embeddings,
+        resident=embeddings,
         embeddings_hash=digest,
         fields=_joined_fields(shards, labels, starts),
         has_thumbnails=any(s.has_thumbnails for s in shards),
