@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,18 @@ CONTROLLERS: Sequence[type] = (
 )
 
 
+def warm_up(tessera: Tessera) -> None:
+    """Load what the page needs first, in the background, while the datasets come back: the
+    tile kernels (datashader's import and numba compile, ~4 s on 2 cores) and Bokeh's models
+    (~1 s). A request that needs them first waits for them, no longer."""
+    tessera.maps.warm_up()
+    threading.Thread(target=_load_map_document, daemon=True, name="tessera-page-warm-up").start()
+
+
+def _load_map_document() -> None:
+    from . import mapdoc  # noqa: F401  (Bokeh's models, imported once for the process)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -79,6 +92,7 @@ def create_app(
     paths = [Path(f) for f in files]
 
     async def start() -> None:
+        warm_up(tessera)
         await anyio.to_thread.run_sync(functools.partial(tessera.open, paths, join=join))
 
     async def stop() -> None:

@@ -215,3 +215,18 @@ def test_a_cached_project_imports_no_kernel_and_no_service(
     assert "tessera_gpu.core.tessera" in first
     assert "cache hit" in second_err
     assert second == "[]", second_err[-2000:]
+
+
+def test_the_server_module_imports_neither_datashader_nor_bokehs_models() -> None:
+    """``tessera serve`` answers its API before datashader (2.5 s to import) and Bokeh's models
+    (1 s) have loaded: they load in the background at start, or at the first tile or map."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, tessera_app.main\n"
+        "print(sorted(m for m in ('datashader', 'bokeh.models', 'bokeh.embed') "
+        "if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stderr[-2000:]

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-import datashader as ds
 import msgspec
 import numpy as np
 import pandas as pd
@@ -263,6 +262,8 @@ def _aggregate(
     frame: Any,
 ) -> dict[str, np.ndarray]:
     """Datashader aggregation of the tile's points: ``count`` (+ ``by`` or ``mean``)."""
+    import datashader as ds  # 2.5 s to import: a server loads it in the background at start
+
     columns: dict[str, Any] = {"x": xs, "y": ys}
     canvas = ds.Canvas(plot_width=width, plot_height=width, x_range=ranges[0], y_range=ranges[1])
     if spec.kind == "category":
