@@ -62,6 +62,8 @@ def unprintable_char(text: str) -> str | None:
 
 def first_unprintable(texts: Sequence[str]) -> tuple[int, str] | None:
     """The first row of ``texts`` holding a refused character, with that character."""
+    if "".join(texts).isprintable():  # every row printable: one C pass over all of them
+        return None
     for row, text in enumerate(texts):
         if not text.isprintable():
             ch = unprintable_char(text)

@@ -133,6 +133,25 @@ def test_a_job_of_an_unknown_dataset_is_not_recorded(catalog: Catalog) -> None:
     assert catalog.jobs.of("gone") == []
 
 
+def test_the_same_job_again_writes_nothing(catalog: Catalog) -> None:
+    """A restart finds each map in the cache and tells the catalog the same job again: nothing
+    is written (no wait for the disk), and ``updated_at`` stays when the job last changed."""
+    catalog.datasets.put(entry("d1"))
+    catalog.jobs.record("d1", "projection", params={"seed": 0}, status="done", info={"k": 1})
+    (first,) = catalog.jobs.of("d1")
+    changes = catalog.transaction  # the connection's count of changed rows, before and after
+    with changes() as db:
+        before = db.total_changes
+    catalog.jobs.record("d1", "projection", params={"seed": 0}, status="done", info={"k": 1})
+    with changes() as db:
+        assert db.total_changes == before
+    assert catalog.jobs.of("d1") == [first]
+    catalog.jobs.record("d1", "projection", params={"seed": 0}, status="failed", error="x")
+    (changed,) = catalog.jobs.of("d1")
+    assert (changed.status, changed.error, changed.info) == ("failed", "x", {})
+    assert changed.updated_at >= first.updated_at
+
+
 @pytest.mark.parametrize("sample_id", ["../../registry", "nope", "a/b", ".s1", ""])
 def test_unknown_sample_ids_are_404(catalog: Catalog, sample_id: str) -> None:
     catalog.datasets.put(entry("d1"))

@@ -173,14 +173,19 @@ class Jobs:
         error: str | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
-        """Remember the last job of ``kind`` for a dataset (a no-op for an unknown dataset)."""
+        """Remember the last job of ``kind`` for a dataset (a no-op for an unknown dataset, and
+        for the job it already holds: ``updated_at`` is when the job last changed)."""
         with self.store.transaction() as db:
             db.execute(
                 "INSERT INTO jobs (dataset_id, kind, params, status, error, info, updated_at) "
                 "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM datasets WHERE id = ?) "
                 "ON CONFLICT (dataset_id, kind) DO UPDATE SET params = excluded.params, "
                 "status = excluded.status, error = excluded.error, info = excluded.info, "
-                "updated_at = excluded.updated_at",
+                "updated_at = excluded.updated_at "
+                # the same job again (a restart finding its map in the cache): nothing is
+                # written, so nothing waits for the disk (synchronous=FULL: ~0.2 s here)
+                "WHERE jobs.params IS NOT excluded.params OR jobs.status IS NOT excluded.status "
+                "OR jobs.error IS NOT excluded.error OR jobs.info IS NOT excluded.info",
                 (dataset_id, kind, _json(params), status, error, _json(info or {}), now(),
                  dataset_id),
             )  # fmt: skip
