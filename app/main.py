@@ -61,10 +61,11 @@ CONTROLLERS: Sequence[type] = (
 
 
 def warm_up(tessera: Tessera) -> None:
-    """Load what the page needs first, in the background, while the datasets come back: the
-    tile kernels (datashader's import and numba compile, ~4 s on 2 cores) and Bokeh's models
-    (~1 s). A request that needs them first waits for them, no longer."""
-    tessera.maps.warm_up()
+    """Load what the page needs first, in the background, once the datasets are back: the
+    density tile kernel (datashader's import and numba compile, ~3.5 s on 2 cores) and
+    Bokeh's models (~1 s). A request that needs them first waits for them, no longer; the
+    page's own request warms the colour-by kernels."""
+    tessera.maps.warm_up(first_only=True)
     threading.Thread(target=_load_map_document, daemon=True, name="tessera-page-warm-up").start()
 
 
@@ -92,8 +93,8 @@ def create_app(
     paths = [Path(f) for f in files]
 
     async def start() -> None:
-        warm_up(tessera)
         await anyio.to_thread.run_sync(functools.partial(tessera.open, paths, join=join))
+        warm_up(tessera)  # after the restore, which it would slow (the GIL)
 
     async def stop() -> None:
         datasets = len(tessera.registry.all())

@@ -27,18 +27,22 @@ class MapCache:
         self._maps: dict[str, ProjectionMaps] = {}
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
-        self._warming: threading.Thread | None = None
+        self._warming: set[str] = set()  # the warm-up stages started
 
-    def warm_up(self) -> None:
+    def warm_up(self, *, first_only: bool = False) -> None:
         """Compile the tile kernels in the background (once), e.g. while a page loads and
-        the projection runs, so the first tiles come at once."""
+        the projection runs, so the first tiles come at once: the density kernel every first
+        tile needs, then (unless ``first_only``, as a server does at start, so that its
+        restore is not slowed for kernels no one asked for yet) the colour-by ones."""
         from tessera_gpu.render.tiles import compile_kernels  # datashader: see get()
 
+        stage = "first" if first_only else "all"
         with self._lock:
-            if self._warming is None:
-                self._warming = threading.Thread(target=compile_kernels, daemon=True,
-                                                 name="tessera-tile-warm-up")  # fmt: skip
-                self._warming.start()
+            if stage not in self._warming:
+                self._warming.add(stage)
+                name = f"tessera-tile-warm-up-{stage}"
+                threading.Thread(target=compile_kernels, kwargs={"first_only": first_only},
+                                 daemon=True, name=name).start()  # fmt: skip
 
     def get(
         self,

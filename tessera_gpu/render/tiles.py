@@ -204,28 +204,30 @@ class TileIndex:
 
 WARM_CATEGORIES = (2, 4, 8)  # slot counts compiled early (see _slots)
 _compile_lock = threading.Lock()
-_compiled = False
+_compiled: set[str] = set()  # "density", then "all"
 
 
-def compile_kernels() -> None:
+def compile_kernels(*, first_only: bool = False) -> None:
     """Compile datashader's kernels (seconds, once per process) on a few synthetic points, so
-    that a real tile does not wait for numba. A second caller waits for the first."""
-    global _compiled
+    that a real tile does not wait for numba: the density kernel that every first tile needs,
+    then (unless ``first_only``) the colour-by ones. A second caller waits for the first."""
     with _compile_lock:
-        if _compiled:
-            return
         coords = np.random.default_rng(0).normal(size=(64, 2))
         order = np.argsort(coords[:, 0])
         view = PointView(coords[order, 0], coords[order, 1], order,
                          Pyramid.around((-3.0, -3.0, 3.0, 3.0)))  # fmt: skip
-        render_tile(view, ColorBy("density"), 0, 0, 0)
+        if "density" not in _compiled:
+            render_tile(view, ColorBy("density"), 0, 0, 0)
+            _compiled.add("density")
+        if first_only or "all" in _compiled:
+            return
         render_tile(view, ColorBy("number", "_", values=np.zeros(64)), 0, 0, 0)
         for k in WARM_CATEGORIES:
             labels = tuple(map(str, range(k)))
             codes = np.arange(64, dtype=np.int32) % k
             spec = ColorBy("category", "_", codes=codes, labels=labels, colors=CATEGORY_PALETTE[:k])
             render_tile(view, spec, 0, 0, 0)
-        _compiled = True
+        _compiled.add("all")
 
 
 def render_tile(view: PointView, spec: ColorBy, z: int, x: int, y: int) -> bytes:
