@@ -230,3 +230,13 @@ def test_the_server_module_imports_neither_datashader_nor_bokehs_models() -> Non
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]", proc.stderr[-2000:]
+
+
+def test_every_name_the_core_exports_loads() -> None:
+    """``tessera_gpu.core`` loads its names on first use: each one in ``__all__`` resolves."""
+    import tessera_gpu.core as core
+
+    for name in core.__all__:
+        assert getattr(core, name).__name__ == name
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        core.Nope  # noqa: B018

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -18,6 +20,7 @@ from tessera_app.main import create_app
 
 from tessera_gpu.core import Tessera
 from tessera_gpu.core.graphs import SIMILARITY
+from tessera_gpu.core.registry import Live
 from tessera_gpu.errors import InvalidDataset
 from tessera_gpu.io import dataset as dataset_module
 from tessera_gpu.io.dataset import DeferredEmbeddings, load_dataset
@@ -69,6 +72,18 @@ def opened(data_dir: Path, files: tuple[Path, ...] = ()) -> Tessera:
     return core
 
 
+@contextmanager
+def restarted(data_dir: Path, dataset_id: str) -> Iterator[tuple[Tessera, Live]]:
+    """The data directory opened again, as by a restart, once the dataset's map and graph
+    are back; closed after."""
+    core = opened(data_dir)
+    try:
+        wait_until_ready(core, dataset_id)
+        yield core, core.registry.get(dataset_id)
+    finally:
+        core.close()
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> tuple[Path, Path, str, list[str]]:
     """A file registered and served once (map and graph cached), then the server closed: the
@@ -90,10 +105,7 @@ def test_a_restart_reads_no_embeddings_until_a_sample_needs_them(
     served: tuple[Path, Path, str, list[str]], reads: list[int]
 ) -> None:
     data_dir, _, dataset_id, drawn = served
-    core = opened(data_dir)
-    try:
-        wait_until_ready(core, dataset_id)
-        live = core.registry.get(dataset_id)
+    with restarted(data_dir, dataset_id) as (core, live):
         assert core.jobs.info(dataset_id)["cache"] == "hit"
         assert "uniqueness" in live.dataset.fields  # the graph's fields, from the cached graph
         assert reads == []
@@ -111,18 +123,13 @@ def test_a_restart_reads_no_embeddings_until_a_sample_needs_them(
         assert sum(reads) == 300  # not read again
         core.delete(dataset_id)
         assert not core.holds(dataset_id)
-    finally:
-        core.close()
 
 
 def test_a_file_changed_after_the_restart_is_refused_at_first_use(
     served: tuple[Path, Path, str, list[str]],
 ) -> None:
     data_dir, path, dataset_id, _ = served
-    core = opened(data_dir)
-    try:
-        wait_until_ready(core, dataset_id)
-        live = core.registry.get(dataset_id)
+    with restarted(data_dir, dataset_id) as (core, live):
         write_episode_file(path, n=300, dim=16, seed=9, previews=False)  # same shape, new values
         st = path.stat()
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
@@ -138,8 +145,6 @@ def test_a_file_changed_after_the_restart_is_refused_at_first_use(
                            r"\(it no longer exists\); register it again"):  # fmt: skip
             core.samples.draw(live, KMEANS, keep=False)
         assert not live.dataset.embeddings_loaded
-    finally:
-        core.close()
 
 
 @pytest.mark.anyio
@@ -179,10 +184,7 @@ def test_concurrent_first_uses_read_once(
     served: tuple[Path, Path, str, list[str]], reads: list[int]
 ) -> None:
     data_dir, _, dataset_id, _ = served
-    core = opened(data_dir)
-    try:
-        wait_until_ready(core, dataset_id)
-        live = core.registry.get(dataset_id)
+    with restarted(data_dir, dataset_id) as (_, live):
         assert reads == []
         start = threading.Barrier(8)
         got: list[object] = []
@@ -200,9 +202,7 @@ def test_concurrent_first_uses_read_once(
         assert len(got) == 8
         assert all(x is got[0] for x in got)
         assert live.dataset.deferred is not None
-        assert live.dataset.deferred.reads == 1
-    finally:
-        core.close()
+        assert len(reads) == 1  # one read of the file's embeddings
 
 
 def test_a_changed_file_is_read_again_at_restart(

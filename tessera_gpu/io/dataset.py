@@ -46,6 +46,7 @@ __all__ = [
     "FieldKind",
     "FieldSummary",
     "Part",
+    "embeddings_hasher",
     "load_dataset",
     "read_embedding_rows",
 ]
@@ -202,7 +203,6 @@ class DeferredEmbeddings:
         self._stat = (st.st_size, st.st_mtime_ns)
         self._array: np.ndarray | None = None
         self._lock = threading.Lock()
-        self.reads = 0  # how many times the file's embeddings were read
 
     @property
     def loaded(self) -> bool:
@@ -247,10 +247,7 @@ class DeferredEmbeddings:
         self._check_unchanged()
         if self.check_memory is not None:
             self.check_memory(*self.shape)
-        self.reads += 1
-        n, dim = self.shape
-        hasher = xxhash.xxh3_128()
-        hasher.update(f"{n}x{dim}".encode())
+        hasher = embeddings_hasher(*self.shape)
         out = read_embedding_rows(self.path, shape=self.shape, hasher=hasher)
         if hasher.hexdigest() != self.digest:
             raise self._changed("its embeddings differ")
@@ -652,12 +649,20 @@ def _check_preview(dset: h5py.Dataset, name: str, n: int) -> None:
         )
 
 
+def embeddings_hasher(n: int, dim: int) -> Any:
+    """The hasher of an ``(n, dim)`` float32 embedding matrix, to be fed its rows in order:
+    its digest is ``embeddings_hash``, the content key of the map and graph caches (xxh3,
+    ~8 GB/s). One file, joined shards and a deferred read all hash this way."""
+    hasher = xxhash.xxh3_128()
+    hasher.update(f"{n}x{dim}".encode())
+    return hasher
+
+
 def _read_embeddings(dset: h5py.Dataset) -> tuple[np.ndarray, str]:
     """Copy into one float32 array block by block; check every row is finite; hash it."""
     n, dim = dset.shape
     out = np.empty((n, dim), dtype=np.float32)
-    hasher = xxhash.xxh3_128()  # content key for the projection cache; ~8 GB/s
-    hasher.update(f"{n}x{dim}".encode())
+    hasher = embeddings_hasher(n, dim)
     _copy_rows(dset, out, 0, hasher)
     return out, hasher.hexdigest()
 

@@ -45,7 +45,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import xxhash
 
 from tessera_gpu.errors import (
     InsufficientStorage,
@@ -59,6 +58,7 @@ from tessera_gpu.io.dataset import (
     Dataset,
     Field,
     Part,
+    embeddings_hasher,
     load_dataset,
     read_embedding_rows,
 )
@@ -423,8 +423,7 @@ def _read_embeddings(
     assert dim is not None
     check_memory(n, dim)
     out = np.empty((n, dim), dtype=np.float32)
-    hasher = xxhash.xxh3_128()
-    hasher.update(f"{n}x{dim}".encode())  # as load_dataset hashes one file
+    hasher = embeddings_hasher(n, dim)  # as load_dataset hashes one file
     for part, label in zip(parts, labels, strict=True):
         try:
             read_embedding_rows(
