@@ -561,7 +561,7 @@ def _check_shapes(members: dict[str, Any], limits: Limits) -> tuple[int, int | N
 def _decode_strings(raw: np.ndarray, what: str) -> np.ndarray:
     """bytes / str / fixed-length bytes -> object array of str; non-UTF-8 is an error."""
     values = raw.tolist()
-    try:  # one comprehension, no per-row branch: 200k ids in ~0.1 s, not ~0.4 s
+    try:  # one comprehension, no per-row stores into an object array: 200k ids in ~0.3 s, not 0.7
         text = [v.rstrip(b"\x00").decode("utf-8") if isinstance(v, bytes) else v for v in values]
     except UnicodeDecodeError:
         row = next(i for i, v in enumerate(values) if isinstance(v, bytes) and not _utf8(v))
